@@ -1,0 +1,131 @@
+"""``POST /sessions/start``: validate everything, store the upload, then hand over to the launcher.
+
+The order is chosen so that a failure leaves nothing half made:
+1. the form itself (FastAPI), then the account (404 if it was deleted after the token was issued)
+   and a registered model if one is named (404 if it is not the user's);
+2. the model spec, the strategy and the hyperparameters (422, nothing stored yet);
+3. the CSV: size (413), parse (422 naming row and column), fit to the model (422); then its
+   bytes go to the artifact store (content-addressed) and a ``datasets`` row is written;
+4. ``launcher.start``, which creates the session row and claims the peers in one transaction,
+   or raises ``NotEnoughPeers`` (400) leaving no session behind. A data set stored in step 3
+   stays: it is the user's, listed, and reusable by ``dataset_id`` (see ``api.datasets``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated
+
+from fastapi import APIRouter, File, Form, HTTPException, UploadFile
+
+from fedhive.api.datasets import owned_dataset, store_csv
+from fedhive.api.deps import Principal, ServicesDep, SettingsDep, UserDep, load_user
+from fedhive.api.schemas import ID_PATTERN, MAX_INT, NAME_PATTERN, SessionOut
+from fedhive.api.sessions import read_session
+from fedhive.learning.models import parse_model_spec
+from fedhive.runtime.session_config import SessionConfig, make_config
+from fedhive.service.launcher import SessionRequest
+from fedhive.service.services import Services
+from fedhive.storage import models_repo
+from fedhive.strategies.registry import parse_strategy
+
+_DEFAULT_MODEL = SessionConfig.model_fields["model"].default
+
+
+def resolve_model(
+    services: Services, user: Principal, model: str | None, name: str | None, version: int | None
+) -> tuple[str, tuple[str, int] | None]:
+    """Blocking. (model spec text, registered (name, version) to start from, if any)."""
+    with services.db.session(read_only=True) as s:
+        load_user(s, user)
+        if name is None:
+            return model or _DEFAULT_MODEL, None
+        row = models_repo.get_model_version(s, user.user_id, name, version)
+        if row is None:
+            which = f"version {version}" if version is not None else "any version"
+            raise HTTPException(404, f"no model {name!r} with {which}")
+        return row.model_spec, (name, row.version)
+
+
+async def start_session(
+    services: ServicesDep,
+    settings: SettingsDep,
+    user: UserDep,
+    dataset: Annotated[UploadFile | None, File(description="a CSV file with a header row")] = None,
+    label: Annotated[str | None, Form(min_length=1, max_length=255, description="the CSV's label column")] = None,
+    dataset_id: Annotated[
+        str | None, Form(pattern=ID_PATTERN, description="a data set uploaded before, instead of a file")
+    ] = None,
+    model: Annotated[
+        str | None, Form(max_length=255, description="simple-dnn[:H1,H2,...], logreg, logreg-np or cnn")
+    ] = None,
+    model_name: Annotated[
+        str | None, Form(pattern=NAME_PATTERN, description="a registered model to start from")
+    ] = None,
+    model_version: Annotated[int | None, Form(ge=1, le=MAX_INT, description="default: the newest")] = None,
+    strategy: Annotated[str, Form(min_length=1, max_length=255, description="e.g. fedavg, fedprox:mu=0.01")] = (
+        "fedavg"
+    ),
+    rounds: Annotated[int | None, Form(ge=1, le=100_000)] = None,
+    epochs: Annotated[int | None, Form(ge=1, le=10_000)] = None,
+    batch_size: Annotated[int | None, Form(ge=1, le=1_000_000)] = None,
+    lr: Annotated[float | None, Form(gt=0, le=1_000, allow_inf_nan=False, description="learning rate")] = None,
+    min_peers: Annotated[int, Form(ge=1, le=100_000, description="ONLINE peers needed to start")] = 2,
+) -> SessionOut:
+    if dataset is not None and dataset_id is not None:
+        raise HTTPException(422, "dataset: upload a file or name a dataset_id, not both")
+    if (dataset is None) != (label is None):
+        raise HTTPException(422, "label: an uploaded dataset needs its label column named, and only then")
+    if model is not None and model_name is not None:
+        raise HTTPException(422, "model: give a model spec or a registered model_name, not both")
+    if model_version is not None and model_name is None:
+        raise HTTPException(422, "model_version: needs model_name")
+
+    spec_text, initial_model = await asyncio.to_thread(resolve_model, services, user, model, model_name, model_version)
+    spec = parse_model_spec(spec_text)  # ConfigError: 422 naming the valid forms
+    parse_strategy(strategy)
+    config = make_config(
+        rounds=rounds,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        model=str(spec),
+        strategy=strategy.strip(),
+        min_clients=min_peers,
+    )
+
+    if dataset is not None and label is not None:
+        limit = settings.max_upload_bytes
+        stored = await asyncio.to_thread(store_csv, services, user.user_id, dataset, label, spec, limit=limit)
+        dataset_id = stored.id
+    elif dataset_id is not None:
+        await asyncio.to_thread(owned_dataset, services, user.user_id, dataset_id, spec)
+
+    request = SessionRequest(
+        owner_id=str(user.user_id),
+        config=config,
+        min_peers=min_peers,
+        dataset_id=dataset_id,
+        initial_model=initial_model,
+    )
+    session_id = await services.launcher.start(request)
+    return await asyncio.to_thread(read_session, services, session_id, user.user_id)
+
+
+def routes() -> APIRouter:
+    r = APIRouter(prefix="/sessions", tags=["sessions"])
+    r.add_api_route(
+        "/start",
+        start_session,
+        methods=["POST"],
+        status_code=201,
+        summary="Start training: optional CSV upload, model, strategy, hyperparameters, min_peers",
+        responses={
+            400: {"description": "not enough peers ONLINE"},
+            404: {"description": "the user, the registered model or the data set does not exist"},
+            413: {"description": "the upload is over the size limit"},
+            422: {"description": "malformed CSV (row and column named), unknown model or strategy"},
+        },
+        form_limits={"max_files": 1, "max_fields": 32},
+    )
+    return r

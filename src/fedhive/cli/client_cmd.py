@@ -1,0 +1,157 @@
+"""``fedhive client``: one client (or, with --virtual N, many) serving a coordinator over a broker.
+
+Exit codes: 0 when the coordinator said STOP; 2 with one line when the client cannot take part
+(bad options, missing data, or no answer to its registration: wrong id, secret, broker or
+namespace, or no coordinator); 1 when the session started but the coordinator fell silent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Annotated, NoReturn
+
+import typer
+
+from fedhive.cli.coordinator_cmd import (
+    ArtifactsOption,
+    BrokerOption,
+    CaFileOption,
+    NamespaceOption,
+    broker_settings,
+    service_logging,
+)
+from fedhive.errors import ConfigError, FedhiveError, SessionFailed
+from fedhive.runtime import events as ev
+from fedhive.runtime.bus import EventBus
+from fedhive.runtime.credentials import parse_secret
+from fedhive.runtime.hierarchy_networked import run_hierarchical_client
+from fedhive.runtime.local_data import LocalData
+from fedhive.runtime.networked import ClientSettings, run_client, run_virtual_clients
+
+
+def client(
+    broker: BrokerOption,
+    client_id: Annotated[
+        str | None, typer.Option("--id", envvar="FEDHIVE_CLIENT_ID", help="from 'clients add'")
+    ] = None,
+    secret: Annotated[
+        str | None, typer.Option(envvar="FEDHIVE_CLIENT_SECRET", help="from 'clients add' (better: the env var)")
+    ] = None,
+    csv: Annotated[Path | None, typer.Option("--csv", help="this client's own data (CSV with a header)")] = None,
+    label: Annotated[str | None, typer.Option(help="label column of the CSV")] = None,
+    dataset: Annotated[str | None, typer.Option(help="demo: a built-in data set (digits, iris, ...)")] = None,
+    partition: Annotated[str, typer.Option(help="demo: iid, dirichlet:ALPHA, label-shards:K, label-range")] = "iid",
+    part: Annotated[str | None, typer.Option(help="demo: this client's part, I/N (e.g. 3/10)")] = None,
+    test_fraction: Annotated[float, typer.Option(help="demo: held-out share, as in the session file")] = 0.2,
+    seed: Annotated[int, typer.Option(help="demo: the session's seed (re-drawn if the session's differs)")] = 0,
+    virtual: Annotated[int, typer.Option(help="host N virtual clients (parts 1/N..N/N) in this process")] = 0,
+    credentials: Annotated[
+        Path | None, typer.Option(help="with --virtual: 'clients add --json' output, or the client store")
+    ] = None,
+    namespace: NamespaceOption = "fedhive",
+    ca_file: CaFileOption = None,
+    artifacts: ArtifactsOption = None,
+    register_timeout: Annotated[float, typer.Option(help="seconds to wait for the coordinator to answer")] = 120.0,
+    coordinator_timeout: Annotated[float, typer.Option(help="seconds of coordinator silence before giving up")] = 60.0,
+    via_combiner: Annotated[
+        bool,
+        typer.Option("--via-combiner", help="hierarchical session: train with the combiner the coordinator assigns"),
+    ] = False,
+) -> None:
+    settings = broker_settings(broker, namespace, ca_file, artifacts)
+    options = ClientSettings(seed=seed, register_timeout_s=register_timeout, coordinator_timeout_s=coordinator_timeout)
+    if register_timeout <= 0 or coordinator_timeout <= 0:
+        raise ConfigError("--register-timeout and --coordinator-timeout must be positive")
+    watch = Watch(verbose=virtual == 0)
+    if virtual:
+        if client_id or secret or csv or part:
+            raise ConfigError("--virtual N takes --credentials and --dataset, not --id, --secret, --csv or --part")
+        if credentials is None:
+            raise ConfigError("--virtual N needs --credentials FILE ('fedhive clients add NAME --count N --json')")
+        idents = read_credentials(credentials, virtual)
+        hosted = []
+        for i, (cid, key) in enumerate(idents, start=1):
+            data = LocalData(dataset=dataset, partition=partition, part=f"{i}/{virtual}", test_fraction=test_fraction)
+            data.check()
+            hosted.append((cid, key, data))
+        service_logging()
+        results = asyncio.run(run_virtual_clients(hosted, settings, options, observers=[watch.attach]))
+        failures = [r for r in results if isinstance(r, FedhiveError)]
+        if failures:
+            watch.fail(failures[0])
+        print(f"all {virtual} virtual clients stopped by the coordinator", flush=True)
+        return
+    if not client_id or not secret:
+        raise ConfigError("--id and --secret are required (from 'fedhive clients add NAME')")
+    key = parse_secret(secret)
+    data = LocalData(csv=csv, label=label, dataset=dataset, partition=partition, part=part, test_fraction=test_fraction)
+    data.check()
+    service_logging()
+    try:
+        if via_combiner:
+            rounds = asyncio.run(run_hierarchical_client(client_id, key, data, settings, options))
+        else:
+            rounds = asyncio.run(run_client(client_id, key, data, settings, options, observers=[watch.attach]))
+    except FedhiveError as exc:
+        watch.fail(exc)
+    print(f"stopped by the coordinator after {rounds} rounds of training", flush=True)
+
+
+class Watch:
+    """Prints a client's milestones on stdout, one line each, and maps a failure to an exit code."""
+
+    def __init__(self, *, verbose: bool) -> None:
+        self.verbose = verbose
+        self.registered = 0
+
+    def attach(self, bus: EventBus) -> None:
+        bus.on(ev.ClientRegistered, self._on_registered)
+        if self.verbose:
+            bus.on(ev.TrainingStarted, self._on_training)
+
+    def _on_registered(self, e: ev.ClientRegistered) -> None:
+        self.registered += 1
+        if self.verbose:
+            print(f"registered with the coordinator as {e.client_id}", flush=True)
+        else:
+            print(f"registered: {self.registered} virtual clients", flush=True)
+
+    def _on_training(self, e: ev.TrainingStarted) -> None:
+        retry = f" (retry {e.attempt})" if e.attempt else ""
+        print(f"round {e.round}: training{retry}", flush=True)
+
+    def fail(self, exc: FedhiveError) -> NoReturn:
+        if isinstance(exc, SessionFailed) and not self.registered:
+            # No answer at all: most likely a wrong id, secret, broker or namespace, which the
+            # coordinator logs as a rejected message; the client cannot tell which.
+            typer.echo(
+                f"error: {exc.reason}; check that the coordinator runs on this broker and namespace and that "
+                "--id and --secret are what 'fedhive clients add' printed",
+                err=True,
+            )
+            raise typer.Exit(2)
+        raise exc
+
+
+def read_credentials(path: Path, count: int) -> list[tuple[str, bytes]]:
+    """The first ``count`` identities by id (sorted, so part I/N goes to the I-th id)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read credentials file {path}: {exc.strerror}") from None
+    try:
+        doc = json.loads(text)
+        entries = [(cid, e["secret"]) for cid, e in doc["clients"].items()]  # the store itself
+    except (ValueError, KeyError, TypeError, AttributeError):
+        try:
+            lines = [json.loads(line) for line in text.splitlines() if line.strip()]
+            entries = [(str(e["client_id"]), str(e["secret"])) for e in lines]
+        except (ValueError, KeyError, TypeError):
+            raise ConfigError(
+                f"{path}: expected the lines of 'fedhive clients add NAME --count N --json', or a client store"
+            ) from None
+    if len(entries) < count:
+        raise ConfigError(f"--virtual {count}: {path} holds only {len(entries)} client identities")
+    return [(cid, parse_secret(s)) for cid, s in sorted(entries)[:count]]

@@ -1,0 +1,75 @@
+"""``fedhive combiner``: a combiner between the coordinator and a share of its clients.
+
+It is started with an id and secret from ``fedhive clients add`` (the coordinator knows it like
+a client) and reads the client store to check its own clients' signatures. The coordinator
+assigns clients to it; the session's settings come from the coordinator. Exit codes: 0 when the
+coordinator said STOP; 1 when the session failed or the coordinator fell silent; 2 with one line
+for bad options.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from fedhive.cli.coordinator_cmd import (
+    ArtifactsOption,
+    BrokerOption,
+    CaFileOption,
+    NamespaceOption,
+    broker_settings,
+    service_logging,
+)
+from fedhive.errors import ConfigError
+from fedhive.runtime.credentials import DEFAULT_STORE, CredentialStore, parse_secret
+from fedhive.runtime.hierarchy_networked import run_combiner
+
+
+def combiner(
+    broker: BrokerOption,
+    combiner_id: Annotated[
+        str | None, typer.Option("--id", envvar="FEDHIVE_COMBINER_ID", help="from 'clients add'")
+    ] = None,
+    secret: Annotated[
+        str | None, typer.Option(envvar="FEDHIVE_COMBINER_SECRET", help="from 'clients add' (better: the env var)")
+    ] = None,
+    store: Annotated[
+        Path, typer.Option("--store", envvar="FEDHIVE_CLIENT_STORE", help="client store, to check clients")
+    ] = Path(DEFAULT_STORE),
+    namespace: NamespaceOption = "fedhive",
+    ca_file: CaFileOption = None,
+    artifacts: ArtifactsOption = None,
+    heartbeat_interval: Annotated[float, typer.Option(help="seconds between heartbeats to clients")] = 5.0,
+    heartbeat_timeout: Annotated[float, typer.Option(help="seconds of client silence: OFFLINE")] = 20.0,
+    coordinator_timeout: Annotated[float, typer.Option(help="seconds of coordinator silence before giving up")] = 60.0,
+    exact: Annotated[bool, typer.Option(help="send float64 partial sums (twice the bytes, exact merge)")] = False,
+) -> None:
+    if not combiner_id or not secret:
+        raise ConfigError("--id and --secret are required (from 'fedhive clients add NAME')")
+    if not 0 < heartbeat_interval < heartbeat_timeout or coordinator_timeout <= 0:
+        raise ConfigError("need 0 < --heartbeat-interval < --heartbeat-timeout and a positive --coordinator-timeout")
+    key = parse_secret(secret)
+    creds = CredentialStore(store)
+    settings = broker_settings(broker, namespace, ca_file, artifacts)
+    service_logging()
+
+    def ready() -> None:
+        print(f"combiner {combiner_id} ready; waiting for the coordinator and clients", flush=True)
+
+    rounds = asyncio.run(
+        run_combiner(
+            combiner_id,
+            key,
+            creds,
+            settings,
+            heartbeat_interval_s=heartbeat_interval,
+            heartbeat_timeout_s=heartbeat_timeout,
+            upstream_timeout_s=coordinator_timeout,
+            exact_partials=exact,
+            on_ready=ready,
+        )
+    )
+    print(f"stopped by the coordinator after {rounds} rounds", flush=True)

@@ -1,0 +1,154 @@
+"""``fedhive coordinator``: run one session over a broker, with the same run directory as simulate."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from fedhive.cli.progress import SessionProgress
+from fedhive.errors import ConfigError
+from fedhive.runtime import events as ev
+from fedhive.runtime.bus import EventBus
+from fedhive.runtime.credentials import DEFAULT_STORE, CredentialStore
+from fedhive.runtime.hierarchy_networked import run_hierarchical_coordinator
+from fedhive.runtime.networked import BrokerSettings, plan_coordinator, run_coordinator
+from fedhive.runtime.session_file import load_session_file
+from fedhive.storage.artifacts import artifact_store_from_url
+from fedhive.tracking.run_directory import RunDirectory
+from fedhive.transports.amqp_topology import redact
+
+BrokerOption = Annotated[
+    str, typer.Option("--broker", envvar="FEDHIVE_BROKER", help="amqp://user:password@host:5672/ (or amqps://)")
+]
+NamespaceOption = Annotated[
+    str, typer.Option(help="AMQP namespace: one coordinator per namespace on a broker", envvar="FEDHIVE_NAMESPACE")
+]
+CaFileOption = Annotated[Path | None, typer.Option("--ca-file", help="CA certificate to verify an amqps:// broker")]
+ArtifactsOption = Annotated[
+    str | None, typer.Option(help="artifact store every node reaches (s3://...), for models over 8 MiB")
+]
+
+
+def broker_settings(url: str, namespace: str, ca_file: Path | None, artifacts: str | None) -> BrokerSettings:
+    return BrokerSettings(
+        url,
+        namespace,
+        str(ca_file) if ca_file else None,
+        artifact_store_from_url(artifacts) if artifacts else None,
+    )
+
+
+def service_logging() -> None:
+    """A coordinator or client is a service: its log lines (a rejected message and why, a client
+    gone OFFLINE) are what its operator reads, so fedhive's INFO lines are shown by default."""
+    logging.getLogger("fedhive").setLevel(logging.INFO)
+    if logging.getLogger().level > logging.INFO:  # not --verbose
+        # The broker client logs each failed connection attempt; fedhive reports the outcome
+        # itself (one line when the broker cannot be reached, "reconnected" when it is back).
+        for name in ("aiormq", "aio_pika"):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
+
+
+def coordinator(
+    broker: BrokerOption,
+    config: Annotated[Path, typer.Option("--config", help="session file (TOML); see docs/networked.md")],
+    store: Annotated[
+        Path, typer.Option("--store", envvar="FEDHIVE_CLIENT_STORE", help="client store ('fedhive clients add')")
+    ] = Path(DEFAULT_STORE),
+    namespace: NamespaceOption = "fedhive",
+    ca_file: CaFileOption = None,
+    artifacts: ArtifactsOption = None,
+    out: Annotated[Path, typer.Option(help="run directory")] = Path("runs/latest"),
+    as_json: Annotated[bool, typer.Option("--json", help="print a JSON summary as the last line of stdout")] = False,
+    combiners: Annotated[
+        int, typer.Option(help="hierarchical: wait for this many 'fedhive combiner' nodes and assign clients to them")
+    ] = 0,
+) -> None:
+    started = time.perf_counter()
+    if combiners < 0:
+        raise ConfigError("--combiners must be zero or more")
+    session = load_session_file(config)
+    settings = broker_settings(broker, namespace, ca_file, artifacts)
+    plan = plan_coordinator(session, settings)  # data and model errors come before connecting
+    service_logging()
+    cfg = session.config
+    console = Console(stderr=True) if as_json else Console()
+    where = {"broker": redact(broker), "namespace": namespace}
+    run_dir = RunDirectory(out, {**cfg.model_dump(mode="json"), **session.data.model_dump(), **where})
+    status = StatusLines(console)
+    progress = SessionProgress(console, cfg.rounds)
+    shown: list[SessionProgress] = []
+
+    creds = CredentialStore(store)
+
+    def ready() -> None:
+        # A plain line, for people and for scripts that start clients once the coordinator listens.
+        known = len(creds.list())
+        hint = "" if known else "; add them with 'fedhive clients add NAME'"
+        typer.echo(
+            f"coordinator ready: session {cfg.session_id}, waiting for {cfg.min_clients} clients "
+            f"(namespace {namespace} at {redact(broker)}; {known} clients known in {store}{hint})",
+            err=True,
+        )
+        shown.append(progress.__enter__())
+
+    try:
+        observers = [run_dir.attach, progress.attach, status.attach]
+        if combiners:
+            run = run_hierarchical_coordinator(
+                session, creds, settings, min_combiners=combiners, observers=observers, on_ready=ready
+            )
+        else:
+            run = run_coordinator(session, creds, settings, plan=plan, observers=observers, on_ready=ready)
+        result = asyncio.run(run)
+    finally:
+        for p in shown:
+            p.__exit__(None, None, None)
+    wall = time.perf_counter() - started
+    console.print(progress.table())
+    m = result.metrics
+    console.print(
+        f"session {cfg.session_id}: final accuracy [bold]{m.get('accuracy', float('nan')):.4f}[/], "
+        f"loss {m.get('loss', float('nan')):.4f} after {result.rounds} rounds in {wall:.1f} s; results in "
+        f"[bold]{escape(str(out))}[/] (config.json, rounds.csv, clients.csv, model.safetensors)"
+    )
+    if as_json:
+        summary = {
+            "session_id": cfg.session_id,
+            "accuracy": m.get("accuracy"),
+            "loss": m.get("loss"),
+            "rounds": result.rounds,
+            "clients": status.clients,
+            "wall_s": round(wall, 3),
+            "out": str(out),
+            "model": str(run_dir.model_path),
+        }
+        print(json.dumps(summary))
+
+
+class StatusLines:
+    """Prints each client's status change: the registry, as an operator watches it."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self.clients = 0
+
+    def attach(self, bus: EventBus) -> None:
+        bus.on(ev.ClientStatusChanged, self._on_status)
+        bus.on(ev.SessionStarted, self._on_started)
+
+    def _on_status(self, e: ev.ClientStatusChanged) -> None:
+        was = f" (was {e.previous})" if e.previous else ""
+        self.console.print(f"client {escape(e.client_id)}: {e.status}{was}", highlight=False)
+
+    def _on_started(self, e: ev.SessionStarted) -> None:
+        self.clients = len(e.clients)
+        self.console.print(f"session {escape(e.session_id)} started with {len(e.clients)} clients", highlight=False)

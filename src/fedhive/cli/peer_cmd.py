@@ -1,0 +1,102 @@
+"""``fedhive peer``: one peer of a decentralised federation (no coordinator) over a broker.
+
+All peers of a federation give the same --secret (one shared key: see ``runtime.peer_networked``)
+and the same training settings; each prints one line per round with the model's digest, which is
+the same on every peer. Exit codes: 0 after the last round; 1 when too few peers came within
+--discovery-timeout or a round could not be completed; 2 with one line for bad options or data.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from fedhive.cli.coordinator_cmd import BrokerOption, CaFileOption, NamespaceOption, broker_settings, service_logging
+from fedhive.errors import ConfigError
+from fedhive.runtime.bus import EventBus
+from fedhive.runtime.credentials import parse_secret
+from fedhive.runtime.local_data import LocalData
+from fedhive.runtime.peer import PeerRoundCompleted
+from fedhive.runtime.peer_networked import PeerSettings, run_peer
+from fedhive.runtime.session_config import make_config
+
+
+def peer(
+    broker: BrokerOption,
+    secret: Annotated[
+        str | None,
+        typer.Option(envvar="FEDHIVE_FEDERATION_SECRET", help="the federation's shared secret (64 hex digits)"),
+    ] = None,
+    csv: Annotated[Path | None, typer.Option("--csv", help="this peer's own data (CSV with a header)")] = None,
+    label: Annotated[str | None, typer.Option(help="label column of the CSV")] = None,
+    dataset: Annotated[str | None, typer.Option(help="demo: a built-in data set (digits, iris, ...)")] = None,
+    partition: Annotated[str, typer.Option(help="demo: iid, dirichlet:ALPHA, label-shards:K, label-range")] = "iid",
+    part: Annotated[str | None, typer.Option(help="demo: this peer's part, I/N (e.g. 3/5)")] = None,
+    test_fraction: Annotated[float, typer.Option(help="demo: held-out share, for the accuracy shown")] = 0.2,
+    min_peers: Annotated[int, typer.Option(help="peers that must have announced before round 1")] = 2,
+    rounds: Annotated[int, typer.Option(help="rounds of training")] = 10,
+    model: Annotated[str, typer.Option(help="model spec, the same on every peer")] = "simple-dnn",
+    strategy: Annotated[str, typer.Option(help="aggregation, the same on every peer")] = "fedavg",
+    epochs: Annotated[int, typer.Option(help="local epochs per round")] = 1,
+    batch_size: Annotated[int, typer.Option(help="minibatch size")] = 32,
+    lr: Annotated[float, typer.Option(help="learning rate")] = 0.05,
+    seed: Annotated[int, typer.Option(help="seed of the seed model and of the demo partition")] = 0,
+    round_timeout: Annotated[float, typer.Option(help="seconds a round waits for updates")] = 120.0,
+    beat: Annotated[float, typer.Option(help="seconds between announcements")] = 1.0,
+    peer_timeout: Annotated[float, typer.Option(help="seconds of silence after which a peer is gone")] = 5.0,
+    discovery_timeout: Annotated[float, typer.Option(help="seconds to wait for --min-peers")] = 120.0,
+    namespace: NamespaceOption = "fedhive",
+    ca_file: CaFileOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="one JSON object per round on stdout")] = False,
+) -> None:
+    if not secret:
+        raise ConfigError("--secret (or FEDHIVE_FEDERATION_SECRET) is required: the federation's shared secret")
+    key = parse_secret(secret)
+    if min_peers < 1 or beat <= 0 or peer_timeout <= beat or discovery_timeout <= 0:
+        raise ConfigError("--min-peers must be >= 1, --beat > 0, --peer-timeout > --beat, --discovery-timeout > 0")
+    config = make_config(
+        rounds=rounds,
+        model=model,
+        strategy=strategy,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        seed=seed,
+        round_timeout_s=round_timeout,
+        min_clients=min_peers,
+    )
+    data = LocalData(csv=csv, label=label, dataset=dataset, partition=partition, part=part, test_fraction=test_fraction)
+    data.check()
+    settings = PeerSettings(min_peers, beat, peer_timeout, discovery_timeout)
+    service_logging()
+
+    def ready(peer_id: str) -> None:
+        print(f"peer {peer_id} announced; waiting for {min_peers} peers", flush=True)
+
+    def on_round(e: PeerRoundCompleted) -> None:
+        if as_json:
+            print(
+                json.dumps({"round": e.round, "digest": e.digest, "members": len(e.members), **e.metrics}), flush=True
+            )
+            return
+        acc = f", accuracy {e.metrics['accuracy']:.4f}" if "accuracy" in e.metrics else ""
+        print(f"round {e.round}: {len(e.members)} peers, digest {e.digest[:16]}{acc}", flush=True)
+
+    def watch(bus: EventBus) -> None:
+        bus.on(PeerRoundCompleted, on_round)
+
+    run = run_peer(
+        key,
+        data,
+        config,
+        broker_settings(broker, namespace, ca_file, None),
+        settings,
+        observers=[watch],
+        on_ready=ready,
+    )
+    history = asyncio.run(run)
+    print(f"done after {len(history)} rounds", flush=True)

@@ -1,0 +1,41 @@
+"""``fedhive serve``: the platform (REST API, coordinator hub, sessions) in one process."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from pydantic import ValidationError
+
+from fedhive.errors import ConfigError
+from fedhive.runtime.session_config import validation_message
+from fedhive.service.platform import ServeOptions, serve
+from fedhive.service.settings import Settings
+
+
+def serve_cmd(
+    host: Annotated[str, typer.Option(help="address the API listens on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="port the API listens on (0: any free port)")] = 8000,
+    local_clients: Annotated[int, typer.Option(help="peers to run inside this process, for a try-out")] = 0,
+    home: Annotated[Path, typer.Option(help="directory of the embedded defaults (SQLite, artifacts)")] = Path(
+        ".fedhive"
+    ),
+    db: Annotated[str | None, typer.Option(help="database URL, e.g. postgresql://user@host/db")] = None,
+    artifacts: Annotated[str | None, typer.Option(help="artifact store: a directory or s3://bucket/prefix")] = None,
+    broker: Annotated[str | None, typer.Option(help="amqp:// URL; default: in-process transport")] = None,
+) -> None:
+    """Serve the REST API (OpenAPI at /docs) and run the sessions it starts."""
+    if local_clients < 0:
+        raise ConfigError("--local-clients must be zero or more")
+    try:
+        settings = Settings.from_env(home=home, db_url=db, artifacts_url=artifacts, broker_url=broker)
+    except ValidationError as exc:
+        raise ConfigError(validation_message(exc)) from None
+
+    def ready(url: str) -> None:
+        print(f"fedhive serving on {url} (API docs: {url}/docs); Ctrl-C to stop", file=sys.stderr, flush=True)
+
+    asyncio.run(serve(settings, ServeOptions(host, port, local_clients), on_ready=ready))

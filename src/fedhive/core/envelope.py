@@ -1,0 +1,113 @@
+"""The wire envelope (DESIGN.md section 4) and the message that carries it inside a process."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from fedhive.core.params import Params
+
+PROTOCOL_VERSION = 1
+
+
+class Kind(StrEnum):
+    """Message kinds. Extend, never rename: old peers must keep understanding new ones."""
+
+    REGISTER = "register"
+    REGISTERED = "registered"
+    HEARTBEAT = "heartbeat"
+    ENABLE = "enable"
+    TRAIN = "train"
+    UPDATE = "update"
+    EVALUATE = "evaluate"
+    EVALUATION = "evaluation"
+    DONE = "done"
+    STOP = "stop"
+    ERROR = "error"
+    PARTIAL = "partial"
+    ANNOUNCE = "announce"
+    PEER_UPDATE = "peer_update"
+
+
+class PayloadDescriptor(BaseModel):
+    """What follows the envelope: codec, exact length and digest, or a claim-check reference."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    codec: str = Field(max_length=32)
+    nbytes: int = Field(ge=0)
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    ref: str | None = Field(default=None, max_length=512)
+
+
+class Envelope(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    v: int = PROTOCOL_VERSION
+    kind: Kind
+    msg_id: str = Field(default_factory=lambda: secrets.token_hex(16), max_length=64)
+    session_id: str = Field(default="", max_length=128)
+    round: int = Field(default=0, ge=0)
+    sender: str = Field(max_length=128)
+    sent_at: float = Field(default_factory=time.time)
+    body: dict[str, Any] = Field(default_factory=dict)
+    payload: PayloadDescriptor | None = None
+    sig: str | None = Field(default=None, max_length=128)
+
+
+Payload = Params | bytes | memoryview
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """An envelope plus its payload as the receiver gets it.
+
+    In one process (memory transport) the payload is the sender's ``Params`` object itself: no
+    serialisation, no copy. Off the wire it is the raw safetensors bytes; the receiving node, which
+    knows the expected spec, decodes and validates them (``fedhive.core.messages.payload_params``).
+    """
+
+    envelope: Envelope
+    payload: Payload | None = None
+
+    @property
+    def kind(self) -> Kind:
+        return self.envelope.kind
+
+    @property
+    def sender(self) -> str:
+        return self.envelope.sender
+
+
+def make(
+    kind: Kind,
+    sender: str,
+    *,
+    session_id: str = "",
+    round: int = 0,
+    body: dict[str, Any] | None = None,
+    payload: Payload | None = None,
+) -> Message:
+    """Build an outgoing message. The transport fills ``payload`` descriptor and ``sig`` on the wire.
+
+    Built without re-validation: the arguments come from this process's own typed code, and every
+    envelope that arrives from outside is validated in full by ``wire.decode_frame``.
+    """
+    env = Envelope.model_construct(
+        v=PROTOCOL_VERSION,
+        kind=kind,
+        msg_id=secrets.token_hex(16),
+        session_id=session_id,
+        round=round,
+        sender=sender,
+        sent_at=time.time(),
+        body=body or {},
+        payload=None,
+        sig=None,
+    )
+    return Message(env, payload)

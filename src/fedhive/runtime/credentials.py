@@ -1,0 +1,147 @@
+"""Client identities: a client id and an HMAC secret per client, kept by the coordinator.
+
+Messages are signed with HMAC-SHA256 (DESIGN.md section 4), a symmetric scheme: the coordinator
+needs each client's secret to check that client's messages and to sign the messages it sends to
+it, so the secrets are stored, not hashes of them. The store is a JSON file that only its owner
+may read (mode 0600), written atomically (temp file + rename) under an exclusive lock, so a
+coordinator reading it while ``fedhive clients add`` writes it sees the old or the new file, never
+half of one. The coordinator looks secrets up on every message and reloads the file when it
+changed, so a client added while a session runs can join it.
+
+This is the stop-gap until the SQL metadata store holds clients: keep the interface small.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import re
+import secrets
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from fedhive.errors import ConfigError, StorageError
+from fedhive.runtime.coordinator import COORDINATOR_ID
+
+log = logging.getLogger("fedhive.credentials")
+
+DEFAULT_STORE = "fedhive-clients.json"
+SECRET_BYTES = 32
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,47}$")
+
+
+@dataclass(frozen=True, slots=True)
+class ClientRecord:
+    client_id: str
+    name: str
+    created_at: str
+
+
+def parse_secret(text: str) -> bytes:
+    """The HMAC key a secret (as printed by ``fedhive clients add``) stands for."""
+    try:
+        key = bytes.fromhex(text.strip())
+    except ValueError:
+        key = b""
+    if len(key) != SECRET_BYTES:
+        raise ConfigError(f"a client secret is {2 * SECRET_BYTES} hexadecimal digits, as 'fedhive clients add' prints")
+    return key
+
+
+class CredentialStore:
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._stamp: tuple[int, int, int] | None = None
+        self._clients: dict[str, dict[str, str]] = {}
+
+    # -- reading ---------------------------------------------------------------------------------
+    def secret_of(self, client_id: str) -> bytes | None:
+        """The HMAC key of ``client_id``, or None if no such client exists."""
+        entry = self._current().get(client_id)
+        return bytes.fromhex(entry["secret"]) if entry else None
+
+    def list(self) -> list[ClientRecord]:
+        return [ClientRecord(cid, e["name"], e["created_at"]) for cid, e in sorted(self._current().items())]
+
+    def _current(self) -> dict[str, dict[str, str]]:
+        try:
+            st = self.path.stat()
+        except FileNotFoundError:
+            self._stamp, self._clients = None, {}
+            return self._clients
+        except OSError as exc:
+            raise StorageError(f"cannot read the client store {self.path}: {exc.strerror}") from exc
+        stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
+        if stamp != self._stamp:  # one stat per lookup; parse only when the file changed
+            self._clients = self._read()
+            self._stamp = stamp
+            if st.st_mode & 0o077:
+                log.warning("client store %s is readable by others; run: chmod 600 %s", self.path, self.path)
+        return self._clients
+
+    def _read(self) -> dict[str, dict[str, str]]:
+        try:
+            data = json.loads(self.path.read_text(encoding="utf-8"))
+            clients = data["clients"]
+            for cid, entry in clients.items():
+                if not isinstance(cid, str) or not {"name", "secret", "created_at"} <= set(entry):
+                    raise KeyError(cid)
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise StorageError(f"the client store {self.path} is unreadable or malformed ({exc!r})") from None
+        return dict(clients)
+
+    # -- writing ---------------------------------------------------------------------------------
+    def add(self, name: str) -> tuple[str, str]:
+        """Create a client; returns its id and its secret (64 hex digits) to hand to the client."""
+        if not _NAME.match(name) or name == COORDINATOR_ID:
+            raise ConfigError(
+                f"client name {name!r}: use 1-48 letters, digits, '.', '_' or '-', starting with a letter or "
+                f"digit, and not {COORDINATOR_ID!r}"
+            )
+        secret = secrets.token_hex(SECRET_BYTES)
+        with self._locked() as clients:
+            client_id = f"{name}-{secrets.token_hex(3)}"
+            while client_id in clients:
+                client_id = f"{name}-{secrets.token_hex(3)}"
+            created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+            clients[client_id] = {"name": name, "secret": secret, "created_at": created}
+        return client_id, secret
+
+    def remove(self, client_id: str) -> bool:
+        """Delete a client (its messages are rejected from then on); False if it did not exist."""
+        with self._locked() as clients:
+            return clients.pop(client_id, None) is not None
+
+    @contextmanager
+    def _locked(self) -> Iterator[dict[str, dict[str, str]]]:
+        """Read-modify-write under an exclusive lock, then replace the file atomically."""
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            lock = os.open(f"{self.path}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise StorageError(f"cannot write the client store {self.path}: {exc.strerror}") from exc
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            clients = self._read()
+            yield clients
+            self._write(clients)
+        finally:
+            os.close(lock)  # closing releases the lock
+
+    def _write(self, clients: dict[str, dict[str, str]]) -> None:
+        text = json.dumps({"version": 1, "clients": clients}, indent=2, sort_keys=True) + "\n"
+        try:
+            fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".clients-")  # created with mode 0600
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(text)
+            os.replace(tmp, self.path)
+        except OSError as exc:
+            raise StorageError(f"cannot write the client store {self.path}: {exc.strerror}") from exc

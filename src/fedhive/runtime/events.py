@@ -1,0 +1,155 @@
+"""Events on a node's bus. Observers subscribe to these; only ids and numbers, never connections."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from fedhive.core.envelope import Message
+from fedhive.core.params import Params
+from fedhive.learning.trainer import EvalResult, FitResult
+from fedhive.strategies.base import AggregateResult
+
+
+# -- inputs --------------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class MessageIn:
+    message: Message
+
+
+@dataclass(frozen=True, slots=True)
+class RegistrationDeadline:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class RoundDeadline:
+    round: int
+    attempt: int
+
+
+@dataclass(frozen=True, slots=True)
+class HeartbeatCheck:
+    pass
+
+
+# -- coordinator facts (observers read these) ------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class ClientStatusChanged:
+    client_id: str
+    status: str
+    previous: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class HeartbeatReceived:
+    client_id: str
+    status: str
+    round: int
+    epoch: int | None
+    epochs: int | None
+    loss: float | None
+    accuracy: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class SessionStarted:
+    session_id: str
+    config: dict[str, object]
+    clients: list[str]
+    start_round: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class RoundStarted:
+    round: int
+    attempt: int
+    selected: list[str]
+
+
+@dataclass(frozen=True, slots=True)
+class UpdateAccepted:
+    round: int
+    client_id: str
+    num_examples: int
+    metrics: dict[str, float]
+    nbytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class UpdateRejected:
+    round: int
+    client_id: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class RoundAggregated:
+    """Internal: the worker thread finished aggregation and evaluation of a round."""
+
+    round: int
+    attempt: int
+    params: Params
+    aggregate: AggregateResult
+    evaluation: EvalResult | None
+
+
+@dataclass(frozen=True, slots=True)
+class RoundCompleted:
+    round: int
+    params: Params
+    metrics: dict[str, float]  # global: loss, accuracy (held-out test set, or client-weighted train metrics)
+    train_metrics: dict[str, float]
+    num_updates: int
+    num_selected: int
+    num_examples: int
+    duration_s: float
+    late_or_missing: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class RoundRetried:
+    round: int
+    attempt: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class SessionCompleted:
+    session_id: str
+    rounds: int
+    params: Params
+    metrics: dict[str, float]
+
+
+@dataclass(frozen=True, slots=True)
+class SessionFailedEvent:
+    session_id: str
+    reason: str
+
+
+# -- client facts ------------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class ClientRegistered:
+    client_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class TrainingStarted:
+    round: int
+    attempt: int
+
+
+@dataclass(frozen=True, slots=True)
+class ClientStopped:
+    """The coordinator said STOP: the session is over for this client."""
+
+    client_id: str
+    rounds_trained: int
+
+
+@dataclass(frozen=True, slots=True)
+class TrainingFinished:
+    round: int
+    attempt: int
+    result: FitResult | None
+    error: str | None = None

@@ -1,0 +1,125 @@
+"""A hierarchical federation as separate processes over RabbitMQ: who signs and checks what.
+
+- The coordinator is the flat one's (``networked.coordinator_codec``): combiners are entries of
+  its credential store like clients (``fedhive clients add combiner-1``), and so are clients,
+  which only ever ask it for an assignment.
+- A combiner signs to the coordinator with its own secret and checks the coordinator with it,
+  like a client; towards its clients it signs and checks with each client's secret, so it reads
+  the same credential store as the coordinator (a combiner is trusted infrastructure, as in FEDn).
+- A client signs with its own secret and accepts any sender whose message is signed with that
+  secret: only the coordinator and the combiners hold it, and it cannot know in advance which
+  combiner it will be sent to.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from fedhive.core.signing import Verifier
+from fedhive.core.wire import MAX_ENVELOPE_BYTES
+from fedhive.runtime.assigned_client import run_assigned_client
+from fedhive.runtime.bus import EventBus
+from fedhive.runtime.combiner import Combiner
+from fedhive.runtime.coordinator import COORDINATOR_ID, SessionResult
+from fedhive.runtime.credentials import CredentialStore
+from fedhive.runtime.hierarchy import HierarchicalCoordinator
+from fedhive.runtime.local_data import LocalData
+from fedhive.runtime.networked import BrokerSettings, ClientSettings, coordinator_codec, plan_coordinator
+from fedhive.runtime.session_file import SessionFile
+from fedhive.transports.wire_codec import WireCodec
+
+Observer = Callable[[EventBus], None]
+
+
+def combiner_codec(combiner_id: str, key: bytes, store: CredentialStore, broker: BrokerSettings) -> WireCodec:
+    def secret_of(node: str) -> bytes | None:
+        return key if node == COORDINATOR_ID else store.secret_of(node)
+
+    return WireCodec(secret_of, Verifier(secret_of), broker.artifacts)
+
+
+def assigned_client_codec(key: bytes, broker: BrokerSettings) -> WireCodec:
+    return WireCodec(lambda _to: key, Verifier(lambda _sender: key), broker.artifacts)
+
+
+async def run_combiner(
+    combiner_id: str,
+    key: bytes,
+    store: CredentialStore,
+    broker: BrokerSettings,
+    *,
+    heartbeat_interval_s: float = 5.0,
+    heartbeat_timeout_s: float = 20.0,
+    upstream_timeout_s: float = 60.0,
+    exact_partials: bool = False,
+    observers: Sequence[Observer] = (),
+    on_ready: Callable[[], None] | None = None,
+) -> int:
+    """Serve the coordinator until it says STOP; returns the number of rounds combined."""
+    async with broker.transport(combiner_id, combiner_codec(combiner_id, key, store, broker)) as transport:
+        node = Combiner(
+            combiner_id,
+            transport,
+            heartbeat_interval_s=heartbeat_interval_s,
+            heartbeat_timeout_s=heartbeat_timeout_s,
+            upstream_timeout_s=upstream_timeout_s,
+            exact_partials=exact_partials,
+        )
+        for attach in observers:
+            attach(node.bus)
+        if on_ready is not None:
+            on_ready()
+        result = await node.run()
+        return int(result.rounds)
+
+
+async def run_hierarchical_client(
+    client_id: str,
+    key: bytes,
+    data: LocalData,
+    broker: BrokerSettings,
+    settings: ClientSettings | None = None,
+) -> int:
+    """Ask the coordinator for a combiner, serve it (and the next, if it falls silent) until STOP;
+    returns the rounds trained with the last combiner."""
+    settings = settings or ClientSettings()
+    shard = data.shard(settings.seed)
+    async with broker.transport(client_id, assigned_client_codec(key, broker)) as transport:
+        node = await run_assigned_client(
+            client_id,
+            transport,
+            data.trainer_for,
+            num_examples=len(shard),
+            assign_timeout_s=settings.register_timeout_s,
+            combiner_timeout_s=settings.coordinator_timeout_s,
+            label_counts=data.label_counts(settings.seed),
+            heartbeat_interval_s=settings.heartbeat_interval_s,
+        )
+        return node.rounds_trained
+
+
+async def run_hierarchical_coordinator(
+    session: SessionFile,
+    store: CredentialStore,
+    broker: BrokerSettings,
+    *,
+    min_combiners: int = 1,
+    observers: Sequence[Observer] = (),
+    on_ready: Callable[[], None] | None = None,
+) -> SessionResult:
+    """``networked.run_coordinator`` with combiners between it and the clients: it starts once
+    ``min_combiners`` combiners hold ``min_clients`` clients between them."""
+    config = session.config
+    evaluator, initial = plan_coordinator(session, broker)
+    codec = coordinator_codec(
+        store, artifacts=broker.artifacts, max_message_bytes=config.max_update_bytes + MAX_ENVELOPE_BYTES
+    )
+    async with broker.transport(COORDINATOR_ID, codec) as transport:
+        coordinator = HierarchicalCoordinator(
+            config, transport, initial, evaluator=evaluator, min_combiners=min_combiners
+        )
+        for attach in observers:
+            attach(coordinator.bus)
+        if on_ready is not None:
+            on_ready()
+        return await coordinator.run()

@@ -1,0 +1,195 @@
+"""The platform's coordinator node: one transport endpoint, any number of sessions.
+
+Peers register with the hub once and stay registered between sessions (the P2P platform's
+model: a peer is ONLINE, is locked TRAINING by a session, and is released afterwards). Each
+session runs its own ``Coordinator`` with the unchanged round logic; its transport is a
+``SessionPort`` that the hub feeds with the messages of that session, so a coordinator cannot
+tell whether it owns a transport or shares the hub's. The hub answers REGISTER and HEARTBEAT for
+every peer, keeps the platform-wide registry (OFFLINE after missed heartbeats) and forwards
+registrations and heartbeats of a session's peers to that session too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+
+from fedhive.core.envelope import Kind, Message, make
+from fedhive.errors import FedhiveError, TransportError
+from fedhive.runtime import events as ev
+from fedhive.runtime.bus import BusStopped, EventBus
+from fedhive.runtime.coordinator import COORDINATOR_ID
+from fedhive.runtime.payloads import body_int
+from fedhive.runtime.registry import ClientRegistry, PeerStatus
+from fedhive.transports.base import Transport, TransportClosed
+
+log = logging.getLogger("fedhive.hub")
+
+
+class SessionPort(Transport):
+    """One session's view of the hub's transport: sends go out through the hub, and ``recv``
+    yields only what the hub routed to this session."""
+
+    def __init__(self, hub: Hub, session_id: str) -> None:
+        self.node_id = COORDINATOR_ID
+        self.session_id = session_id
+        self._hub = hub
+        self._inbox: asyncio.Queue[Message | None] = asyncio.Queue()
+        self._closed = False
+
+    async def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._hub._ports.pop(self.session_id, None)
+            self._inbox.put_nowait(None)
+
+    async def send(self, to: str, message: Message) -> None:
+        await self._hub.transport.send(to, message)
+
+    async def send_many(self, items: Sequence[tuple[str, Message]]) -> list[TransportError | None]:
+        return await self._hub.transport.send_many(items)
+
+    async def publish(self, topic: str, message: Message) -> None:
+        await self._hub.transport.publish(topic, message)
+
+    async def subscribe(self, topic: str) -> None:
+        await self._hub.transport.subscribe(topic)
+
+    async def recv(self) -> Message:
+        item = await self._inbox.get() if not self._closed or not self._inbox.empty() else None
+        if item is None:
+            raise TransportClosed(f"session port {self.session_id} is closed")
+        return item
+
+    def deliver(self, message: Message) -> None:
+        if not self._closed:
+            self._inbox.put_nowait(message)
+
+
+class Hub:
+    def __init__(self, transport: Transport, *, heartbeat_timeout_s: float | None = 20.0) -> None:
+        self.transport = transport
+        self.bus = EventBus()
+        self.registry = ClientRegistry(heartbeat_timeout_s=heartbeat_timeout_s)
+        self._ports: dict[str, SessionPort] = {}
+        self._session_of: dict[str, str] = {}  # peer id -> the session holding it
+        self._timeout = heartbeat_timeout_s
+        self.bus.on(ev.MessageIn, self._on_message)
+        self.bus.on(ev.HeartbeatCheck, self._on_heartbeat_check)
+
+    def open_session(self, session_id: str, peers: Sequence[str]) -> SessionPort:
+        """A port for a new (or resumed) session holding ``peers``. Peers already ONLINE are
+        introduced to the session at once, as if they had just registered with it."""
+        port = SessionPort(self, session_id)
+        self._ports[session_id] = port
+        for peer in peers:
+            self._session_of[peer] = session_id
+            info = self.registry.get(peer)
+            if info is not None and info.status is not PeerStatus.OFFLINE:
+                body = {"num_examples": info.num_examples, "label_counts": info.label_counts}
+                port.deliver(make(Kind.REGISTER, peer, body=body))
+        return port
+
+    def release(self, session_id: str) -> None:
+        for peer in [p for p, s in self._session_of.items() if s == session_id]:
+            del self._session_of[peer]
+        port = self._ports.pop(session_id, None)
+        if port is not None:
+            port._closed = True
+            port._inbox.put_nowait(None)
+
+    async def run(self) -> None:
+        receiver = asyncio.create_task(self._receive(), name="hub-receive")
+        if self._timeout:
+            self.bus.call_later(self._timeout / 2, ev.HeartbeatCheck())
+        try:
+            await self.bus.run()
+        finally:
+            receiver.cancel()
+            await asyncio.gather(receiver, return_exceptions=True)
+
+    def stop(self) -> None:
+        self.bus.stop()
+
+    async def _receive(self) -> None:
+        async for message in self.transport:
+            try:
+                await self.bus.submit(ev.MessageIn(message))
+            except BusStopped:
+                return
+
+    async def _on_message(self, event: ev.MessageIn) -> None:
+        msg = event.message
+        try:
+            if msg.kind is Kind.REGISTER:
+                await self._on_register(msg)
+            elif msg.kind is Kind.HEARTBEAT:
+                self._on_heartbeat(msg)
+            elif msg.kind is Kind.DONE:
+                return
+            else:
+                self._route(msg, msg.envelope.session_id)
+        except FedhiveError as exc:
+            log.warning("rejected %s from %s: %s", msg.kind, msg.sender, exc)
+
+    async def _on_register(self, msg: Message) -> None:
+        num_examples = body_int(msg.envelope.body, "num_examples", low=0, high=10**9)
+        labels = msg.envelope.body.get("label_counts") or {}
+        previous = self.registry.register(msg.sender, num_examples, labels if isinstance(labels, dict) else {})
+        session = self._session_of.get(msg.sender)
+        if session is not None:
+            self.registry.set_status(msg.sender, PeerStatus.TRAINING)
+        self.bus.emit(ev.ClientStatusChanged(msg.sender, self.registry.get(msg.sender).status, previous))  # type: ignore[union-attr]
+        if session is not None:
+            self._route(msg, session)  # the session re-enables a peer that came back
+        else:
+            try:
+                await self.transport.send(msg.sender, make(Kind.REGISTERED, COORDINATOR_ID))
+            except TransportError as exc:
+                log.warning("could not answer %s: %s", msg.sender, exc)
+
+    def _on_heartbeat(self, msg: Message) -> None:
+        if msg.sender not in self.registry:
+            log.info("heartbeat from unregistered %s; asking it to register", msg.sender)
+            return
+        if self.registry.seen(msg.sender) is PeerStatus.OFFLINE:
+            status = PeerStatus.TRAINING if msg.sender in self._session_of else PeerStatus.ONLINE
+            self.registry.set_status(msg.sender, status)
+            self.bus.emit(ev.ClientStatusChanged(msg.sender, status, PeerStatus.OFFLINE))
+        b = msg.envelope.body
+        self.bus.emit(
+            ev.HeartbeatReceived(
+                msg.sender,
+                str(b.get("status", "")),
+                msg.envelope.round,
+                _int(b.get("epoch")),
+                _int(b.get("epochs")),
+                _float(b.get("loss")),
+                _float(b.get("accuracy")),
+            )
+        )
+        session = self._session_of.get(msg.sender)
+        if session is not None:
+            self._route(msg, session)
+
+    def _route(self, msg: Message, session_id: str) -> None:
+        port = self._ports.get(session_id)
+        if port is None:
+            log.info("dropped %s from %s for session %r, which is not running here", msg.kind, msg.sender, session_id)
+            return
+        port.deliver(msg)
+
+    def _on_heartbeat_check(self, _: ev.HeartbeatCheck) -> None:
+        for peer in self.registry.expire():
+            self.bus.emit(ev.ClientStatusChanged(peer, PeerStatus.OFFLINE, None))
+        if self._timeout:
+            self.bus.call_later(self._timeout / 2, ev.HeartbeatCheck())
+
+
+def _int(v: object) -> int | None:
+    return v if isinstance(v, int) and not isinstance(v, bool) else None
+
+
+def _float(v: object) -> float | None:
+    return float(v) if isinstance(v, int | float) and not isinstance(v, bool) else None

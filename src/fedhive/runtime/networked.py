@@ -1,0 +1,199 @@
+"""A coordinator and its clients as separate processes, talking through RabbitMQ.
+
+The same ``Coordinator`` and ``ClientNode`` as in the in-process simulation, handed an
+``AmqpTransport`` whose ``WireCodec`` signs and verifies with the right keys:
+
+- the coordinator checks a message from client X with X's secret (from the ``CredentialStore``)
+  and signs what it sends to X with X's secret; a sender the store does not know is rejected;
+- a client signs with its own secret and accepts only messages from the coordinator, signed with
+  that same secret. Clients never hold each other's secrets, so none can pose as another.
+
+Every node purges its own queue when it starts: what sits there was left by an earlier process
+with the same id (a stale REGISTER or STOP of another session) and must not be acted on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+from concurrent.futures import Executor, ThreadPoolExecutor
+from dataclasses import dataclass
+
+from fedhive.core.params import Params
+from fedhive.core.signing import Verifier
+from fedhive.core.wire import MAX_ENVELOPE_BYTES
+from fedhive.errors import ConfigError, FedhiveError
+from fedhive.learning.datasets import load_dataset, split_train_test
+from fedhive.learning.factory import build_trainer
+from fedhive.learning.trainer import Trainer
+from fedhive.runtime.bus import EventBus
+from fedhive.runtime.client import ClientNode
+from fedhive.runtime.coordinator import COORDINATOR_ID, Coordinator, SessionResult
+from fedhive.runtime.credentials import CredentialStore
+from fedhive.runtime.local_data import LocalData
+from fedhive.runtime.session_file import SessionFile
+from fedhive.storage.artifacts import ArtifactStore
+from fedhive.transports.amqp import AmqpTransport
+from fedhive.transports.wire_codec import DEFAULT_CLAIM_CHECK_BYTES, DEFAULT_MAX_MESSAGE_BYTES, WireCodec
+
+Observer = Callable[[EventBus], None]
+
+
+@dataclass(frozen=True)
+class BrokerSettings:
+    """Where the nodes meet. One coordinator per namespace: sessions side by side on one broker
+    use one namespace each."""
+
+    url: str
+    namespace: str = "fedhive"
+    ca_file: str | None = None
+    artifacts: ArtifactStore | None = None  # where payloads over the claim-check threshold go
+    connect_timeout_s: float = 10.0
+    publish_timeout_s: float = 30.0
+
+    def transport(self, node_id: str, codec: WireCodec) -> AmqpTransport:
+        return AmqpTransport(
+            self.url,
+            node_id,
+            codec,
+            namespace=self.namespace,
+            ca_file=self.ca_file,
+            connect_timeout_s=self.connect_timeout_s,
+            publish_timeout_s=self.publish_timeout_s,
+            purge_on_start=True,
+        )
+
+
+def coordinator_codec(
+    store: CredentialStore,
+    *,
+    artifacts: ArtifactStore | None = None,
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+) -> WireCodec:
+    return WireCodec(store.secret_of, Verifier(store.secret_of), artifacts, max_message_bytes=max_message_bytes)
+
+
+def client_codec(client_id: str, key: bytes, *, artifacts: ArtifactStore | None = None) -> WireCodec:
+    def coordinator_only(sender: str) -> bytes | None:
+        return key if sender == COORDINATOR_ID else None
+
+    return WireCodec(lambda _to: key, Verifier(coordinator_only), artifacts)
+
+
+# -- coordinator -----------------------------------------------------------------------------------
+def plan_coordinator(session: SessionFile, broker: BrokerSettings) -> tuple[Trainer, Params]:
+    """Load the held-out split and build the evaluator and the initial model (before connecting,
+    so that data errors come first)."""
+    config, data = session.config, session.data
+    ds = load_dataset(data.dataset, csv_path=data.csv, label=data.label)
+    # The same split as the simulation's (federation_data.prepare): the test rows do not depend on
+    # the partition, so coordinator and demo clients agree on them from the seed alone.
+    _, test = split_train_test(ds, data.test_fraction, config.seed)
+    evaluator = build_trainer(config.model, test.x, test.y, test.num_classes)
+    initial = evaluator.initial_params(config.seed)
+    if broker.artifacts is None and initial.spec.nbytes > DEFAULT_CLAIM_CHECK_BYTES:
+        raise ConfigError(
+            f"the model has {initial.spec.nbytes} bytes, over the {DEFAULT_CLAIM_CHECK_BYTES} bytes a message "
+            "carries itself: give an artifact store (--artifacts s3://bucket/prefix) that every node can reach"
+        )
+    return evaluator, initial
+
+
+async def run_coordinator(
+    session: SessionFile,
+    store: CredentialStore,
+    broker: BrokerSettings,
+    *,
+    plan: tuple[Trainer, Params] | None = None,
+    observers: Sequence[Observer] = (),
+    on_ready: Callable[[], None] | None = None,
+) -> SessionResult:
+    """Run one session to its end; raises ``SessionFailed`` with a reason when it cannot finish.
+    ``plan`` is what ``plan_coordinator`` returns, when the caller built it beforehand."""
+    config = session.config
+    evaluator, initial = plan or plan_coordinator(session, broker)
+    # Frames may hold one update of up to max_update_bytes plus its envelope; the update's own
+    # limit is checked (and the rejection logged against its round) when it is decoded.
+    codec = coordinator_codec(
+        store, artifacts=broker.artifacts, max_message_bytes=config.max_update_bytes + MAX_ENVELOPE_BYTES
+    )
+    async with broker.transport(COORDINATOR_ID, codec) as transport:
+        coordinator = Coordinator(config, transport, initial, evaluator=evaluator)
+        for attach in observers:
+            attach(coordinator.bus)
+        if on_ready is not None:
+            on_ready()
+        return await coordinator.run()
+
+
+# -- clients ------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ClientSettings:
+    seed: int = 0  # the session's seed, to draw a demo shard before the session says
+    register_timeout_s: float = 120.0
+    coordinator_timeout_s: float = 60.0
+    heartbeat_interval_s: float = 5.0  # until the coordinator says how often it wants one
+
+
+async def run_client(
+    client_id: str,
+    key: bytes,
+    data: LocalData,
+    broker: BrokerSettings,
+    settings: ClientSettings = ClientSettings(),
+    *,
+    observers: Sequence[Observer] = (),
+    executor: Executor | None = None,
+) -> int:
+    """Serve one session until STOP; returns the number of rounds trained. Raises ``SessionFailed``
+    if the coordinator never answers or falls silent."""
+    shard = data.shard(settings.seed)
+    codec = client_codec(client_id, key, artifacts=broker.artifacts)
+    async with broker.transport(client_id, codec) as transport:
+        node = ClientNode(
+            client_id,
+            transport,
+            data.trainer_for,
+            num_examples=len(shard),
+            label_counts=data.label_counts(settings.seed),
+            executor=executor,
+            heartbeat_interval_s=settings.heartbeat_interval_s,
+            register_timeout_s=settings.register_timeout_s,
+            coordinator_timeout_s=settings.coordinator_timeout_s,
+        )
+        for attach in observers:
+            attach(node.bus)
+        await node.run()
+        return node.rounds_trained
+
+
+async def run_virtual_clients(
+    clients: Sequence[tuple[str, bytes, LocalData]],
+    broker: BrokerSettings,
+    settings: ClientSettings = ClientSettings(),
+    *,
+    observers: Sequence[Observer] = (),
+) -> list[int | FedhiveError]:
+    """Host many clients in this process, each with its own connection and identity.
+
+    Training runs in one shared worker thread: the event loop stays free for every client's
+    heartbeats and for the AMQP connections' own heartbeats, which a blocked loop would miss.
+    Returns, per client, the rounds it trained or why it failed.
+    """
+    pool = ThreadPoolExecutor(1, thread_name_prefix="fedhive-virtual-clients")
+    try:
+        results = await asyncio.gather(
+            *(
+                run_client(cid, key, data, broker, settings, observers=observers, executor=pool)
+                for cid, key, data in clients
+            ),
+            return_exceptions=True,
+        )
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+    out: list[int | FedhiveError] = []
+    for r in results:
+        if isinstance(r, BaseException) and not isinstance(r, FedhiveError):
+            raise r
+        out.append(r)
+    return out

@@ -1,0 +1,52 @@
+"""Turning a received message's payload into validated ``Params`` and checked numbers."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+from fedhive.core import codec
+from fedhive.core.envelope import Message
+from fedhive.core.params import Params, ParamSpec, check_against_spec
+from fedhive.errors import PayloadError, ProtocolError
+
+OFFLOAD_BYTES = 1024 * 1024  # payloads above this are validated in a worker thread
+
+
+def payload_size(message: Message) -> int:
+    p = message.payload
+    if p is None:
+        return 0
+    return p.nbytes if isinstance(p, Params | memoryview) else len(p)
+
+
+def payload_params(message: Message, expected: ParamSpec, *, max_bytes: int, what: str) -> Params:
+    """Decode (if bytes) and check names, shapes, dtypes, size and finiteness against ``expected``."""
+    p = message.payload
+    if p is None:
+        raise PayloadError(f"{what} carries no parameters")
+    if isinstance(p, Params):
+        if p.nbytes > max_bytes:
+            raise PayloadError(f"{what} of {p.nbytes} bytes exceeds the limit of {max_bytes} bytes")
+        check_against_spec(p, expected, what=what)
+        return p
+    return codec.decode(p, expected=expected, max_bytes=max_bytes, what=what)
+
+
+def body_int(body: Mapping[str, object], key: str, *, low: int, high: int) -> int:
+    v = body.get(key)
+    if not isinstance(v, int) or isinstance(v, bool) or not low <= v <= high:
+        raise ProtocolError(f"body field {key!r} must be an integer in [{low}, {high}], got {v!r}")
+    return v
+
+
+def body_metrics(body: Mapping[str, object], key: str = "metrics") -> dict[str, float]:
+    raw = body.get(key, {})
+    if not isinstance(raw, dict) or len(raw) > 64:
+        raise ProtocolError(f"body field {key!r} must be an object of at most 64 numbers")
+    out = {}
+    for k, v in raw.items():
+        if not isinstance(v, int | float) or isinstance(v, bool) or not math.isfinite(v):
+            raise ProtocolError(f"metric {k!r} must be a finite number, got {v!r}")
+        out[str(k)[:64]] = float(v)
+    return out

@@ -1,0 +1,44 @@
+"""The coordinator's bookkeeping of the round in progress, and how a failed round is explained."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+from fedhive.strategies.base import Aggregator
+
+
+@dataclass
+class RoundState:
+    """One attempt at one round, while the coordinator collects its updates."""
+
+    round: int
+    attempt: int
+    selected: list[str]
+    started: float
+    aggregator: Aggregator
+    deadline: asyncio.TimerHandle | None = None
+    index: dict[str, int] = field(default_factory=dict)  # client -> position, for its training seed
+    accepted: set[str] = field(default_factory=set)
+    failed: dict[str, str] = field(default_factory=dict)
+    closing: bool = False
+
+    def answered(self) -> int:
+        return len(self.accepted) + len(self.failed)
+
+
+@dataclass(frozen=True, slots=True)
+class RetryRound:
+    attempt: int
+
+
+def shortfall_reason(r: RoundState, need: int, missing: list[str], timeout: float) -> str:
+    parts = [
+        f"round {r.round}: {len(r.accepted)} of {len(r.selected)} selected clients sent a valid update, "
+        f"quorum is {need}"
+    ]
+    if missing:
+        parts.append(f"no answer within {timeout:.0f} s from {', '.join(missing[:10])}")
+    for c, why in list(r.failed.items())[:10]:
+        parts.append(f"{c} {why}")
+    return "; ".join(parts)

@@ -1,0 +1,91 @@
+"""A session's settings: what every node of a session agrees on. Loaded from TOML, the API or CLI."""
+
+from __future__ import annotations
+
+import math
+import uuid
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from fedhive.errors import ConfigError
+from fedhive.learning.trainer import FitConfig
+
+
+class SessionConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    session_id: str = Field(default_factory=lambda: uuid.uuid4().hex[:12], min_length=1, max_length=64)
+    rounds: int = Field(default=20, ge=1, le=100_000)
+    min_clients: int = Field(default=2, ge=1, description="clients that must be ONLINE before round 1")
+    fraction: float = Field(default=1.0, gt=0, le=1, description="share of ONLINE clients selected per round")
+    max_clients: int | None = Field(default=None, ge=1, description="cap on clients selected per round")
+    quorum: float = Field(
+        default=0.5,
+        gt=0,
+        le=1,
+        description="share of selected clients whose valid updates a round needs at its deadline",
+    )
+    round_timeout_s: float = Field(default=300.0, gt=0)
+    registration_timeout_s: float = Field(default=120.0, gt=0)
+    heartbeat_interval_s: float | None = Field(default=5.0, gt=0)
+    heartbeat_timeout_s: float | None = Field(default=20.0, gt=0)
+    max_round_retries: int = Field(default=2, ge=0)
+    epochs: int = Field(default=1, ge=1, le=10_000)
+    batch_size: int = Field(default=32, ge=1)
+    lr: float = Field(default=0.05, gt=0)
+    momentum: float = Field(default=0.9, ge=0, lt=1)
+    proximal_mu: float = Field(default=0.0, ge=0)
+    local_steps: int | None = Field(default=None, ge=1, description="cap on minibatch steps per round")
+    seed: int = 0
+    model: str = "simple-dnn"
+    strategy: str = "fedavg"
+    max_update_bytes: int = Field(default=256 * 1024 * 1024, ge=1024)
+    data: dict[str, Any] = Field(default_factory=dict, description="what demo clients load (dataset, partition)")
+
+    @model_validator(mode="after")
+    def _check(self) -> SessionConfig:
+        if (
+            self.heartbeat_interval_s
+            and self.heartbeat_timeout_s
+            and self.heartbeat_timeout_s <= self.heartbeat_interval_s
+        ):
+            raise ValueError("heartbeat_timeout_s must be longer than heartbeat_interval_s")
+        return self
+
+    def fit_config(self, round: int, client_index: int) -> FitConfig:
+        return FitConfig(
+            momentum=self.momentum,
+            epochs=self.epochs,
+            batch_size=self.batch_size,
+            lr=self.lr,
+            proximal_mu=self.proximal_mu,
+            max_steps=self.local_steps,
+            seed=derive_seed(self.seed, round, client_index),
+        )
+
+    def selection_size(self, online: int) -> int:
+        k = max(1, math.ceil(self.fraction * online))
+        return min(k, self.max_clients) if self.max_clients else k
+
+    def quorum_size(self, selected: int) -> int:
+        return max(1, math.ceil(self.quorum * selected))
+
+
+def derive_seed(seed: int, round: int, index: int) -> int:
+    """A distinct, reproducible 31-bit seed per (session seed, round, client)."""
+    return (seed * 1_000_003 + round * 9_176 + index * 7_919) % (2**31 - 1)
+
+
+def make_config(**fields: Any) -> SessionConfig:
+    """Build a config, turning validation errors into one readable ``ConfigError`` line."""
+    try:
+        return SessionConfig(**{k: v for k, v in fields.items() if v is not None})
+    except ValidationError as exc:
+        raise ConfigError(validation_message(exc)) from None
+
+
+def validation_message(exc: ValidationError) -> str:
+    first = exc.errors()[0]
+    where = ".".join(str(p) for p in first["loc"]) or "config"
+    return f"{where}: {first['msg']} (got {first.get('input')!r})"

@@ -1,0 +1,46 @@
+"""What the API asks of the running federation: start and cancel sessions.
+
+Everything else the API shows (sessions, rounds, peers, models) it reads from the metadata store,
+which the coordinator's persistence observer keeps current. This seam keeps the API testable with
+the real coordinator behind it, whatever transport that coordinator uses.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from fedhive.errors import FedhiveError
+from fedhive.runtime.session_config import SessionConfig
+
+
+class NotEnoughPeers(FedhiveError):
+    """Fewer ONLINE peers than the session's ``min_peers`` (the API answers 400)."""
+
+    def __init__(self, online: int, needed: int) -> None:
+        super().__init__(f"not enough peers: {online} ONLINE, {needed} needed")
+        self.online = online
+        self.needed = needed
+
+
+@dataclass(frozen=True)
+class SessionRequest:
+    owner_id: str
+    config: SessionConfig  # model spec, strategy, hyperparameters, rounds
+    min_peers: int
+    dataset_id: str | None = None  # an uploaded CSV (stored in the artifact store, row in datasets)
+    initial_model: tuple[str, int] | None = None  # registered (model name, version) to start from
+
+
+class SessionLauncher(Protocol):
+    async def start(self, request: SessionRequest) -> str:
+        """Create the session row, lock ``min_peers`` ONLINE peers (TRAINING) and start it.
+
+        Returns the session id. Raises ``NotEnoughPeers`` and leaves nothing behind when too few
+        peers are ONLINE.
+        """
+        ...
+
+    async def cancel(self, session_id: str) -> bool:
+        """Stop a PENDING/RUNNING session (CANCELLED, peers released); False if it already ended."""
+        ...

@@ -1,0 +1,76 @@
+"""Mirrors the hub's view of its peers into the metadata store, for ``GET /peers`` and the
+dashboard: statuses on every change, heartbeats (epoch, loss, accuracy) at most once a second
+per peer so that a thousand chatty peers cannot saturate the database."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+
+from fedhive.errors import StorageError
+from fedhive.runtime import events as ev
+from fedhive.runtime.bus import EventBus
+from fedhive.storage import users_repo
+from fedhive.storage.database import Database
+from fedhive.storage.models import ClientStatus
+
+log = logging.getLogger("fedhive.peers")
+_MIN_INTERVAL_S = 1.0
+
+
+class PeerStatusRecorder:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self._last: dict[str, float] = {}
+
+    def attach(self, bus: EventBus) -> None:
+        bus.on(ev.ClientStatusChanged, self._on_status)
+        bus.on(ev.HeartbeatReceived, self._on_heartbeat)
+
+    async def _on_status(self, e: ev.ClientStatusChanged) -> None:
+        def write() -> None:
+            with self.db.session() as s:
+                users_repo.record_heartbeat(s, e.client_id, status=ClientStatus(str(e.status)))
+
+        await self._guard(write)
+
+    async def _on_heartbeat(self, e: ev.HeartbeatReceived) -> None:
+        now = time.monotonic()
+        if now - self._last.get(e.client_id, -_MIN_INTERVAL_S) < _MIN_INTERVAL_S:
+            return
+        self._last[e.client_id] = now
+        metrics = {k: v for k, v in (("loss", e.loss), ("accuracy", e.accuracy)) if v is not None}
+
+        def write() -> None:
+            with self.db.session() as s:
+                users_repo.record_heartbeat(s, e.client_id, epoch=e.epoch, epochs=e.epochs, metrics=metrics or None)
+
+        await self._guard(write)
+
+    async def _guard(self, write: Callable[[], None]) -> None:
+        try:
+            await asyncio.to_thread(write)
+        except StorageError as exc:  # the federation goes on; the dashboard is a little stale
+            log.warning("could not record peer status: %s", exc)
+
+
+class SecretCache:
+    """Client secrets for signature checks, read from the database once per client.
+
+    Verification runs on the event loop for every message; a database round trip there would
+    stall the loop, so a secret is fetched on first use and kept (secrets do not change)."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self._known: dict[str, bytes] = {}
+
+    def __call__(self, client_id: str) -> bytes | None:
+        secret = self._known.get(client_id)
+        if secret is None:
+            with self.db.session(read_only=True) as s:
+                secret = users_repo.get_client_secret(s, client_id)
+            if secret is not None:
+                self._known[client_id] = secret
+        return secret

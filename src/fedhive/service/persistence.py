@@ -1,0 +1,162 @@
+"""Keeps the metadata store in step with a running session: an observer on its coordinator's bus.
+
+After every round the global parameters and the strategy state go to the artifact store
+(content-addressed safetensors) and the checkpoint row, the round row and the per-client results
+are written; a restarted coordinator resumes from the last checkpoint. Database and artifact I/O
+are blocking, so each write runs in a worker thread; the coordinator's bus waits for it, so the
+next round never starts before the previous one is durable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import TypeVar
+
+import numpy as np
+
+from fedhive.core import codec
+from fedhive.core.params import Params
+from fedhive.runtime import events as ev
+from fedhive.runtime.bus import EventBus
+from fedhive.storage import models_repo, sessions_repo, users_repo
+from fedhive.storage.artifacts import ArtifactStore
+from fedhive.storage.database import Database
+from fedhive.storage.models import ResultStatus, SessionStatus
+from fedhive.strategies.base import Strategy
+
+log = logging.getLogger("fedhive.persistence")
+T = TypeVar("T")
+
+
+class SessionRecorder:
+    def __init__(
+        self,
+        db: Database,
+        artifacts: ArtifactStore,
+        session_id: str,
+        strategy: Strategy,
+        *,
+        owner_id: int | None,
+        model_name: str,
+        model_spec: str,
+    ) -> None:
+        self.db = db
+        self.artifacts = artifacts
+        self.session_id = session_id
+        self.strategy = strategy
+        self.owner_id = owner_id
+        self.model_name = model_name
+        self.model_spec = model_spec
+
+    def attach(self, bus: EventBus) -> None:
+        bus.on(ev.SessionStarted, self._on_started)
+        bus.on(ev.UpdateAccepted, self._on_accepted)
+        bus.on(ev.UpdateRejected, self._on_rejected)
+        bus.on(ev.RoundCompleted, self._on_round)
+        bus.on(ev.SessionCompleted, self._on_completed)
+        bus.on(ev.SessionFailedEvent, self._on_failed)
+
+    async def _write(self, what: Callable[[], T]) -> T:
+        return await asyncio.to_thread(what)
+
+    async def _on_started(self, _: ev.SessionStarted) -> None:
+        def write() -> None:
+            with self.db.session() as s:
+                sessions_repo.set_session_status(s, self.session_id, SessionStatus.RUNNING)
+
+        await self._write(write)
+
+    async def _on_accepted(self, e: ev.UpdateAccepted) -> None:
+        def write() -> None:
+            with self.db.session() as s:
+                sessions_repo.record_client_result(
+                    s,
+                    self.session_id,
+                    e.round,
+                    e.client_id,
+                    status=ResultStatus.ACCEPTED,
+                    num_examples=e.num_examples,
+                    metrics=e.metrics,
+                )
+
+        await self._write(write)
+
+    async def _on_rejected(self, e: ev.UpdateRejected) -> None:
+        status = ResultStatus.LATE if e.reason == "late" else ResultStatus.REJECTED
+
+        def write() -> None:
+            with self.db.session() as s:
+                sessions_repo.record_client_result(
+                    s, self.session_id, e.round, e.client_id, status=status, reason=e.reason[:500]
+                )
+
+        await self._write(write)
+
+    async def _on_round(self, e: ev.RoundCompleted) -> None:
+        state = self.strategy.state()
+
+        def write() -> None:
+            params_ref = self.artifacts.put(codec.encode(e.params))
+            state_ref = self.artifacts.put(codec.encode(Params(state))) if state else None
+            metrics = {
+                **e.metrics,
+                "train": e.train_metrics,
+                "selected": e.num_selected,
+                "missing": e.late_or_missing,
+                **self.strategy.round_metrics(),
+            }
+            with self.db.session() as s:
+                # One unit: a round is recorded if and only if its checkpoint is.
+                sessions_repo.save_checkpoint(s, self.session_id, e.round, params_ref, state_ref)
+                sessions_repo.record_round(
+                    s, self.session_id, e.round, metrics=metrics, num_updates=e.num_updates, duration_s=e.duration_s
+                )
+
+        await self._write(write)
+
+    async def _on_completed(self, e: ev.SessionCompleted) -> None:
+        def write() -> None:
+            ref = self.artifacts.put(codec.encode(e.params))
+            with self.db.session() as s:
+                if self.owner_id is not None:
+                    version = models_repo.add_model_version(
+                        s,
+                        self.owner_id,
+                        self.model_name,
+                        artifact_ref=ref,
+                        spec={"tensors": e.params.spec.to_json()},
+                        model_spec=self.model_spec,
+                        session_id=self.session_id,
+                        metrics=e.metrics,
+                        create=True,
+                    )
+                    sessions_repo.set_final_model(s, self.session_id, version.id)
+                sessions_repo.set_session_status(s, self.session_id, SessionStatus.COMPLETED)
+                users_repo.release_clients(s, self.session_id)
+
+        await self._write(write)
+        log.info("session %s completed after %d rounds", self.session_id, e.rounds)
+
+    async def _on_failed(self, e: ev.SessionFailedEvent) -> None:
+        def write() -> None:
+            with self.db.session() as s:
+                sessions_repo.set_session_status(s, self.session_id, SessionStatus.FAILED, reason=e.reason[:2000])
+                users_repo.release_clients(s, self.session_id)
+
+        await self._write(write)
+
+
+def load_checkpoint(
+    db: Database, artifacts: ArtifactStore, session_id: str
+) -> tuple[int, Params, dict[str, np.ndarray]] | None:
+    """(last completed round, global params, strategy state) of a session, or None before round 1."""
+    with db.session(read_only=True) as s:
+        row = sessions_repo.latest_checkpoint(s, session_id)
+        if row is None:
+            return None
+        rnd, params_ref, state_ref = row.round, row.params_ref, row.state_ref
+    params = codec.decode(artifacts.get(params_ref), max_bytes=1 << 34, what="checkpoint")
+    state = dict(codec.decode(artifacts.get(state_ref), max_bytes=1 << 34, what="strategy state")) if state_ref else {}
+    return rnd, params, state

@@ -1,0 +1,145 @@
+"""The platform in one process: REST API + hub + session manager (+ optional local peers).
+
+``fedhive serve`` runs this on the embedded defaults (SQLite, local artifacts, in-memory
+transport); URLs move each part out (``--db postgresql://``, ``--artifacts s3://``,
+``--broker amqp://``) without code changes. Local peers are ordinary client nodes in this process,
+for trying the platform without starting peer processes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from collections.abc import Callable
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import uvicorn
+
+from fedhive.api.app import create_app
+from fedhive.core.signing import Verifier
+from fedhive.learning.factory import build_trainer
+from fedhive.learning.trainer import Trainer
+from fedhive.runtime.client import ClientNode
+from fedhive.runtime.coordinator import COORDINATOR_ID
+from fedhive.runtime.hub import Hub
+from fedhive.runtime.networked import BrokerSettings
+from fedhive.runtime.session_config import SessionConfig
+from fedhive.service.peer_status import PeerStatusRecorder, SecretCache
+from fedhive.service.services import Services, open_stores
+from fedhive.service.session_manager import SessionManager
+from fedhive.service.settings import Settings
+from fedhive.service.shards import peer_dataset
+from fedhive.storage import users_repo
+from fedhive.storage.artifacts import ArtifactStore
+from fedhive.storage.database import Database
+from fedhive.transports.base import Transport
+from fedhive.transports.memory import MemoryNetwork
+from fedhive.transports.wire_codec import WireCodec
+from fedhive.web.live import LiveFeed
+
+log = logging.getLogger("fedhive.platform")
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    local_clients: int = 0
+
+
+async def serve(settings: Settings, options: ServeOptions, *, on_ready: Callable[[str], None] | None = None) -> None:
+    """Run until cancelled (Ctrl-C). ``on_ready`` gets the API's base URL once it listens."""
+    db, artifacts = await asyncio.to_thread(open_stores, settings)
+    async with AsyncExitStack() as stack:
+        stack.callback(db.dispose)
+        network = MemoryNetwork() if settings.broker_url is None else None
+        transport = await stack.enter_async_context(_hub_transport(settings, db, artifacts, network))
+        hub = Hub(transport, heartbeat_timeout_s=settings.heartbeat_timeout_s)
+        PeerStatusRecorder(db).attach(hub.bus)
+        live = LiveFeed()  # the dashboard's server-sent events: peer facts from the hub, rounds per session
+        live.attach_hub(hub.bus)
+        manager = SessionManager(db, artifacts, hub, observers=[live.attach_session])
+        app = create_app(settings, Services(settings, db, artifacts, manager), live)
+        server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
+        # Binding the socket before serving is the readiness signal: from here on, connections
+        # wait in the listen backlog until uvicorn accepts them.
+        sock = socket.create_server((options.host, options.port), reuse_port=False)
+        stack.callback(sock.close)
+        await asyncio.to_thread(_mark_all_offline, db)  # statuses from a previous run are stale
+        peers = await asyncio.to_thread(_local_peer_ids, db, options.local_clients)
+        async with asyncio.TaskGroup() as tg:
+            hub_task = tg.create_task(hub.run(), name="hub")
+            peer_tasks = [tg.create_task(_run_local_peer(p, network, settings, db, artifacts), name=p) for p in peers]
+            resumed = await manager.resume_running()
+            if resumed:
+                log.warning("resumed %d running session(s): %s", len(resumed), ", ".join(resumed))
+            api = tg.create_task(server.serve(sockets=[sock]), name="api")
+            if on_ready is not None:
+                on_ready(f"http://{options.host}:{sock.getsockname()[1]}")
+            await api  # ends on SIGINT/SIGTERM (uvicorn's own handlers)
+            await manager.close()
+            hub.stop()
+            await hub_task
+            for task in peer_tasks:
+                task.cancel()
+
+
+def _mark_all_offline(db: Database) -> None:
+    with db.session() as s:
+        users_repo.mark_silent_clients_offline(s, datetime.now(UTC) + timedelta(days=1))
+
+
+def _hub_transport(
+    settings: Settings, db: Database, artifacts: ArtifactStore, network: MemoryNetwork | None
+) -> Transport:
+    if network is not None:
+        return network.connect(COORDINATOR_ID)
+    secrets = SecretCache(db)
+    codec = WireCodec(secrets, Verifier(secrets), artifacts)
+    assert settings.broker_url is not None
+    return BrokerSettings(settings.broker_url, artifacts=artifacts).transport(COORDINATOR_ID, codec)
+
+
+def _local_peer_ids(db: Database, count: int) -> list[str]:
+    """Credentials for ``count`` local peers (created once, reused on restart)."""
+    ids = [f"local-{i + 1}" for i in range(count)]
+    with db.session() as s:
+        for peer in ids:
+            if users_repo.get_client(s, peer) is None:
+                users_repo.create_client(s, peer, client_id=peer)
+    return ids
+
+
+async def _run_local_peer(
+    peer: str, network: MemoryNetwork | None, settings: Settings, db: Database, artifacts: ArtifactStore
+) -> None:
+    def trainer_for(config: SessionConfig) -> Trainer:
+        shard = peer_dataset(config.data, peer, config.seed, artifacts)
+        return build_trainer(config.model, shard.x, shard.y, shard.num_classes)
+
+    if network is not None:
+        transport: Transport = network.connect(peer)
+    else:
+        assert settings.broker_url is not None
+        with db.session(read_only=True) as s:
+            key = users_repo.get_client_secret(s, peer)
+        assert key is not None
+
+        def coordinator_only(sender: str) -> bytes | None:
+            return key if sender == COORDINATOR_ID else None
+
+        codec = WireCodec(lambda _to: key, Verifier(coordinator_only), artifacts)
+        transport = BrokerSettings(settings.broker_url, artifacts=artifacts).transport(peer, codec)
+    async with transport:
+        node = ClientNode(
+            peer,
+            transport,
+            trainer_for,
+            num_examples=0,
+            persistent=True,
+            heartbeat_interval_s=max(1.0, settings.heartbeat_timeout_s / 4),
+        )
+        await node.run()

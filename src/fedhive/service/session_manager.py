@@ -1,0 +1,272 @@
+"""Starts, cancels and resumes sessions on the hub: the platform's ``SessionLauncher``.
+
+Starting is one transaction (session row + peers locked TRAINING, or nothing at all), then the
+data plan, then a ``Coordinator`` on a hub port with the persistence observer attached. A
+coordinator process that was killed and started again calls ``resume_running``: every RUNNING
+session continues from its last checkpoint with the peers it held, so no round is skipped or run
+twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import sqlalchemy as sa
+
+from fedhive.core import codec
+from fedhive.core.envelope import Kind, make
+from fedhive.core.params import Params
+from fedhive.errors import ConfigError, FedhiveError, SessionFailed
+from fedhive.learning.factory import build_trainer
+from fedhive.learning.federation_data import DataSpec
+from fedhive.learning.models import parse_model_spec
+from fedhive.runtime.bus import EventBus
+from fedhive.runtime.coordinator import COORDINATOR_ID, Coordinator
+from fedhive.runtime.hub import Hub
+from fedhive.runtime.session_config import SessionConfig
+from fedhive.service.launcher import NotEnoughPeers, SessionRequest
+from fedhive.service.persistence import SessionRecorder, load_checkpoint
+from fedhive.service.shards import DataPlan, plan_builtin, plan_uploaded_csv
+from fedhive.storage import models_repo, sessions_repo, users_repo
+from fedhive.storage.artifacts import ArtifactStore
+from fedhive.storage.database import Database
+from fedhive.storage.models import ClientRow, ClientStatus, SessionStatus
+from fedhive.strategies.registry import parse_strategy
+
+log = logging.getLogger("fedhive.sessions")
+_MAX_MODEL_BYTES = 1 << 33
+
+
+class SessionManager:
+    def __init__(
+        self,
+        db: Database,
+        artifacts: ArtifactStore,
+        hub: Hub,
+        *,
+        observers: Sequence[Callable[[str, EventBus], None]] = (),
+    ) -> None:
+        self.db = db
+        # Extra observers (the dashboard's live feed, a tracker): called with (session id, bus)
+        # for every session started or resumed, after the persistence observer.
+        self._observers = list(observers)
+        self.artifacts = artifacts
+        self.hub = hub
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+
+    # -- SessionLauncher ---------------------------------------------------------------------
+    async def start(self, request: SessionRequest) -> str:
+        config = request.config
+        parse_model_spec(config.model)  # ConfigError before anything is written
+        parse_strategy(config.strategy)
+        peers = await asyncio.to_thread(self._create_and_claim, request)
+        try:
+            plan = await asyncio.to_thread(self._plan, config, peers, request.dataset_id, request.owner_id)
+            config = config.model_copy(update={"data": plan.data, "min_clients": min(request.min_peers, len(peers))})
+            initial = await asyncio.to_thread(self._initial_params, request, config, plan)
+            await asyncio.to_thread(self._store_config, config)
+        except FedhiveError:
+            # The caller gets the error; no half-created session stays behind, peers go free.
+            await asyncio.to_thread(self._discard, config.session_id, int(request.owner_id))
+            raise
+        self._launch(config, peers, plan, initial, owner_id=int(request.owner_id), start_round=1, state={})
+        return config.session_id
+
+    async def cancel(self, session_id: str) -> bool:
+        task = self._tasks.pop(session_id, None)
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        peers = await asyncio.to_thread(self._peers_of, session_id)
+        stop = make(Kind.STOP, COORDINATOR_ID, session_id=session_id, body={"reason": "cancelled"})
+        await self.hub.transport.send_many([(p, stop) for p in peers])
+        self.hub.release(session_id)
+
+        def write() -> bool:
+            with self.db.session() as s:
+                changed = sessions_repo.set_session_status(s, session_id, SessionStatus.CANCELLED, reason="cancelled")
+                users_repo.release_clients(s, session_id)
+                return changed
+
+        return await asyncio.to_thread(write)
+
+    # -- crash resume ---------------------------------------------------------------------------
+    async def resume_running(self) -> list[str]:
+        """Continue every RUNNING (or PENDING) session from its last checkpoint."""
+        resumed = []
+        for row_id, owner_id, raw in await asyncio.to_thread(self._unfinished):
+            try:
+                config = SessionConfig.model_validate(raw)
+                peers = await asyncio.to_thread(self._peers_of, row_id)
+                plan = await asyncio.to_thread(self._replan, config, peers)
+                ckpt = await asyncio.to_thread(load_checkpoint, self.db, self.artifacts, row_id)
+                if ckpt is None:
+                    initial = await asyncio.to_thread(self._fresh_params, config, plan)
+                    start_round, state = 1, {}
+                else:
+                    start_round, initial, state = ckpt[0] + 1, ckpt[1], ckpt[2]
+            except FedhiveError as exc:
+                await asyncio.to_thread(self._fail_now, row_id, f"cannot resume: {exc}")
+                continue
+            log.info("resuming session %s at round %d with %d peers", row_id, start_round, len(peers))
+            self._launch(config, peers, plan, initial, owner_id=owner_id, start_round=start_round, state=state)
+            resumed.append(row_id)
+        return resumed
+
+    async def close(self) -> None:
+        """Stop running coordinators without touching their sessions' state (they resume later)."""
+        for task in self._tasks.values():
+            task.cancel()
+        await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+        self._tasks.clear()
+
+    @property
+    def running(self) -> list[str]:
+        return [sid for sid, t in self._tasks.items() if not t.done()]
+
+    # -- running ------------------------------------------------------------------------------
+    def _launch(
+        self,
+        config: SessionConfig,
+        peers: list[str],
+        plan: DataPlan,
+        initial: Params,
+        *,
+        owner_id: int | None,
+        start_round: int,
+        state: dict[str, Any],
+    ) -> None:
+        strategy = parse_strategy(config.strategy)
+        if state:
+            strategy.load_state(state)
+        evaluator = build_trainer(config.model, plan.test.x, plan.test.y, plan.test.num_classes)
+        port = self.hub.open_session(config.session_id, peers)
+        coordinator = Coordinator(
+            config, port, initial, strategy=strategy, evaluator=evaluator, start_round=start_round
+        )
+        SessionRecorder(
+            self.db,
+            self.artifacts,
+            config.session_id,
+            strategy,
+            owner_id=owner_id,
+            model_name=f"session-{config.session_id}",
+            model_spec=config.model,
+        ).attach(coordinator.bus)
+        for attach in self._observers:
+            attach(config.session_id, coordinator.bus)
+        self._tasks[config.session_id] = asyncio.create_task(
+            self._run(coordinator), name=f"session-{config.session_id}"
+        )
+
+    async def _run(self, coordinator: Coordinator) -> None:
+        sid = coordinator.config.session_id
+        try:
+            await coordinator.run()
+        except SessionFailed as exc:  # recorded by the SessionRecorder; the platform goes on
+            log.warning("session %s failed: %s", sid, exc.reason)
+        finally:
+            self.hub.release(sid)
+            self._tasks.pop(sid, None)
+
+    # -- blocking helpers (run in threads) ------------------------------------------------------
+    def _create_and_claim(self, request: SessionRequest) -> list[str]:
+        config = request.config
+        with self.db.session() as s:
+            sessions_repo.create_session(
+                s,
+                config=config.model_dump(mode="json"),
+                rounds_total=config.rounds,
+                owner_id=int(request.owner_id),
+                dataset_id=request.dataset_id,
+                session_id=config.session_id,
+            )
+            peers = users_repo.claim_online_clients(
+                s, config.session_id, min_count=request.min_peers, max_count=config.max_clients
+            )
+            if not peers:
+                online = len(users_repo.list_clients(s, None, status=ClientStatus.ONLINE))
+                # Raising rolls the whole unit back: no session row is left behind.
+                raise NotEnoughPeers(online, request.min_peers)
+        return peers
+
+    def _plan(self, config: SessionConfig, peers: list[str], dataset_id: str | None, owner_id: str) -> DataPlan:
+        if dataset_id is None:
+            spec = DataSpec(**{k: v for k, v in config.data.items() if k in DataSpec.model_fields})
+            return plan_builtin(spec, peers, config.seed)
+        with self.db.session(read_only=True) as s:
+            row = models_repo.get_dataset(s, dataset_id, owner_id=int(owner_id))
+            if row is None:
+                raise ConfigError(f"dataset {dataset_id!r} not found")
+            ref, label = row.artifact_ref, row.label_column
+        if not label:
+            raise ConfigError("the uploaded dataset has no label column named")
+        partition = str(config.data.get("partition", "iid"))
+        plan = plan_uploaded_csv(self.artifacts, ref, label, partition, peers, config.seed)
+        return DataPlan({**plan.data, "csv_ref": ref}, plan.test)
+
+    def _replan(self, config: SessionConfig, peers: list[str]) -> DataPlan:
+        data = config.data
+        if "csv_ref" in data:  # deterministic: the same split and the same content-addressed shards
+            plan = plan_uploaded_csv(
+                self.artifacts,
+                str(data["csv_ref"]),
+                str(data["label"]),
+                str(data["partition"]),
+                sorted(data["shards"]),
+                config.seed,
+            )
+            return DataPlan(dict(data), plan.test)
+        spec = DataSpec(**{k: v for k, v in data.items() if k in DataSpec.model_fields})
+        return DataPlan(dict(data), plan_builtin(spec, sorted(data.get("parts", peers)), config.seed).test)
+
+    def _initial_params(self, request: SessionRequest, config: SessionConfig, plan: DataPlan) -> Params:
+        if request.initial_model is None:
+            return self._fresh_params(config, plan)
+        name, version = request.initial_model
+        with self.db.session(read_only=True) as s:
+            row = models_repo.get_model_version(s, int(request.owner_id), name, version)
+            if row is None:
+                raise ConfigError(f"model {name!r} version {version} not found")
+            ref = row.artifact_ref
+        params = codec.decode(self.artifacts.get(ref), max_bytes=_MAX_MODEL_BYTES, what="registered model")
+        expected = self._fresh_params(config, plan).spec
+        if params.spec != expected:
+            raise ConfigError(f"model {name!r} version {version} does not fit {config.model!r} on this data set")
+        return Params({n: a.copy() for n, a in params.items()})
+
+    def _fresh_params(self, config: SessionConfig, plan: DataPlan) -> Params:
+        evaluator = build_trainer(config.model, plan.test.x, plan.test.y, plan.test.num_classes)
+        return evaluator.initial_params(config.seed)
+
+    def _store_config(self, config: SessionConfig) -> None:
+        with self.db.session() as s:
+            row = sessions_repo.session_by_id(s, config.session_id)
+            if row is not None:
+                row.config = config.model_dump(mode="json")
+
+    def _discard(self, session_id: str, owner_id: int) -> None:
+        with self.db.session() as s:
+            users_repo.release_clients(s, session_id)
+            sessions_repo.set_session_status(s, session_id, SessionStatus.CANCELLED, reason="start failed")
+            sessions_repo.delete_session(s, session_id, owner_id=owner_id)
+
+    def _fail_now(self, session_id: str, reason: str) -> None:
+        with self.db.session() as s:
+            sessions_repo.set_session_status(s, session_id, SessionStatus.FAILED, reason=reason[:2000])
+            users_repo.release_clients(s, session_id)
+
+    def _peers_of(self, session_id: str) -> list[str]:
+        with self.db.session(read_only=True) as s:
+            return list(
+                s.scalars(sa.select(ClientRow.id).where(ClientRow.session_id == session_id).order_by(ClientRow.id))
+            )
+
+    def _unfinished(self) -> list[tuple[str, int | None, dict[str, Any]]]:
+        with self.db.session(read_only=True) as s:
+            rows = sessions_repo.list_sessions(s, None, status=SessionStatus.RUNNING)
+            rows += sessions_repo.list_sessions(s, None, status=SessionStatus.PENDING)
+            return [(r.id, r.owner_id, dict(r.config)) for r in rows]

@@ -1,0 +1,135 @@
+"""Content-addressed artifact stores: bytes in, ``sha256:<hex>`` reference out.
+
+Models, checkpoints, uploaded data sets and claim-checked payloads all live here. Addressing by
+digest makes writes idempotent (a retried upload is free) and lets every reader verify what it got.
+The local store is the embedded default; ``S3ArtifactStore`` (storage/s3_artifacts.py) is for
+production. Both are synchronous (file and HTTP I/O): async callers use ``asyncio.to_thread``.
+``artifact_store_from_url`` picks one from a URL, so scaling out changes a setting, not code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Protocol
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from fedhive.errors import ConfigError, StorageError
+
+_REF = re.compile(r"^sha256:([0-9a-f]{64})$")
+
+
+def ref_for(digest: str) -> str:
+    return f"sha256:{digest}"
+
+
+def digest_of(ref: str) -> str:
+    m = _REF.match(ref)
+    if not m:
+        raise StorageError(f"malformed artifact reference {ref!r} (expected sha256:<64 hex digits>)")
+    return m.group(1)
+
+
+class ArtifactStore(Protocol):
+    def put(self, data: bytes | memoryview, *, digest: str | None = None) -> str:
+        """Store ``data``; returns its reference. ``digest`` skips re-hashing when already known."""
+        ...
+
+    def get(self, ref: str) -> bytes: ...
+
+    def exists(self, ref: str) -> bool: ...
+
+    def delete(self, ref: str) -> None: ...
+
+
+class LocalArtifactStore:
+    """Files under ``root/ab/cdef...``; written to a temp file and renamed, so never half-written."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StorageError(f"cannot create artifact directory {self.root}: {exc.strerror}") from exc
+
+    def _path(self, ref: str) -> Path:
+        d = digest_of(ref)
+        return self.root / d[:2] / d[2:]
+
+    def put(self, data: bytes | memoryview, *, digest: str | None = None) -> str:
+        digest = digest or hashlib.sha256(data).hexdigest()
+        ref = ref_for(digest)
+        path = self._path(ref)
+        if path.exists():
+            return ref
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            os.replace(tmp, path)
+        except OSError as exc:
+            raise StorageError(f"cannot write artifact {ref}: {exc.strerror}") from exc
+        return ref
+
+    def get(self, ref: str) -> bytes:
+        try:
+            return self._path(ref).read_bytes()
+        except FileNotFoundError:
+            raise StorageError(f"artifact {ref} not found in {self.root}") from None
+        except OSError as exc:
+            raise StorageError(f"cannot read artifact {ref}: {exc.strerror}") from exc
+
+    def exists(self, ref: str) -> bool:
+        return self._path(ref).exists()
+
+    def delete(self, ref: str) -> None:
+        self._path(ref).unlink(missing_ok=True)
+
+
+_S3_OPTIONS = {"endpoint", "region"}
+
+
+def artifact_store_from_url(url: str | Path) -> ArtifactStore:
+    """The store a URL names:
+
+    - ``/var/lib/fedhive/artifacts`` or ``file:///var/lib/fedhive/artifacts``: a local directory;
+    - ``s3://bucket/optional/prefix?endpoint=http://minio:9000&region=eu-west-1``: an S3 bucket.
+      ``endpoint`` is for S3-compatible servers (MinIO, Ceph); without it boto3 uses AWS, or
+      ``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL`` when set. Credentials are never part of the
+      URL (it ends up in logs and process lists): boto3 reads ``AWS_ACCESS_KEY_ID``,
+      ``AWS_SECRET_ACCESS_KEY`` and ``AWS_SESSION_TOKEN`` (or ``AWS_PROFILE``, ``~/.aws``, an
+      instance role); ``region`` defaults to ``AWS_REGION`` / ``AWS_DEFAULT_REGION``.
+
+    The bucket is created on the first write if it does not exist.
+    """
+    text = str(url)
+    parts = urlsplit(text)
+    if parts.scheme in ("", "file") or (len(parts.scheme) == 1 and text[1:2] == ":"):  # path, or C:\...
+        if parts.scheme == "file":
+            if parts.netloc not in ("", "localhost"):
+                raise ConfigError(f"artifact URL {text!r}: file URLs name a local path (file:///abs/path)")
+            return LocalArtifactStore(unquote(parts.path))
+        return LocalArtifactStore(Path(text).expanduser())
+    if parts.scheme != "s3":
+        raise ConfigError(f"artifact URL {text!r}: unsupported scheme {parts.scheme!r} (use a path, file:// or s3://)")
+    if "@" in parts.netloc:
+        raise ConfigError(
+            "artifact URL: put no credentials in an s3:// URL; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
+        )
+    if not parts.netloc:
+        raise ConfigError(f"artifact URL {text!r}: no bucket (s3://bucket/prefix)")
+    query = parse_qs(parts.query, keep_blank_values=True)
+    unknown = set(query) - _S3_OPTIONS
+    if unknown:
+        raise ConfigError(f"artifact URL {text!r}: unknown option(s) {sorted(unknown)} (known: endpoint, region)")
+    options = {k: v[-1] for k, v in query.items() if v and v[-1]}
+
+    from fedhive.storage.s3_artifacts import S3ArtifactStore  # boto3 loads only when S3 is used
+
+    return S3ArtifactStore(
+        parts.netloc, prefix=unquote(parts.path), endpoint_url=options.get("endpoint"), region=options.get("region")
+    )

@@ -1,0 +1,196 @@
+"""Artifacts in an S3 bucket (AWS, MinIO, Ceph, or any S3-compatible server).
+
+Keys are ``{prefix}sha256/ab/cdef...`` (the digest split like the local store's directories), so
+a bucket can be shared with other data and listed by prefix. What is read back is hashed and
+compared with its reference: a tampered or truncated object raises ``StorageError`` instead of
+reaching a model.
+
+Only this module imports boto3; every botocore and boto3 error is mapped here to a one-line
+``StorageError`` naming the operation and the object (never the credentials).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from typing import Any, NoReturn
+
+import boto3
+from boto3.exceptions import Boto3Error
+from boto3.s3.transfer import TransferConfig
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+
+from fedhive.errors import StorageError
+from fedhive.storage.artifacts import digest_of, ref_for
+
+MiB = 1 << 20
+_NOT_FOUND = frozenset({"404", "NoSuchKey", "NotFound", "NoSuchBucket"})
+_BOTO_ERRORS = (BotoCoreError, ClientError, Boto3Error)
+
+
+class S3ArtifactStore:
+    """The ``ArtifactStore`` protocol over S3. Credentials not given here come from boto3's usual
+    chain: ``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY`` / ``AWS_SESSION_TOKEN``,
+    ``AWS_PROFILE`` and ``~/.aws``, or an instance role."""
+
+    def __init__(
+        self,
+        bucket: str,
+        *,
+        prefix: str = "",
+        endpoint_url: str | None = None,
+        region: str | None = None,
+        access_key: str | None = None,
+        secret_key: str | None = None,
+        connect_timeout_s: float = 5.0,
+        read_timeout_s: float = 60.0,
+        max_attempts: int = 3,
+        multipart_threshold: int = 8 * MiB,
+    ) -> None:
+        if not bucket:
+            raise StorageError("S3 artifact store: the bucket name is empty")
+        self.bucket = bucket
+        self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
+        self.endpoint_url = endpoint_url
+        self.region = region
+        self._secrets = tuple(s for s in (secret_key,) if s)
+        config = Config(
+            connect_timeout=connect_timeout_s,
+            read_timeout=read_timeout_s,
+            retries={"max_attempts": max_attempts, "mode": "standard"},
+            # Self-hosted servers (MinIO, Ceph) are addressed by path, not by virtual host, and
+            # some reject the CRC trailers boto3 adds by default; our own sha256 check covers integrity.
+            s3={"addressing_style": "path"} if endpoint_url else {},
+            request_checksum_calculation="when_required" if endpoint_url else "when_supported",
+            response_checksum_validation="when_required" if endpoint_url else "when_supported",
+        )
+        try:
+            session = boto3.session.Session(
+                aws_access_key_id=access_key, aws_secret_access_key=secret_key, region_name=region
+            )
+            self._s3: Any = session.client("s3", endpoint_url=endpoint_url, config=config)
+        except _BOTO_ERRORS as exc:
+            self._fail("cannot configure S3 client for", f"s3://{bucket}/{self.prefix}", exc)
+        # Multipart above the threshold: parts upload in parallel and a failed part is retried alone.
+        self._transfer = TransferConfig(
+            multipart_threshold=multipart_threshold, multipart_chunksize=multipart_threshold
+        )
+        self._bucket_ready = False
+
+    def __repr__(self) -> str:
+        return f"S3ArtifactStore(s3://{self.bucket}/{self.prefix}, endpoint={self.endpoint_url or 'AWS'})"
+
+    def key(self, ref: str) -> str:
+        d = digest_of(ref)
+        return f"{self.prefix}sha256/{d[:2]}/{d[2:]}"
+
+    def _where(self, ref: str) -> str:
+        return f"s3://{self.bucket}/{self.key(ref)}"
+
+    def _fail(self, what: str, where: str, exc: Exception) -> NoReturn:
+        if isinstance(exc, ClientError):
+            err = exc.response.get("Error", {})
+            reason = f"{err.get('Code', '?')} {err.get('Message', '')}".strip()
+        elif isinstance(exc, NoCredentialsError):
+            reason = "no credentials (set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)"
+        else:
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        for secret in self._secrets:
+            reason = reason.replace(secret, "***")
+        endpoint = f" (endpoint {self.endpoint_url})" if self.endpoint_url else ""
+        raise StorageError(f"{what} {where}{endpoint}: {reason}") from exc
+
+    def ensure_bucket(self) -> None:
+        """Create the bucket unless it exists (safe to call from several processes at once)."""
+        where = f"s3://{self.bucket}"
+        try:
+            self._s3.head_bucket(Bucket=self.bucket)
+        except ClientError as exc:
+            if _code(exc) not in _NOT_FOUND:
+                self._fail("cannot access bucket", where, exc)
+            self._create_bucket()
+        except _BOTO_ERRORS as exc:
+            self._fail("cannot access bucket", where, exc)
+        self._bucket_ready = True
+
+    def _create_bucket(self) -> None:
+        kwargs: dict[str, Any] = {"Bucket": self.bucket}
+        if self.region and self.region != "us-east-1":  # us-east-1 refuses an explicit constraint
+            kwargs["CreateBucketConfiguration"] = {"LocationConstraint": self.region}
+        try:
+            self._s3.create_bucket(**kwargs)
+        except ClientError as exc:
+            if _code(exc) not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+                self._fail("cannot create bucket", f"s3://{self.bucket}", exc)
+        except _BOTO_ERRORS as exc:
+            self._fail("cannot create bucket", f"s3://{self.bucket}", exc)
+
+    def _size(self, ref: str) -> int | None:
+        """The stored object's size, or None when there is none."""
+        try:
+            head = self._s3.head_object(Bucket=self.bucket, Key=self.key(ref))
+        except ClientError as exc:
+            if _code(exc) in _NOT_FOUND:
+                return None
+            self._fail("cannot look up artifact", self._where(ref), exc)
+        except _BOTO_ERRORS as exc:
+            self._fail("cannot look up artifact", self._where(ref), exc)
+        return int(head["ContentLength"])
+
+    def put(self, data: bytes | memoryview, *, digest: str | None = None) -> str:
+        digest = digest or hashlib.sha256(data).hexdigest()
+        ref = ref_for(digest)
+        size = data.nbytes if isinstance(data, memoryview) else len(data)
+        # Content addressing makes a retried upload free; a size mismatch means a damaged copy,
+        # which is overwritten.
+        if self._size(ref) == size:
+            return ref
+        if not self._bucket_ready:
+            self.ensure_bucket()
+        try:
+            self._s3.upload_fileobj(
+                io.BytesIO(data),
+                self.bucket,
+                self.key(ref),
+                ExtraArgs={"ContentType": "application/octet-stream", "Metadata": {"sha256": digest}},
+                Config=self._transfer,
+            )
+        except _BOTO_ERRORS as exc:
+            self._fail("cannot write artifact", self._where(ref), exc)
+        return ref
+
+    def get(self, ref: str) -> bytes:
+        buf = io.BytesIO()
+        try:
+            # Ranged GETs in parallel for large objects, one GET for small ones.
+            self._s3.download_fileobj(self.bucket, self.key(ref), buf, Config=self._transfer)
+        except ClientError as exc:
+            if _code(exc) in _NOT_FOUND:
+                raise StorageError(f"artifact {ref} not found in s3://{self.bucket}/{self.prefix}") from None
+            self._fail("cannot read artifact", self._where(ref), exc)
+        except _BOTO_ERRORS as exc:
+            self._fail("cannot read artifact", self._where(ref), exc)
+        data = buf.getvalue()
+        actual = hashlib.sha256(data).hexdigest()
+        if actual != digest_of(ref):
+            raise StorageError(
+                f"artifact {self._where(ref)} is corrupt: its {len(data)} bytes hash to sha256:{actual}, not {ref}"
+            )
+        return data
+
+    def exists(self, ref: str) -> bool:
+        return self._size(ref) is not None
+
+    def delete(self, ref: str) -> None:
+        try:
+            self._s3.delete_object(Bucket=self.bucket, Key=self.key(ref))  # no error if absent
+        except ClientError as exc:
+            if _code(exc) not in _NOT_FOUND:
+                self._fail("cannot delete artifact", self._where(ref), exc)
+        except _BOTO_ERRORS as exc:
+            self._fail("cannot delete artifact", self._where(ref), exc)
+
+
+def _code(exc: ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Code", ""))

@@ -1,0 +1,176 @@
+"""Accounts and registered nodes (clients, peers, trainers).
+
+Every function works inside the caller's unit of work (``with db.session() as s``) and does not
+commit; multi-step writes run in ``atomic`` so that, on error, none of their steps remain.
+``owner_id=None`` in a listing means "every owner" (for admins and the coordinator); the API
+passes the signed-in user's id.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any, cast
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from fedhive.storage.database import AlreadyExists, NotFound, atomic
+from fedhive.storage.models import ClientRow, ClientStatus, Role, UserRow, json_document, utcnow
+
+_SECRET_BYTES = 32  # 256-bit HMAC keys, 43 URL-safe characters
+
+
+def normalise_email(email: str) -> str:
+    """E-mail addresses are compared case-insensitively: ``Ann@X.org`` and ``ann@x.org`` are one user."""
+    return email.strip().lower()
+
+
+def create_user(s: Session, email: str, password_hash: str, *, role: Role = Role.USER) -> UserRow:
+    """Add an account; ``password_hash`` is already hashed (bcrypt, by the API). ``AlreadyExists``
+    if the e-mail is taken."""
+    email = normalise_email(email)
+    if get_user_by_email(s, email) is not None:
+        raise AlreadyExists(f"a user with e-mail {email} already exists")
+    user = UserRow(email=email, password_hash=password_hash, role=role)
+    with atomic(s, f"cannot create user {email}"):
+        s.add(user)
+        s.flush()
+    return user
+
+
+def get_user(s: Session, user_id: int) -> UserRow | None:
+    return s.get(UserRow, user_id)
+
+
+def get_user_by_email(s: Session, email: str) -> UserRow | None:
+    return s.scalar(sa.select(UserRow).where(UserRow.email == normalise_email(email)))
+
+
+def create_client(
+    s: Session, name: str, *, owner_id: int | None = None, client_id: str | None = None
+) -> tuple[str, str]:
+    """Register a node; returns ``(client_id, secret)``. The secret is shown once to whoever
+    registers the node; the node signs with ``secret.encode()``, and so does the coordinator's
+    check (``get_client_secret``). ``AlreadyExists`` if ``client_id`` is taken."""
+    client_id = client_id or secrets.token_hex(8)
+    secret = secrets.token_urlsafe(_SECRET_BYTES)
+    if s.get(ClientRow, client_id) is not None:
+        raise AlreadyExists(f"a client with id {client_id!r} already exists")
+    with atomic(s, f"cannot register client {client_id!r}"):
+        s.add(ClientRow(id=client_id, name=name, secret=secret, owner_id=owner_id))
+        s.flush()
+    return client_id, secret
+
+
+def get_client(s: Session, client_id: str) -> ClientRow | None:
+    return s.get(ClientRow, client_id)
+
+
+def get_client_secret(s: Session, client_id: str) -> bytes | None:
+    """The HMAC key of a node, in the form ``core.signing.Verifier`` looks up; None if unknown."""
+    secret = s.scalar(sa.select(ClientRow.secret).where(ClientRow.id == client_id))
+    return secret.encode() if secret is not None else None
+
+
+def list_clients(s: Session, owner_id: int | None, *, status: ClientStatus | None = None) -> list[ClientRow]:
+    query = sa.select(ClientRow).order_by(ClientRow.created_at, ClientRow.id)
+    if owner_id is not None:
+        query = query.where(ClientRow.owner_id == owner_id)
+    if status is not None:
+        query = query.where(ClientRow.status == status)
+    return list(s.scalars(query))
+
+
+def update_client_status(s: Session, client_id: str, status: ClientStatus) -> None:
+    """Set a node's status; ``NotFound`` if there is no such node."""
+    with atomic(s, f"cannot update client {client_id!r}"):
+        done = s.execute(sa.update(ClientRow).where(ClientRow.id == client_id).values(status=status))
+    if cast(sa.CursorResult[Any], done).rowcount == 0:
+        raise NotFound(f"no client with id {client_id!r}")
+
+
+def record_heartbeat(
+    s: Session,
+    client_id: str,
+    *,
+    at: datetime | None = None,
+    status: ClientStatus | None = None,
+    epoch: int | None = None,
+    epochs: int | None = None,
+    num_examples: int | None = None,
+    metrics: Mapping[str, Any] | None = None,
+) -> bool:
+    """A sign of life with the node's progress. Without ``status``, an OFFLINE node becomes ONLINE
+    and a TRAINING one stays TRAINING. Returns False for an unknown node (the caller decides
+    whether that is an attack or a race with deletion)."""
+    document = json_document(metrics, "heartbeat metrics") if metrics is not None else None
+    client = s.get(ClientRow, client_id)
+    if client is None:
+        return False
+    with atomic(s, f"cannot record heartbeat of client {client_id!r}"):
+        client.last_heartbeat = at or utcnow()
+        if status is not None:
+            client.status = status
+        elif client.status is ClientStatus.OFFLINE:
+            client.status = ClientStatus.ONLINE
+        if epoch is not None:
+            client.epoch = epoch
+        if epochs is not None:
+            client.epochs = epochs
+        if num_examples is not None:
+            client.num_examples = num_examples
+        if document is not None:
+            client.metrics = document
+        s.flush()
+    return True
+
+
+def mark_silent_clients_offline(s: Session, silent_since: datetime) -> list[str]:
+    """Nodes not heard from since ``silent_since`` become OFFLINE; returns their ids."""
+    silent = (ClientRow.status != ClientStatus.OFFLINE) & (
+        (ClientRow.last_heartbeat < silent_since) | ClientRow.last_heartbeat.is_(None)
+    )
+    with atomic(s, "cannot mark silent clients OFFLINE"):
+        ids = list(s.scalars(sa.select(ClientRow.id).where(silent).order_by(ClientRow.id).with_for_update()))
+        if ids:
+            s.execute(sa.update(ClientRow).where(ClientRow.id.in_(ids)).values(status=ClientStatus.OFFLINE))
+    return ids
+
+
+def claim_online_clients(
+    s: Session, session_id: str, *, min_count: int, max_count: int | None = None, owner_id: int | None = None
+) -> list[str]:
+    """Lock ONLINE nodes for a session (status TRAINING, ``session_id`` set): up to ``max_count``
+    of them (all when None), or none at all if fewer than ``min_count`` are ONLINE. Returns the
+    claimed ids. Two sessions claiming at once never get the same node: on PostgreSQL the rows are
+    locked (SKIP LOCKED), on SQLite the unit of work holds the write lock."""
+    query = sa.select(ClientRow.id).where(ClientRow.status == ClientStatus.ONLINE)
+    if owner_id is not None:
+        query = query.where(ClientRow.owner_id == owner_id)
+    query = query.order_by(ClientRow.id).limit(max_count).with_for_update(skip_locked=True)
+    with atomic(s, f"cannot claim clients for session {session_id!r}"):
+        ids = list(s.scalars(query))
+        if len(ids) < min_count:
+            return []
+        s.execute(
+            sa.update(ClientRow)
+            .where(ClientRow.id.in_(ids))
+            .values(status=ClientStatus.TRAINING, session_id=session_id, epoch=None, epochs=None)
+        )
+    return ids
+
+
+def release_clients(s: Session, session_id: str) -> list[str]:
+    """Free the nodes a session holds: TRAINING ones become ONLINE; OFFLINE ones stay OFFLINE."""
+    held = ClientRow.session_id == session_id
+    with atomic(s, f"cannot release clients of session {session_id!r}"):
+        ids = list(s.scalars(sa.select(ClientRow.id).where(held).order_by(ClientRow.id)))
+        s.execute(
+            sa.update(ClientRow)
+            .where(held, ClientRow.status == ClientStatus.TRAINING)
+            .values(status=ClientStatus.ONLINE)
+        )
+        s.execute(sa.update(ClientRow).where(held).values(session_id=None))
+    return ids

@@ -1,0 +1,180 @@
+"""Tracks a session in MLflow from bus events: an observer, like ``RunDirectory``.
+
+One parent run per session (params: strategy, hyperparameters, partition, model spec; metrics:
+global loss/accuracy per round, step = round) and one child run per client (its train metrics per
+round). At the end the final model is logged as an MLflow model (safetensors + ``python_function``
+flavour, see ``mlflow_model``) and registered as a new version of ``register_as``.
+
+``tracking_uri`` is a local store by default (``sqlite:///<dir>/mlflow.db``: no server to start) or
+an MLflow tracking server's URL. Every MLflow call is blocking I/O (HTTP or SQLite), so handlers run
+it in a worker thread; the bus awaits each handler, which keeps the calls in event order. The
+``MlflowClient`` API with explicit run ids is used rather than ``mlflow.start_run``: the fluent
+API keeps its active run in process globals, which two sessions in one platform would share.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from fedhive.runtime import events as ev
+from fedhive.runtime.bus import EventBus
+from fedhive.tracking.mlflow_model import import_mlflow, save_pyfunc
+
+log = logging.getLogger("fedhive.mlflow")
+PARAM_KEYS = (
+    "strategy",
+    "model",
+    "rounds",
+    "epochs",
+    "batch_size",
+    "lr",
+    "momentum",
+    "fraction",
+    "seed",
+    "min_clients",
+)
+DATA_KEYS = ("dataset", "partition", "label")
+
+
+def default_tracking_uri(home: Path) -> str:
+    """The local store: a SQLite file next to the other fedhive state."""
+    return f"sqlite:///{(home / 'mlflow.db').resolve()}"
+
+
+class MlflowTracker:
+    def __init__(
+        self,
+        tracking_uri: str,
+        *,
+        experiment: str = "fedhive",
+        register_as: str | None = None,
+        tags: dict[str, str] | None = None,
+    ) -> None:
+        mlflow = import_mlflow()  # ConfigError naming the extra, before any session starts
+        self._client: Any = mlflow.MlflowClient(tracking_uri=tracking_uri)
+        self.tracking_uri = tracking_uri
+        self._experiment = experiment
+        self._register_as = register_as
+        self._tags = dict(tags or {})
+        self._model_spec = ""
+        self.parent_run_id: str | None = None
+        self.child_runs: dict[str, str] = {}  # client id -> run id
+        self.model_version: str | None = None
+
+    def attach(self, bus: EventBus) -> None:
+        bus.on(ev.SessionStarted, self._on_started)
+        bus.on(ev.UpdateAccepted, self._on_update)
+        bus.on(ev.RoundCompleted, self._on_round)
+        bus.on(ev.SessionCompleted, self._on_completed)
+        bus.on(ev.SessionFailedEvent, self._on_failed)
+
+    # -- handlers: each hands its blocking part to a thread ------------------------------------
+    async def _on_started(self, e: ev.SessionStarted) -> None:
+        await asyncio.to_thread(self._start, e.session_id, e.config, e.clients)
+
+    async def _on_update(self, e: ev.UpdateAccepted) -> None:
+        metrics = {**e.metrics, "num_examples": float(e.num_examples), "bytes": float(e.nbytes)}
+        await asyncio.to_thread(self._log_client, e.client_id, e.round, metrics)
+
+    async def _on_round(self, e: ev.RoundCompleted) -> None:
+        metrics = {
+            **e.metrics,
+            **{f"train_{k}": v for k, v in e.train_metrics.items()},
+            "updates": float(e.num_updates),
+            "duration_s": e.duration_s,
+        }
+        await asyncio.to_thread(self._log, self.parent_run_id, e.round, metrics)
+
+    async def _on_completed(self, e: ev.SessionCompleted) -> None:
+        await asyncio.to_thread(self._finish_with_model, e)
+
+    async def _on_failed(self, e: ev.SessionFailedEvent) -> None:
+        await asyncio.to_thread(self._end_all, "FAILED", e.reason)
+
+    # -- blocking work ------------------------------------------------------------------------
+    def _start(self, session_id: str, config: dict[str, object], clients: list[str]) -> None:
+        experiment = self._client.get_experiment_by_name(self._experiment)
+        experiment_id = (
+            experiment.experiment_id if experiment is not None else self._client.create_experiment(self._experiment)
+        )
+        self._experiment_id = experiment_id
+        self._model_spec = str(config.get("model", ""))
+        run = self._client.create_run(
+            experiment_id, run_name=f"session-{session_id}", tags={**self._tags, "fedhive.session_id": session_id}
+        )
+        self.parent_run_id = run.info.run_id
+        raw = config.get("data")
+        data: dict[str, object] = raw if isinstance(raw, dict) else {}
+        params = {k: config[k] for k in PARAM_KEYS if config.get(k) is not None}
+        params |= {f"data.{k}": v for k, v in data.items() if k in DATA_KEYS and v is not None}
+        params["clients"] = len(clients)
+        self._client.log_batch(self.parent_run_id, params=_params(params))
+        for client in clients:
+            self._child(client)
+
+    def _child(self, client_id: str) -> str:
+        run_id = self.child_runs.get(client_id)
+        if run_id is None:  # a client that joined after the start gets its run on first update
+            tags = {"mlflow.parentRunId": self.parent_run_id or "", "fedhive.client_id": client_id, **self._tags}
+            run = self._client.create_run(self._experiment_id, run_name=client_id, tags=tags)
+            run_id = self.child_runs[client_id] = run.info.run_id
+        return run_id
+
+    def _log_client(self, client_id: str, rnd: int, metrics: dict[str, float]) -> None:
+        if self.parent_run_id is not None:
+            self._log(self._child(client_id), rnd, metrics)
+
+    def _log(self, run_id: str | None, step: int, metrics: dict[str, float]) -> None:
+        if run_id is None:
+            return
+        from mlflow.entities import Metric
+
+        now = _now_ms()
+        batch = [Metric(k, float(v), now, step) for k, v in metrics.items()]
+        self._client.log_batch(run_id, metrics=batch)
+
+    def _finish_with_model(self, e: ev.SessionCompleted) -> None:
+        run_id = self.parent_run_id
+        if run_id is None:
+            return
+        with tempfile.TemporaryDirectory(prefix="fedhive-mlflow-") as tmp:
+            meta = {"session_id": e.session_id, "rounds": str(e.rounds)}
+            model_dir = save_pyfunc(Path(tmp), e.params, self._model_spec, meta)
+            self._client.log_artifacts(run_id, str(model_dir), "model")
+        if self._register_as:
+            name = self._register_as
+            if not self._client.search_registered_models(filter_string=f"name = '{_quote(name)}'"):
+                self._client.create_registered_model(name)
+            source = f"{self._client.get_run(run_id).info.artifact_uri}/model"
+            version = self._client.create_model_version(name, source, run_id=run_id, tags=self._tags)
+            self.model_version = str(version.version)
+            log.info("registered MLflow model %s version %s", name, version.version)
+        self._end_all("FINISHED", None)
+
+    def _end_all(self, status: str, reason: str | None) -> None:
+        for run_id in self.child_runs.values():
+            self._client.set_terminated(run_id, status)
+        if self.parent_run_id is not None:
+            if reason:
+                self._client.set_tag(self.parent_run_id, "fedhive.failure", reason[:5000])
+            self._client.set_terminated(self.parent_run_id, status)
+
+
+def _params(values: dict[str, object]) -> list[Any]:
+    from mlflow.entities import Param
+
+    return [Param(k, str(v)[:6000]) for k, v in values.items()]
+
+
+def _now_ms() -> int:
+    import time
+
+    return int(time.time() * 1000)
+
+
+def _quote(name: str) -> str:
+    return name.replace("'", "\\'")

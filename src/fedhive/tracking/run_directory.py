@@ -1,0 +1,110 @@
+"""Writes a run directory from bus events: config.json, rounds.csv, clients.csv, model.safetensors.
+
+An observer: it subscribes to coordinator events and never touches the coordinator. Rows are
+appended and flushed per round, so a crashed run keeps everything up to its last round.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+from typing import IO, Any
+
+from fedhive.core import codec
+from fedhive.runtime import events as ev
+from fedhive.runtime.bus import EventBus
+
+ROUND_FIELDS = [
+    "round",
+    "loss",
+    "accuracy",
+    "train_loss",
+    "train_accuracy",
+    "updates",
+    "selected",
+    "examples",
+    "duration_s",
+    "missing",
+]
+CLIENT_FIELDS = ["round", "client", "num_examples", "loss", "accuracy", "bytes", "status"]
+
+
+class RunDirectory:
+    def __init__(self, root: str | Path, config: dict[str, Any]) -> None:
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        (self.root / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        self._rounds, self._rounds_w = _open_csv(self.root / "rounds.csv", ROUND_FIELDS)
+        self._clients, self._clients_w = _open_csv(self.root / "clients.csv", CLIENT_FIELDS)
+
+    @property
+    def model_path(self) -> Path:
+        return self.root / "model.safetensors"
+
+    def attach(self, bus: EventBus) -> None:
+        bus.on(ev.UpdateAccepted, self._on_update)
+        bus.on(ev.UpdateRejected, self._on_rejected)
+        bus.on(ev.RoundCompleted, self._on_round)
+        bus.on(ev.SessionCompleted, self._on_completed)
+
+    def _on_update(self, e: ev.UpdateAccepted) -> None:
+        self._clients_w.writerow(
+            {
+                "round": e.round,
+                "client": e.client_id,
+                "num_examples": e.num_examples,
+                "loss": _f(e.metrics.get("loss")),
+                "accuracy": _f(e.metrics.get("accuracy")),
+                "bytes": e.nbytes,
+                "status": "accepted",
+            }
+        )
+
+    def _on_rejected(self, e: ev.UpdateRejected) -> None:
+        self._clients_w.writerow({"round": e.round, "client": e.client_id, "status": f"rejected: {e.reason}"})
+
+    def _on_round(self, e: ev.RoundCompleted) -> None:
+        self._rounds_w.writerow(
+            {
+                "round": e.round,
+                "loss": _f(e.metrics.get("loss")),
+                "accuracy": _f(e.metrics.get("accuracy")),
+                "train_loss": _f(e.train_metrics.get("loss")),
+                "train_accuracy": _f(e.train_metrics.get("accuracy")),
+                "updates": e.num_updates,
+                "selected": e.num_selected,
+                "examples": e.num_examples,
+                "duration_s": f"{e.duration_s:.4f}",
+                "missing": " ".join(e.late_or_missing),
+            }
+        )
+        self._rounds.flush()
+        self._clients.flush()
+
+    def _on_completed(self, e: ev.SessionCompleted) -> None:
+        write_model(self.model_path, e.params, {"rounds": str(e.rounds)})
+        self.close()
+
+    def close(self) -> None:
+        self._rounds.close()
+        self._clients.close()
+
+
+def write_model(path: Path, params: Any, metadata: dict[str, str] | None = None) -> None:
+    """Write atomically (temp file + rename): a reader never sees half a model."""
+    tmp = path.with_suffix(".tmp")
+    tmp.write_bytes(codec.encode(params, metadata))
+    os.replace(tmp, path)
+
+
+def _open_csv(path: Path, fields: list[str]) -> tuple[IO[str], csv.DictWriter[str]]:
+    f = path.open("w", newline="")
+    w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
+    w.writeheader()
+    return f, w
+
+
+def _f(v: float | None) -> str:
+    return "" if v is None else f"{v:.6f}"

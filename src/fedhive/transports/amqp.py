@@ -1,0 +1,333 @@
+"""RabbitMQ transport: the same contract as ``MemoryTransport``, across machines.
+
+Layout on the broker: see ``amqp_topology``. Every message is a signed frame from ``WireCodec``;
+payloads above its claim-check threshold travel through the artifact store, so frames stay far
+below the broker's message size limit (128 MiB on RabbitMQ 3.x, 16 MiB by default on 4.x).
+
+Delivery guarantees, and why:
+- ``send`` is durable and confirmed: persistent messages, publisher confirms, and ``mandatory``
+  routing. A message for a node that has ever started waits in its durable queue while the node
+  is away; a message for a node the broker has never heard of raises ``TransportError`` (and is
+  counted in ``unroutable``) instead of vanishing, so the coordinator learns at once that the
+  client cannot be reached. (``MemoryTransport`` counts such messages in ``network.dropped``.)
+- ``publish`` is a broadcast to whoever listens now: not persistent, not mandatory, so a topic
+  without subscribers is not an error, and broadcasts sent while a subscriber is disconnected are
+  lost for it, as on the memory transport.
+- Receiving is at-least-once into the inbox: a delivery is acked only once it is in the inbox (or
+  rejected), so nothing acked is ever lost in flight. A delivery whose ack is cut off by a broker
+  restart comes again; ``WireCodec``'s replay check drops that copy (counted in ``duplicates``).
+  What sits in the inbox when the process dies is gone: nodes resend on their own deadlines.
+- Deliveries are decoded one by one in arrival order, so a node sees a sender's messages in the
+  order they were sent, as on the memory transport.
+
+Reconnection: ``aio_pika.connect_robust`` re-declares the channel, exchanges, queues, bindings and
+consumers after a broker restart (retrying every ``reconnect_interval`` seconds, 5 by default; the
+URL query ``?reconnect_interval=1`` changes it). ``send`` and ``publish`` wait for the connection
+to come back and retry, each bounded by ``publish_timeout_s``; the retried frame is the same
+signed frame, so the receiver's replay check drops a copy if a lost confirm hid a success.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Iterable
+
+import aio_pika
+from aio_pika import abc as pika
+from aio_pika.exceptions import CONNECTION_EXCEPTIONS, ChannelInvalidStateError, PublishError
+
+from fedhive.core.envelope import Message
+from fedhive.errors import FedhiveError, TransportError
+from fedhive.transports.amqp_topology import Names, check_name, redact, ssl_context_for
+from fedhive.transports.base import Transport, TransportClosed
+from fedhive.transports.wire_codec import WireCodec
+
+log = logging.getLogger("fedhive.transport")
+
+CONTENT_TYPE = "application/vnd.fedhive.frame"
+# Failures that mean "the broker is (for now) unreachable": worth waiting for a reconnect.
+_RETRYABLE = (ConnectionError, OSError, ChannelInvalidStateError)
+_RETRY_PAUSE_S = 0.5
+
+
+class _Stop:
+    """Put in the inbox to wake receivers when the transport closes or fails."""
+
+
+@contextlib.asynccontextmanager
+async def _broker_call(what: str, timeout_s: float) -> AsyncIterator[None]:
+    """Bound a broker interaction in time and map the client library's errors to ours."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            yield
+    except TimeoutError as exc:
+        raise TransportError(f"{what}: no answer from the broker within {timeout_s:g} s") from exc
+    except CONNECTION_EXCEPTIONS as exc:
+        raise TransportError(f"{what}: {str(exc) or type(exc).__name__}") from exc
+
+
+class AmqpTransport(Transport):
+    """A node's connection to RabbitMQ. ``rejected`` counts messages that failed verification,
+    ``duplicates`` redelivered copies dropped, ``unroutable`` sends to nodes unknown to the broker."""
+
+    def __init__(
+        self,
+        url: str,
+        node_id: str,
+        codec: WireCodec,
+        *,
+        namespace: str = "fedhive",
+        prefetch: int = 8,
+        ca_file: str | None = None,
+        connect_timeout_s: float = 10.0,
+        publish_timeout_s: float = 30.0,
+        inbox_size: int = 64,
+        purge_on_start: bool = False,
+        queue_expires_s: float | None = 3600.0,
+    ) -> None:
+        self.node_id = node_id
+        self._url = url
+        self._codec = codec
+        self._names = Names(namespace)
+        self._queue_name = self._names.node_queue(check_name(node_id, "node id"))
+        self._ssl = ssl_context_for(url, ca_file)
+        self._prefetch = prefetch
+        self._purge_on_start = purge_on_start
+        self._queue_expires_s = queue_expires_s
+        self._connect_timeout = connect_timeout_s
+        self._publish_timeout = publish_timeout_s
+        self._inbox: asyncio.Queue[Message | _Stop] = asyncio.Queue(inbox_size)
+        # Raw deliveries waiting to be decoded; the broker's prefetch limit bounds it.
+        self._deliveries: asyncio.Queue[pika.AbstractIncomingMessage] = asyncio.Queue()
+        self._connection: pika.AbstractRobustConnection | None = None
+        self._channel: pika.AbstractRobustChannel | None = None
+        self._direct: pika.AbstractExchange | None = None
+        self._topic: pika.AbstractExchange | None = None
+        self._subscriptions: pika.AbstractRobustQueue | None = None
+        self._topics: set[str] = set()
+        self._subscribe_lock = asyncio.Lock()
+        self._receiver: asyncio.Task[None] | None = None
+        self._closed = False
+        self._link_up = False
+        self._reconnects = 0
+        self._failure: BaseException | None = None
+        self.rejected = 0
+        self.duplicates = 0
+        self.unroutable = 0
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Connect, declare the exchanges and this node's queue, and start consuming."""
+        self._check_not_closed()
+        if self._connection is not None:
+            return
+        where = f"{self.node_id}: cannot connect to the AMQP broker at {redact(self._url)}"
+        async with _broker_call(where, self._connect_timeout):
+            # connect_robust's own timeout, not a cancellation, bounds the first attempt: cancelling
+            # it midway would leave its reconnection task running.
+            self._connection = await aio_pika.connect_robust(
+                self._url,
+                ssl_context=self._ssl,
+                timeout=self._connect_timeout,
+                client_properties={"connection_name": f"fedhive {self.node_id}"},
+            )
+        self._connection.reconnect_callbacks.add(self._on_reconnect)
+        self._connection.close_callbacks.add(self._on_link_lost)
+        try:
+            async with _broker_call(f"{self.node_id}: cannot declare queues on the broker", self._connect_timeout):
+                await self._declare(self._connection)
+        except TransportError:
+            await self._connection.close()
+            raise
+        self._link_up = True
+        self._receiver = asyncio.create_task(self._receive_loop(), name=f"amqp-receive-{self.node_id}")
+
+    async def _declare(self, connection: pika.AbstractRobustConnection) -> None:
+        channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+        await channel.set_qos(prefetch_count=self._prefetch)
+        self._direct = await channel.declare_exchange(self._names.direct_exchange, "direct", durable=True)
+        self._topic = await channel.declare_exchange(self._names.topic_exchange, "direct", durable=True)
+        # A node queue nobody consumes for queue_expires_s is deleted by the broker: messages that
+        # old would fail the receiver's replay window anyway, and crashed test or benchmark runs
+        # must not pile up queues until the broker runs out of file handles.
+        arguments = {"x-expires": int(self._queue_expires_s * 1000)} if self._queue_expires_s else None
+        queue = await channel.declare_queue(self._queue_name, durable=True, arguments=arguments)
+        if self._purge_on_start:
+            # A node starting afresh (a new coordinator, a client process) must not act on what an
+            # earlier process of the same id left queued: a stale REGISTER or STOP from another
+            # session. Nothing is lost that matters: its peers resend on their own deadlines.
+            purged = await queue.purge()
+            if purged.message_count:
+                log.info("%s: dropped %d stale messages from its queue", self.node_id, purged.message_count)
+        await queue.bind(self._direct, routing_key=self.node_id)
+        await queue.consume(self._on_delivery)
+        self._channel = channel
+
+    async def close(self) -> None:
+        """Stop receiving and disconnect; unacked deliveries go back to the queue. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._receiver is not None:
+            self._receiver.cancel()
+            await asyncio.wait([self._receiver])
+        if self._connection is not None:
+            try:
+                async with _broker_call(f"{self.node_id}: closing the connection", self._connect_timeout):
+                    await self._connection.close()
+            except TransportError as exc:
+                log.warning("%s", exc)  # nothing left to do: the broker drops the connection anyway
+        self._wake_receivers()
+
+    @property
+    def connected(self) -> bool:
+        # Up from the moment queues and consumers are restored, not merely the socket: until
+        # then nothing can be received.
+        return self._link_up and not self._closed
+
+    @property
+    def reconnects(self) -> int:
+        return self._reconnects
+
+    def _on_link_lost(self, _connection: object, _exc: BaseException | None = None) -> None:
+        self._link_up = False
+
+    def _on_reconnect(self, _connection: object) -> None:
+        self._link_up = True
+        self._reconnects += 1
+        log.info("%s: reconnected to the AMQP broker; queues and consumers restored", self.node_id)
+
+    # -- sending --------------------------------------------------------------------------------
+    async def send(self, to: str, message: Message) -> None:
+        exchange, key = self._exchange(self._direct), check_name(to, "node id")
+        await self._publish(exchange, key, await self._codec.encode(to, message), addressed=True)
+
+    async def publish(self, topic: str, message: Message) -> None:
+        exchange, key = self._exchange(self._topic), check_name(topic, "topic")
+        await self._publish(exchange, key, await self._codec.encode(topic, message), addressed=False)
+
+    async def _publish(self, exchange: pika.AbstractExchange, key: str, frame: bytes, *, addressed: bool) -> None:
+        mode = aio_pika.DeliveryMode.PERSISTENT if addressed else aio_pika.DeliveryMode.NOT_PERSISTENT
+        message = aio_pika.Message(frame, content_type=CONTENT_TYPE, delivery_mode=mode)
+        what = f"{self.node_id}: sending to {key!r}" if addressed else f"{self.node_id}: publishing to {key!r}"
+        async with _broker_call(what, self._publish_timeout):
+            while True:
+                self._check_not_closed()
+                try:
+                    await self._channel.ready()  # type: ignore[union-attr]  # set whenever exchange is
+                    await exchange.publish(message, key, mandatory=addressed)
+                    return
+                except PublishError as exc:  # returned by the broker: no queue is bound to this key
+                    self.unroutable += 1
+                    raise TransportError(f"{what}: the broker has no queue for node {key!r}") from exc
+                except _RETRYABLE as exc:
+                    log.debug("%s: broker unavailable (%s); retrying", what, exc)
+                    await asyncio.sleep(_RETRY_PAUSE_S)
+
+    # -- subscribing ----------------------------------------------------------------------------
+    async def subscribe(self, topic: str) -> None:
+        exchange, what = self._exchange(self._topic), f"{self.node_id}: subscribing to {check_name(topic, 'topic')!r}"
+        async with self._subscribe_lock, _broker_call(what, self._publish_timeout):
+            if topic in self._topics:
+                return
+            queue = await self._subscription_queue()
+            await queue.bind(exchange, routing_key=topic)
+            self._topics.add(topic)
+
+    async def _subscription_queue(self) -> pika.AbstractRobustQueue:
+        if self._subscriptions is None:
+            assert self._channel is not None
+            name = self._names.subscriber_queue(self.node_id)
+            queue = await self._channel.declare_queue(name, exclusive=True, auto_delete=True)
+            await queue.consume(self._on_delivery)
+            self._subscriptions = queue
+        return self._subscriptions
+
+    # -- receiving ------------------------------------------------------------------------------
+    async def recv(self) -> Message:
+        if self._inbox.empty():
+            self._raise_if_stopped()
+        item = await self._inbox.get()
+        if isinstance(item, Message):
+            return item
+        self._wake_receivers()  # pass the stop on to any other waiting receiver
+        self._raise_if_stopped()
+        raise TransportClosed(f"transport of {self.node_id} is closed")
+
+    async def _on_delivery(self, delivery: pika.AbstractIncomingMessage) -> None:
+        # The library runs each delivery callback as its own task; queueing here and decoding in
+        # one loop keeps arrival order even when a large frame is decoded in a worker thread.
+        self._deliveries.put_nowait(delivery)
+
+    async def _receive_loop(self) -> None:
+        try:
+            while True:
+                delivery = await self._deliveries.get()
+                message = await self._decode(delivery)
+                if message is not None:
+                    await self._inbox.put(message)  # waits while the node is behind: backpressure
+                await self._ack(delivery)
+        except Exception as exc:  # a bug here must surface in recv, not leave the node deaf
+            log.exception("%s: the receive loop failed", self.node_id)
+            self._failure = exc
+            self._wake_receivers()
+
+    async def _decode(self, delivery: pika.AbstractIncomingMessage) -> Message | None:
+        try:
+            return await self._codec.decode(delivery.body)
+        except FedhiveError as exc:
+            if delivery.redelivered:
+                # Most likely a copy of a message received before a broker restart cut off its ack.
+                self.duplicates += 1
+                log.info("%s: dropped a redelivered message: %s", self.node_id, exc)
+            else:
+                self.rejected += 1
+                log.warning("%s: rejected message: %s", self.node_id, exc)
+            return None
+
+    async def _ack(self, delivery: pika.AbstractIncomingMessage) -> None:
+        try:
+            await delivery.ack()
+        except CONNECTION_EXCEPTIONS as exc:
+            # The channel it came on is gone: the broker redelivers it and the replay check drops it.
+            log.debug("%s: could not ack a delivery (%s)", self.node_id, exc)
+
+    # -- state ----------------------------------------------------------------------------------
+    def _exchange(self, exchange: pika.AbstractExchange | None) -> pika.AbstractExchange:
+        self._check_not_closed()
+        if exchange is None:
+            raise TransportError(f"transport of {self.node_id} is not started (use 'async with' or start())")
+        return exchange
+
+    def _check_not_closed(self) -> None:
+        if self._closed:
+            raise TransportClosed(f"transport of {self.node_id} is closed")
+
+    def _raise_if_stopped(self) -> None:
+        if self._failure is not None:
+            raise TransportError(f"{self.node_id}: receiving failed: {self._failure}") from self._failure
+        self._check_not_closed()
+
+    def _wake_receivers(self) -> None:
+        if not self._inbox.full():
+            self._inbox.put_nowait(_Stop())
+
+
+async def delete_namespace(
+    url: str, namespace: str, node_ids: Iterable[str], *, ca_file: str | None = None, timeout_s: float = 10.0
+) -> None:
+    """Delete the durable queues of ``node_ids`` and the namespace's exchanges, with any messages
+    still queued: for tearing down a deployment, or a test's namespace. Missing ones are skipped."""
+    names = Names(namespace)
+    queues = [names.node_queue(n) for n in node_ids]
+    ssl_context = ssl_context_for(url, ca_file)
+    async with _broker_call(f"cannot delete AMQP namespace {namespace!r} at {redact(url)}", timeout_s):
+        connection = await aio_pika.connect(url, ssl_context=ssl_context, timeout=timeout_s)
+        async with connection:
+            channel = await connection.channel()
+            for queue in queues:
+                await channel.queue_delete(queue)
+            await channel.exchange_delete(names.direct_exchange)
+            await channel.exchange_delete(names.topic_exchange)

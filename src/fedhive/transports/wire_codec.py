@@ -1,0 +1,89 @@
+"""Messages <-> signed frames, shared by every transport that leaves the process.
+
+Encoding serialises ``Params`` once, hashes once, moves payloads above the claim-check threshold
+to the artifact store, and signs. Decoding checks size, schema, signature, replay and digest
+before the payload can reach a node. Payloads of more than 1 MiB are hashed and (de)serialised in
+a worker thread so a large model never blocks the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from fedhive.core import wire
+from fedhive.core.envelope import Message
+from fedhive.core.params import Params
+from fedhive.core.signing import Verifier, sign
+from fedhive.errors import PayloadError, ProtocolError
+from fedhive.storage.artifacts import ArtifactStore
+
+DEFAULT_MAX_MESSAGE_BYTES = 256 * 1024 * 1024
+DEFAULT_CLAIM_CHECK_BYTES = 8 * 1024 * 1024
+_OFFLOAD_BYTES = 1024 * 1024
+
+T = TypeVar("T")
+KeyLookup = Callable[[str], bytes | None]
+
+
+@dataclass
+class WireCodec:
+    """``signing_key(recipient)`` gives the HMAC key for a message to that node or topic;
+    ``verifier`` checks incoming messages (signature, sender, replay)."""
+
+    signing_key: KeyLookup
+    verifier: Verifier
+    artifacts: ArtifactStore | None = None
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    claim_check_bytes: int = DEFAULT_CLAIM_CHECK_BYTES
+
+    async def encode(self, to: str, message: Message) -> bytes:
+        key = self.signing_key(to)
+        if key is None:
+            raise ProtocolError(f"no signing key for recipient {to!r}")
+        if message.payload is None:
+            return wire.encode_frame(sign(message.envelope, key), None)
+        return await _maybe_offload(self._encode_with_payload, message, key, big=_is_big(message))
+
+    def _encode_with_payload(self, message: Message, key: bytes) -> bytes:
+        data = wire.payload_bytes(message)
+        assert data is not None
+        desc = wire.describe(data)
+        if len(data) > self.claim_check_bytes:
+            if self.artifacts is None:
+                raise PayloadError(
+                    f"payload of {len(data)} bytes is over the claim-check threshold and no artifact store is set"
+                )
+            desc = desc.model_copy(update={"ref": self.artifacts.put(data, digest=desc.sha256)})
+        env = sign(message.envelope.model_copy(update={"payload": desc}), key)
+        return wire.encode_frame(env, data)
+
+    async def decode(self, frame: bytes) -> Message:
+        env, payload = await _maybe_offload(
+            wire.decode_frame, frame, big=len(frame) > _OFFLOAD_BYTES, max_bytes=self.max_message_bytes
+        )
+        self.verifier.verify(env)
+        desc = env.payload
+        if desc is not None and desc.ref is not None:
+            if self.artifacts is None:
+                raise PayloadError("message refers to the artifact store, but none is configured")
+            if desc.nbytes > self.max_message_bytes:
+                raise PayloadError(f"referenced payload of {desc.nbytes} bytes exceeds the limit")
+            data = await asyncio.to_thread(self.artifacts.get, desc.ref)
+            await _maybe_offload(wire.verify_payload, data, desc, big=True)
+            return Message(env, data)
+        return Message(env, payload)
+
+
+def _is_big(message: Message) -> bool:
+    p = message.payload
+    n = p.nbytes if isinstance(p, Params | memoryview) else len(p or b"")
+    return n > _OFFLOAD_BYTES
+
+
+async def _maybe_offload(fn: Callable[..., T], *args: Any, big: bool, **kwargs: Any) -> T:
+    if big:
+        return await asyncio.to_thread(fn, *args, **kwargs)
+    return fn(*args, **kwargs)

@@ -1,0 +1,248 @@
+// The dashboard's one script. Pages are shells; this fills them from the REST API with the bearer
+// token kept in sessionStorage, and refreshes them on server-sent events (/ui/events) only.
+"use strict";
+(() => {
+  const TOKEN = "fedhive.token";
+  const $ = (sel) => document.querySelector(sel);
+  const page = document.body.dataset.page;
+  const sessionId = document.body.dataset.session;
+  const fmt = (v, d = 3) => (v === null || v === undefined ? "–" : Number(v).toFixed(d));
+  const esc = (s) => String(s ?? "").replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
+
+  function showError(message) {
+    const el = $("#error");
+    el.textContent = message;
+    el.hidden = false;
+  }
+
+  async function api(path, options = {}) {
+    const headers = { ...(options.headers || {}) };
+    const token = sessionStorage.getItem(TOKEN);
+    if (token) headers.Authorization = `Bearer ${token}`;
+    const r = await fetch(path, { ...options, headers });
+    if (r.status === 401 && page !== "signin") {
+      location.href = "/ui/signin";
+      throw new Error("not signed in");
+    }
+    if (!r.ok) {
+      const body = await r.json().catch(() => ({}));
+      const detail = typeof body.detail === "string" ? body.detail : JSON.stringify(body.detail ?? r.statusText);
+      throw new Error(`${r.status}: ${detail}`);
+    }
+    return r;
+  }
+  const getJSON = async (path) => (await api(path)).json();
+
+  // Coalesces a burst of events (every client's update in a round) into one refresh.
+  function debounced(fn, ms = 150) {
+    let timer = null;
+    return () => {
+      clearTimeout(timer);
+      timer = setTimeout(() => fn().catch((e) => showError(e.message)), ms);
+    };
+  }
+
+  function listen(session, handlers) {
+    const q = new URLSearchParams({ token: sessionStorage.getItem(TOKEN) || "" });
+    if (session) q.set("session", session);
+    const source = new EventSource(`/ui/events?${q}`);
+    for (const [type, fn] of Object.entries(handlers)) {
+      source.addEventListener(type, (e) => fn(JSON.parse(e.data)));
+    }
+    return source;
+  }
+
+  // -- sign in -------------------------------------------------------------------------------
+  async function signin(form, create) {
+    const creds = { email: form.email.value, password: form.password.value };
+    const json = { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(creds) };
+    if (create) await api("/auth/signup", json);
+    const token = (await (await api("/auth/signin", json)).json()).access_token;
+    sessionStorage.setItem(TOKEN, token);
+    location.href = "/ui";
+  }
+
+  function initSignin() {
+    sessionStorage.removeItem(TOKEN);
+    const form = $("#signin-form");
+    form.addEventListener("submit", (e) => {
+      e.preventDefault();
+      signin(form, false).catch((err) => showError(err.message));
+    });
+    $("#signup").addEventListener("click", () => signin(form, true).catch((err) => showError(err.message)));
+  }
+
+  // -- sessions -------------------------------------------------------------------------------
+  async function loadSessions() {
+    const rows = await getJSON("/sessions");
+    $("#sessions tbody").innerHTML = rows
+      .map(
+        (s) => `<tr><td><a href="/ui/sessions/${esc(s.id)}">${esc(s.id)}</a></td>
+        <td><span class="badge ${esc(s.status)}">${esc(s.status)}</span></td>
+        <td>${s.rounds_done} / ${s.rounds_total}</td><td>${esc(s.config.model)}</td>
+        <td>${esc(s.config.strategy)}</td><td>${new Date(s.created_at).toLocaleString()}</td></tr>`,
+      )
+      .join("");
+  }
+
+  function initSessions() {
+    const refresh = debounced(loadSessions);
+    refresh();
+    listen(null, { round: refresh, completed: refresh, failed: refresh });
+  }
+
+  function initNew() {
+    const form = $("#new-session");
+    form.addEventListener("submit", async (e) => {
+      e.preventDefault();
+      const data = new FormData(form);
+      for (const [k, v] of [...data.entries()]) if (v === "") data.delete(k);
+      try {
+        const s = await (await api("/sessions/start", { method: "POST", body: data })).json();
+        location.href = `/ui/sessions/${s.id}`;
+      } catch (err) {
+        showError(err.message);
+      }
+    });
+  }
+
+  // -- one session: line charts, box plots, client table ------------------------------------
+  const charts = {};
+  function lineChart(id, label, color, rounds, values) {
+    const el = $(`#${id}`);
+    const data = [rounds, values];
+    if (!charts[id]) {
+      const opts = {
+        width: el.clientWidth || 480,
+        height: 220,
+        scales: { x: { time: false } },
+        legend: { show: false },
+        // rounds are whole numbers: no 1.5 ticks
+        axes: [{ label: "round", incrs: [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000] }, {}],
+        series: [{ label: "round" }, { label, stroke: color, width: 2, points: { size: 6 } }],
+      };
+      charts[id] = new uPlot(opts, data, el);
+    } else {
+      charts[id].setData(data);
+    }
+    el.dataset.lastRound = rounds.length ? rounds[rounds.length - 1] : 0;
+  }
+
+  function boxPlot(svg, boxes, fixed) {
+    const W = 480, H = 220, L = 44, B = 24, T = 8;
+    svg.setAttribute("viewBox", `0 0 ${W} ${H}`);
+    if (!boxes.length) return void (svg.innerHTML = `<text x="${W / 2}" y="${H / 2}" class="axis">waiting for round 1</text>`);
+    const lo = fixed ? 0 : Math.min(...boxes.map((b) => b.min));
+    const hi = fixed ? 1 : Math.max(...boxes.map((b) => b.max)) || 1;
+    const y = (v) => T + (H - T - B) * (1 - (v - lo) / (hi - lo || 1));
+    const step = (W - L) / boxes.length, w = Math.min(28, step * 0.6);
+    const ticks = [lo, (lo + hi) / 2, hi]
+      .map((v) => `<text x="${L - 6}" y="${y(v) + 4}" class="axis" text-anchor="end">${fmt(v, 2)}</text>`)
+      .join("");
+    const shapes = boxes
+      .map((b, i) => {
+        const cx = L + step * (i + 0.5);
+        return `<g><title>round ${b.round}: n=${b.n} median ${fmt(b.median)}</title>
+          <line x1="${cx}" x2="${cx}" y1="${y(b.min)}" y2="${y(b.max)}" class="whisker"/>
+          <rect x="${cx - w / 2}" width="${w}" y="${y(b.q3)}" height="${Math.max(1, y(b.q1) - y(b.q3))}" class="box"/>
+          <line x1="${cx - w / 2}" x2="${cx + w / 2}" y1="${y(b.median)}" y2="${y(b.median)}" class="median"/>
+          <text x="${cx}" y="${H - 6}" class="axis" text-anchor="middle">${b.round}</text></g>`;
+      })
+      .join("");
+    svg.innerHTML = ticks + shapes;
+  }
+
+  async function loadSession() {
+    const d = await getJSON(`/ui/data/sessions/${encodeURIComponent(sessionId)}`);
+    const s = d.session;
+    $("#status").textContent = s.status;
+    $("#status").className = `badge ${s.status}`;
+    $("#progress").textContent = `round ${s.rounds_done} of ${s.rounds_total} · model ${s.config.model} · strategy ${s.config.strategy}`;
+    const rounds = d.rounds.map((r) => r.round);
+    lineChart("accuracy-chart", "accuracy", "#2a7ae2", rounds, d.rounds.map((r) => r.accuracy));
+    lineChart("loss-chart", "loss", "#d9534f", rounds, d.rounds.map((r) => r.loss));
+    boxPlot($("#accuracy-boxes"), d.accuracy_boxes, true);
+    boxPlot($("#loss-boxes"), d.loss_boxes, false);
+    $("#clients tbody").innerHTML = d.clients
+      .map(
+        (c) => `<tr><td>${esc(c.client_id)}</td><td>${c.rounds}</td><td>${c.last_round}</td><td>${esc(c.status)}</td>
+        <td>${c.num_examples}</td><td>${fmt(c.loss)}</td><td>${fmt(c.accuracy)}</td></tr>`,
+      )
+      .join("");
+    const m = s.final_model;
+    $("#final-model").innerHTML = m ? `Final model: <a href="/ui/models">${esc(m.name)} v${m.version}</a>` : "";
+  }
+
+  function initSession() {
+    const refresh = debounced(loadSession);
+    refresh();
+    listen(sessionId, { round: refresh, update: refresh, completed: refresh, failed: refresh });
+  }
+
+  // -- peers and models ---------------------------------------------------------------------
+  async function loadPeers() {
+    const peers = await getJSON("/peers");
+    $("#peers tbody").innerHTML = peers
+      .map(
+        (p) => `<tr id="peer-${esc(p.id)}"><td>${esc(p.name)}</td><td class="status"><span class="badge ${esc(p.status)}">${esc(p.status)}</span></td>
+        <td class="beat">${p.last_heartbeat ? new Date(p.last_heartbeat).toLocaleTimeString() : "–"}</td>
+        <td class="epoch">${p.epoch ?? "–"} / ${p.epochs ?? "–"}</td><td class="loss">${fmt(p.loss)}</td><td class="acc">${fmt(p.accuracy)}</td></tr>`,
+      )
+      .join("");
+  }
+
+  function initPeers() {
+    const refresh = debounced(loadPeers);
+    refresh();
+    listen(null, {
+      peer_status: refresh,
+      heartbeat: (h) => {
+        const row = document.getElementById(`peer-${h.client_id}`);
+        if (!row) return refresh();
+        row.querySelector(".status").innerHTML = `<span class="badge ${esc(h.status)}">${esc(h.status)}</span>`;
+        row.querySelector(".beat").textContent = new Date().toLocaleTimeString();
+        row.querySelector(".epoch").textContent = `${h.epoch ?? "–"} / ${h.epochs ?? "–"}`;
+        row.querySelector(".loss").textContent = fmt(h.loss);
+        row.querySelector(".acc").textContent = fmt(h.accuracy);
+      },
+    });
+  }
+
+  async function download(name, version) {
+    const blob = await (await api(`/models/${encodeURIComponent(name)}/versions/${version}/download`)).blob();
+    const a = Object.assign(document.createElement("a"), { href: URL.createObjectURL(blob), download: `${name}-v${version}.safetensors` });
+    a.click();
+    URL.revokeObjectURL(a.href);
+  }
+
+  async function loadModels() {
+    const models = await getJSON("/models");
+    const parts = await Promise.all(
+      models.map(async (m) => {
+        const versions = await getJSON(`/models/${encodeURIComponent(m.name)}/versions`);
+        const rows = versions
+          .map(
+            (v) => `<tr><td>v${v.version}</td><td>${esc(v.model_spec)}</td><td>${fmt(v.metrics.accuracy)}</td>
+            <td>${v.session_id ? `<a href="/ui/sessions/${esc(v.session_id)}">${esc(v.session_id)}</a>` : "–"}</td>
+            <td><button class="download" data-name="${esc(m.name)}" data-version="${v.version}">Download</button></td></tr>`,
+          )
+          .join("");
+        return `<section class="card"><h2>${esc(m.name)}</h2><table><thead><tr><th>Version</th><th>Model</th>
+          <th>Accuracy</th><th>Session</th><th></th></tr></thead><tbody>${rows}</tbody></table></section>`;
+      }),
+    );
+    $("#models").innerHTML = parts.join("") || "<p class='muted'>No models yet: a finished session registers one.</p>";
+  }
+
+  function initModels() {
+    loadModels().catch((e) => showError(e.message));
+    $("#models").addEventListener("click", (e) => {
+      const b = e.target.closest("button.download");
+      if (b) download(b.dataset.name, b.dataset.version).catch((err) => showError(err.message));
+    });
+  }
+
+  const init = { signin: initSignin, sessions: initSessions, new: initNew, session: initSession, peers: initPeers, models: initModels };
+  if (page !== "signin" && !sessionStorage.getItem(TOKEN)) location.href = "/ui/signin";
+  else init[page]?.();
+})();

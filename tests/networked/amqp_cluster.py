@@ -1,0 +1,193 @@
+"""Coordinator and client OS processes on a real RabbitMQ, each test in its own AMQP namespace.
+
+``Cluster`` starts ``fedhive`` subprocesses, reads their output lines as they come (the readiness
+signals: "coordinator ready", "registered", "round 2: training"), and in teardown kills what is
+still running, by process id, and deletes the namespace's queues and exchanges.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import IO
+from uuid import uuid4
+
+import pytest
+
+from fedhive.errors import TransportError
+from fedhive.runtime.coordinator import COORDINATOR_ID, SessionResult
+from fedhive.runtime.credentials import CredentialStore, parse_secret
+from fedhive.runtime.local_data import LocalData
+from fedhive.runtime.networked import BrokerSettings, ClientSettings, Observer, run_client, run_coordinator
+from fedhive.runtime.session_file import parse_session
+from fedhive.transports.amqp import delete_namespace
+
+FEDHIVE = [sys.executable, "-m", "fedhive.cli.main"]
+
+# Fast liveness for tests: OFFLINE after 2 s of silence instead of 20.
+BASE_SESSION = {
+    "rounds": 3,
+    "min_clients": 2,
+    "registration_timeout_s": 60,
+    "round_timeout_s": 30,
+    "heartbeat_interval_s": 0.5,
+    "heartbeat_timeout_s": 2.0,
+    "model": "logreg-np",
+    "lr": 0.1,
+    "seed": 0,
+}
+
+
+def session_toml(path: Path, data: dict[str, object] | None = None, **settings: object) -> Path:
+    values = {**BASE_SESSION, **settings}
+    lines = [f"{k} = {_toml(v)}" for k, v in values.items()]
+    lines.append("[data]")
+    data = data or {"dataset": "digits", "partition": "dirichlet:0.5"}
+    lines += [f"{k} = {_toml(v)}" for k, v in data.items()]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _toml(v: object) -> str:
+    return f'"{v}"' if isinstance(v, str) else str(v).lower() if isinstance(v, bool) else str(v)
+
+
+class Proc:
+    """A subprocess whose stdout and stderr lines are collected by two reader threads."""
+
+    def __init__(self, name: str, args: list[str]) -> None:
+        self.name = name
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "200"}
+        self.popen = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        self.out: list[str] = []
+        self.err: list[str] = []
+        self._changed = threading.Condition()
+        self._readers = [
+            threading.Thread(target=self._read, args=(self.popen.stdout, self.out), daemon=True),
+            threading.Thread(target=self._read, args=(self.popen.stderr, self.err), daemon=True),
+        ]
+        for t in self._readers:
+            t.start()
+
+    def _read(self, stream: IO[str], lines: list[str]) -> None:
+        for line in stream:
+            with self._changed:
+                lines.append(line.rstrip("\n"))
+                self._changed.notify_all()
+
+    def wait_for(self, text: str, *, timeout: float = 60, stream: str = "out") -> str:
+        """The first line of ``stream`` containing ``text``; fails with the output if it does not come."""
+        lines = self.out if stream == "out" else self.err
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while True:
+                found = next((line for line in lines if text in line), None)
+                if found is not None:
+                    return found
+                left = deadline - time.monotonic()
+                if left <= 0 or (self.popen.poll() is not None and not any(t.is_alive() for t in self._readers)):
+                    pytest.fail(f"{self.name}: no line with {text!r} within {timeout} s\n{self.tail()}")
+                self._changed.wait(min(left, 0.5))
+
+    def finish(self, timeout: float = 60) -> int:
+        try:
+            rc = self.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"{self.name} did not exit within {timeout} s\n{self.tail()}")
+        for t in self._readers:
+            t.join(5)
+        return rc
+
+    def kill(self) -> None:
+        if self.popen.poll() is None:
+            self.popen.kill()
+            self.popen.wait(10)
+
+    def tail(self, n: int = 25) -> str:
+        return "--- stdout\n" + "\n".join(self.out[-n:]) + "\n--- stderr\n" + "\n".join(self.err[-n:])
+
+
+class Cluster:
+    def __init__(self, url: str, root: Path) -> None:
+        self.url = url
+        self.root = root
+        self.namespace = f"test-{uuid4().hex[:8]}"
+        self.store_path = root / "clients.json"
+        self.store = CredentialStore(self.store_path)
+        self.procs: list[Proc] = []
+        self.node_ids = {COORDINATOR_ID}
+
+    def add_clients(self, name: str, count: int) -> list[tuple[str, str]]:
+        """Identities whose sorted order is their creation order (part I/N goes to the I-th)."""
+        width = len(str(count))
+        out = [self.store.add(f"{name}{i:0{width}d}") for i in range(1, count + 1)]
+        self.node_ids.update(cid for cid, _ in out)
+        return out
+
+    def broker_args(self) -> list[str]:
+        return ["--broker", self.url, "--namespace", self.namespace]
+
+    def start(self, name: str, *args: str) -> Proc:
+        proc = Proc(name, [*FEDHIVE, *args])
+        self.procs.append(proc)
+        return proc
+
+    def coordinator(self, config: Path, out: Path, *extra: str) -> Proc:
+        args = ["coordinator", *self.broker_args(), "--config", str(config), "--store", str(self.store_path)]
+        proc = self.start("coordinator", *args, "--out", str(out), "--json", *extra)
+        proc.wait_for("coordinator ready", stream="err")
+        return proc
+
+    def client(self, ident: tuple[str, str], *data: str, extra: tuple[str, ...] = ()) -> Proc:
+        cid, secret = ident
+        return self.start(cid, "client", *self.broker_args(), "--id", cid, "--secret", secret, *data, *extra)
+
+    def teardown(self) -> None:
+        for p in self.procs:
+            p.kill()
+        for attempt in range(3):  # the broker may still be coming back from a restart
+            try:
+                asyncio.run(delete_namespace(self.url, self.namespace, self.node_ids))
+                return
+            except TransportError:
+                if attempt == 2:
+                    raise
+                time.sleep(2)
+
+
+def demo_part(i: int, n: int, partition: str = "dirichlet:0.5") -> tuple[str, ...]:
+    return ("--dataset", "digits", "--partition", partition, "--part", f"{i}/{n}")
+
+
+class Net:
+    """For tests that run the coordinator and clients in this process (to watch their buses): a
+    namespace on the broker, a client store, and the ids to clean up afterwards."""
+
+    def __init__(self, url: str, root: Path) -> None:
+        self.broker = BrokerSettings(url, f"test-{uuid4().hex[:8]}")
+        self.store = CredentialStore(root / "clients.json")
+        self.root = root
+        self.ids = {COORDINATOR_ID}
+
+    def add(self, name: str) -> tuple[str, bytes]:
+        cid, secret = self.store.add(name)
+        self.ids.add(cid)
+        return cid, parse_secret(secret)
+
+    def coordinator(self, *observers: Observer, **settings: object) -> asyncio.Task[SessionResult]:
+        """The coordinator of a digits session (logreg-np), in this process; ``ready`` is set once
+        it listens."""
+        raw = {"rounds": 2, "min_clients": 2, "model": "logreg-np", "lr": 0.1, "round_timeout_s": 30, **settings}
+        session = parse_session({**raw, "data": {"dataset": "digits"}}, self.root / "session.toml")
+        self.ready = asyncio.Event()
+        run = run_coordinator(session, self.store, self.broker, observers=observers, on_ready=self.ready.set)
+        return asyncio.create_task(run)
+
+    def honest(self, ident: tuple[str, bytes], part: str) -> asyncio.Task[int]:
+        data = LocalData(dataset="digits", part=part)
+        return asyncio.create_task(run_client(*ident, data, self.broker, ClientSettings(register_timeout_s=30)))

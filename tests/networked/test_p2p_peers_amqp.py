@@ -1,0 +1,102 @@
+"""Decentralised federation over RabbitMQ: five peer processes, no coordinator."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from uuid import uuid4
+
+import pytest
+from amqp_cluster import Proc
+
+from fedhive.learning.federation_data import DataSpec
+from fedhive.runtime.session_config import SessionConfig
+from fedhive.runtime.simulation import plan_simulation, run_federation
+from fedhive.transports.amqp import delete_namespace
+
+pytestmark = [pytest.mark.amqp, pytest.mark.slow]
+
+PEER = [sys.executable, "-m", "fedhive.cli.main", "peer"]
+SECRET = "5e" * 32
+SETTINGS = {"model": "logreg-np", "lr": 0.1, "seed": 0, "epochs": 1, "batch_size": 32}
+
+
+class Peers:
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.namespace = f"test-{uuid4().hex[:8]}"
+        self.procs: list[Proc] = []
+
+    def start(self, n: int, rounds: int) -> list[Proc]:
+        for i in range(1, n + 1):
+            args = [
+                *PEER,
+                *("--broker", self.url, "--namespace", self.namespace, "--secret", SECRET),
+                *("--dataset", "digits", "--partition", "dirichlet:0.5", "--part", f"{i}/{n}"),
+                *("--min-peers", str(n), "--rounds", str(rounds), "--model", str(SETTINGS["model"])),
+                *("--lr", str(SETTINGS["lr"]), "--seed", str(SETTINGS["seed"]), "--json"),
+                *("--beat", "0.2", "--peer-timeout", "1.5", "--round-timeout", "30", "--discovery-timeout", "60"),
+            ]
+            self.procs.append(Proc(f"peer-{i}", args))
+        return self.procs
+
+    def rounds(self, proc: Proc) -> dict[int, dict[str, object]]:
+        rows = [json.loads(line) for line in proc.out if line.startswith("{")]
+        return {int(r["round"]): r for r in rows}
+
+    def teardown(self) -> None:
+        ids = set()
+        for p in self.procs:
+            p.kill()
+            ids |= {line.split()[1] for line in p.out if line.startswith("peer ")}
+        asyncio.run(delete_namespace(self.url, self.namespace, ids))
+
+
+@pytest.fixture
+def peers(rabbitmq_url: str) -> Iterator[Peers]:
+    p = Peers(rabbitmq_url)
+    try:
+        yield p
+    finally:
+        p.teardown()
+
+
+async def star_accuracy(n: int, rounds: int) -> float:
+    config = SessionConfig(rounds=rounds, min_clients=n, **SETTINGS)  # type: ignore[arg-type]
+    plan = plan_simulation(config, DataSpec(dataset="digits", partition="dirichlet:0.5"), n)
+    result = await run_federation(
+        plan.config, plan.trainers, plan.num_examples, plan.initial_params, evaluator=plan.evaluator
+    )
+    return result.metrics["accuracy"]
+
+
+def test_five_peers_hold_identical_models_and_match_the_star_topology(peers: Peers, tmp_path: Path) -> None:
+    rounds = 5
+    procs = peers.start(5, rounds)
+    for p in procs:
+        assert p.finish(timeout=120) == 0, p.tail()
+    histories = [peers.rounds(p) for p in procs]
+    assert all(sorted(h) == list(range(1, rounds + 1)) for h in histories)
+    for r in range(1, rounds + 1):
+        assert len({h[r]["digest"] for h in histories}) == 1, f"round {r}: digests differ"
+        assert all(h[r]["members"] == 5 for h in histories)
+    star = asyncio.run(star_accuracy(5, rounds))
+    accuracy = float(histories[0][rounds]["accuracy"])  # type: ignore[arg-type]
+    assert abs(accuracy - star) <= 0.01, (accuracy, star)
+
+
+def test_a_killed_peer_does_not_stop_the_others(peers: Peers) -> None:
+    rounds = 6
+    procs = peers.start(5, rounds)
+    procs[2].wait_for('"round": 2', timeout=90)
+    procs[2].kill()
+    survivors = [p for i, p in enumerate(procs) if i != 2]
+    for p in survivors:
+        assert p.finish(timeout=120) == 0, p.tail()
+    histories = [peers.rounds(p) for p in survivors]
+    for r in range(1, rounds + 1):
+        assert len({h[r]["digest"] for h in histories}) == 1, f"round {r}: digests differ"
+    assert histories[0][rounds]["members"] == 4
