@@ -106,6 +106,42 @@ async def test_two_combiners_six_clients_equal_the_flat_run(strategy: str, exact
     assert sorted(np.unique(list(coordinator.assigned.values()), return_counts=True)[1]) == [3, 3]
 
 
+async def test_clients_asking_before_every_combiner_is_up_are_still_spread_evenly() -> None:
+    # On a loaded machine the second combiner can register seconds after the clients first ask:
+    # assigning them at once would put all six on the first one and the session would never start.
+    net = MemoryNetwork()
+    trainers = [ShiftTrainer(1.0, 10) for _ in range(6)]
+    coordinator = HierarchicalCoordinator(
+        cfg(rounds=1), net.connect(COORDINATOR_ID), trainers[0].initial_params(0), min_combiners=2
+    )
+    combiners = [
+        Combiner(f"combiner-{i}", net.connect(f"combiner-{i}"), upstream_timeout_s=5.0, **LIVE) for i in range(2)
+    ]
+    clients = [
+        run_assigned_client(
+            f"client-{i}",
+            net.connect(f"client-{i}"),
+            (lambda t: lambda _c: t)(t),
+            num_examples=10,
+            combiner_timeout_s=2.0,
+            register_retry_s=0.1,
+        )
+        for i, t in enumerate(trainers)
+    ]
+    async with asyncio.timeout(30):
+        session = asyncio.create_task(coordinator.run())
+        first = asyncio.create_task(combiners[0].run())
+        client_tasks = [asyncio.create_task(c) for c in clients]
+        await asyncio.sleep(2.5)  # the clients have asked (and been put off) more than once
+        assert coordinator.assigned == {}
+        second = asyncio.create_task(combiners[1].run())
+        result = await session
+        await asyncio.gather(*client_tasks)
+        await asyncio.gather(first, second, return_exceptions=True)
+    assert result.rounds == 1
+    assert sorted(np.unique(list(coordinator.assigned.values()), return_counts=True)[1]) == [3, 3]
+
+
 async def test_a_killed_combiners_clients_move_and_the_session_completes() -> None:
     # Training takes a while, so that the session outlasts the clients' move.
     trainers: list[ShiftTrainer] = [SlowShift(1.0, 10, delay=0.2) for _ in range(6)]

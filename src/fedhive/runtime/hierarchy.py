@@ -75,13 +75,23 @@ class HierarchicalCoordinator(Coordinator):
     # -- membership ---------------------------------------------------------------------------------
     async def _assign(self, msg: Message) -> None:
         online = self.registry.online()
+        if not self._started and len(online) < self.min_combiners:
+            # Assigning now would pile every early client onto the first combiner up, and the
+            # session would wait for the others to be staffed until it timed out. The client
+            # asks again every second.
+            log.info("%d of %d combiners ONLINE; client %s will ask again", len(online), self.min_combiners, msg.sender)
+            return
         avoid = msg.envelope.body.get("avoid")
         choices = [c for c in online if c != avoid] or online
         if not choices:
             log.info("no combiner ONLINE yet for client %s; it will ask again", msg.sender)
             return
-        load = Counter(c for c in self.assigned.values() if c in choices)
-        combiner = min(choices, key=lambda c: (load[c], c))
+        current = self.assigned.get(msg.sender)
+        if current in choices:  # a repeated request (its answer crossed the retry): same answer
+            combiner = current
+        else:
+            load = Counter(c for c in self.assigned.values() if c in choices)
+            combiner = min(choices, key=lambda c: (load[c], c))
         self.assigned[msg.sender] = combiner
         body = {"combiner": combiner}
         await self._send(
