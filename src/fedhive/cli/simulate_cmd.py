@@ -12,17 +12,25 @@ import typer
 from rich.console import Console
 
 from fedhive.cli.progress import SessionProgress
+from fedhive.errors import ConfigError
 from fedhive.learning.federation_data import DataSpec
 from fedhive.runtime.session_config import make_config
 from fedhive.runtime.simulation import plan_simulation, run_federation
+from fedhive.tracking.mlflow_options import ENV_VAR, MlflowOptions
+from fedhive.tracking.mlflow_registry import check_fits
+from fedhive.tracking.mlflow_tracker import MlflowTracker
 from fedhive.tracking.run_directory import RunDirectory
+
+DEFAULT_MODEL = "simple-dnn"
 
 
 def simulate(
     dataset: Annotated[str, typer.Option(help="digits, iris, wine, breast-cancer, mnist5k or csv")] = "digits",
     csv: Annotated[Path | None, typer.Option("--csv", help="CSV file (implies --dataset csv)")] = None,
     label: Annotated[str | None, typer.Option(help="label column of the CSV")] = None,
-    model: Annotated[str, typer.Option(help="simple-dnn[:128,64], logreg, cnn or logreg-np")] = "simple-dnn",
+    model: Annotated[
+        str | None, typer.Option(help="simple-dnn[:128,64], logreg, cnn or logreg-np  [default: simple-dnn]")
+    ] = None,
     clients: Annotated[int, typer.Option(help="number of virtual clients")] = 10,
     rounds: Annotated[int, typer.Option(help="federated rounds")] = 20,
     partition: Annotated[str, typer.Option(help="iid, dirichlet:ALPHA, label-shards:K or label-range")] = "iid",
@@ -32,12 +40,33 @@ def simulate(
     momentum: Annotated[float, typer.Option(help="local SGD momentum (0 for plain SGD)")] = 0.9,
     fraction: Annotated[float, typer.Option(help="share of clients selected each round")] = 1.0,
     strategy: Annotated[str, typer.Option(help="aggregation strategy")] = "fedavg",
+    compression: Annotated[str, typer.Option(help="update compression: none, float16, int8, topk:F")] = "none",
     seed: Annotated[int, typer.Option(help="seed for data split, partition, init and training")] = 0,
     test_fraction: Annotated[float, typer.Option(help="held-out share of the data for global evaluation")] = 0.2,
     out: Annotated[Path, typer.Option(help="run directory")] = Path("runs/latest"),
     as_json: Annotated[bool, typer.Option("--json", help="print a JSON summary as the last line of stdout")] = False,
+    mlflow: Annotated[bool, typer.Option("--mlflow", help="track the run in MLflow (local store ./mlruns)")] = False,
+    mlflow_tracking_uri: Annotated[
+        str | None,
+        typer.Option(envvar=ENV_VAR, help="track in this MLflow store or server, e.g. http://mlflow:5000"),
+    ] = None,
+    mlflow_experiment: Annotated[str, typer.Option(help="MLflow experiment of the run")] = "fedhive",
+    mlflow_register: Annotated[
+        str | None, typer.Option(help="register the final model in MLflow under this name (tracks the run)")
+    ] = None,
+    mlflow_model: Annotated[
+        str | None, typer.Option(help="start from a registered MLflow model NAME/VERSION, e.g. iris_model/1")
+    ] = None,
+    mlflow_use_case: Annotated[
+        str | None, typer.Option(help="use case: the --mlflow-model must carry it; tags runs and the new version")
+    ] = None,
 ) -> None:
     started = time.perf_counter()
+    ml = MlflowOptions(mlflow_tracking_uri, mlflow, mlflow_model, mlflow_use_case, mlflow_register, mlflow_experiment)
+    start = ml.load()  # before any data is loaded: a wrong name fails in seconds
+    if start is not None and model is not None:
+        raise ConfigError("give --model or --mlflow-model, not both: the registered model's spec decides")
+    model = start.model_spec if start is not None else model or DEFAULT_MODEL
     if csv is not None:
         dataset = "csv"
     config = make_config(
@@ -50,6 +79,7 @@ def simulate(
         seed=seed,
         model=model,
         strategy=strategy,
+        compression=compression,
         data={"dataset": dataset, "partition": partition},
     )
     data = (
@@ -64,7 +94,18 @@ def simulate(
         else _bad_fraction(test_fraction)
     )
     plan = plan_simulation(config, data, clients)
+    initial, ml_summary = plan.initial_params, dict[str, object]()
+    if start is not None:
+        check_fits(start, initial.spec, f"data set {dataset!r}")
+        initial = start.params
+        ml_summary = {"initial_model": str(start.ref), "initial_accuracy": plan.evaluator.evaluate(initial).accuracy}
+    tracker = ml.tracker(start)
     console = Console(stderr=as_json)
+    if start is not None:
+        console.print(
+            f"starting from MLflow model [bold]{start.ref}[/] ({start.model_spec}): "
+            f"accuracy {ml_summary['initial_accuracy']:.4f} before training"
+        )
     run_dir = RunDirectory(out, {**config.model_dump(mode="json"), "clients": clients, **data.model_dump()})
     with SessionProgress(console, rounds) as progress:
         result = asyncio.run(
@@ -72,9 +113,9 @@ def simulate(
                 plan.config,
                 plan.trainers,
                 plan.num_examples,
-                plan.initial_params,
+                initial,
                 evaluator=plan.evaluator,
-                observers=[run_dir.attach, progress.attach],
+                observers=[run_dir.attach, progress.attach, *([tracker.attach] if tracker else [])],
             )
         )
     wall = time.perf_counter() - started
@@ -85,6 +126,8 @@ def simulate(
         f"after {result.rounds} rounds in {wall:.1f} s; results in [bold]{out}[/] "
         f"(config.json, rounds.csv, clients.csv, model.safetensors)"
     )
+    if tracker is not None:
+        ml_summary |= _report_tracking(console, tracker, ml)
     if as_json:
         print(
             json.dumps(
@@ -94,11 +137,24 @@ def simulate(
                     "rounds": result.rounds,
                     "clients": clients,
                     "wall_s": round(wall, 3),
+                    "compression": config.compression,
+                    "bytes_received": run_dir.bytes_received,
+                    "compression_ratio": round(run_dir.float32_bytes / max(run_dir.bytes_received, 1), 3),
                     "out": str(out),
                     "model": str(run_dir.model_path),
+                    **ml_summary,
                 }
             )
         )
+
+
+def _report_tracking(console: Console, tracker: MlflowTracker, ml: MlflowOptions) -> dict[str, object]:
+    if tracker.failure is not None:
+        console.print(f"[yellow]MLflow tracking stopped early: {tracker.failure}[/]")
+    else:
+        registered = f"; registered {ml.register} version {tracker.model_version}" if tracker.model_version else ""
+        console.print(f"tracked in MLflow at {ml.where()}: run {tracker.parent_run_id}{registered}")
+    return {"mlflow_run_id": tracker.parent_run_id, "mlflow_model_version": tracker.model_version}
 
 
 def _bad_fraction(value: float) -> DataSpec:

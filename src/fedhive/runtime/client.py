@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from pydantic import ValidationError
 
+from fedhive.core.compression import UpdateCompressor
 from fedhive.core.envelope import Kind, Message, make
 from fedhive.core.params import ParamSpec
 from fedhive.errors import ConfigError, DataError, FedhiveError, ProtocolError, SessionFailed, TransportError
@@ -94,6 +95,7 @@ class ClientNode:
         self._config: SessionConfig | None = None
         self._spec: ParamSpec | None = None
         self._trainer: Trainer | None = None
+        self._compressor = UpdateCompressor()  # per session: holds top-k's error feedback
         self._training: tuple[int, int] | None = None  # (round, attempt) in progress
         self._last_progress: EpochProgress | None = None
         self.rounds_trained = 0
@@ -272,12 +274,14 @@ class ClientNode:
                 f"gives {_shapes(own)}: check the data's features and label classes"
             )
         self._config, self._spec, self._trainer = config, spec, trainer
+        self._compressor = UpdateCompressor(config.compression)
 
     async def _train(self, msg: Message) -> None:
         if self._trainer is None or self._spec is None:
             raise ProtocolError("TRAIN before ENABLE")
         env = msg.envelope
         params = payload_params(msg, self._spec, max_bytes=self._max_payload, what="global model")
+        self._compressor.begin_round(params)
         fit = FitConfig.from_json(env.body.get("fit", {}))
         key = (env.round, int(env.body.get("attempt", 0)))
         self._training = key
@@ -336,9 +340,10 @@ class ClientNode:
             return
         self.rounds_trained += 1
         r = event.result
-        body = {**base, "num_examples": r.num_examples, "metrics": r.metrics}
+        payload, encoding = self._compressor.compress(r.params)  # the update itself unless compressed
+        body = {**base, "num_examples": r.num_examples, "metrics": r.metrics, **encoding}
         await self._send(
-            make(Kind.UPDATE, self.node_id, session_id=self._session_id, round=event.round, body=body, payload=r.params)
+            make(Kind.UPDATE, self.node_id, session_id=self._session_id, round=event.round, body=body, payload=payload)
         )
 
     async def _send(self, message: Message) -> None:

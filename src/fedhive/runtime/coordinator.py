@@ -9,6 +9,7 @@ worker thread and come back as events. Every wait has a deadline with a readable
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -242,16 +243,17 @@ class Coordinator:
         nbytes = payload_size(msg)
         what = f"update from {msg.sender}"
         max_bytes = self.config.max_update_bytes
+        decode = functools.partial(payload_params, compression=self.config.compression, base=self.params)
         if nbytes > OFFLOAD_BYTES:
             loop = asyncio.get_running_loop()
             params = await loop.run_in_executor(
-                self._executor, lambda: payload_params(msg, self.spec, max_bytes=max_bytes, what=what)
+                self._executor, lambda: decode(msg, self.spec, max_bytes=max_bytes, what=what)
             )
             await loop.run_in_executor(
                 self._executor, r.aggregator.add, Update(msg.sender, params, num_examples, metrics)
             )
         else:
-            params = payload_params(msg, self.spec, max_bytes=max_bytes, what=what)
+            params = decode(msg, self.spec, max_bytes=max_bytes, what=what)
             r.aggregator.add(Update(msg.sender, params, num_examples, metrics))
         if r is not self._round or r.closing:  # the round moved on while we aggregated
             return

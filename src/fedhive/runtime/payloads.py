@@ -6,6 +6,7 @@ import math
 from collections.abc import Mapping
 
 from fedhive.core import codec
+from fedhive.core.compression import decode_update
 from fedhive.core.envelope import Message
 from fedhive.core.params import Params, ParamSpec, check_against_spec
 from fedhive.errors import PayloadError, ProtocolError
@@ -20,11 +21,26 @@ def payload_size(message: Message) -> int:
     return p.nbytes if isinstance(p, Params | memoryview) else len(p)
 
 
-def payload_params(message: Message, expected: ParamSpec, *, max_bytes: int, what: str) -> Params:
-    """Decode (if bytes) and check names, shapes, dtypes, size and finiteness against ``expected``."""
+def payload_params(
+    message: Message,
+    expected: ParamSpec,
+    *,
+    max_bytes: int,
+    what: str,
+    compression: str = "none",
+    base: Params | None = None,
+) -> Params:
+    """Decode (if bytes) and check names, shapes, dtypes, size and finiteness against ``expected``.
+
+    An update of a session with ``compression`` is decompressed onto ``base`` (core.compression)."""
     p = message.payload
     if p is None:
         raise PayloadError(f"{what} carries no parameters")
+    if compression != "none" or "compression" in message.envelope.body:
+        claimed = message.envelope.body.get("compression")
+        return decode_update(
+            p, claimed=claimed, session=compression, expected=expected, base=base, max_bytes=max_bytes, what=what
+        )
     if isinstance(p, Params):
         if p.nbytes > max_bytes:
             raise PayloadError(f"{what} of {p.nbytes} bytes exceeds the limit of {max_bytes} bytes")

@@ -6,8 +6,9 @@ import math
 import uuid
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from fedhive.core.compression import parse_compression
 from fedhive.errors import ConfigError
 from fedhive.learning.trainer import FitConfig
 
@@ -40,8 +41,17 @@ class SessionConfig(BaseModel):
     seed: int = 0
     model: str = "simple-dnn"
     strategy: str = "fedavg"
+    compression: str = Field(default="none", description="update compression: none, float16, int8 or topk:F")
     max_update_bytes: int = Field(default=256 * 1024 * 1024, ge=1024)
     data: dict[str, Any] = Field(default_factory=dict, description="what demo clients load (dataset, partition)")
+
+    @field_validator("compression")
+    @classmethod
+    def _compression(cls, v: str) -> str:
+        try:
+            return parse_compression(v).name
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
 
     @model_validator(mode="after")
     def _check(self) -> SessionConfig:

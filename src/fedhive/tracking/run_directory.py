@@ -27,6 +27,8 @@ ROUND_FIELDS = [
     "examples",
     "duration_s",
     "missing",
+    "bytes_received",  # update payload bytes accepted this round, as they arrived (compressed or not)
+    "compression_ratio",  # the same updates as dense float32, divided by bytes_received
 ]
 CLIENT_FIELDS = ["round", "client", "num_examples", "loss", "accuracy", "bytes", "status"]
 
@@ -38,6 +40,9 @@ class RunDirectory:
         (self.root / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
         self._rounds, self._rounds_w = _open_csv(self.root / "rounds.csv", ROUND_FIELDS)
         self._clients, self._clients_w = _open_csv(self.root / "clients.csv", CLIENT_FIELDS)
+        self._round_bytes: dict[int, tuple[int, int]] = {}  # round -> (updates accepted, bytes)
+        self.bytes_received = 0  # over the whole session
+        self.float32_bytes = 0  # what the same updates weigh as dense float32
 
     @property
     def model_path(self) -> Path:
@@ -50,6 +55,8 @@ class RunDirectory:
         bus.on(ev.SessionCompleted, self._on_completed)
 
     def _on_update(self, e: ev.UpdateAccepted) -> None:
+        n, b = self._round_bytes.get(e.round, (0, 0))
+        self._round_bytes[e.round] = (n + 1, b + e.nbytes)
         self._clients_w.writerow(
             {
                 "round": e.round,
@@ -66,6 +73,10 @@ class RunDirectory:
         self._clients_w.writerow({"round": e.round, "client": e.client_id, "status": f"rejected: {e.reason}"})
 
     def _on_round(self, e: ev.RoundCompleted) -> None:
+        n, nbytes = self._round_bytes.pop(e.round, (0, 0))
+        dense = n * e.params.size * 4
+        self.bytes_received += nbytes
+        self.float32_bytes += dense
         self._rounds_w.writerow(
             {
                 "round": e.round,
@@ -78,6 +89,8 @@ class RunDirectory:
                 "examples": e.num_examples,
                 "duration_s": f"{e.duration_s:.4f}",
                 "missing": " ".join(e.late_or_missing),
+                "bytes_received": nbytes,
+                "compression_ratio": f"{dense / nbytes:.3f}" if nbytes else "",
             }
         )
         self._rounds.flush()
