@@ -10,6 +10,7 @@ was trained on.
 from __future__ import annotations
 
 import importlib
+import os
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +25,16 @@ WEIGHTS = "model.safetensors"
 _MAX_BYTES = 1 << 33
 
 
+# MLflow's HTTP client retries a dead server 7 times with exponential backoff (minutes) and waits
+# 120 s per request; an observer holds up its session's event bus meanwhile. These bound a call to
+# about a minute. A user who sets the variables keeps their own values.
+_HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_TIMEOUT": "20"}
+
+
 def import_mlflow() -> Any:
     """``mlflow``, imported on first use: the base install does not depend on it."""
+    for name, value in _HTTP_DEFAULTS.items():
+        os.environ.setdefault(name, value)
     try:
         return importlib.import_module("mlflow")
     except ImportError:

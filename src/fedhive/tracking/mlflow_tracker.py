@@ -10,6 +10,9 @@ an MLflow tracking server's URL. Every MLflow call is blocking I/O (HTTP or SQLi
 it in a worker thread; the bus awaits each handler, which keeps the calls in event order. The
 ``MlflowClient`` API with explicit run ids is used rather than ``mlflow.start_run``: the fluent
 API keeps its active run in process globals, which two sessions in one platform would share.
+
+Tracking is an observer and must never end a training session: the first MLflow failure (server
+gone, disk full) is logged once, kept in ``failure`` and turns the tracker off for the session.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -41,8 +45,17 @@ DATA_KEYS = ("dataset", "partition", "label")
 
 
 def default_tracking_uri(home: Path) -> str:
-    """The local store: a SQLite file next to the other fedhive state."""
+    """The local store: a SQLite file next to the other fedhive state (no server to start)."""
     return f"sqlite:///{(home / 'mlflow.db').resolve()}"
+
+
+def artifact_location(tracking_uri: str) -> str | None:
+    """For a local SQLite store, artifacts go next to its file: MLflow's default would be
+    ``./mlruns`` under whatever directory the process happened to start in."""
+    prefix = "sqlite:///"
+    if not tracking_uri.startswith(prefix):
+        return None  # a server decides where its artifacts go
+    return (Path(tracking_uri[len(prefix) :]).resolve().parent / "mlflow-artifacts").as_uri()
 
 
 class MlflowTracker:
@@ -64,6 +77,10 @@ class MlflowTracker:
         self.parent_run_id: str | None = None
         self.child_runs: dict[str, str] = {}  # client id -> run id
         self.model_version: str | None = None
+        self.failure: str | None = None
+        prefix = "sqlite:///"
+        if tracking_uri.startswith(prefix):  # SQLite creates the file, not its directory
+            Path(tracking_uri[len(prefix) :]).resolve().parent.mkdir(parents=True, exist_ok=True)
 
     def attach(self, bus: EventBus) -> None:
         bus.on(ev.SessionStarted, self._on_started)
@@ -73,12 +90,21 @@ class MlflowTracker:
         bus.on(ev.SessionFailedEvent, self._on_failed)
 
     # -- handlers: each hands its blocking part to a thread ------------------------------------
+    async def _guarded(self, fn: Callable[..., None], *args: Any) -> None:
+        if self.failure is not None:
+            return
+        try:
+            await asyncio.to_thread(fn, *args)
+        except Exception as exc:  # any MLflow failure ends tracking, never training
+            self.failure = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
+            log.warning("MLflow tracking is off for the rest of this session: %s", self.failure)
+
     async def _on_started(self, e: ev.SessionStarted) -> None:
-        await asyncio.to_thread(self._start, e.session_id, e.config, e.clients)
+        await self._guarded(self._start, e.session_id, e.config, e.clients)
 
     async def _on_update(self, e: ev.UpdateAccepted) -> None:
         metrics = {**e.metrics, "num_examples": float(e.num_examples), "bytes": float(e.nbytes)}
-        await asyncio.to_thread(self._log_client, e.client_id, e.round, metrics)
+        await self._guarded(self._log_client, e.client_id, e.round, metrics)
 
     async def _on_round(self, e: ev.RoundCompleted) -> None:
         metrics = {
@@ -87,19 +113,23 @@ class MlflowTracker:
             "updates": float(e.num_updates),
             "duration_s": e.duration_s,
         }
-        await asyncio.to_thread(self._log, self.parent_run_id, e.round, metrics)
+        await self._guarded(self._log, self.parent_run_id, e.round, metrics)
 
     async def _on_completed(self, e: ev.SessionCompleted) -> None:
-        await asyncio.to_thread(self._finish_with_model, e)
+        await self._guarded(self._finish_with_model, e)
 
     async def _on_failed(self, e: ev.SessionFailedEvent) -> None:
-        await asyncio.to_thread(self._end_all, "FAILED", e.reason)
+        await self._guarded(self._end_all, "FAILED", e.reason)
 
     # -- blocking work ------------------------------------------------------------------------
     def _start(self, session_id: str, config: dict[str, object], clients: list[str]) -> None:
         experiment = self._client.get_experiment_by_name(self._experiment)
         experiment_id = (
-            experiment.experiment_id if experiment is not None else self._client.create_experiment(self._experiment)
+            experiment.experiment_id
+            if experiment is not None
+            else self._client.create_experiment(
+                self._experiment, artifact_location=artifact_location(self.tracking_uri)
+            )
         )
         self._experiment_id = experiment_id
         self._model_spec = str(config.get("model", ""))
