@@ -66,6 +66,7 @@ async def start_session(
     strategy: Annotated[str, Form(min_length=1, max_length=255, description="e.g. fedavg, fedprox:mu=0.01")] = (
         "fedavg"
     ),
+    compression: Annotated[str, Form(max_length=32, description="none, float16, int8 or topk:F")] = "none",
     rounds: Annotated[int | None, Form(ge=1, le=100_000)] = None,
     epochs: Annotated[int | None, Form(ge=1, le=10_000)] = None,
     batch_size: Annotated[int | None, Form(ge=1, le=1_000_000)] = None,
@@ -91,6 +92,7 @@ async def start_session(
         lr=lr,
         model=str(spec),
         strategy=strategy.strip(),
+        compression=compression,
         min_clients=min_peers,
     )
 
