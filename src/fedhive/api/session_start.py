@@ -2,7 +2,9 @@
 
 The order is chosen so that a failure leaves nothing half made:
 1. the form itself (FastAPI), then the account (404 if it was deleted after the token was issued)
-   and a registered model if one is named (404 if it is not the user's);
+   and a registered model if one is named (404 if it is not the user's), or a registered MLflow
+   model (``mlflow_model=NAME/VERSION``, read from the platform's MLflow store: 404 if unknown,
+   422 on a use-case mismatch, 503 if the tracking server does not answer in time);
 2. the model spec, the strategy and the hyperparameters (422, nothing stored yet);
 3. the CSV: size (413), parse (422 naming row and column), fit to the model (422); then its
    bytes go to the artifact store (content-addressed) and a ``datasets`` row is written;
@@ -26,8 +28,16 @@ from fedhive.learning.models import parse_model_spec
 from fedhive.runtime.session_config import SessionConfig, make_config
 from fedhive.service.launcher import SessionRequest
 from fedhive.service.services import Services
+from fedhive.service.settings import Settings
 from fedhive.storage import models_repo
 from fedhive.strategies.registry import parse_strategy
+from fedhive.tracking.mlflow_model import MlflowMissing
+from fedhive.tracking.mlflow_registry import (
+    RegisteredModel,
+    TrackingUnavailable,
+    load_registered_model,
+    parse_model_ref,
+)
 
 _DEFAULT_MODEL = SessionConfig.model_fields["model"].default
 
@@ -47,6 +57,18 @@ def resolve_model(
         return row.model_spec, (name, row.version)
 
 
+def load_mlflow_model(settings: Settings, model: str, use_case: str | None) -> RegisteredModel:
+    """Blocking. The registered MLflow version to start from, mapped to HTTP answers."""
+    ref = parse_model_ref(model)  # ConfigError: 422 naming the NAME/VERSION form
+    try:
+        return load_registered_model(settings.mlflow_uri(), ref, use_case=use_case)
+    except MlflowMissing:
+        raise HTTPException(501, "this server has no MLflow support: pip install 'fedhive[mlflow]'") from None
+    except TrackingUnavailable:
+        # the detail names no host: the URL is the operator's business, logged by the caller
+        raise HTTPException(503, "the MLflow tracking server is unreachable; try again later") from None
+
+
 async def start_session(
     services: ServicesDep,
     settings: SettingsDep,
@@ -63,6 +85,12 @@ async def start_session(
         str | None, Form(pattern=NAME_PATTERN, description="a registered model to start from")
     ] = None,
     model_version: Annotated[int | None, Form(ge=1, le=MAX_INT, description="default: the newest")] = None,
+    mlflow_model: Annotated[
+        str | None, Form(max_length=300, description="a registered MLflow model to start from: NAME/VERSION")
+    ] = None,
+    mlflow_use_case: Annotated[
+        str | None, Form(min_length=1, max_length=255, description="the use case the MLflow model must be tagged with")
+    ] = None,
     strategy: Annotated[str, Form(min_length=1, max_length=255, description="e.g. fedavg, fedprox:mu=0.01")] = (
         "fedavg"
     ),
@@ -81,8 +109,16 @@ async def start_session(
         raise HTTPException(422, "model: give a model spec or a registered model_name, not both")
     if model_version is not None and model_name is None:
         raise HTTPException(422, "model_version: needs model_name")
+    if mlflow_model is not None and (model is not None or model_name is not None):
+        raise HTTPException(422, "mlflow_model: give a model spec, a model_name or an mlflow_model, only one")
+    if mlflow_use_case is not None and mlflow_model is None:
+        raise HTTPException(422, "mlflow_use_case: needs mlflow_model")
 
     spec_text, initial_model = await asyncio.to_thread(resolve_model, services, user, model, model_name, model_version)
+    initial_params = None
+    if mlflow_model is not None:
+        loaded = await asyncio.to_thread(load_mlflow_model, settings, mlflow_model, mlflow_use_case)
+        spec_text, initial_params = loaded.model_spec, (f"MLflow model {loaded.ref}", loaded.params)
     spec = parse_model_spec(spec_text)  # ConfigError: 422 naming the valid forms
     parse_strategy(strategy)
     config = make_config(
@@ -109,6 +145,7 @@ async def start_session(
         min_peers=min_peers,
         dataset_id=dataset_id,
         initial_model=initial_model,
+        initial_params=initial_params,
     )
     session_id = await services.launcher.start(request)
     return await asyncio.to_thread(read_session, services, session_id, user.user_id)
@@ -124,7 +161,9 @@ def routes() -> APIRouter:
         summary="Start training: optional CSV upload, model, strategy, hyperparameters, min_peers",
         responses={
             400: {"description": "not enough peers ONLINE"},
-            404: {"description": "the user, the registered model or the data set does not exist"},
+            404: {"description": "the user, the registered model (fedhive or MLflow) or the data set does not exist"},
+            501: {"description": "an MLflow model was named but MLflow is not installed on the server"},
+            503: {"description": "the MLflow tracking server is unreachable"},
             413: {"description": "the upload is over the size limit"},
             422: {"description": "malformed CSV (row and column named), unknown model or strategy"},
         },

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -14,6 +15,8 @@ from fedhive.errors import ConfigError
 from fedhive.runtime.session_config import validation_message
 from fedhive.service.platform import ServeOptions, serve
 from fedhive.service.settings import Settings
+from fedhive.tracking.mlflow_options import ENV_VAR
+from fedhive.tracking.mlflow_tracker import default_tracking_uri
 
 
 def serve_cmd(
@@ -26,12 +29,29 @@ def serve_cmd(
     db: Annotated[str | None, typer.Option(help="database URL, e.g. postgresql://user@host/db")] = None,
     artifacts: Annotated[str | None, typer.Option(help="artifact store: a directory or s3://bucket/prefix")] = None,
     broker: Annotated[str | None, typer.Option(help="amqp:// URL; default: in-process transport")] = None,
+    mlflow: Annotated[bool, typer.Option("--mlflow", help="track sessions in MLflow (local store in home)")] = False,
+    mlflow_tracking_uri: Annotated[
+        str | None,
+        typer.Option(help=f"track in this MLflow store or server, e.g. http://mlflow:5000 [env: {ENV_VAR}]"),
+    ] = None,
+    mlflow_register: Annotated[
+        str | None, typer.Option(help="register every session's final model in MLflow under this name")
+    ] = None,
 ) -> None:
     """Serve the REST API (OpenAPI at /docs) and run the sessions it starts."""
     if local_clients < 0:
         raise ConfigError("--local-clients must be zero or more")
+    if (mlflow or mlflow_register) and mlflow_tracking_uri is None and os.environ.get(ENV_VAR) is None:
+        mlflow_tracking_uri = default_tracking_uri(home)  # the local store, next to the SQLite database
     try:
-        settings = Settings.from_env(home=home, db_url=db, artifacts_url=artifacts, broker_url=broker)
+        settings = Settings.from_env(
+            home=home,
+            db_url=db,
+            artifacts_url=artifacts,
+            broker_url=broker,
+            mlflow_tracking_uri=mlflow_tracking_uri,
+            mlflow_register_as=mlflow_register,
+        )
     except ValidationError as exc:
         raise ConfigError(validation_message(exc)) from None
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
+from fedhive.core.params import Params
 from fedhive.errors import FedhiveError
 from fedhive.runtime.session_config import SessionConfig
 
@@ -30,6 +31,8 @@ class SessionRequest:
     min_peers: int
     dataset_id: str | None = None  # an uploaded CSV (stored in the artifact store, row in datasets)
     initial_model: tuple[str, int] | None = None  # registered (model name, version) to start from
+    # weights from elsewhere (an MLflow registry version), with what to call them in messages
+    initial_params: tuple[str, Params] | None = None
 
 
 class SessionLauncher(Protocol):

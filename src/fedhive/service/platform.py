@@ -22,6 +22,7 @@ from fedhive.api.app import create_app
 from fedhive.core.signing import Verifier
 from fedhive.learning.factory import build_trainer
 from fedhive.learning.trainer import Trainer
+from fedhive.runtime.bus import EventBus
 from fedhive.runtime.client import ClientNode
 from fedhive.runtime.coordinator import COORDINATOR_ID
 from fedhive.runtime.hub import Hub
@@ -35,6 +36,7 @@ from fedhive.service.shards import peer_dataset
 from fedhive.storage import users_repo
 from fedhive.storage.artifacts import ArtifactStore
 from fedhive.storage.database import Database
+from fedhive.tracking.mlflow_options import session_observer
 from fedhive.transports.base import Transport
 from fedhive.transports.memory import MemoryNetwork
 from fedhive.transports.wire_codec import WireCodec
@@ -61,7 +63,11 @@ async def serve(settings: Settings, options: ServeOptions, *, on_ready: Callable
         PeerStatusRecorder(db).attach(hub.bus)
         live = LiveFeed()  # the dashboard's server-sent events: peer facts from the hub, rounds per session
         live.attach_hub(hub.bus)
-        manager = SessionManager(db, artifacts, hub, observers=[live.attach_session])
+        observers: list[Callable[[str, EventBus], None]] = [live.attach_session]
+        if settings.mlflow_tracking_uri is not None:  # every session tracked (and its model registered)
+            uri, name = settings.mlflow_tracking_uri, settings.mlflow_register_as
+            observers.append(await asyncio.to_thread(lambda: session_observer(uri, register_as=name)))
+        manager = SessionManager(db, artifacts, hub, observers=observers)
         app = create_app(settings, Services(settings, db, artifacts, manager), live)
         server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
         # Binding the socket before serving is the readiness signal: from here on, connections
@@ -98,7 +104,7 @@ def _hub_transport(
     if network is not None:
         return network.connect(COORDINATOR_ID)
     secrets = SecretCache(db)
-    codec = WireCodec(secrets, Verifier(secrets), artifacts)
+    codec = WireCodec(secrets, Verifier(secrets), artifacts, defer_references=True)  # see coordinator_codec
     assert settings.broker_url is not None
     return BrokerSettings(settings.broker_url, artifacts=artifacts).transport(COORDINATOR_ID, codec)
 

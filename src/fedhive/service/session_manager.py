@@ -35,6 +35,7 @@ from fedhive.storage.artifacts import ArtifactStore
 from fedhive.storage.database import Database
 from fedhive.storage.models import ClientRow, ClientStatus, SessionStatus
 from fedhive.strategies.registry import parse_strategy
+from fedhive.tracking.mlflow_registry import shapes
 
 log = logging.getLogger("fedhive.sessions")
 _MAX_MODEL_BYTES = 1 << 33
@@ -224,6 +225,14 @@ class SessionManager:
         return DataPlan(dict(data), plan_builtin(spec, sorted(data.get("parts", peers)), config.seed).test)
 
     def _initial_params(self, request: SessionRequest, config: SessionConfig, plan: DataPlan) -> Params:
+        if request.initial_params is not None:  # checked by whoever loaded them; the fit to this data here
+            source, given = request.initial_params
+            needed = self._fresh_params(config, plan).spec
+            if given.spec != needed:
+                raise ConfigError(
+                    f"{source} does not fit this data set: it has [{shapes(given.spec)}], needs [{shapes(needed)}]"
+                )
+            return given.copy()
         if request.initial_model is None:
             return self._fresh_params(config, plan)
         name, version = request.initial_model

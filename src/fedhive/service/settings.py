@@ -27,6 +27,14 @@ class Settings(BaseModel):
     heartbeat_timeout_s: float = Field(default=20.0, gt=0)
     bcrypt_rounds: int = Field(default=12, ge=4, le=16)
     public_url: str = Field(default="http://127.0.0.1:8000", description="how clients reach this API")
+    mlflow_tracking_uri: str | None = Field(
+        default=None, description="MLflow store or server URL: sessions are tracked there, models read from it"
+    )
+    mlflow_register_as: str | None = Field(default=None, description="register each final model under this name")
+
+    def mlflow_uri(self) -> str:
+        """The MLflow store: the configured one, else a local SQLite store under home."""
+        return self.mlflow_tracking_uri or f"sqlite:///{(self.home / 'mlflow.db').resolve()}"
 
     def database_url(self) -> str:
         return self.db_url or f"sqlite:///{(self.home / 'fedhive.db').resolve()}"

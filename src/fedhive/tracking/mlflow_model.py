@@ -31,6 +31,10 @@ _MAX_BYTES = 1 << 33
 _HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_TIMEOUT": "20"}
 
 
+class MlflowMissing(ConfigError):
+    """The optional ``mlflow`` package is not installed; the message says how to install it."""
+
+
 def import_mlflow() -> Any:
     """``mlflow``, imported on first use: the base install does not depend on it."""
     for name, value in _HTTP_DEFAULTS.items():
@@ -38,7 +42,7 @@ def import_mlflow() -> Any:
     try:
         return importlib.import_module("mlflow")
     except ImportError:
-        raise ConfigError(INSTALL_HINT) from None
+        raise MlflowMissing(INSTALL_HINT) from None
 
 
 def load_weights(path: str | Path) -> Params:

@@ -11,9 +11,11 @@ and then its absence is a one-line error naming the extra to install.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from fedhive.runtime.bus import EventBus
 from fedhive.tracking.mlflow_model import import_mlflow
 from fedhive.tracking.mlflow_registry import (
     USE_CASE_TAG,
@@ -69,3 +71,14 @@ class MlflowOptions:
     def where(self) -> str:
         """The store, for messages (credentials removed)."""
         return redact(self.uri)
+
+
+def session_observer(tracking_uri: str, *, register_as: str | None = None) -> Callable[[str, EventBus], None]:
+    """Blocking (one bounded probe). The platform's hook: a tracker per session started."""
+    import_mlflow()
+    check_reachable(tracking_uri)
+
+    def attach(session_id: str, bus: EventBus) -> None:
+        MlflowTracker(tracking_uri, register_as=register_as).attach(bus)
+
+    return attach
