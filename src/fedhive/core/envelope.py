@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -60,7 +61,27 @@ class Envelope(BaseModel):
     sig: str | None = Field(default=None, max_length=128)
 
 
-Payload = Params | bytes | memoryview
+class Deferred:
+    """A payload not fetched yet: a claim check (DESIGN.md section 4) whose bytes stay in the
+    artifact store until the node is ready to use them.
+
+    Why: a coordinator's inbox may hold many updates at once (the broker delivers faster than it
+    folds). Holding each as fetched bytes would cost one model copy per queued update; holding the
+    reference costs nothing, and ``load`` (blocking: run it in a worker thread for big payloads)
+    fetches the bytes and checks their digest when the update is folded, one at a time.
+    """
+
+    __slots__ = ("_load", "nbytes")
+
+    def __init__(self, nbytes: int, load: Callable[[], bytes]) -> None:
+        self.nbytes = nbytes
+        self._load = load
+
+    def load(self) -> bytes:
+        return self._load()
+
+
+Payload = Params | bytes | memoryview | Deferred
 
 
 @dataclass(frozen=True, slots=True)

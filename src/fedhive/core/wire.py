@@ -14,7 +14,7 @@ import struct
 from pydantic import ValidationError
 
 from fedhive.core import codec
-from fedhive.core.envelope import PROTOCOL_VERSION, Envelope, Message, PayloadDescriptor
+from fedhive.core.envelope import PROTOCOL_VERSION, Deferred, Envelope, Message, PayloadDescriptor
 from fedhive.core.params import Params
 from fedhive.errors import PayloadError, ProtocolError
 
@@ -28,6 +28,8 @@ def payload_bytes(message: Message) -> bytes | None:
         return None
     if isinstance(p, Params):
         return codec.encode(p)
+    if isinstance(p, Deferred):  # a relayed claim check (a combiner forwarding an update)
+        return p.load()
     return p if isinstance(p, bytes) else bytes(p)
 
 

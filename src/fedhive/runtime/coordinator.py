@@ -244,17 +244,17 @@ class Coordinator:
         what = f"update from {msg.sender}"
         max_bytes = self.config.max_update_bytes
         decode = functools.partial(payload_params, compression=self.config.compression, base=self.params)
-        if nbytes > OFFLOAD_BYTES:
-            loop = asyncio.get_running_loop()
-            params = await loop.run_in_executor(
-                self._executor, lambda: decode(msg, self.spec, max_bytes=max_bytes, what=what)
-            )
-            await loop.run_in_executor(
-                self._executor, r.aggregator.add, Update(msg.sender, params, num_examples, metrics)
-            )
-        else:
+
+        def fold() -> None:
+            # Fetch (a deferred claim check), decode, validate and fold in one go: the update's
+            # bytes live only for this call, so the coordinator holds one update at a time.
             params = decode(msg, self.spec, max_bytes=max_bytes, what=what)
             r.aggregator.add(Update(msg.sender, params, num_examples, metrics))
+
+        if nbytes > OFFLOAD_BYTES:
+            await asyncio.get_running_loop().run_in_executor(self._executor, fold)
+        else:
+            fold()
         if r is not self._round or r.closing:  # the round moved on while we aggregated
             return
         r.accepted.add(msg.sender)
@@ -288,8 +288,10 @@ class Coordinator:
 
     async def _enable(self, clients: list[str]) -> None:
         body = {"config": self.config.model_dump(mode="json"), "spec": self.spec.to_json()}
+        known = set(self._session_clients)  # a set: with 1000 clients a list scan per client is O(n^2)
         for c in clients:
-            if c not in self._session_clients:
+            if c not in known:
+                known.add(c)
                 self._session_clients.append(c)
             previous = self.registry.set_status(c, PeerStatus.TRAINING)
             if previous is not None:
@@ -300,7 +302,8 @@ class Coordinator:
 
     async def _start_round(self, attempt: int) -> None:
         rnd = self._next_round
-        online = [c for c in self.registry.online() if c in self._session_clients]
+        members = set(self._session_clients)
+        online = [c for c in self.registry.online() if c in members]
         if len(online) < self.config.min_clients:
             self._fail(
                 f"round {rnd}: only {len(online)} clients are ONLINE, fewer than min_clients={self.config.min_clients}"

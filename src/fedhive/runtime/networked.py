@@ -70,7 +70,14 @@ def coordinator_codec(
     artifacts: ArtifactStore | None = None,
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
 ) -> WireCodec:
-    return WireCodec(store.secret_of, Verifier(store.secret_of), artifacts, max_message_bytes=max_message_bytes)
+    # Deferred claim checks: updates queued in the inbox hold references, not model bytes.
+    return WireCodec(
+        store.secret_of,
+        Verifier(store.secret_of),
+        artifacts,
+        max_message_bytes=max_message_bytes,
+        defer_references=True,
+    )
 
 
 def client_codec(client_id: str, key: bytes, *, artifacts: ArtifactStore | None = None) -> WireCodec:

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 
 from fedhive.core import codec
 from fedhive.core.compression import decode_update
-from fedhive.core.envelope import Message
+from fedhive.core.envelope import Deferred, Message
 from fedhive.core.params import Params, ParamSpec, check_against_spec
 from fedhive.errors import PayloadError, ProtocolError
 
@@ -18,7 +18,7 @@ def payload_size(message: Message) -> int:
     p = message.payload
     if p is None:
         return 0
-    return p.nbytes if isinstance(p, Params | memoryview) else len(p)
+    return p.nbytes if isinstance(p, Params | memoryview | Deferred) else len(p)
 
 
 def payload_params(
@@ -36,6 +36,10 @@ def payload_params(
     p = message.payload
     if p is None:
         raise PayloadError(f"{what} carries no parameters")
+    if isinstance(p, Deferred):  # fetched only now, so a queue of updates holds no model bytes
+        if p.nbytes > max_bytes:
+            raise PayloadError(f"{what} of {p.nbytes} bytes exceeds the limit of {max_bytes} bytes")
+        p = p.load()
     if compression != "none" or "compression" in message.envelope.body:
         claimed = message.envelope.body.get("compression")
         return decode_update(

@@ -32,7 +32,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Sequence
 
 import aio_pika
 from aio_pika import abc as pika
@@ -203,6 +203,22 @@ class AmqpTransport(Transport):
     async def send(self, to: str, message: Message) -> None:
         exchange, key = self._exchange(self._direct), check_name(to, "node id")
         await self._publish(exchange, key, await self._codec.encode(to, message), addressed=True)
+
+    async def send_many(self, items: Sequence[tuple[str, Message]]) -> list[TransportError | None]:
+        """Like ``send`` to each, but a payload shared by several messages (a round's global model)
+        is encoded and claim-checked once, not once per recipient."""
+        exchange = self._exchange(self._direct)
+        keys = [check_name(to, "node id") for to, _ in items]
+        frames = await self._codec.encode_many(items)
+
+        async def one(key: str, frame: bytes) -> TransportError | None:
+            try:
+                await self._publish(exchange, key, frame, addressed=True)
+            except TransportError as exc:
+                return exc
+            return None
+
+        return list(await asyncio.gather(*(one(k, f) for k, f in zip(keys, frames, strict=True))))
 
     async def publish(self, topic: str, message: Message) -> None:
         exchange, key = self._exchange(self._topic), check_name(topic, "topic")

@@ -9,12 +9,13 @@ a worker thread so a large model never blocks the event loop.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import functools
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from fedhive.core import wire
-from fedhive.core.envelope import Message
+from fedhive.core.envelope import Deferred, Message, PayloadDescriptor
 from fedhive.core.params import Params
 from fedhive.core.signing import Verifier, sign
 from fedhive.errors import PayloadError, ProtocolError
@@ -38,16 +39,36 @@ class WireCodec:
     artifacts: ArtifactStore | None = None
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     claim_check_bytes: int = DEFAULT_CLAIM_CHECK_BYTES
+    # Leave claim-checked payloads in the store until the node uses them (``Deferred``): for a
+    # coordinator, whose inbox can hold many big updates at once. A node that decodes on its event
+    # loop (a client) keeps the default: fetched in a worker thread on arrival.
+    defer_references: bool = False
 
     async def encode(self, to: str, message: Message) -> bytes:
-        key = self.signing_key(to)
-        if key is None:
-            raise ProtocolError(f"no signing key for recipient {to!r}")
-        if message.payload is None:
-            return wire.encode_frame(sign(message.envelope, key), None)
-        return await _maybe_offload(self._encode_with_payload, message, key, big=_is_big(message))
+        (frame,) = await self.encode_many([(to, message)])
+        return frame
 
-    def _encode_with_payload(self, message: Message, key: bytes) -> bytes:
+    async def encode_many(self, items: Sequence[tuple[str, Message]]) -> list[bytes]:
+        """One frame per (recipient, message). A payload object sent to several recipients (the
+        global model in a round's TRAIN messages) is serialised, hashed and claim-checked once.
+        Raises ``ProtocolError`` if a recipient has no signing key."""
+        prepared: dict[int, tuple[bytes, PayloadDescriptor]] = {}  # by id(): items keeps them alive
+        frames = []
+        for to, message in items:
+            key = self.signing_key(to)
+            if key is None:
+                raise ProtocolError(f"no signing key for recipient {to!r}")
+            if message.payload is None:
+                frames.append(wire.encode_frame(sign(message.envelope, key), None))
+                continue
+            big = _is_big(message)
+            ready = prepared.get(id(message.payload))
+            if ready is None:
+                ready = prepared[id(message.payload)] = await _maybe_offload(self._prepare, message, big=big)
+            frames.append(await _maybe_offload(self._frame, message, key, *ready, big=big and ready[1].ref is None))
+        return frames
+
+    def _prepare(self, message: Message) -> tuple[bytes, PayloadDescriptor]:
         data = wire.payload_bytes(message)
         assert data is not None
         desc = wire.describe(data)
@@ -57,6 +78,9 @@ class WireCodec:
                     f"payload of {len(data)} bytes is over the claim-check threshold and no artifact store is set"
                 )
             desc = desc.model_copy(update={"ref": self.artifacts.put(data, digest=desc.sha256)})
+        return data, desc
+
+    def _frame(self, message: Message, key: bytes, data: bytes, desc: PayloadDescriptor) -> bytes:
         env = sign(message.envelope.model_copy(update={"payload": desc}), key)
         return wire.encode_frame(env, data)
 
@@ -71,15 +95,23 @@ class WireCodec:
                 raise PayloadError("message refers to the artifact store, but none is configured")
             if desc.nbytes > self.max_message_bytes:
                 raise PayloadError(f"referenced payload of {desc.nbytes} bytes exceeds the limit")
-            data = await asyncio.to_thread(self.artifacts.get, desc.ref)
-            await _maybe_offload(wire.verify_payload, data, desc, big=True)
-            return Message(env, data)
+            if self.defer_references:
+                return Message(env, Deferred(desc.nbytes, functools.partial(_fetch, self.artifacts, desc)))
+            return Message(env, await asyncio.to_thread(_fetch, self.artifacts, desc))
         return Message(env, payload)
+
+
+def _fetch(artifacts: ArtifactStore, desc: PayloadDescriptor) -> bytes:
+    """The claim-checked bytes, refused unless they are exactly what the sender signed for."""
+    assert desc.ref is not None
+    data = artifacts.get(desc.ref)
+    wire.verify_payload(data, desc)
+    return data
 
 
 def _is_big(message: Message) -> bool:
     p = message.payload
-    n = p.nbytes if isinstance(p, Params | memoryview) else len(p or b"")
+    n = p.nbytes if isinstance(p, Params | memoryview | Deferred) else len(p or b"")
     return n > _OFFLOAD_BYTES
 
 
