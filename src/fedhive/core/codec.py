@@ -65,7 +65,7 @@ def encode(params: Mapping[str, np.ndarray], metadata: Mapping[str, str] | None 
         arr = arrays[name]
         nbytes = arr.nbytes
         header[name] = {"dtype": _TAGS[arr.dtype], "shape": list(arr.shape), "data_offsets": [offset, offset + nbytes]}
-        buffers.append(memoryview(arr.reshape(-1)).cast("B"))
+        buffers.append(arr.reshape(-1).data.cast("B"))
         offset += nbytes
     head = json.dumps(header, separators=(",", ":")).encode()
     head += b" " * (-len(head) % 8)  # the data starts 8-byte aligned, as the library writes it
