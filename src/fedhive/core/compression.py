@@ -12,11 +12,13 @@ parameters before the strategy sees it, so strategies never know compression exi
                 {name}.__val  values at those indices, k = ceil(F * size) per tensor
 
 Every method compresses the *delta* (update minus the global model of the round), never the
-weights themselves. A round moves the weights by a small fraction of their magnitude: quantising
-the weights puts an error of max|w| / 254 (int8) or |w| * 2^-11 (float16) on every entry, which is
-as large as, or larger than, the round's whole step, so the model stops learning. Quantising the
-delta makes the error relative to the step instead (measured on digits: int8 deltas are within
-0.01 of float32 accuracy). Top-k must use the delta anyway (a sparse set of weights is no model).
+weights themselves. A round moves the weights by a small fraction of their magnitude, and a
+quantiser's error scales with what it quantises: int8 of the weights errs by up to max|w| / 254 on
+every entry, of the delta by max|delta| / 254. Measured on digits (softmax regression, round 11 of
+a client): the int8 error is 20 % of the round's step when quantising the weights, 0.9 % when
+quantising the delta (float16: 0.5 % vs 0.02 %). That small task still reaches the same final
+accuracy either way, but a weight error that large drowns the late, small steps of longer runs.
+Top-k must use the delta anyway (a sparse set of weights is no model).
 Non-float tensors (counters) are sent whole, under their own name.
 
 The tensor names describe the encoding, and the decoder derives the exact expected names, shapes
