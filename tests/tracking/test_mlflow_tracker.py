@@ -4,16 +4,6 @@ and its final model comes back from the registry as a working pyfunc model."""
 
 from __future__ import annotations
 
-import os
-import shutil
-import socket
-import subprocess
-import sys
-import time
-from collections.abc import Iterator
-from pathlib import Path
-
-import httpx
 import numpy as np
 import pytest
 
@@ -22,56 +12,7 @@ from fedhive.runtime.session_config import make_config
 from fedhive.runtime.simulation import plan_simulation, run_federation
 
 pytestmark = [pytest.mark.mlflow, pytest.mark.slow, pytest.mark.timeout(240)]
-REQUIRE_SERVICES = os.environ.get("FEDHIVE_REQUIRE_SERVICES") == "1"
 ROUNDS, CLIENTS = 3, 3
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@pytest.fixture(scope="module")
-def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    mlflow_bin = Path(sys.executable).with_name("mlflow")
-    if not mlflow_bin.exists() and shutil.which("mlflow") is None:
-        if REQUIRE_SERVICES:
-            pytest.fail("mlflow is not installed and FEDHIVE_REQUIRE_SERVICES=1")
-        pytest.skip("mlflow is not installed: pip install 'fedhive[mlflow]'")
-    root = tmp_path_factory.mktemp("mlflow")
-    port = _free_port()
-    cmd = [
-        str(mlflow_bin if mlflow_bin.exists() else shutil.which("mlflow")),
-        "server",
-        "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
-        "--artifacts-destination", str(root / "artifacts"),
-        "--host", "127.0.0.1",
-        "--port", str(port),
-        "--workers", "1",
-    ]  # fmt: skip
-    log = (root / "server.log").open("wb")
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 180  # a loaded 2-core CI box takes over a minute
-        while True:
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"mlflow server did not start: {(root / 'server.log').read_text()[-2000:]}")
-            time.sleep(0.5)
-        yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
 
 
 async def test_session_tracked_and_model_registered(mlflow_server: str) -> None:
