@@ -4,7 +4,9 @@
 
 Cases (each run once on the memory transport, ``run_federation(threaded=True)``, and once over
 RabbitMQ, every node with its own ``AmqpTransport``, signing keys and a fresh namespace that is
-deleted afterwards):
+deleted afterwards). Over RabbitMQ the coordinator runs in a child process (this script with
+``--coordinator-child``), as deployed, and the clients in this one, each with its own connection;
+with all eleven nodes in one process, their protocol work would share one core and one GIL:
 
 - a) 10 clients, numpy softmax regression with 10,010 parameters, 6 rounds
   (target: RabbitMQ adds <= 30 ms per round);
@@ -12,9 +14,8 @@ deleted afterwards):
 - c) 10 clients, 25M float32 parameters (100 MB), a trainer whose update is the model plus a
   constant, 3 rounds, payloads through a ``LocalArtifactStore`` claim-check (target: round
   <= 2.5 s over RabbitMQ; Flower 1.42's in-process simulation takes 3.8 s on the reference machine).
-  Its RabbitMQ coordinator runs in a child process (this script with ``--coordinator-child``), whose
-  peak RSS (VmHWM) minus its RSS after imports and connecting, before the model exists, is
-  reported in model copies (target: <= 4).
+  The coordinator's peak RSS (VmHWM) minus its RSS after imports and connecting, before the model
+  exists, is reported in model copies (target: <= 4).
 
 ``--quick`` runs case a) only. The round time is the median of rounds 2..R, from the coordinator's
 RoundStarted (round 1) and RoundCompleted timestamps. Prints a table and, last, one JSON line.
@@ -159,64 +160,27 @@ async def run_clients(
         pool.shutdown(wait=False, cancel_futures=True)
 
 
-async def amqp_run(url: str, cfg: SessionConfig, trainers: Sequence[Trainer], initial: Params) -> list[float]:
-    """Coordinator and clients in this process, each node with its own connection."""
+async def amqp_run(url: str, workload: str, rounds: int, n: int) -> tuple[list[float], float]:
+    """Over RabbitMQ: the coordinator in a child process (as deployed: its own process, its own
+    core), the clients here, each with its own connection. Returns round times and the
+    coordinator's peak memory growth in model copies."""
     namespace = f"bench-{uuid.uuid4().hex[:10]}"
-    stamps = Stamps()
-    with tempfile.TemporaryDirectory(prefix="fedhive-bench-") as tmp:
-        store, keys = new_store(Path(tmp), len(trainers))
-        broker = BrokerSettings(url, namespace)
-        codec = coordinator_codec(store, max_message_bytes=cfg.max_update_bytes + MAX_ENVELOPE_BYTES)
-        try:
-            async with asyncio.timeout(RUN_TIMEOUT_S), broker.transport(COORDINATOR_ID, codec) as transport:
-                coordinator = Coordinator(cfg, transport, initial)
-                stamps.attach(coordinator.bus)
-                session = asyncio.ensure_future(coordinator.run())
-                await run_clients(broker, keys, trainers, session)
-                await session
-        finally:
-            await delete_namespace(url, namespace, [COORDINATOR_ID, *keys])
-    return stamps.rounds()
-
-
-# -- case c): the coordinator in its own process ----------------------------------------------------------
-def rss_bytes(field: str) -> int:
-    """VmRSS (now) or VmHWM (peak) of this process. Not ``ru_maxrss``: Linux keeps that across exec,
-    so a child of a big parent would start with the parent's peak."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(f"{field}:"):
-            return int(line.split()[1]) * 1024  # kB
-    raise RuntimeError(f"no {field} in /proc/self/status")
-
-
-async def coordinator_child(url: str, namespace: str, store_path: str, artifacts: str, rounds: int, n: int) -> None:
-    cfg = config(rounds, n)
-    store = CredentialStore(store_path)
-    broker = BrokerSettings(url, namespace, artifacts=LocalArtifactStore(artifacts))
-    codec = coordinator_codec(
-        store, artifacts=broker.artifacts, max_message_bytes=cfg.max_update_bytes + MAX_ENVELOPE_BYTES
-    )
-    stamps = Stamps()
-    async with asyncio.timeout(RUN_TIMEOUT_S), broker.transport(COORDINATOR_ID, codec) as transport:
-        base = rss_bytes("VmRSS")  # after imports and connecting, before the model exists
-        coordinator = Coordinator(cfg, transport, big_params())
-        stamps.attach(coordinator.bus)
-        print("READY", flush=True)
-        await coordinator.run()
-    peak = rss_bytes("VmHWM")
-    print(json.dumps({"rounds": stamps.rounds(), "base_rss": base, "peak_rss": peak}), flush=True)
-
-
-async def amqp_big_run(url: str, rounds: int, n: int) -> tuple[list[float], float]:
-    """Case c) over RabbitMQ: coordinator in a child process, clients here. Returns round times and
-    the coordinator's peak memory growth in model copies."""
-    namespace = f"bench-{uuid.uuid4().hex[:10]}"
-    trainers = [CopyTrainer(i) for i in range(n)]
+    trainers = workload_trainers(workload, n)
     with tempfile.TemporaryDirectory(prefix="fedhive-bench-") as tmp:
         store, keys = new_store(Path(tmp), n)
         artifacts = str(Path(tmp) / "artifacts")
         broker = BrokerSettings(url, namespace, artifacts=LocalArtifactStore(artifacts))
-        args = ["--coordinator-child", namespace, str(store.path), artifacts, str(rounds), str(n), "--url", url]
+        args = [
+            "--coordinator-child",
+            workload,
+            namespace,
+            str(store.path),
+            artifacts,
+            str(rounds),
+            str(n),
+            "--url",
+            url,
+        ]
         child = await asyncio.create_subprocess_exec(sys.executable, __file__, *args, stdout=asyncio.subprocess.PIPE)
         try:
             async with asyncio.timeout(RUN_TIMEOUT_S):
@@ -235,7 +199,46 @@ async def amqp_big_run(url: str, rounds: int, n: int) -> tuple[list[float], floa
                 await child.wait()
             await delete_namespace(url, namespace, [COORDINATOR_ID, *keys])
     result = json.loads(out.decode().strip().splitlines()[-1])
-    return result["rounds"], (result["peak_rss"] - result["base_rss"]) / MODEL_COPY_BYTES
+    copy_bytes = workload_initial(workload).nbytes
+    return result["rounds"], (result["peak_rss"] - result["base_rss"]) / copy_bytes
+
+
+def workload_trainers(workload: str, n: int) -> Sequence[Trainer]:
+    return [CopyTrainer(i) for i in range(n)] if workload == "big" else logreg_trainers(n)
+
+
+def workload_initial(workload: str) -> Params:
+    return big_params() if workload == "big" else logreg_trainers(1)[0].initial_params(0)
+
+
+# -- case c): the coordinator in its own process ----------------------------------------------------------
+def rss_bytes(field: str) -> int:
+    """VmRSS (now) or VmHWM (peak) of this process. Not ``ru_maxrss``: Linux keeps that across exec,
+    so a child of a big parent would start with the parent's peak."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1]) * 1024  # kB
+    raise RuntimeError(f"no {field} in /proc/self/status")
+
+
+async def coordinator_child(
+    url: str, workload: str, namespace: str, store_path: str, artifacts: str, rounds: int, n: int
+) -> None:
+    cfg = config(rounds, n)
+    store = CredentialStore(store_path)
+    broker = BrokerSettings(url, namespace, artifacts=LocalArtifactStore(artifacts))
+    codec = coordinator_codec(
+        store, artifacts=broker.artifacts, max_message_bytes=cfg.max_update_bytes + MAX_ENVELOPE_BYTES
+    )
+    stamps = Stamps()
+    async with asyncio.timeout(RUN_TIMEOUT_S), broker.transport(COORDINATOR_ID, codec) as transport:
+        base = rss_bytes("VmRSS")  # after imports and connecting, before the model exists
+        coordinator = Coordinator(cfg, transport, workload_initial(workload))
+        stamps.attach(coordinator.bus)
+        print("READY", flush=True)
+        await coordinator.run()
+    peak = rss_bytes("VmHWM")
+    print(json.dumps({"rounds": stamps.rounds(), "base_rss": base, "peak_rss": peak}), flush=True)
 
 
 # -- main ------------------------------------------------------------------------------------------------
@@ -258,17 +261,17 @@ async def bench(url: str, quick: bool) -> dict[str, Any]:
     small = FEATURES * CLASSES + CLASSES
     rows = []
     trainers = logreg_trainers(10)
-    cfg, init = config(6, 10), trainers[0].initial_params(0)
-    rows.append(case("a", 10, small, await memory_run(cfg, trainers, init), await amqp_run(url, cfg, trainers, init)))
+    init = trainers[0].initial_params(0)
+    amqp, _ = await amqp_run(url, "logreg", 6, 10)
+    rows.append(case("a", 10, small, await memory_run(config(6, 10), trainers, init), amqp))
     copies = None
     if not quick:
-        trainers = logreg_trainers(100)
-        cfg = config(4, 100)
-        mem = await memory_run(cfg, trainers, init)
-        rows.append(case("b", 100, small, mem, await amqp_run(url, cfg, trainers, init)))
+        mem = await memory_run(config(4, 100), logreg_trainers(100), init)
+        amqp, _ = await amqp_run(url, "logreg", 4, 100)
+        rows.append(case("b", 100, small, mem, amqp))
         big = [CopyTrainer(i) for i in range(10)]
         mem = await memory_run(config(3, 10), big, big_params())
-        amqp, copies = await amqp_big_run(url, 3, 10)
+        amqp, copies = await amqp_run(url, "big", 3, 10)
         rows.append(case("c", 10, BIG_PARAMS, mem, amqp))
     by = {r["case"]: r for r in rows}
     targets: dict[str, Any] = {"a_added_ms_le_30": by["a"]["added_ms"] <= TARGET_ADDED_MS}
@@ -282,11 +285,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--url", default="amqp://guest:guest@127.0.0.1:5672/")
     ap.add_argument("--quick", action="store_true", help="case a) only")
-    ap.add_argument("--coordinator-child", nargs=5, metavar="ARG", help=argparse.SUPPRESS)
+    ap.add_argument("--coordinator-child", nargs=6, metavar="ARG", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.coordinator_child:
-        ns, store, artifacts, rounds, n = a.coordinator_child
-        asyncio.run(coordinator_child(a.url, ns, store, artifacts, int(rounds), int(n)))
+        workload, ns, store, artifacts, rounds, n = a.coordinator_child
+        asyncio.run(coordinator_child(a.url, workload, ns, store, artifacts, int(rounds), int(n)))
         return
     out = asyncio.run(bench(a.url, a.quick))
     t = Table(title="RabbitMQ versus memory transport: median round of rounds 2..R (shared machine: noisy)")
