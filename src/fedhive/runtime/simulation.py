@@ -8,6 +8,7 @@ order: the run is bitwise reproducible for a seed, and the event loop stays free
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable, Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -29,6 +30,8 @@ from fedhive.strategies.registry import parse_strategy
 from fedhive.transports.memory import MemoryNetwork
 
 Observer = Callable[[EventBus], None]
+
+log = logging.getLogger("fedhive.simulation")
 
 
 def client_id(index: int, total: int) -> str:
@@ -78,9 +81,11 @@ async def run_federation(
     ]
     try:
         async with asyncio.TaskGroup() as tg:
+            # Clients first: they register before the coordinator's receiver first looks, so it
+            # answers them in id order, and they get (and train on) each message in id order.
+            runs = [tg.create_task(_run_client(c), name=c.node_id) for c in clients]
             session = tg.create_task(_outcome(coordinator.run()), name="coordinator")
-            for c in clients:
-                tg.create_task(_run_client(c, session), name=c.node_id)
+            tg.create_task(_end_clients(session, clients, runs), name="end-clients")
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
     outcome = session.result()
@@ -98,14 +103,26 @@ async def _outcome(run: Coroutine[Any, Any, SessionResult]) -> SessionResult | F
         return exc
 
 
-async def _run_client(client: ClientNode, session: asyncio.Task[SessionResult | FedhiveError]) -> None:
-    # A client ends on STOP; if the session fails instead, it ends with the session.
-    task = asyncio.ensure_future(client.run())
-    await asyncio.wait([task, session], return_when=asyncio.FIRST_COMPLETED)
-    if not task.done():
-        await client.transport.close()
-        task.cancel()
-    await asyncio.gather(task, return_exceptions=True)
+async def _run_client(client: ClientNode) -> None:
+    # A client's own failure (the session failed, it was cut off) is the session's to report.
+    try:
+        await client.run()
+    except FedhiveError as exc:
+        log.debug("%s ended: %s", client.node_id, exc)
+    except Exception:  # a bug in its trainer: the coordinator sees a client that did not answer
+        log.warning("%s crashed", client.node_id, exc_info=True)
+
+
+async def _end_clients(
+    session: asyncio.Task[SessionResult | FedhiveError], clients: Sequence[ClientNode], runs: list[asyncio.Task[None]]
+) -> None:
+    """A client ends on STOP; those still running when the session is over end with it. One task
+    for all clients: waiting on the session once per client would cost a task and a callback each."""
+    await asyncio.wait([session])
+    for client, run in zip(clients, runs, strict=True):
+        if not run.done():
+            await client.transport.close()
+            run.cancel()
 
 
 def _constant(trainer: Trainer) -> Callable[[SessionConfig], Trainer]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 
 from fedhive.core.envelope import Message
 from fedhive.errors import FedhiveError, TransportError
@@ -53,7 +53,11 @@ class MemoryNetwork:
             if must_exist:  # as the AMQP transport does for a node the broker has no queue for
                 raise TransportError(f"no node {to!r} is connected")
             return
-        await node._inbox.put(item)
+        inbox = node._inbox
+        if inbox.full():
+            await inbox.put(item)  # a bounded inbox that is full: the sender waits (backpressure)
+        else:
+            inbox.put_nowait(item)  # the common case, without a coroutine per message
 
     async def deliver_raw(self, to: str, frame: bytes) -> None:
         """Hand a raw frame to a node as if it came off the wire (tests of forged input)."""
@@ -78,8 +82,14 @@ class MemoryTransport(Transport):
 
     async def send(self, to: str, message: Message) -> None:
         self._check_open()
-        item: object = message if self._codec is None else await self._codec.encode(to, message)
-        await self._network.deliver(to, item)
+        if self._codec is None:
+            node = self._network._nodes.get(to)
+            if node is not None and not node._inbox.full():
+                node._inbox.put_nowait(message)  # the common case, without a coroutine per message
+                return
+            await self._network.deliver(to, message)
+            return
+        await self._network.deliver(to, await self._codec.encode(to, message))
 
     async def send_many(self, items: Sequence[tuple[str, Message]]) -> list[TransportError | None]:
         # In one process a send never waits on a network round trip, so sending in turn is as fast
@@ -107,7 +117,8 @@ class MemoryTransport(Transport):
         while True:
             if self._closed and self._inbox.empty():
                 raise TransportClosed(f"transport of {self.node_id} is closed")
-            item = await self._inbox.get()
+            inbox = self._inbox
+            item = inbox.get_nowait() if inbox.qsize() else await inbox.get()
             if item is _CLOSED:
                 raise TransportClosed(f"transport of {self.node_id} is closed")
             if isinstance(item, Message):
@@ -123,6 +134,27 @@ class MemoryTransport(Transport):
                 self.rejected += 1
                 log.warning("%s: rejected message: %s", self.node_id, exc)
 
+    def __aiter__(self) -> AsyncIterator[Message]:
+        return _Messages(self)  # a plain iterator: cheaper per message than an async generator
+
     def _check_open(self) -> None:
         if self._closed:
             raise TransportClosed(f"transport of {self.node_id} is closed")
+
+
+class _Messages:
+    """``async for message in transport``: the next message until the transport is closed."""
+
+    __slots__ = ("_transport",)
+
+    def __init__(self, transport: MemoryTransport) -> None:
+        self._transport = transport
+
+    def __aiter__(self) -> _Messages:
+        return self
+
+    async def __anext__(self) -> Message:
+        try:
+            return await self._transport.recv()
+        except TransportClosed:
+            raise StopAsyncIteration from None
