@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -29,9 +29,17 @@ class CountingStore(LocalArtifactStore):
         self.puts += 1
         return super().put(data, digest=digest)
 
+    def put_parts(self, parts: Sequence[bytes | memoryview]) -> tuple[str, int]:
+        self.puts += 1
+        return super().put_parts(parts)
+
     def get(self, ref: str) -> bytes:
         self.gets += 1
         return super().get(ref)
+
+    def view(self, ref: str) -> bytes | memoryview:
+        self.gets += 1
+        return super().view(ref)
 
 
 @pytest.fixture

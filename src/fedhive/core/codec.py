@@ -47,13 +47,19 @@ _LAYOUT_RANK = {tag: i for i, tag in enumerate(["I64", "F64", "F32", "I32", "F16
 
 
 def encode(params: Mapping[str, np.ndarray], metadata: Mapping[str, str] | None = None) -> bytes:
-    """Serialise to safetensors bytes; tensor order and ``metadata`` are kept in the header.
+    """Serialise to safetensors bytes; tensor order and ``metadata`` are kept in the header."""
+    return b"".join(encode_parts(params, metadata))
+
+
+def encode_parts(params: Mapping[str, np.ndarray], metadata: Mapping[str, str] | None = None) -> list[memoryview]:
+    """The safetensors serialisation as consecutive buffers (the header, then each tensor's data,
+    viewed in place): a writer can hash and store a model without assembling it in memory.
 
     Written here rather than with ``safetensors.numpy.save``, which copies every tensor three
     times (``tobytes``, the Rust buffer, the returned ``bytes``) and took ~1 s for a 100 MB model:
-    the format is an 8-byte length, a JSON header and the raw little-endian data, so one
-    ``bytes.join`` writes it with a single copy. ``tests/core/test_codec.py`` checks that the
-    safetensors library reads what this writes.
+    the format is an 8-byte length, a JSON header and the raw little-endian data, so ``encode``
+    writes it with a single ``bytes.join``. ``tests/core/test_codec.py`` checks that the
+    safetensors library reads what this writes, byte for byte.
     """
     meta = {_META_KEY: json.dumps({"order": list(params), "meta": dict(metadata or {})}, sort_keys=True)}
     header: dict[str, Any] = {"__metadata__": meta}
@@ -69,7 +75,7 @@ def encode(params: Mapping[str, np.ndarray], metadata: Mapping[str, str] | None 
         offset += nbytes
     head = json.dumps(header, separators=(",", ":")).encode()
     head += b" " * (-len(head) % 8)  # the data starts 8-byte aligned, as the library writes it
-    return b"".join([struct.pack("<Q", len(head)), head, *buffers])
+    return [memoryview(struct.pack("<Q", len(head)) + head), *buffers]
 
 
 def _little_endian(arr: np.ndarray, name: str) -> np.ndarray:

@@ -73,11 +73,11 @@ class Deferred:
 
     __slots__ = ("_load", "nbytes")
 
-    def __init__(self, nbytes: int, load: Callable[[], bytes]) -> None:
+    def __init__(self, nbytes: int, load: Callable[[], bytes | memoryview]) -> None:
         self.nbytes = nbytes
         self._load = load
 
-    def load(self) -> bytes:
+    def load(self) -> bytes | memoryview:
         return self._load()
 
 

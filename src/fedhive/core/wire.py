@@ -29,7 +29,8 @@ def payload_bytes(message: Message) -> bytes | None:
     if isinstance(p, Params):
         return codec.encode(p)
     if isinstance(p, Deferred):  # a relayed claim check (a combiner forwarding an update)
-        return p.load()
+        data = p.load()
+        return data if isinstance(data, bytes) else bytes(data)
     return p if isinstance(p, bytes) else bytes(p)
 
 

@@ -14,12 +14,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from fedhive.core import wire
+from fedhive.core import codec, wire
 from fedhive.core.envelope import Deferred, Message, PayloadDescriptor
 from fedhive.core.params import Params
 from fedhive.core.signing import Verifier, sign
 from fedhive.errors import PayloadError, ProtocolError
-from fedhive.storage.artifacts import ArtifactStore
+from fedhive.storage.artifacts import ArtifactStore, digest_of
 
 DEFAULT_MAX_MESSAGE_BYTES = 256 * 1024 * 1024
 DEFAULT_CLAIM_CHECK_BYTES = 8 * 1024 * 1024
@@ -52,7 +52,7 @@ class WireCodec:
         """One frame per (recipient, message). A payload object sent to several recipients (the
         global model in a round's TRAIN messages) is serialised, hashed and claim-checked once.
         Raises ``ProtocolError`` if a recipient has no signing key."""
-        prepared: dict[int, tuple[bytes, PayloadDescriptor]] = {}  # by id(): items keeps them alive
+        prepared: dict[int, tuple[bytes | None, PayloadDescriptor]] = {}  # by id(): items keeps them alive
         frames = []
         for to, message in items:
             key = self.signing_key(to)
@@ -68,7 +68,13 @@ class WireCodec:
             frames.append(await _maybe_offload(self._frame, message, key, *ready, big=big and ready[1].ref is None))
         return frames
 
-    def _prepare(self, message: Message) -> tuple[bytes, PayloadDescriptor]:
+    def _prepare(self, message: Message) -> tuple[bytes | None, PayloadDescriptor]:
+        p = message.payload
+        if isinstance(p, Params) and self.artifacts is not None and p.nbytes > self.claim_check_bytes:
+            # A big model goes to the store straight from its arrays, hashed on the way: no
+            # serialised copy of it is ever made.
+            ref, size = self.artifacts.put_parts(codec.encode_parts(p))
+            return None, PayloadDescriptor(codec=codec.CODEC, nbytes=size, sha256=digest_of(ref), ref=ref)
         data = wire.payload_bytes(message)
         assert data is not None
         desc = wire.describe(data)
@@ -80,7 +86,7 @@ class WireCodec:
             desc = desc.model_copy(update={"ref": self.artifacts.put(data, digest=desc.sha256)})
         return data, desc
 
-    def _frame(self, message: Message, key: bytes, data: bytes, desc: PayloadDescriptor) -> bytes:
+    def _frame(self, message: Message, key: bytes, data: bytes | None, desc: PayloadDescriptor) -> bytes:
         env = sign(message.envelope.model_copy(update={"payload": desc}), key)
         return wire.encode_frame(env, data)
 
@@ -101,10 +107,10 @@ class WireCodec:
         return Message(env, payload)
 
 
-def _fetch(artifacts: ArtifactStore, desc: PayloadDescriptor) -> bytes:
+def _fetch(artifacts: ArtifactStore, desc: PayloadDescriptor) -> bytes | memoryview:
     """The claim-checked bytes, refused unless they are exactly what the sender signed for."""
     assert desc.ref is not None
-    data = artifacts.get(desc.ref)
+    data = artifacts.view(desc.ref)
     wire.verify_payload(data, desc)
     return data
 
