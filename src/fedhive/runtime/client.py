@@ -28,7 +28,7 @@ from fedhive.runtime import events as ev
 from fedhive.runtime.bus import BusStopped, EventBus
 from fedhive.runtime.coordinator import COORDINATOR_ID
 from fedhive.runtime.inline_executor import InlineExecutor
-from fedhive.runtime.payloads import payload_params
+from fedhive.runtime.payloads import OFFLOAD_BYTES, payload_params, payload_size
 from fedhive.runtime.registry import PeerStatus
 from fedhive.runtime.session_config import SessionConfig
 from fedhive.transports.base import Transport
@@ -280,7 +280,11 @@ class ClientNode:
         if self._trainer is None or self._spec is None:
             raise ProtocolError("TRAIN before ENABLE")
         env = msg.envelope
-        params = payload_params(msg, self._spec, max_bytes=self._max_payload, what="global model")
+        spec, limit = self._spec, self._max_payload
+        if payload_size(msg) > OFFLOAD_BYTES:  # checking a big model must not stall heartbeats
+            params = await asyncio.to_thread(payload_params, msg, spec, max_bytes=limit, what="global model")
+        else:
+            params = payload_params(msg, spec, max_bytes=limit, what="global model")
         self._compressor.begin_round(params)
         fit = FitConfig.from_json(env.body.get("fit", {}))
         key = (env.round, int(env.body.get("attempt", 0)))
