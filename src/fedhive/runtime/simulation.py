@@ -59,8 +59,15 @@ async def run_federation(
     config = config.model_copy(update={"heartbeat_interval_s": None, "heartbeat_timeout_s": None})
     net = network or MemoryNetwork()
     ids = [client_id(i, len(trainers)) for i in range(len(trainers))]
+    # Inline, the coordinator's aggregation and evaluation skip a hop to a worker thread and back
+    # each round (the loop has nothing else to do meanwhile); threaded, the loop stays responsive.
     coordinator = Coordinator(
-        config, net.connect(COORDINATOR_ID), initial_params, strategy=strategy, evaluator=evaluator
+        config,
+        net.connect(COORDINATOR_ID),
+        initial_params,
+        strategy=strategy,
+        evaluator=evaluator,
+        executor=None if threaded else InlineExecutor(),
     )
     for attach in observers:
         attach(coordinator.bus)
