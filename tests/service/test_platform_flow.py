@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
-import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -60,22 +59,6 @@ async def sign_up_and_in(http: httpx.AsyncClient, email: str = "ada@example.org"
     r = await http.post("/auth/signin", json={"email": email, "password": "correct horse"})
     assert r.status_code == 200, r.text
     return {"Authorization": f"Bearer {r.json()['access_token']}"}
-
-
-@pytest.fixture(
-    params=["embedded", pytest.param("services", marks=[pytest.mark.amqp, pytest.mark.postgres, pytest.mark.s3])]
-)
-def deployment(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
-    """The embedded defaults, or the production placement: RabbitMQ + PostgreSQL + S3."""
-    if request.param == "embedded":
-        return {}
-    broker = request.getfixturevalue("rabbitmq_url")
-    db = request.getfixturevalue("pg_database")
-    endpoint = request.getfixturevalue("s3")
-    for key, value in {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_REGION": "us-east-1"}.items():
-        monkeypatch.setenv(key, value)
-    bucket = f"fedhive-{uuid.uuid4().hex[:8]}"
-    return {"broker_url": broker, "db_url": db, "artifacts_url": f"s3://{bucket}/artifacts?endpoint={endpoint}"}
 
 
 async def test_signup_upload_train_and_download(tmp_path: Path, deployment: dict[str, str]) -> None:

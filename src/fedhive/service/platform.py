@@ -106,7 +106,7 @@ def _hub_transport(
     secrets = SecretCache(db)
     codec = WireCodec(secrets, Verifier(secrets), artifacts, defer_references=True)  # see coordinator_codec
     assert settings.broker_url is not None
-    return BrokerSettings(settings.broker_url, artifacts=artifacts).transport(COORDINATOR_ID, codec)
+    return BrokerSettings(settings.broker_url, settings.namespace, artifacts=artifacts).transport(COORDINATOR_ID, codec)
 
 
 def _local_peer_ids(db: Database, count: int) -> list[str]:
@@ -138,7 +138,7 @@ async def _run_local_peer(
             return key if sender == COORDINATOR_ID else None
 
         codec = WireCodec(lambda _to: key, Verifier(coordinator_only), artifacts)
-        transport = BrokerSettings(settings.broker_url, artifacts=artifacts).transport(peer, codec)
+        transport = BrokerSettings(settings.broker_url, settings.namespace, artifacts=artifacts).transport(peer, codec)
     async with transport:
         node = ClientNode(
             peer,

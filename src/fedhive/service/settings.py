@@ -21,6 +21,7 @@ class Settings(BaseModel):
     db_url: str | None = Field(default=None, description="default: SQLite file under home")
     artifacts_url: str | None = Field(default=None, description="default: directory under home")
     broker_url: str | None = Field(default=None, description="default: in-process memory transport")
+    namespace: str = Field(default="fedhive", description="AMQP namespace: one platform per namespace on a broker")
     jwt_secret: SecretStr = Field(default_factory=lambda: SecretStr(secrets.token_urlsafe(32)))
     token_ttl_s: int = Field(default=3600, ge=60)
     max_upload_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)

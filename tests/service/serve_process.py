@@ -1,0 +1,81 @@
+"""``fedhive serve`` as a subprocess, as a user starts it (for tests that kill and restart it)."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+import pytest
+
+T = TypeVar("T")
+
+
+def serve_args(deployment: dict[str, str]) -> tuple[list[str], dict[str, str]]:
+    """The ``fedhive serve`` options and environment variables of a ``deployment`` fixture value."""
+    flags = {"broker_url": "--broker", "db_url": "--db", "artifacts_url": "--artifacts"}
+    args = [arg for key, flag in flags.items() if key in deployment for arg in (flag, deployment[key])]
+    env = {"FEDHIVE_NAMESPACE": deployment["namespace"]} if "namespace" in deployment else {}
+    return args, env
+
+
+class Server:
+    """``fedhive serve`` in a subprocess; the API's URL is read from its ready line."""
+
+    def __init__(self, home: Path, deployment: dict[str, str], *, local_clients: int = 3) -> None:
+        args, env = serve_args(deployment)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "fedhive.cli.main", "-v", "serve", "--port", "0", "--home", str(home),
+             "--local-clients", str(local_clients), *args],
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "FEDHIVE_BCRYPT_ROUNDS": "4", **env},
+        )  # fmt: skip
+        self.lines: list[str] = []
+        self._ready = threading.Event()
+        threading.Thread(target=self._read, daemon=True).start()
+        if not self._ready.wait(60):
+            self.kill()
+            pytest.fail("fedhive serve did not start within 60 s:\n" + self.tail())
+        self.url = re.search(r"serving on (\S+)", "".join(self.lines)).group(1)  # type: ignore[union-attr]
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.lines.append(line)
+            if "serving on" in line:
+                self._ready.set()
+
+    def tail(self, n: int = 30) -> str:
+        return "".join(self.lines[-n:])
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGINT)
+        try:
+            self.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+
+def poll(fn: Callable[[], T], deadline_s: float, every: float = 0.2, what: str = "condition") -> T:
+    end = time.monotonic() + deadline_s
+    while time.monotonic() < end:
+        result = fn()
+        if result:
+            return result
+        time.sleep(every)
+    pytest.fail(f"{what} not met within {deadline_s} s")
