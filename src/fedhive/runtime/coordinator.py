@@ -12,7 +12,7 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -63,6 +63,7 @@ class Coordinator:
         registry: ClientRegistry | None = None,
         executor: Executor | None = None,
         start_round: int = 1,
+        history: Sequence[dict[str, float]] = (),  # of the rounds before start_round
     ) -> None:
         self.config = config
         self.transport = transport
@@ -78,7 +79,7 @@ class Coordinator:
         self._round: RoundState | None = None
         self._session_clients: list[str] = []
         self._started = False
-        self._history: list[dict[str, float]] = []
+        self._history: list[dict[str, float]] = list(history)
         self._timers: list[asyncio.TimerHandle] = []
         self._reconnects_seen = transport.reconnects
         self._wire_handlers()
