@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Protocol
 
 from pydantic import ValidationError
 
@@ -49,6 +50,16 @@ class _Tick:
     what: str  # "heartbeat" or "register"
 
 
+class FitGate(Protocol):
+    """Bounds how many clients of one process may hold an update the coordinator has not taken
+    yet (``simulation``'s virtual clients): ``acquire`` before training, and ``release`` when no
+    update follows; the owner releases when the coordinator has accepted or rejected it."""
+
+    async def acquire(self, client_id: str) -> None: ...
+
+    def release(self, client_id: str) -> None: ...
+
+
 class ClientNode:
     def __init__(
         self,
@@ -68,8 +79,10 @@ class ClientNode:
         persistent: bool = False,
         coordinator_timeout_s: float | None = None,
         bus: EventBus | None = None,
+        fit_gate: FitGate | None = None,
     ) -> None:
         self.node_id = node_id
+        self._fit_gate = fit_gate
         self.transport = transport
         self.bus = bus or EventBus()
         self._trainer_for = trainer_for
@@ -288,6 +301,8 @@ class ClientNode:
         self._compressor.begin_round(params)
         fit = FitConfig.from_json(env.body.get("fit", {}))
         key = (env.round, int(env.body.get("attempt", 0)))
+        if self._fit_gate is not None:
+            await self._fit_gate.acquire(self.node_id)
         self._training = key
         self._last_progress = None
         self.bus.emit(ev.TrainingStarted(*key))
@@ -328,10 +343,12 @@ class ClientNode:
 
     async def _on_training_finished(self, event: ev.TrainingFinished) -> None:
         if self._training != (event.round, event.attempt):
+            self._release_gate()
             return  # superseded by a newer TRAIN
         self._training = None
         base = {"attempt": event.attempt}
         if event.result is None:
+            self._release_gate()
             await self._send(
                 make(
                     Kind.ERROR,
@@ -349,6 +366,10 @@ class ClientNode:
         await self._send(
             make(Kind.UPDATE, self.node_id, session_id=self._session_id, round=event.round, body=body, payload=payload)
         )
+
+    def _release_gate(self) -> None:
+        if self._fit_gate is not None:
+            self._fit_gate.release(self.node_id)
 
     async def _send(self, message: Message) -> None:
         try:

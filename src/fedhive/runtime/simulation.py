@@ -20,6 +20,7 @@ from fedhive.learning.factory import build_trainer
 from fedhive.learning.federation_data import DataSpec, prepare
 from fedhive.learning.models import parse_model_spec
 from fedhive.learning.trainer import Trainer
+from fedhive.runtime import events as ev
 from fedhive.runtime.bus import EventBus
 from fedhive.runtime.client import ClientNode
 from fedhive.runtime.coordinator import COORDINATOR_ID, Coordinator, SessionResult
@@ -74,6 +75,8 @@ async def run_federation(
     # Not a ``with`` block: leaving it would wait for a virtual client stuck in its trainer, and a
     # session must end at its deadlines whatever its clients do.
     pool = ThreadPoolExecutor(1, thread_name_prefix="fedhive-virtual-clients") if threaded else InlineExecutor()
+    gate = FoldGate.for_model(initial_params.nbytes, minimum=2 if threaded else 1)
+    gate.attach(coordinator.bus)
     clients = [
         ClientNode(
             cid,
@@ -83,6 +86,7 @@ async def run_federation(
             executor=pool,
             heartbeat_interval_s=None,
             register_timeout_s=config.registration_timeout_s,
+            fit_gate=gate,
         )
         for cid, trainer, n in zip(ids, trainers, num_examples, strict=True)
     ]
@@ -99,6 +103,42 @@ async def run_federation(
     if isinstance(outcome, BaseException):
         raise outcome
     return outcome
+
+
+class FoldGate:
+    """At most ``limit`` virtual clients hold an update the coordinator has not folded yet.
+
+    Why: every virtual client of a round gets its TRAIN at once, and inline they all train before
+    the coordinator's receiver runs again, so each update of the round would be alive at the same
+    time (ten 100 MB updates: 1 GB). A client takes a slot before training; the slot comes back
+    when the coordinator has accepted or rejected its update, or when the client sends none. The
+    limit follows from a byte budget, so small models are not slowed down and memory does not
+    grow with the number of clients either way.
+    """
+
+    BUDGET_BYTES = 64 * 1024 * 1024
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._slots = asyncio.Semaphore(limit)
+        self._holders: set[str] = set()
+
+    @classmethod
+    def for_model(cls, model_bytes: int, *, minimum: int = 1) -> FoldGate:
+        return cls(max(minimum, cls.BUDGET_BYTES // max(1, model_bytes)))
+
+    def attach(self, coordinator_bus: EventBus) -> None:
+        coordinator_bus.on(ev.UpdateAccepted, lambda e: self.release(e.client_id))
+        coordinator_bus.on(ev.UpdateRejected, lambda e: self.release(e.client_id))
+
+    async def acquire(self, client_id: str) -> None:
+        await self._slots.acquire()
+        self._holders.add(client_id)
+
+    def release(self, client_id: str) -> None:
+        if client_id in self._holders:  # one slot per update, however many events name it
+            self._holders.discard(client_id)
+            self._slots.release()
 
 
 async def _outcome(run: Coroutine[Any, Any, SessionResult]) -> SessionResult | FedhiveError:
