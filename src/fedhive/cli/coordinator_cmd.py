@@ -6,6 +6,8 @@ import asyncio
 import json
 import logging
 import time
+import tomllib
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
@@ -20,9 +22,11 @@ from fedhive.runtime.bus import EventBus
 from fedhive.runtime.credentials import DEFAULT_STORE, CredentialStore
 from fedhive.runtime.hierarchy_networked import run_hierarchical_coordinator
 from fedhive.runtime.networked import BrokerSettings, plan_coordinator, run_coordinator
+from fedhive.runtime.resume import Checkpoint, strategy_for
 from fedhive.runtime.session_file import load_session_file
 from fedhive.storage.artifacts import artifact_store_from_url
-from fedhive.tracking.run_directory import RunDirectory
+from fedhive.tracking.run_checkpoint import CHECKPOINT_FILE, RunCheckpoint, fingerprint, load_run_checkpoint
+from fedhive.tracking.run_directory import RunDirectory, write_model
 from fedhive.transports.amqp_topology import redact
 
 BrokerOption = Annotated[
@@ -71,6 +75,9 @@ def coordinator(
     combiners: Annotated[
         int, typer.Option(help="hierarchical: wait for this many 'fedhive combiner' nodes and assign clients to them")
     ] = 0,
+    fresh: Annotated[
+        bool, typer.Option("--fresh", help="start over, even if --out holds a checkpoint of this session to resume")
+    ] = False,
 ) -> None:
     started = time.perf_counter()
     if combiners < 0:
@@ -79,12 +86,31 @@ def coordinator(
     settings = broker_settings(broker, namespace, ca_file, artifacts)
     plan = plan_coordinator(session, settings)  # data and model errors come before connecting
     service_logging()
+    resume: Checkpoint | None = None
+    if combiners == 0:  # a flat session checkpoints every round into its run directory
+        if fresh:
+            (out / CHECKPOINT_FILE).unlink(missing_ok=True)
+        found = load_run_checkpoint(out, session, plan[1].spec, session_named=_names_session(config))
+        if found is not None:
+            sid, resume = found
+            session = replace(session, config=session.config.model_copy(update={"session_id": sid}))
+            typer.echo(
+                f"resuming session {sid} at round {resume.next_round} of {session.config.rounds} "
+                f"from {out / CHECKPOINT_FILE} (--fresh to start over)",
+                err=True,
+            )
     cfg = session.config
     console = Console(stderr=True) if as_json else Console()
     where = {"broker": redact(broker), "namespace": namespace}
-    run_dir = RunDirectory(out, {**cfg.model_dump(mode="json"), **session.data.model_dump(), **where})
+    run_dir = RunDirectory(
+        out,
+        {**cfg.model_dump(mode="json"), **session.data.model_dump(), **where},
+        resume_after=resume.round if resume else 0,
+    )
     status = StatusLines(console)
-    progress = SessionProgress(console, cfg.rounds)
+    progress = SessionProgress(console, cfg.rounds, start_round=resume.next_round if resume else 1)
+    strategy = strategy_for(cfg, resume)
+    checkpoints = RunCheckpoint(out, cfg.session_id, strategy, fingerprint(session, plan[1].spec)).resume_from(resume)
     shown: list[SessionProgress] = []
 
     creds = CredentialStore(store)
@@ -107,11 +133,20 @@ def coordinator(
                 session, creds, settings, min_combiners=combiners, observers=observers, on_ready=ready
             )
         else:
-            run = run_coordinator(session, creds, settings, plan=plan, observers=observers, on_ready=ready)
+            # The checkpoint after the round's rows: rounds.csv then holds every checkpointed round.
+            observers.insert(1, checkpoints.attach)
+            run = run_coordinator(
+                session, creds, settings, plan=plan, observers=observers, on_ready=ready, resume=resume,
+                strategy=strategy,
+            )  # fmt: skip
         result = asyncio.run(run)
     finally:
         for p in shown:
             p.__exit__(None, None, None)
+    if resume is not None and resume.round >= cfg.rounds:  # killed between the last checkpoint and the end
+        write_model(run_dir.model_path, result.params, {"rounds": str(result.rounds)})
+        run_dir.close()
+        checkpoints.path.unlink(missing_ok=True)
     wall = time.perf_counter() - started
     console.print(progress.table())
     m = result.metrics
@@ -132,6 +167,11 @@ def coordinator(
             "model": str(run_dir.model_path),
         }
         print(json.dumps(summary))
+
+
+def _names_session(config: Path) -> bool:
+    """Whether the session file names its session (else each run draws a random id)."""
+    return "session_id" in tomllib.loads(config.read_text(encoding="utf-8"))
 
 
 class StatusLines:

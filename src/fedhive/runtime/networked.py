@@ -15,14 +15,16 @@ with the same id (a stale REGISTER or STOP of another session) and must not be a
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 
+from fedhive.core.envelope import Kind, Message, make
 from fedhive.core.params import Params
 from fedhive.core.signing import Verifier
 from fedhive.core.wire import MAX_ENVELOPE_BYTES
-from fedhive.errors import ConfigError, FedhiveError
+from fedhive.errors import ConfigError, FedhiveError, TransportError
 from fedhive.learning.datasets import load_dataset, split_train_test
 from fedhive.learning.factory import build_trainer
 from fedhive.learning.trainer import Trainer
@@ -31,11 +33,15 @@ from fedhive.runtime.client import ClientNode
 from fedhive.runtime.coordinator import COORDINATOR_ID, Coordinator, SessionResult
 from fedhive.runtime.credentials import CredentialStore
 from fedhive.runtime.local_data import LocalData
+from fedhive.runtime.resume import Checkpoint, coordinator_kwargs
 from fedhive.runtime.session_file import SessionFile
 from fedhive.storage.artifacts import ArtifactStore
+from fedhive.strategies.base import Strategy
 from fedhive.transports.amqp import AmqpTransport
+from fedhive.transports.base import Transport
 from fedhive.transports.wire_codec import DEFAULT_CLAIM_CHECK_BYTES, DEFAULT_MAX_MESSAGE_BYTES, WireCodec
 
+log = logging.getLogger("fedhive.coordinator")
 Observer = Callable[[EventBus], None]
 
 
@@ -114,23 +120,96 @@ async def run_coordinator(
     plan: tuple[Trainer, Params] | None = None,
     observers: Sequence[Observer] = (),
     on_ready: Callable[[], None] | None = None,
+    resume: Checkpoint | None = None,
+    strategy: Strategy | None = None,
 ) -> SessionResult:
     """Run one session to its end; raises ``SessionFailed`` with a reason when it cannot finish.
-    ``plan`` is what ``plan_coordinator`` returns, when the caller built it beforehand."""
+    ``plan`` is what ``plan_coordinator`` returns, when the caller built it beforehand. With
+    ``resume`` the session continues after the checkpoint's round (``strategy``: the one built for
+    it by ``strategy_for``, if an observer needs it too); clients still in the session from before
+    the crash are taken back as they are heard from (``Reintroducing``)."""
     config = session.config
     evaluator, initial = plan or plan_coordinator(session, broker)
+    if resume is not None:
+        if resume.params.spec != initial.spec:
+            raise ConfigError(f"the checkpoint's model does not fit session {config.session_id}'s model")
+        if resume.round >= config.rounds:  # stopped after its last round's checkpoint: nothing left to train
+            log.info("session %s: all %d rounds are done already", config.session_id, config.rounds)
+            return SessionResult(config.session_id, resume.params, resume.round, list(resume.history))
+        initial = resume.params
+    kwargs = coordinator_kwargs(config, resume, strategy=strategy)
     # Frames may hold one update of up to max_update_bytes plus its envelope; the update's own
     # limit is checked (and the rejection logged against its round) when it is decoded.
     codec = coordinator_codec(
         store, artifacts=broker.artifacts, max_message_bytes=config.max_update_bytes + MAX_ENVELOPE_BYTES
     )
     async with broker.transport(COORDINATOR_ID, codec) as transport:
-        coordinator = Coordinator(config, transport, initial, evaluator=evaluator)
+        link = Reintroducing(transport, config.session_id)
+        coordinator = Coordinator(config, link, initial, evaluator=evaluator, **kwargs)
         for attach in observers:
             attach(coordinator.bus)
         if on_ready is not None:
             on_ready()
         return await coordinator.run()
+
+
+class Reintroducing(Transport):
+    """The coordinator's transport, which takes back clients of this session that it has not heard
+    register: they registered with an earlier process of the same coordinator that crashed.
+
+    Such a client does not register again (it is registered, and it keeps going while the
+    coordinator is silent for less than its ``coordinator_timeout_s``); it sends heartbeats. Its
+    first message for this session (signature checked, like every message) is preceded by a
+    REGISTER made for it here, as the platform's hub does for the peers of a resumed session: the
+    coordinator counts it ONLINE, enables it again and sends it the current round's TRAIN.
+    """
+
+    def __init__(self, inner: Transport, session_id: str) -> None:
+        self.node_id = inner.node_id
+        self._inner = inner
+        self._session_id = session_id
+        self._known: set[str] = set()
+        self._held: Message | None = None
+
+    async def recv(self) -> Message:
+        if self._held is not None:
+            msg, self._held = self._held, None
+            return msg
+        msg = await self._inner.recv()
+        if msg.kind is Kind.REGISTER:
+            self._known.add(msg.sender)
+        elif msg.sender not in self._known and msg.envelope.session_id == self._session_id:
+            self._known.add(msg.sender)
+            log.info("%s is in session %s from before a restart; taking it back", msg.sender, self._session_id)
+            self._held = msg
+            return make(Kind.REGISTER, msg.sender, session_id=self._session_id, body={"num_examples": 0})
+        return msg
+
+    async def start(self) -> None:
+        await self._inner.start()
+
+    async def close(self) -> None:
+        await self._inner.close()
+
+    @property
+    def connected(self) -> bool:
+        return self._inner.connected
+
+    @property
+    def reconnects(self) -> int:
+        return self._inner.reconnects
+
+    async def send(self, to: str, message: Message) -> None:
+        await self._inner.send(to, message)
+
+    async def send_many(self, items: Sequence[tuple[str, Message]]) -> list[TransportError | None]:
+        return await self._inner.send_many(items)
+
+    async def publish(self, topic: str, message: Message) -> None:
+        await self._inner.publish(topic, message)
+
+    async def subscribe(self, topic: str) -> None:
+        await self._inner.subscribe(topic)
 
 
 # -- clients ------------------------------------------------------------------------------------------

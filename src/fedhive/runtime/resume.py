@@ -44,15 +44,15 @@ def strategy_for(config: SessionConfig, checkpoint: Checkpoint | None) -> Strate
     return strategy
 
 
-def coordinator_kwargs(config: SessionConfig, checkpoint: Checkpoint | None) -> dict[str, Any]:
-    """``Coordinator`` keyword arguments that resume from ``checkpoint`` (or start at round 1)."""
+def coordinator_kwargs(
+    config: SessionConfig, checkpoint: Checkpoint | None, *, strategy: Strategy | None = None
+) -> dict[str, Any]:
+    """``Coordinator`` keyword arguments that resume from ``checkpoint`` (or start at round 1).
+    ``strategy``: one the caller built with ``strategy_for`` (to hand it to an observer too)."""
+    strategy = strategy or strategy_for(config, checkpoint)
     if checkpoint is None:
-        return {"strategy": strategy_for(config, None), "start_round": 1}
-    return {
-        "strategy": strategy_for(config, checkpoint),
-        "start_round": checkpoint.next_round,
-        "history": list(checkpoint.history),
-    }
+        return {"strategy": strategy, "start_round": 1}
+    return {"strategy": strategy, "start_round": checkpoint.next_round, "history": list(checkpoint.history)}
 
 
 def encode_state(state: Mapping[str, np.ndarray]) -> bytes | None:

@@ -14,12 +14,10 @@ import logging
 from collections.abc import Callable
 from typing import TypeVar
 
-import numpy as np
-
 from fedhive.core import codec
-from fedhive.core.params import Params
 from fedhive.runtime import events as ev
 from fedhive.runtime.bus import EventBus
+from fedhive.runtime.resume import Checkpoint, decode_state, encode_state
 from fedhive.storage import models_repo, sessions_repo, users_repo
 from fedhive.storage.artifacts import ArtifactStore
 from fedhive.storage.database import Database
@@ -99,7 +97,8 @@ class SessionRecorder:
 
         def write() -> None:
             params_ref = self.artifacts.put(codec.encode(e.params))
-            state_ref = self.artifacts.put(codec.encode(Params(state))) if state else None
+            state_bytes = encode_state(state)
+            state_ref = self.artifacts.put(state_bytes) if state_bytes is not None else None
             metrics = {
                 **e.metrics,
                 "train": e.train_metrics,
@@ -148,15 +147,12 @@ class SessionRecorder:
         await self._write(write)
 
 
-def load_checkpoint(
-    db: Database, artifacts: ArtifactStore, session_id: str
-) -> tuple[int, Params, dict[str, np.ndarray]] | None:
-    """(last completed round, global params, strategy state) of a session, or None before round 1."""
+def load_checkpoint(db: Database, artifacts: ArtifactStore, session_id: str) -> Checkpoint | None:
+    """The last completed round of a session (global params, strategy state), or None before round 1."""
     with db.session(read_only=True) as s:
         row = sessions_repo.latest_checkpoint(s, session_id)
         if row is None:
             return None
         rnd, params_ref, state_ref = row.round, row.params_ref, row.state_ref
     params = codec.decode(artifacts.get(params_ref), max_bytes=1 << 34, what="checkpoint")
-    state = dict(codec.decode(artifacts.get(state_ref), max_bytes=1 << 34, what="strategy state")) if state_ref else {}
-    return rnd, params, state
+    return Checkpoint(rnd, params, decode_state(artifacts.get(state_ref)) if state_ref else {})

@@ -26,6 +26,7 @@ from fedhive.learning.models import parse_model_spec
 from fedhive.runtime.bus import EventBus
 from fedhive.runtime.coordinator import COORDINATOR_ID, Coordinator
 from fedhive.runtime.hub import Hub
+from fedhive.runtime.resume import Checkpoint, coordinator_kwargs
 from fedhive.runtime.session_config import SessionConfig
 from fedhive.service.launcher import NotEnoughPeers, SessionRequest
 from fedhive.service.persistence import SessionRecorder, load_checkpoint
@@ -73,7 +74,7 @@ class SessionManager:
             # The caller gets the error; no half-created session stays behind, peers go free.
             await asyncio.to_thread(self._discard, config.session_id, int(request.owner_id))
             raise
-        self._launch(config, peers, plan, initial, owner_id=int(request.owner_id), start_round=1, state={})
+        self._launch(config, peers, plan, initial, owner_id=int(request.owner_id), checkpoint=None)
         return config.session_id
 
     async def cancel(self, session_id: str) -> bool:
@@ -104,16 +105,13 @@ class SessionManager:
                 peers = await asyncio.to_thread(self._peers_of, row_id)
                 plan = await asyncio.to_thread(self._replan, config, peers)
                 ckpt = await asyncio.to_thread(load_checkpoint, self.db, self.artifacts, row_id)
-                if ckpt is None:
-                    initial = await asyncio.to_thread(self._fresh_params, config, plan)
-                    start_round, state = 1, {}
-                else:
-                    start_round, initial, state = ckpt[0] + 1, ckpt[1], ckpt[2]
+                initial = ckpt.params if ckpt else await asyncio.to_thread(self._fresh_params, config, plan)
             except FedhiveError as exc:
                 await asyncio.to_thread(self._fail_now, row_id, f"cannot resume: {exc}")
                 continue
+            start_round = ckpt.next_round if ckpt else 1
             log.info("resuming session %s at round %d with %d peers", row_id, start_round, len(peers))
-            self._launch(config, peers, plan, initial, owner_id=owner_id, start_round=start_round, state=state)
+            self._launch(config, peers, plan, initial, owner_id=owner_id, checkpoint=ckpt)
             resumed.append(row_id)
         return resumed
 
@@ -137,22 +135,16 @@ class SessionManager:
         initial: Params,
         *,
         owner_id: int | None,
-        start_round: int,
-        state: dict[str, Any],
+        checkpoint: Checkpoint | None,
     ) -> None:
-        strategy = parse_strategy(config.strategy)
-        if state:
-            strategy.load_state(state)
         evaluator = build_trainer(config.model, plan.test.x, plan.test.y, plan.test.num_classes)
         port = self.hub.open_session(config.session_id, peers)
-        coordinator = Coordinator(
-            config, port, initial, strategy=strategy, evaluator=evaluator, start_round=start_round
-        )
+        coordinator = Coordinator(config, port, initial, evaluator=evaluator, **coordinator_kwargs(config, checkpoint))
         SessionRecorder(
             self.db,
             self.artifacts,
             config.session_id,
-            strategy,
+            coordinator.strategy,
             owner_id=owner_id,
             model_name=f"session-{config.session_id}",
             model_spec=config.model,

@@ -34,12 +34,13 @@ CLIENT_FIELDS = ["round", "client", "num_examples", "loss", "accuracy", "bytes",
 
 
 class RunDirectory:
-    def __init__(self, root: str | Path, config: dict[str, Any]) -> None:
+    def __init__(self, root: str | Path, config: dict[str, Any], *, resume_after: int = 0) -> None:
+        """``resume_after=N``: a resumed session; rows of rounds 1..N already written are kept."""
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         (self.root / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-        self._rounds, self._rounds_w = _open_csv(self.root / "rounds.csv", ROUND_FIELDS)
-        self._clients, self._clients_w = _open_csv(self.root / "clients.csv", CLIENT_FIELDS)
+        self._rounds, self._rounds_w = _open_csv(self.root / "rounds.csv", ROUND_FIELDS, resume_after)
+        self._clients, self._clients_w = _open_csv(self.root / "clients.csv", CLIENT_FIELDS, resume_after)
         self._round_bytes: dict[int, tuple[int, int]] = {}  # round -> (updates accepted, bytes)
         self.bytes_received = 0  # over the whole session
         self.float32_bytes = 0  # what the same updates weigh as dense float32
@@ -112,7 +113,20 @@ def write_model(path: Path, params: Any, metadata: dict[str, str] | None = None)
     os.replace(tmp, path)
 
 
-def _open_csv(path: Path, fields: list[str]) -> tuple[IO[str], csv.DictWriter[str]]:
+def _open_csv(path: Path, fields: list[str], keep_through: int = 0) -> tuple[IO[str], csv.DictWriter[str]]:
+    if keep_through > 0 and path.exists():
+        # Rows of rounds after the checkpoint are dropped (they run again); a temporary file and a
+        # rename, so that a crash right now loses nothing.
+        with path.open(newline="") as old:
+            kept = [r for r in csv.DictReader(old) if r.get("round", "").isdigit() and int(r["round"]) <= keep_through]
+        tmp = path.with_suffix(".tmp")
+        with tmp.open("w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
+            w.writeheader()
+            w.writerows(kept)
+        os.replace(tmp, path)
+        f = path.open("a", newline="")
+        return f, csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
     f = path.open("w", newline="")
     w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
     w.writeheader()

@@ -1,0 +1,77 @@
+"""``fedhive coordinator`` killed with SIGKILL mid-session and started again with the same command:
+it resumes from the checkpoint in its run directory, the client processes that were training carry
+on with the new process, and every round runs exactly once."""
+
+from __future__ import annotations
+
+import csv
+import json
+import time
+from pathlib import Path
+
+import pytest
+from amqp_cluster import Cluster, demo_part, session_toml
+
+from fedhive.core import codec
+from fedhive.errors import FedhiveError
+from fedhive.tracking.run_checkpoint import CHECKPOINT_FILE
+
+pytestmark = [pytest.mark.amqp, pytest.mark.slow]
+ROUNDS = 8
+
+
+def checkpointed_round(path: Path) -> int:
+    """The last round checkpointed in ``path`` (0 before the first): read while it may be replaced."""
+    try:
+        _, meta = codec.read_header(path.read_bytes(), max_bytes=1 << 30)
+    except (FileNotFoundError, FedhiveError):
+        return 0
+    return int(meta["round"])
+
+
+def test_killed_coordinator_resumes_with_its_clients(cluster: Cluster, tmp_path: Path) -> None:
+    config = session_toml(
+        tmp_path / "session.toml",
+        session_id="restart-demo",
+        rounds=ROUNDS,
+        min_clients=3,
+        model="simple-dnn:256,256",
+        epochs=4,
+        batch_size=16,
+        lr=0.02,
+        heartbeat_interval_s=1.0,
+        heartbeat_timeout_s=15.0,  # three training processes share two cores here
+    )
+    out = tmp_path / "run"
+    idents = cluster.add_clients("client", 3)
+    first = cluster.coordinator(config, out)
+    clients = [
+        cluster.client(ident, *demo_part(i, 3), extra=("--coordinator-timeout", "30"))
+        for i, ident in enumerate(idents, start=1)
+    ]
+    deadline = time.monotonic() + 120
+    while (seen := checkpointed_round(out / CHECKPOINT_FILE)) < 2:
+        assert first.popen.poll() is None, first.tail()
+        assert time.monotonic() < deadline, f"no checkpoint of round 2 within 120 s\n{first.tail()}"
+        time.sleep(0.05)
+    first.kill()
+    assert seen < ROUNDS, "the session finished before it could be interrupted; make rounds slower"
+
+    second = cluster.coordinator(config, out)  # the same command again
+    resumed = second.wait_for("resuming session restart-demo at round", stream="err")
+    assert int(resumed.split("at round ")[1].split()[0]) >= seen + 1, resumed
+    assert second.finish(180) == 0, second.tail()
+    for c in clients:
+        assert c.finish(30) == 0, c.tail()
+        assert c.out.count(f"registered with the coordinator as {c.name}") == 1  # never restarted
+        assert c.out[-1].startswith("stopped by the coordinator after")
+    taken_back = [line for line in second.err if "from before a restart; taking it back" in line]
+    assert len(taken_back) == 3, second.tail()
+
+    summary = json.loads(second.out[-1])
+    assert summary["rounds"] == ROUNDS and summary["session_id"] == "restart-demo"
+    with (out / "rounds.csv").open() as f:
+        assert [int(r["round"]) for r in csv.DictReader(f)] == list(range(1, ROUNDS + 1))
+    model = codec.decode((out / "model.safetensors").read_bytes(), max_bytes=1 << 26)
+    assert model["out.weight"].shape == (10, 256)
+    assert not (out / CHECKPOINT_FILE).exists()  # the session is over: a new run starts afresh
