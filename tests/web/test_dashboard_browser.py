@@ -1,8 +1,9 @@
 """The dashboard in a real browser: Playwright drives Debian's headless chromium against the
 platform in this process (API + hub + three local peers), as a user would: sign in, start a
 session from the new-session form with a CSV upload, and watch the accuracy chart reach the last
-round through server-sent events. The page ends up in docs/dashboard.png (the README's picture)
-and in the test's tmp dir as an artifact."""
+round through server-sent events. The page is saved as a test artifact in test-artifacts/ (not
+tracked); with FEDHIVE_UPDATE_DOCS=1 it also replaces docs/dashboard.png, the README's picture, so
+that a test run does not rewrite a tracked file."""
 
 from __future__ import annotations
 
@@ -27,7 +28,9 @@ CHROMIUM_ARGS = [
 ]
 # tests/conftest.py has the same switch; importing it by name is ambiguous next to tests/api/conftest.py
 REQUIRE_SERVICES = os.environ.get("FEDHIVE_REQUIRE_SERVICES") == "1"
-DOCS_SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "dashboard.png"
+REPO = Path(__file__).resolve().parents[2]
+DOCS_SCREENSHOT = REPO / "docs" / "dashboard.png"
+ARTIFACT_SCREENSHOT = REPO / "test-artifacts" / "dashboard.png"
 
 
 def chromium() -> str:
@@ -93,5 +96,7 @@ async def test_sign_in_start_session_and_watch_it_train(tmp_path: Path) -> None:
             assert errors == []
         finally:
             await browser.close()
-    DOCS_SCREENSHOT.parent.mkdir(exist_ok=True)
-    shutil.copyfile(shot, DOCS_SCREENSHOT)
+    ARTIFACT_SCREENSHOT.parent.mkdir(exist_ok=True)
+    shutil.copyfile(shot, ARTIFACT_SCREENSHOT)
+    if os.environ.get("FEDHIVE_UPDATE_DOCS") == "1":
+        shutil.copyfile(shot, DOCS_SCREENSHOT)
