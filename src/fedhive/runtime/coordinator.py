@@ -174,7 +174,8 @@ class Coordinator:
         if self._started:
             await self._enable([msg.sender])  # a late joiner takes part from the next round
             r = self._round
-            if r and not r.closing and msg.sender in r.selected and msg.sender not in r.accepted | r.failed.keys():
+            waiting = r is not None and msg.sender in r.chosen and msg.sender not in r.accepted
+            if r and not r.closing and waiting and msg.sender not in r.failed:
                 # It restarted mid-round and lost the TRAIN it was sent: send it again, so that it
                 # can still count in this round instead of leaving it to wait for its deadline.
                 await self._send(msg.sender, self._train_message(msg.sender, r))
@@ -233,7 +234,7 @@ class Coordinator:
             )
             self.bus.emit(ev.UpdateRejected(env.round, msg.sender, "late"))
             return
-        if msg.sender not in r.selected:
+        if msg.sender not in r.chosen:
             self._reject_update(msg, "sender was not selected for this round")
             return
         if msg.sender in r.accepted or msg.sender in r.failed:
@@ -273,7 +274,7 @@ class Coordinator:
     def _waiting_for(self, msg: Message) -> RoundState | None:
         """The current round if it still waits for an answer from this message's sender."""
         r = self._round
-        if r and not r.closing and msg.envelope.round == r.round and msg.sender in r.selected:
+        if r and not r.closing and msg.envelope.round == r.round and msg.sender in r.chosen:
             return None if msg.sender in r.accepted or msg.sender in r.failed else r
         return None
 
@@ -463,7 +464,7 @@ class Coordinator:
         for c in self.registry.expire():
             self.bus.emit(ev.ClientStatusChanged(c, PeerStatus.OFFLINE, None))
             r = self._round
-            if r and not r.closing and c in r.selected and c not in r.accepted:
+            if r and not r.closing and c in r.chosen and c not in r.accepted:
                 r.failed.setdefault(c, f"went OFFLINE (no heartbeat for {self.config.heartbeat_timeout_s:.0f} s)")
                 self._maybe_close()
         if self.config.heartbeat_interval_s:

@@ -144,7 +144,7 @@ class HierarchicalCoordinator(Coordinator):
             log.info("dropped late partial from %s for round %d", msg.sender, env.round)
             self.bus.emit(ev.UpdateRejected(env.round, msg.sender, "late"))
             return
-        if msg.sender not in r.selected:
+        if msg.sender not in r.chosen:
             raise ProtocolError("sender was not selected for this round")
         if msg.sender in r.accepted or msg.sender in r.failed:
             self._reject_update(msg, "duplicate update")

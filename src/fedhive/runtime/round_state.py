@@ -22,6 +22,11 @@ class RoundState:
     accepted: set[str] = field(default_factory=set)
     failed: dict[str, str] = field(default_factory=dict)
     closing: bool = False
+    # Membership is asked once per message: a set, not a scan of 1000 selected ids each time.
+    chosen: frozenset[str] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.chosen = frozenset(self.selected)
 
     def answered(self) -> int:
         return len(self.accepted) + len(self.failed)

@@ -23,6 +23,11 @@ def _axpy_into(acc: np.ndarray, x: np.ndarray, w: float, scratch: np.ndarray) ->
     a = acc.reshape(-1)
     v = x.reshape(-1)
     n = a.size
+    if n <= _CHUNK:  # most tensors of a small model: no loop to set up
+        s = scratch[:n]
+        np.multiply(v, w, out=s, casting="unsafe")
+        a += s
+        return
     for start in range(0, n, _CHUNK):
         stop = min(start + _CHUNK, n)
         s = scratch[: stop - start]
