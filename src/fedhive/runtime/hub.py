@@ -125,7 +125,7 @@ class Hub:
             if msg.kind is Kind.REGISTER:
                 await self._on_register(msg)
             elif msg.kind is Kind.HEARTBEAT:
-                self._on_heartbeat(msg)
+                await self._on_heartbeat(msg)
             elif msg.kind is Kind.DONE:
                 return
             else:
@@ -149,9 +149,14 @@ class Hub:
             except TransportError as exc:
                 log.warning("could not answer %s: %s", msg.sender, exc)
 
-    def _on_heartbeat(self, msg: Message) -> None:
+    async def _on_heartbeat(self, msg: Message) -> None:
         if msg.sender not in self.registry:
-            log.info("heartbeat from unregistered %s; asking it to register", msg.sender)
+            # A peer that registered with an earlier process of this hub, which crashed: the peer
+            # keeps going (it is registered) and only beats. Its heartbeat is signed with its own
+            # secret, so it is taken back as if it had registered again; a peer of a resumed
+            # session goes back to that session, which enables it and resends its round's TRAIN.
+            log.info("%s registered before a restart; taking it back", msg.sender)
+            await self._on_register(make(Kind.REGISTER, msg.sender, body={"num_examples": 0}))
             return
         if self.registry.seen(msg.sender) is PeerStatus.OFFLINE:
             status = PeerStatus.TRAINING if msg.sender in self._session_of else PeerStatus.ONLINE
