@@ -17,7 +17,7 @@ from fedhive.errors import FedhiveError
 from fedhive.tracking.run_checkpoint import CHECKPOINT_FILE
 
 pytestmark = [pytest.mark.amqp, pytest.mark.slow]
-ROUNDS = 8
+ROUNDS = 10
 
 
 def checkpointed_round(path: Path) -> int:
