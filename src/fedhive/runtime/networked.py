@@ -9,7 +9,9 @@ The same ``Coordinator`` and ``ClientNode`` as in the in-process simulation, han
   that same secret. Clients never hold each other's secrets, so none can pose as another.
 
 Every node purges its own queue when it starts: what sits there was left by an earlier process
-with the same id (a stale REGISTER or STOP of another session) and must not be acted on.
+with the same id (a stale REGISTER or STOP of another session) and must not be acted on. A
+coordinator restarted after a crash resumes from a ``Checkpoint`` (``resume=``) and takes back the
+clients of its session that are still running (``Reintroducing``).
 """
 
 from __future__ import annotations
