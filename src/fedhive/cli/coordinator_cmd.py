@@ -94,11 +94,16 @@ def coordinator(
         if found is not None:
             sid, resume = found
             session = replace(session, config=session.config.model_copy(update={"session_id": sid}))
-            typer.echo(
-                f"resuming session {sid} at round {resume.next_round} of {session.config.rounds} "
-                f"from {out / CHECKPOINT_FILE} (--fresh to start over)",
-                err=True,
-            )
+            rounds, where = session.config.rounds, out / CHECKPOINT_FILE
+            if resume.round >= rounds:
+                done = f"session {sid} completed its {rounds} rounds before it stopped; its model comes from {where}"
+                typer.echo(done, err=True)
+            else:
+                typer.echo(
+                    f"resuming session {sid} at round {resume.next_round} of {rounds} from {where} "
+                    "(--fresh to start over)",
+                    err=True,
+                )
     cfg = session.config
     console = Console(stderr=True) if as_json else Console()
     where = {"broker": redact(broker), "namespace": namespace}
