@@ -94,13 +94,13 @@ def coordinator(
         if found is not None:
             sid, resume = found
             session = replace(session, config=session.config.model_copy(update={"session_id": sid}))
-            rounds, where = session.config.rounds, out / CHECKPOINT_FILE
+            rounds, path = session.config.rounds, out / CHECKPOINT_FILE
             if resume.round >= rounds:
-                done = f"session {sid} completed its {rounds} rounds before it stopped; its model comes from {where}"
+                done = f"session {sid} completed its {rounds} rounds before it stopped; its model comes from {path}"
                 typer.echo(done, err=True)
             else:
                 typer.echo(
-                    f"resuming session {sid} at round {resume.next_round} of {rounds} from {where} "
+                    f"resuming session {sid} at round {resume.next_round} of {rounds} from {path} "
                     "(--fresh to start over)",
                     err=True,
                 )
