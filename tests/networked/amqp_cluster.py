@@ -188,6 +188,8 @@ class Net:
         run = run_coordinator(session, self.store, self.broker, observers=observers, on_ready=self.ready.set)
         return asyncio.create_task(run)
 
-    def honest(self, ident: tuple[str, bytes], part: str) -> asyncio.Task[int]:
+    def honest(
+        self, ident: tuple[str, bytes], part: str, settings: ClientSettings = ClientSettings(register_timeout_s=30)
+    ) -> asyncio.Task[int]:
         data = LocalData(dataset="digits", part=part)
-        return asyncio.create_task(run_client(*ident, data, self.broker, ClientSettings(register_timeout_s=30)))
+        return asyncio.create_task(run_client(*ident, data, self.broker, settings))

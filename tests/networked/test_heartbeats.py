@@ -11,7 +11,7 @@ from amqp_cluster import Net
 from fedhive.runtime import events as ev
 from fedhive.runtime.coordinator import COORDINATOR_ID, Coordinator
 from fedhive.runtime.local_data import LocalData
-from fedhive.runtime.networked import coordinator_codec, plan_coordinator
+from fedhive.runtime.networked import ClientSettings, coordinator_codec, plan_coordinator
 from fedhive.runtime.session_file import parse_session
 
 pytestmark = pytest.mark.amqp
@@ -19,7 +19,8 @@ pytestmark = pytest.mark.amqp
 
 async def test_registration_and_heartbeats_reach_the_registry(net: Net, tmp_path: Path) -> None:
     ident = net.add("worker")
-    # Some 2-3 s of local training: long enough for progress heartbeats (at most one a second).
+    # Some 0.5-3 s of local training (machines differ), with a progress report every 50 ms at most:
+    # several progress heartbeats whatever the machine.
     raw = {"rounds": 1, "min_clients": 1, "model": "logreg-np", "epochs": 2500, "lr": 0.01}
     session = parse_session({**raw, "heartbeat_interval_s": 0.3, "data": {"dataset": "digits"}}, tmp_path / "s.toml")
     evaluator, initial = plan_coordinator(session, net.broker)
@@ -28,7 +29,7 @@ async def test_registration_and_heartbeats_reach_the_registry(net: Net, tmp_path
         coordinator = Coordinator(session.config, transport, initial, evaluator=evaluator)
         for kind in (ev.ClientStatusChanged, ev.HeartbeatReceived):
             coordinator.bus.on(kind, seen.append)
-        client = net.honest(ident, "2/4")
+        client = net.honest(ident, "2/4", ClientSettings(register_timeout_s=30, progress_interval_s=0.05))
         result = await coordinator.run()
         assert await client == 1
     assert result.rounds == 1

@@ -221,6 +221,7 @@ class ClientSettings:
     register_timeout_s: float = 120.0
     coordinator_timeout_s: float = 60.0
     heartbeat_interval_s: float = 5.0  # until the coordinator says how often it wants one
+    progress_interval_s: float = 1.0  # at most one training-progress report per this long
 
 
 async def run_client(
@@ -248,6 +249,7 @@ async def run_client(
             heartbeat_interval_s=settings.heartbeat_interval_s,
             register_timeout_s=settings.register_timeout_s,
             coordinator_timeout_s=settings.coordinator_timeout_s,
+            progress_interval_s=settings.progress_interval_s,
         )
         for attach in observers:
             attach(node.bus)
