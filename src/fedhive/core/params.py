@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from fedhive.core import residency
 from fedhive.errors import NonFiniteError, PayloadError
 
 
@@ -128,5 +129,22 @@ def check_finite(params: Mapping[str, np.ndarray], *, what: str = "update") -> N
     for name, arr in params.items():
         # A sum propagates NaN/Inf and is several times faster than isfinite().all(); only a sum
         # that overflows on finite values is a false alarm, and then we look element by element.
-        if arr.dtype.kind in "fc" and not np.isfinite(arr.sum()) and not np.isfinite(arr).all():
+        if arr.dtype.kind in "fc" and not np.isfinite(_sum(arr)) and not np.isfinite(arr).all():
             raise NonFiniteError(f"{what} tensor {name!r} holds NaN or infinite values")
+
+
+_SUM_CHUNK = 1 << 20  # elements
+
+
+def _sum(arr: np.ndarray) -> Any:
+    if arr.nbytes < residency.RELEASE_MIN_BYTES or not residency.file_mapped(arr):
+        return arr.sum()
+    # Memory-mapped (a claim-checked update): sum it in chunks and drop each chunk's pages behind
+    # us, so the check does not make the whole tensor resident (see ``residency``).
+    flat, total = arr.reshape(-1), arr.dtype.type(0)
+    base, size = residency.address_of(flat), flat.itemsize
+    for start in range(0, flat.size, _SUM_CHUNK):
+        part = flat[start : start + _SUM_CHUNK]
+        total += part.sum()
+        residency.drop_pages(base + start * size, part.nbytes)
+    return total

@@ -13,12 +13,13 @@ import struct
 
 from pydantic import ValidationError
 
-from fedhive.core import codec
+from fedhive.core import codec, residency
 from fedhive.core.envelope import PROTOCOL_VERSION, Deferred, Envelope, Message, PayloadDescriptor
 from fedhive.core.params import Params
 from fedhive.errors import PayloadError, ProtocolError
 
 MAX_ENVELOPE_BYTES = 1024 * 1024
+_HASH_CHUNK = 4 * 1024 * 1024  # a memory-mapped payload is hashed (and its pages dropped) this much at a time
 
 
 def payload_bytes(message: Message) -> bytes | None:
@@ -77,5 +78,19 @@ def decode_frame(frame: bytes, *, max_bytes: int) -> tuple[Envelope, memoryview 
 def verify_payload(data: bytes | memoryview, desc: PayloadDescriptor) -> None:
     if len(data) != desc.nbytes:
         raise PayloadError(f"payload is {len(data)} bytes, its envelope says {desc.nbytes}")
-    if hashlib.sha256(data).hexdigest() != desc.sha256:
+    if _sha256(data) != desc.sha256:
         raise PayloadError("payload sha256 does not match its envelope")
+
+
+def _sha256(data: bytes | memoryview) -> str:
+    if len(data) < residency.RELEASE_MIN_BYTES or not residency.file_mapped(data):
+        return hashlib.sha256(data).hexdigest()
+    # A memory-mapped claim check: hash it chunk by chunk and drop each chunk's pages behind us,
+    # so that checking a 100 MB update does not make all of it resident at once.
+    digest, view = hashlib.sha256(), memoryview(data).cast("B")
+    base = residency.address_of(view)
+    for start in range(0, len(view), _HASH_CHUNK):
+        chunk = view[start : start + _HASH_CHUNK]
+        digest.update(chunk)
+        residency.drop_pages(base + start, len(chunk))
+    return digest.hexdigest()

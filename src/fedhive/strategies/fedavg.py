@@ -12,10 +12,12 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from fedhive.core import residency
 from fedhive.core.params import Params
 from fedhive.strategies.base import AggregateResult, Aggregator, Partial, Strategy, Update
 
 _CHUNK = 1 << 15  # elements per step: 256 KiB of float64 scratch, stays in cache
+_RELEASE_EVERY = 1 << 20  # elements: pages of a memory-mapped update are given back this many at a time
 
 
 def _axpy_into(acc: np.ndarray, x: np.ndarray, w: float, scratch: np.ndarray) -> None:
@@ -28,11 +30,31 @@ def _axpy_into(acc: np.ndarray, x: np.ndarray, w: float, scratch: np.ndarray) ->
         np.multiply(v, w, out=s, casting="unsafe")
         a += s
         return
+    # A memory-mapped update (a claim check) gives its pages back as it is folded in: only the
+    # accumulator stays resident, not the accumulator plus a whole update (see ``residency``).
+    release = v.nbytes >= residency.RELEASE_MIN_BYTES and residency.file_mapped(v)
+    base, size, released = (residency.address_of(v), v.itemsize, 0) if release else (0, 0, 0)
     for start in range(0, n, _CHUNK):
         stop = min(start + _CHUNK, n)
         s = scratch[: stop - start]
         np.multiply(v[start:stop], w, out=s, casting="unsafe")
         a[start:stop] += s
+        if release and (stop - released >= _RELEASE_EVERY or stop == n):
+            residency.drop_pages(base + released * size, (stop - released) * size)
+            released = stop
+
+
+def _divide_releasing(acc: np.ndarray, weight: float, out: np.ndarray) -> None:
+    """out = acc / weight; a big ``acc`` is given back to the system (zeroed) chunk by chunk."""
+    if acc.nbytes < residency.RELEASE_MIN_BYTES:
+        np.divide(acc, weight, out=out, casting="unsafe")
+        return
+    a, o = acc.reshape(-1), out.reshape(-1)
+    base = residency.address_of(a)
+    for start in range(0, a.size, _RELEASE_EVERY):
+        stop = min(start + _RELEASE_EVERY, a.size)
+        np.divide(a[start:stop], weight, out=o[start:stop], casting="unsafe")
+        residency.drop_pages(base + start * a.itemsize, (stop - start) * a.itemsize)
 
 
 class WeightedMeanAggregator(Aggregator):
@@ -50,12 +72,16 @@ class WeightedMeanAggregator(Aggregator):
         self._count = 0
         self._metric_sums: dict[str, float] = {}
         self._metric_weight = 0.0
+        self._result: AggregateResult | None = None
 
     @property
     def count(self) -> int:
         return self._count
 
     def add(self, update: Update) -> None:
+        self._check_open()
+        # A Python float: numpy multiplies a float32 tensor by it in float32 (as hand-written numpy
+        # would), 1.4x faster than a float64 product; the sum itself is float64.
         w = float(update.num_examples) if self._weighted else 1.0
         for name, acc in self._sums.items():
             _axpy_into(acc, update.params[name], w, self._scratch)
@@ -70,6 +96,7 @@ class WeightedMeanAggregator(Aggregator):
         self._metric_weight += w
 
     def merge(self, partial: Partial) -> None:
+        self._check_open()
         for name, acc in self._sums.items():
             acc += partial.weighted_sum[name]
         self._weight += partial.total_weight
@@ -80,6 +107,7 @@ class WeightedMeanAggregator(Aggregator):
         self._metric_weight += partial.metric_weight
 
     def partial(self) -> Partial:
+        self._check_open()
         return Partial(
             weighted_sum=self._sums,
             total_weight=self._weight,
@@ -90,16 +118,27 @@ class WeightedMeanAggregator(Aggregator):
         )
 
     def result(self) -> AggregateResult:
+        """The weighted mean. This consumes the aggregator: a big accumulator gives its memory back
+        while the result is written, so the two are never both whole (a float64 accumulator and a
+        float32 result of a 100 MB model: 200 MB at the peak, not 300). Later calls return the
+        same result; adding or merging afterwards is an error."""
+        if self._result is not None:
+            return self._result
         if self._count == 0 or self._weight <= 0:
             raise ValueError("no updates to aggregate")
         out = {}
         for name, acc in self._sums.items():
             res = np.empty(acc.shape, self._dtypes[name])
-            np.divide(acc, self._weight, out=res, casting="unsafe")
+            _divide_releasing(acc, self._weight, res)
             out[name] = res
         mw = self._metric_weight or 1.0
         metrics = {k: v / mw for k, v in self._metric_sums.items()}
-        return AggregateResult(Params(out), self._examples, self._count, metrics)
+        self._result = AggregateResult(Params(out), self._examples, self._count, metrics)
+        return self._result
+
+    def _check_open(self) -> None:
+        if self._result is not None:
+            raise RuntimeError("this aggregator has produced its result; start a new one")
 
 
 class FedAvg(Strategy):
