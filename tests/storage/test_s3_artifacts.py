@@ -58,6 +58,18 @@ def bucket_exists(endpoint: str, bucket: str) -> bool:
 
 
 @pytest.mark.s3
+def test_a_sub_store_has_its_own_prefix_and_recycling_deletes(s3: str) -> None:
+    store = make_store(s3, prefix="team-a")
+    claims = store.scoped("claims").scoped("ns-1")
+    ref = claims.put(b"claim-checked update")
+    assert claims.key(ref).startswith("team-a/claims/ns-1/sha256/")
+    assert claims.exists(ref) and not store.exists(ref)
+    claims.recycle(ref)
+    assert not claims.exists(ref)
+    claims.recycle(ref)  # gone already: not an error
+
+
+@pytest.mark.s3
 def test_put_get_exists_delete_round_trip(s3: str) -> None:
     store = make_store(s3, prefix="team-a/artifacts")
     data = b"safetensors bytes \x00\x01\x02"

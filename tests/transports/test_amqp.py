@@ -22,7 +22,7 @@ from fedhive.errors import ConfigError, TransportError
 from fedhive.storage.artifacts import ArtifactStore, LocalArtifactStore
 from fedhive.transports.amqp import AmqpTransport, delete_namespace
 from fedhive.transports.base import TransportClosed
-from fedhive.transports.wire_codec import WireCodec
+from fedhive.transports.wire_codec import WireCodec, claims_store
 
 pytestmark = pytest.mark.amqp
 
@@ -196,7 +196,9 @@ async def test_large_payload_travels_by_reference(broker: Broker, tmp_path: Path
         await coord.send("alice", make(Kind.TRAIN, "coord", payload=big))
         got = await recv(alice)
         desc = got.envelope.payload
-        assert desc is not None and desc.ref is not None and store.exists(desc.ref)
+        # in the namespace's claims area, apart from models and data sets
+        assert desc is not None and desc.ref is not None and not store.exists(desc.ref)
+        assert claims_store(store, broker.namespace).exists(desc.ref)
         assert_same_params(got.payload, big)
 
 

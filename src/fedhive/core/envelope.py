@@ -71,14 +71,26 @@ class Deferred:
     fetches the bytes and checks their digest when the update is folded, one at a time.
     """
 
-    __slots__ = ("_load", "nbytes")
+    __slots__ = ("_discard", "_load", "nbytes")
 
-    def __init__(self, nbytes: int, load: Callable[[], bytes | memoryview]) -> None:
+    def __init__(
+        self,
+        nbytes: int,
+        load: Callable[[], bytes | memoryview],
+        discard: Callable[[], None] | None = None,
+    ) -> None:
         self.nbytes = nbytes
         self._load = load
+        self._discard = discard
 
     def load(self) -> bytes | memoryview:
         return self._load()
+
+    def discard(self) -> None:
+        """The receiver is done with these bytes (blocking: store I/O). Nothing that ``load``
+        returned may be read afterwards: the store may reuse the space."""
+        if self._discard is not None:
+            self._discard()
 
 
 Payload = Params | bytes | memoryview | Deferred

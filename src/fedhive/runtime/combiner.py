@@ -197,6 +197,7 @@ class Combiner(Coordinator):
         if event.failure is not None:
             log.warning("%s: %s", self.node_id, event.failure)
             await self._upstream(Kind.ERROR, r.round, {"reason": event.failure[:500], "attempt": r.attempt})
+            self._give_back(r.claims)
             return
         agg = r.aggregator
         if isinstance(agg, _Collect):
@@ -213,6 +214,7 @@ class Combiner(Coordinator):
                 exact=self.exact_partials,
             )
         await self._send(self.upstream_id, msg)
+        self._give_back(r.claims)  # sent: forwarded raw updates have been read for the last time
 
     # -- upstream liveness -------------------------------------------------------------------------
     async def _report(self) -> None:

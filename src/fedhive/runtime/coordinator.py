@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fedhive.core.envelope import Kind, Message, make
+from fedhive.core.envelope import Deferred, Kind, Message, make
 from fedhive.core.params import Params
 from fedhive.errors import FedhiveError, SessionFailed, TransportError
 from fedhive.learning.trainer import Trainer
@@ -221,6 +221,7 @@ class Coordinator:
             self._maybe_close()
 
     async def _on_update(self, msg: Message) -> None:
+        self._hold_claim(msg)
         r = self._round
         env = msg.envelope
         if msg.sender in self.registry:
@@ -262,6 +263,31 @@ class Coordinator:
         r.accepted.add(msg.sender)
         self.bus.emit(ev.UpdateAccepted(r.round, msg.sender, num_examples, metrics, nbytes))
         self._maybe_close()
+
+    def _hold_claim(self, msg: Message) -> None:
+        """A claim-checked payload goes back to the store when its round is aggregated, or at once
+        if no round waits for it: without this, the store would grow by every update of every round."""
+        p = msg.payload
+        if not isinstance(p, Deferred):
+            return
+        r = self._round
+        if r is not None and not r.closing and msg.envelope.round == r.round:
+            r.claims.append(p)
+        else:
+            self._give_back([p])
+
+    def _give_back(self, claims: list[Deferred]) -> None:
+        """Discard ``claims`` in the aggregation executor: after any fold or aggregation queued
+        there before (one worker), so nothing still reads them, and off the loop (store I/O)."""
+        if not claims:
+            return
+        taken = list(claims)
+        claims.clear()
+        try:
+            fut = asyncio.get_running_loop().run_in_executor(self._executor, _discard_all, taken)
+        except RuntimeError:  # the executor is shut down: the session is over
+            return
+        fut.add_done_callback(lambda f: f.cancelled() or f.exception())  # retrieve: never "never retrieved"
 
     def _reject_update(self, msg: Message, reason: str) -> None:
         log.warning("rejected update from %s in round %d: %s", msg.sender, msg.envelope.round, reason)
@@ -362,7 +388,9 @@ class Coordinator:
             loop = asyncio.get_running_loop()
             fut = loop.run_in_executor(self._executor, self._aggregate, r)
             fut.add_done_callback(lambda f: self._aggregation_done(f, r))
+            self._give_back(r.claims)  # queued behind the aggregation
             return
+        self._give_back(r.claims)
         reason = shortfall_reason(r, need, missing, self.config.round_timeout_s)
         if r.attempt < self.config.max_round_retries:
             log.warning("round %d attempt %d failed (%s); retrying", r.round, r.attempt + 1, reason)
@@ -502,3 +530,11 @@ def _opt_int(v: object) -> int | None:
 
 def _opt_float(v: object) -> float | None:
     return float(v) if isinstance(v, int | float) and not isinstance(v, bool) else None
+
+
+def _discard_all(claims: list[Deferred]) -> None:
+    for claim in claims:
+        try:
+            claim.discard()
+        except Exception:  # a store error costs disk space, never the session
+            log.warning("could not give a claim-checked payload back to the store", exc_info=True)

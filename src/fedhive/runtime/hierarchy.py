@@ -136,6 +136,7 @@ class HierarchicalCoordinator(Coordinator):
 
     # -- partials -------------------------------------------------------------------------------------
     async def _on_partial(self, msg: Message) -> None:
+        self._hold_claim(msg)
         r = self._round
         env = msg.envelope
         if msg.sender in self.registry:

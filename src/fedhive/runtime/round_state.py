@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 
+from fedhive.core.envelope import Deferred
 from fedhive.strategies.base import Aggregator
 
 
@@ -22,6 +23,9 @@ class RoundState:
     accepted: set[str] = field(default_factory=set)
     failed: dict[str, str] = field(default_factory=dict)
     closing: bool = False
+    # Claim-checked payloads received for this round: given back to the store once the round's
+    # aggregate no longer needs them (raw updates of a median stay in the aggregator until then).
+    claims: list[Deferred] = field(default_factory=list)
     # Membership is asked once per message: a set, not a scan of 1000 selected ids each time.
     chosen: frozenset[str] = field(init=False)
 

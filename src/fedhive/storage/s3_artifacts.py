@@ -11,6 +11,7 @@ Only this module imports boto3; every botocore and boto3 error is mapped here to
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import io
 from collections.abc import Sequence
@@ -23,7 +24,7 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
 from fedhive.errors import StorageError
-from fedhive.storage.artifacts import digest_of, ref_for
+from fedhive.storage.artifacts import check_area, digest_of, ref_for
 
 MiB = 1 << 20
 _NOT_FOUND = frozenset({"404", "NoSuchKey", "NotFound", "NoSuchBucket"})
@@ -198,6 +199,14 @@ class S3ArtifactStore:
                 self._fail("cannot delete artifact", self._where(ref), exc)
         except _BOTO_ERRORS as exc:
             self._fail("cannot delete artifact", self._where(ref), exc)
+
+    def recycle(self, ref: str) -> None:
+        self.delete(ref)  # S3 has no space of ours to reuse
+
+    def scoped(self, area: str) -> S3ArtifactStore:
+        sub = copy.copy(self)  # the same client and bucket, a deeper prefix
+        sub.prefix = f"{self.prefix}{check_area(area)}/"
+        return sub
 
 
 def _code(exc: ClientError) -> str:

@@ -90,6 +90,7 @@ class AmqpTransport(Transport):
         self.node_id = node_id
         self._url = url
         self._codec = codec
+        codec.bind_namespace(namespace)  # claim checks are per namespace, like queues
         self._names = Names(namespace)
         self._queue_name = self._names.node_queue(check_name(node_id, "node id"))
         self._ssl = ssl_context_for(url, ca_file)

@@ -10,6 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import hashlib
+import logging
+import re
+import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -18,12 +23,15 @@ from fedhive.core import codec, wire
 from fedhive.core.envelope import Deferred, Message, PayloadDescriptor
 from fedhive.core.params import Params
 from fedhive.core.signing import Verifier, sign
-from fedhive.errors import PayloadError, ProtocolError
+from fedhive.errors import PayloadError, ProtocolError, StorageError
 from fedhive.storage.artifacts import ArtifactStore, digest_of
 
 DEFAULT_MAX_MESSAGE_BYTES = 256 * 1024 * 1024
 DEFAULT_CLAIM_CHECK_BYTES = 8 * 1024 * 1024
+CLAIMS_AREA = "claims"  # the artifact store's sub-store for claim-checked payloads
 _OFFLOAD_BYTES = 1024 * 1024
+
+log = logging.getLogger("fedhive.wire")
 
 T = TypeVar("T")
 KeyLookup = Callable[[str], bytes | None]
@@ -43,6 +51,23 @@ class WireCodec:
     # coordinator, whose inbox can hold many big updates at once. A node that decodes on its event
     # loop (a client) keeps the default: fetched in a worker thread on arrival.
     defer_references: bool = False
+    # Broadcast payloads this node put in the store are deleted once unused for this long (a round's
+    # global model: every client fetches it when its TRAIN arrives). Updates go back to the store
+    # as soon as their receiver is done with them (``Deferred.discard``).
+    retain_own_claims_s: float = 3600.0
+
+    def __post_init__(self) -> None:
+        # Claim checks live apart from models and data sets (a sub-store): they are transient, and
+        # recycling one must never touch a stored model that happens to have the same bytes.
+        self._claims = claims_store(self.artifacts) if self.artifacts is not None else None
+        self._own: dict[str, float] = {}  # ref -> when we last put it
+        self._own_lock = threading.Lock()
+
+    def bind_namespace(self, namespace: str) -> None:
+        """Keep claim checks per deployment namespace: the nodes of one namespace share them, and
+        nothing one deployment recycles can be a payload another is still reading."""
+        if self.artifacts is not None:
+            self._claims = claims_store(self.artifacts, namespace)
 
     async def encode(self, to: str, message: Message) -> bytes:
         (frame,) = await self.encode_many([(to, message)])
@@ -70,21 +95,51 @@ class WireCodec:
 
     def _prepare(self, message: Message) -> tuple[bytes | None, PayloadDescriptor]:
         p = message.payload
-        if isinstance(p, Params) and self.artifacts is not None and p.nbytes > self.claim_check_bytes:
+        if isinstance(p, Params) and self._claims is not None and p.nbytes > self.claim_check_bytes:
             # A big model goes to the store straight from its arrays, hashed on the way: no
             # serialised copy of it is ever made.
-            ref, size = self.artifacts.put_parts(codec.encode_parts(p))
+            ref, size = self._claims.put_parts(codec.encode_parts(p))
+            self._remember(ref)
             return None, PayloadDescriptor(codec=codec.CODEC, nbytes=size, sha256=digest_of(ref), ref=ref)
         data = wire.payload_bytes(message)
         assert data is not None
         desc = wire.describe(data)
         if len(data) > self.claim_check_bytes:
-            if self.artifacts is None:
+            if self._claims is None:
                 raise PayloadError(
                     f"payload of {len(data)} bytes is over the claim-check threshold and no artifact store is set"
                 )
-            desc = desc.model_copy(update={"ref": self.artifacts.put(data, digest=desc.sha256)})
+            ref = self._claims.put(data, digest=desc.sha256)
+            self._remember(ref)
+            desc = desc.model_copy(update={"ref": ref})
         return data, desc
+
+    def _remember(self, ref: str) -> None:
+        """Note a payload we put, and delete our payloads unused for ``retain_own_claims_s``."""
+        assert self._claims is not None
+        now = time.monotonic()
+        with self._own_lock:
+            self._own[ref] = now
+            stale = [r for r, t in self._own.items() if now - t > self.retain_own_claims_s]
+            for r in stale:
+                del self._own[r]
+        for r in stale:
+            try:
+                self._claims.delete(r)  # deleted, not recycled: a slow reader may still map it
+            except StorageError as exc:
+                log.warning("could not delete an old claim-checked payload: %s", exc)
+
+    def _discard(self, desc: PayloadDescriptor) -> None:
+        """A received payload is used up: its space goes back to the store, unless the bytes are
+        also one of our own payloads (an update identical to the global model we sent)."""
+        assert self._claims is not None and desc.ref is not None
+        with self._own_lock:
+            if desc.ref in self._own:
+                return
+        try:
+            self._claims.recycle(desc.ref)
+        except StorageError as exc:
+            log.warning("could not recycle a claim-checked payload: %s", exc)
 
     def _frame(self, message: Message, key: bytes, data: bytes | None, desc: PayloadDescriptor) -> bytes:
         env = sign(message.envelope.model_copy(update={"payload": desc}), key)
@@ -97,14 +152,27 @@ class WireCodec:
         self.verifier.verify(env)
         desc = env.payload
         if desc is not None and desc.ref is not None:
-            if self.artifacts is None:
+            if self._claims is None:
                 raise PayloadError("message refers to the artifact store, but none is configured")
             if desc.nbytes > self.max_message_bytes:
                 raise PayloadError(f"referenced payload of {desc.nbytes} bytes exceeds the limit")
             if self.defer_references:
-                return Message(env, Deferred(desc.nbytes, functools.partial(_fetch, self.artifacts, desc)))
-            return Message(env, await asyncio.to_thread(_fetch, self.artifacts, desc))
+                load = functools.partial(_fetch, self._claims, desc)
+                return Message(env, Deferred(desc.nbytes, load, functools.partial(self._discard, desc)))
+            return Message(env, await asyncio.to_thread(_fetch, self._claims, desc))
         return Message(env, payload)
+
+
+def claims_store(artifacts: ArtifactStore, namespace: str | None = None) -> ArtifactStore:
+    """Where claim-checked payloads of a namespace's nodes live in ``artifacts``."""
+    claims = artifacts.scoped(CLAIMS_AREA)
+    return claims if namespace is None else claims.scoped(_area_name(namespace))
+
+
+def _area_name(namespace: str) -> str:
+    if re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", namespace) and not re.fullmatch(r"[0-9a-f]{2}", namespace):
+        return namespace
+    return "ns-" + hashlib.sha256(namespace.encode()).hexdigest()[:16]
 
 
 def _fetch(artifacts: ArtifactStore, desc: PayloadDescriptor) -> bytes | memoryview:
