@@ -100,7 +100,7 @@ class MlflowTracker:
             log.warning("MLflow tracking is off for the rest of this session: %s", self.failure)
 
     async def _on_started(self, e: ev.SessionStarted) -> None:
-        await self._guarded(self._start, e.session_id, e.config, e.clients)
+        await self._guarded(self._start, e.session_id, e.config, e.clients, e.start_round > 1)
 
     async def _on_update(self, e: ev.UpdateAccepted) -> None:
         metrics = {**e.metrics, "num_examples": float(e.num_examples), "bytes": float(e.nbytes)}
@@ -122,7 +122,7 @@ class MlflowTracker:
         await self._guarded(self._end_all, "FAILED", e.reason)
 
     # -- blocking work ------------------------------------------------------------------------
-    def _start(self, session_id: str, config: dict[str, object], clients: list[str]) -> None:
+    def _start(self, session_id: str, config: dict[str, object], clients: list[str], resumed: bool) -> None:
         experiment = self._client.get_experiment_by_name(self._experiment)
         experiment_id = (
             experiment.experiment_id
@@ -133,6 +133,8 @@ class MlflowTracker:
         )
         self._experiment_id = experiment_id
         self._model_spec = str(config.get("model", ""))
+        if resumed and self._reopen(session_id):
+            return  # the runs of the crashed process go on: one parent run per session, still
         run = self._client.create_run(
             experiment_id, run_name=f"session-{session_id}", tags={**self._tags, "fedhive.session_id": session_id}
         )
@@ -145,6 +147,27 @@ class MlflowTracker:
         self._client.log_batch(self.parent_run_id, params=_params(params))
         for client in clients:
             self._child(client)
+
+    def _reopen(self, session_id: str) -> bool:
+        """Take over the parent and child runs of a session resumed after a crash, if there are
+        any: its metrics go on at the next round's step instead of starting a second parent run."""
+        found = self._client.search_runs(
+            [self._experiment_id], filter_string=f"tags.`fedhive.session_id` = '{_quote(session_id)}'", max_results=1
+        )
+        if not found:
+            return False
+        self.parent_run_id = found[0].info.run_id
+        children = self._client.search_runs(
+            [self._experiment_id], filter_string=f"tags.mlflow.parentRunId = '{self.parent_run_id}'", max_results=10_000
+        )
+        for run in [found[0], *children]:
+            if run.info.status != "RUNNING":  # a crash leaves RUNNING; a FAILED one is going on again
+                self._client.update_run(run.info.run_id, status="RUNNING")
+        self.child_runs.update(
+            {c.data.tags["fedhive.client_id"]: c.info.run_id for c in children if "fedhive.client_id" in c.data.tags}
+        )
+        log.info("MLflow: session %s resumed in its parent run %s", session_id, self.parent_run_id)
+        return True
 
     def _child(self, client_id: str) -> str:
         run_id = self.child_runs.get(client_id)
