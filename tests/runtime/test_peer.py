@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 
 from fakes import ShiftTrainer, SlowShift
+from fedhive.core.envelope import Message
+from fedhive.core.params import Params
 from fedhive.runtime.peer import PeerNode, PeerRoundCompleted
 from fedhive.runtime.peer_rounds import new_peer_id, peer_codec
 from fedhive.runtime.session_config import SessionConfig
@@ -93,3 +95,27 @@ async def test_a_late_peer_gets_the_model_and_joins_a_later_round() -> None:
     own = dict(digests(results[3]))
     assert own and all(own[r] == d for r, d in digests(first) if r in own)
     assert max(own) == 6
+
+
+@pytest.mark.parametrize("compression", ["int8", "float16", "topk:0.5"])
+async def test_compressed_updates_keep_every_peer_on_the_same_bits(compression: str) -> None:
+    net = MemoryNetwork(codec_for=lambda _id: peer_codec(b"k" * 32))  # updates cross as signed frames
+    trainers = [ShiftTrainer(s, n, size=64) for s, n in [(1.0, 10), (2.0, 20), (3.0, 30), (4.0, 40)]]
+    nodes = peers(net, trainers, cfg(rounds=3, compression=compression), min_peers=4)
+    sent: list[list[str]] = []
+    publish = nodes[0].transport.publish
+
+    async def spy(topic: str, message: Message) -> None:
+        if message.envelope.body.get("type") == "update" and isinstance(message.payload, Params):
+            sent.append(sorted(message.payload))
+        await publish(topic, message)
+
+    nodes[0].transport.publish = spy  # type: ignore[method-assign]
+    async with asyncio.timeout(20):
+        results = await asyncio.gather(*(p.run() for p in nodes))
+    assert all(digests(r) == digests(results[0]) for r in results)
+    assert [h.round for h in results[0]] == [1, 2, 3]
+    assert sent and all(any("__" in name for name in names) for names in sent)  # compressed on the way
+    if compression != "topk:0.5":  # a constant shift survives int8 and float16 up to rounding
+        assert nodes[0].params is not None
+        np.testing.assert_allclose(nodes[0].params["w"], 9.0, atol=1e-2)

@@ -44,6 +44,9 @@ def peer(
     epochs: Annotated[int, typer.Option(help="local epochs per round")] = 1,
     batch_size: Annotated[int, typer.Option(help="minibatch size")] = 32,
     lr: Annotated[float, typer.Option(help="learning rate")] = 0.05,
+    compression: Annotated[
+        str, typer.Option(help="update compression, the same on every peer: none, float16, int8, topk:F")
+    ] = "none",
     seed: Annotated[int, typer.Option(help="seed of the seed model and of the demo partition")] = 0,
     round_timeout: Annotated[float, typer.Option(help="seconds a round waits for updates")] = 120.0,
     beat: Annotated[float, typer.Option(help="seconds between announcements")] = 1.0,
@@ -65,6 +68,7 @@ def peer(
         epochs=epochs,
         batch_size=batch_size,
         lr=lr,
+        compression=compression,
         seed=seed,
         round_timeout_s=round_timeout,
         min_clients=min_peers,

@@ -21,6 +21,7 @@ import time
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 
+from fedhive.core.compression import UpdateCompressor, decode_update
 from fedhive.core.envelope import Kind, Message, make
 from fedhive.core.params import Params
 from fedhive.errors import FedhiveError, SessionFailed, TransportError
@@ -116,7 +117,12 @@ class PeerNode:
         self.have = NO_MODEL  # the round whose model we hold
         self.digest = ""
         self._round: PeerRound | None = None
-        self._early: dict[int, dict[str, Update]] = {}  # next round's updates, which may come first
+        # Next round's updates, which may come first: kept as messages, because a compressed
+        # update is a delta that only decodes onto the next round's model, which we lack yet.
+        self._early: dict[int, dict[str, Message]] = {}
+        # Updates travel compressed as the session says (int8, top-k...); every peer, the sender
+        # too, aggregates the decoded form, so all still hold the same bits.
+        self._compressor = UpdateCompressor(config.compression)
         self._quorum_since = 0.0
         self._started = time.monotonic()
         self.history: list[PeerRoundCompleted] = []
@@ -246,15 +252,33 @@ class PeerNode:
         if r is None or env.round not in (r.round, r.round + 1) or (env.round == r.round and r.commit is not None):
             log.info("peer %s: dropped update from %s for round %d", self.peer_id[:8], msg.sender[:8], env.round)
             return
-        params = payload_params(
-            msg, self.spec, max_bytes=self.config.max_update_bytes, what=f"update from {msg.sender}"
-        )
-        num = body_int(env.body, "num_examples", low=1, high=10**9)
-        update = Update(msg.sender, params, num, body_metrics(env.body))
         if env.round == r.round:
-            r.updates[msg.sender] = update
+            assert self.params is not None
+            r.updates[msg.sender] = self._decode_update(msg, self.params)
         else:
-            self._early = {env.round: {**self._early.get(env.round, {}), msg.sender: update}}
+            self._early = {env.round: {**self._early.get(env.round, {}), msg.sender: msg}}
+
+    def _decode_update(self, msg: Message, base: Params) -> Update:
+        """The update in ``msg``, checked (and decompressed onto ``base``, the model it was trained from)."""
+        params = payload_params(
+            msg,
+            self.spec,
+            max_bytes=self.config.max_update_bytes,
+            what=f"update from {msg.sender}",
+            compression=self.config.compression,
+            base=base,
+        )
+        num = body_int(msg.envelope.body, "num_examples", low=1, high=10**9)
+        return Update(msg.sender, params, num, body_metrics(msg.envelope.body))
+
+    def _decode_early(self, messages: dict[str, Message], base: Params) -> dict[str, Update]:
+        updates = {}
+        for sender, msg in messages.items():
+            try:
+                updates[sender] = self._decode_update(msg, base)
+            except FedhiveError as exc:  # as if it had been rejected on arrival
+                log.warning("peer %s: rejected update from %s: %s", self.peer_id[:8], sender[:8], exc)
+        return updates
 
     async def _on_model(self, msg: Message) -> None:
         env = msg.envelope
@@ -286,7 +310,7 @@ class PeerNode:
             self.bus.stop()
             return
         r = PeerRound(round + 1, order, self.digest, time.monotonic())
-        r.updates, self._early = self._early.get(round + 1, {}), {}
+        r.updates, self._early = self._decode_early(self._early.get(round + 1, {}), params), {}
         self._round = r
         self.bus.call_later(self.config.round_timeout_s, _Check(r.round))
         fit = self.config.fit_config(r.round, self._seed_index)
@@ -310,9 +334,23 @@ class PeerNode:
         if r is None or r.round != event.round or r.base_digest != event.base_digest or r.commit is not None:
             return  # the round moved on without us: a slow peer's update is late, as anyone's would be
         res = event.result
-        r.updates[self.peer_id] = Update(self.peer_id, res.params, res.num_examples, dict(res.metrics))
-        body = {"type": "update", "num_examples": res.num_examples, "metrics": dict(res.metrics)}
-        await self._publish(Kind.PEER_UPDATE, r.round, body, res.params)
+        assert self.params is not None  # the round's base: r.base_digest is its digest
+        self._compressor.begin_round(self.params)
+        payload, encoding = self._compressor.compress(res.params)
+        own = res.params
+        if encoding:  # what the others will decode, bit for bit
+            own = decode_update(
+                payload,
+                claimed=encoding.get("compression"),
+                session=self.config.compression,
+                expected=self.spec,
+                base=self.params,
+                max_bytes=self.config.max_update_bytes,
+                what="own update",
+            )
+        r.updates[self.peer_id] = Update(self.peer_id, own, res.num_examples, dict(res.metrics))
+        body = {"type": "update", "num_examples": res.num_examples, "metrics": dict(res.metrics), **encoding}
+        await self._publish(Kind.PEER_UPDATE, r.round, body, payload)
         await self._maybe_commit()
 
     async def _maybe_commit(self, *, deadline: bool = False) -> None:
