@@ -49,6 +49,9 @@ def peer(
     ] = "none",
     seed: Annotated[int, typer.Option(help="seed of the seed model and of the demo partition")] = 0,
     round_timeout: Annotated[float, typer.Option(help="seconds a round waits for updates")] = 120.0,
+    gossip: Annotated[
+        int, typer.Option(help="gossip averaging with K partners per round (0: every peer aggregates every update)")
+    ] = 0,
     beat: Annotated[float, typer.Option(help="seconds between announcements")] = 1.0,
     peer_timeout: Annotated[float, typer.Option(help="seconds of silence after which a peer is gone")] = 5.0,
     discovery_timeout: Annotated[float, typer.Option(help="seconds to wait for --min-peers")] = 120.0,
@@ -59,8 +62,10 @@ def peer(
     if not secret:
         raise ConfigError("--secret (or FEDHIVE_FEDERATION_SECRET) is required: the federation's shared secret")
     key = parse_secret(secret)
-    if min_peers < 1 or beat <= 0 or peer_timeout <= beat or discovery_timeout <= 0:
-        raise ConfigError("--min-peers must be >= 1, --beat > 0, --peer-timeout > --beat, --discovery-timeout > 0")
+    if min_peers < 1 or beat <= 0 or peer_timeout <= beat or discovery_timeout <= 0 or gossip < 0:
+        raise ConfigError(
+            "--min-peers must be >= 1, --beat > 0, --peer-timeout > --beat, --discovery-timeout > 0, --gossip >= 0"
+        )
     config = make_config(
         rounds=rounds,
         model=model,
@@ -75,7 +80,7 @@ def peer(
     )
     data = LocalData(csv=csv, label=label, dataset=dataset, partition=partition, part=part, test_fraction=test_fraction)
     data.check()
-    settings = PeerSettings(min_peers, beat, peer_timeout, discovery_timeout)
+    settings = PeerSettings(min_peers, beat, peer_timeout, discovery_timeout, gossip=gossip)
     service_logging()
 
     def ready(peer_id: str) -> None:

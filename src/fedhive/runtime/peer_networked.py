@@ -9,6 +9,7 @@ at all. Peer ids are fresh random 128-bit values per process, so a restarted pee
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -20,6 +21,7 @@ from fedhive.runtime.bus import EventBus
 from fedhive.runtime.local_data import LocalData
 from fedhive.runtime.networked import BrokerSettings
 from fedhive.runtime.peer import PeerNode, PeerRoundCompleted
+from fedhive.runtime.peer_gossip import GossipPeer
 from fedhive.runtime.peer_rounds import new_peer_id, peer_codec
 from fedhive.runtime.session_config import SessionConfig
 
@@ -33,6 +35,7 @@ class PeerSettings:
     peer_timeout_s: float = 5.0
     discovery_timeout_s: float = 120.0
     topic: str = "peers"
+    gossip: int = 0  # > 0: gossip averaging with this many partners per round (peer_gossip)
 
 
 def demo_evaluator(data: LocalData, config: SessionConfig) -> Trainer | None:
@@ -60,8 +63,11 @@ async def run_peer(
     trainer = data.trainer_for(config)
     evaluator = demo_evaluator(data, config)
     node_id = peer_id or new_peer_id()
+    kind: Callable[..., PeerNode] = (
+        functools.partial(GossipPeer, gossip=settings.gossip) if settings.gossip else PeerNode
+    )
     async with broker.transport(node_id, peer_codec(key)) as transport:
-        node = PeerNode(
+        node = kind(
             transport,
             trainer,
             config,
