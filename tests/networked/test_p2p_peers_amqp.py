@@ -30,7 +30,7 @@ class Peers:
         self.namespace = f"test-{uuid4().hex[:8]}"
         self.procs: list[Proc] = []
 
-    def start(self, n: int, rounds: int) -> list[Proc]:
+    def start(self, n: int, rounds: int, *extra: str) -> list[Proc]:
         for i in range(1, n + 1):
             args = [
                 *PEER,
@@ -39,6 +39,7 @@ class Peers:
                 *("--min-peers", str(n), "--rounds", str(rounds), "--model", str(SETTINGS["model"])),
                 *("--lr", str(SETTINGS["lr"]), "--seed", str(SETTINGS["seed"]), "--json"),
                 *("--beat", "0.2", "--peer-timeout", "1.5", "--round-timeout", "30", "--discovery-timeout", "60"),
+                *extra,
             ]
             self.procs.append(Proc(f"peer-{i}", args))
         return self.procs
@@ -100,3 +101,16 @@ def test_a_killed_peer_does_not_stop_the_others(peers: Peers) -> None:
     for r in range(1, rounds + 1):
         assert len({h[r]["digest"] for h in histories}) == 1, f"round {r}: digests differ"
     assert histories[0][rounds]["members"] == 4
+
+
+def test_gossiping_peers_learn_without_a_common_model(peers: Peers) -> None:
+    rounds = 6
+    procs = peers.start(4, rounds, "--gossip", "1")
+    for p in procs:
+        assert p.finish(timeout=120) == 0, p.tail()
+    histories = [peers.rounds(p) for p in procs]
+    assert all(sorted(h) == list(range(1, rounds + 1)) for h in histories)
+    # Each averages its own model with those sent to it: different models, all learning (0.90-0.92
+    # here after 6 rounds, the star topology 0.93 after 20).
+    assert len({h[rounds]["digest"] for h in histories}) > 1
+    assert all(float(h[rounds]["accuracy"]) > 0.8 for h in histories)  # type: ignore[arg-type]
