@@ -79,3 +79,52 @@ def test_killed_coordinator_resumes_with_its_clients(cluster: Cluster, tmp_path:
     model = codec.decode((out / "model.safetensors").read_bytes(), max_bytes=1 << 26)
     assert model["out.weight"].shape == (10, 256)
     assert not (out / CHECKPOINT_FILE).exists()  # the session is over: a new run starts afresh
+
+
+def test_killed_hierarchical_coordinator_resumes_with_its_combiners(cluster: Cluster, tmp_path: Path) -> None:
+    rounds = 6
+    config = session_toml(
+        tmp_path / "session.toml",
+        session_id="restart-tree",
+        rounds=rounds,
+        min_clients=4,
+        model="simple-dnn:256,256",
+        epochs=3,
+        batch_size=16,
+        lr=0.02,
+        heartbeat_interval_s=1.0,
+        heartbeat_timeout_s=15.0,
+    )
+    out = tmp_path / "run"
+    combiner_ids = cluster.add_clients("comb", 2)
+    idents = cluster.add_clients("client", 4)
+    first = cluster.coordinator(config, out, "--combiners", "2")
+    combiner_args = ["--store", str(cluster.store_path), "--heartbeat-interval", "1", "--heartbeat-timeout", "15"]
+    combiners = [
+        cluster.start(cid, "combiner", *cluster.broker_args(), "--id", cid, "--secret", secret, *combiner_args)
+        for cid, secret in combiner_ids
+    ]
+    clients = [cluster.client(ident, *demo_part(i, 4), extra=("--via-combiner",)) for i, ident in enumerate(idents, 1)]
+    deadline = time.monotonic() + 150
+    while (seen := checkpointed_round(out / CHECKPOINT_FILE)) < 2:
+        assert first.popen.poll() is None, first.tail()
+        assert time.monotonic() < deadline, f"no checkpoint of round 2 within 150 s\n{first.tail()}"
+        time.sleep(0.05)
+    first.kill()
+    assert seen < rounds, "the session finished before it could be interrupted; make rounds slower"
+
+    second = cluster.coordinator(config, out, "--combiners", "2")  # the same command again
+    resumed = second.wait_for("resuming session restart-tree at round", stream="err")
+    assert int(resumed.split("at round ")[1].split()[0]) >= seen + 1, resumed
+    assert second.finish(180) == 0, second.tail()
+    for proc in [*combiners, *clients]:
+        assert proc.finish(60) == 0, proc.tail()
+    taken_back = {
+        cid for cid, _ in combiner_ids if any(f"combiner {cid} is in session restart-tree" in e for e in second.err)
+    }
+    assert taken_back == {cid for cid, _ in combiner_ids}, second.tail()
+    summary = json.loads(second.out[-1])
+    assert summary["rounds"] == rounds and summary["session_id"] == "restart-tree"
+    with (out / "rounds.csv").open() as f:
+        assert [int(r["round"]) for r in csv.DictReader(f)] == list(range(1, rounds + 1))
+    assert not (out / CHECKPOINT_FILE).exists()

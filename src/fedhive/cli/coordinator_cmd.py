@@ -87,23 +87,22 @@ def coordinator(
     plan = plan_coordinator(session, settings)  # data and model errors come before connecting
     service_logging()
     resume: Checkpoint | None = None
-    if combiners == 0:  # a flat session checkpoints every round into its run directory
-        if fresh:
-            (out / CHECKPOINT_FILE).unlink(missing_ok=True)
-        found = load_run_checkpoint(out, session, plan[1].spec, session_named=_names_session(config))
-        if found is not None:
-            sid, resume = found
-            session = replace(session, config=session.config.model_copy(update={"session_id": sid}))
-            rounds, path = session.config.rounds, out / CHECKPOINT_FILE
-            if resume.round >= rounds:
-                done = f"session {sid} completed its {rounds} rounds before it stopped; its model comes from {path}"
-                typer.echo(done, err=True)
-            else:
-                typer.echo(
-                    f"resuming session {sid} at round {resume.next_round} of {rounds} from {path} "
-                    "(--fresh to start over)",
-                    err=True,
-                )
+    # Every session, flat or hierarchical, checkpoints each round into its run directory.
+    if fresh:
+        (out / CHECKPOINT_FILE).unlink(missing_ok=True)
+    found = load_run_checkpoint(out, session, plan[1].spec, session_named=_names_session(config))
+    if found is not None:
+        sid, resume = found
+        session = replace(session, config=session.config.model_copy(update={"session_id": sid}))
+        rounds, path = session.config.rounds, out / CHECKPOINT_FILE
+        if resume.round >= rounds:
+            done = f"session {sid} completed its {rounds} rounds before it stopped; its model comes from {path}"
+            typer.echo(done, err=True)
+        else:
+            typer.echo(
+                f"resuming session {sid} at round {resume.next_round} of {rounds} from {path} (--fresh to start over)",
+                err=True,
+            )
     cfg = session.config
     console = Console(stderr=True) if as_json else Console()
     where = {"broker": redact(broker), "namespace": namespace}
@@ -132,14 +131,14 @@ def coordinator(
         shown.append(progress.__enter__())
 
     try:
-        observers = [run_dir.attach, progress.attach, status.attach]
+        # The checkpoint after the round's rows: rounds.csv then holds every checkpointed round.
+        observers = [run_dir.attach, checkpoints.attach, progress.attach, status.attach]
         if combiners:
             run = run_hierarchical_coordinator(
-                session, creds, settings, min_combiners=combiners, observers=observers, on_ready=ready
-            )
+                session, creds, settings, min_combiners=combiners, observers=observers, on_ready=ready,
+                resume=resume, strategy=strategy,
+            )  # fmt: skip
         else:
-            # The checkpoint after the round's rows: rounds.csv then holds every checkpointed round.
-            observers.insert(1, checkpoints.attach)
             run = run_coordinator(
                 session, creds, settings, plan=plan, observers=observers, on_ready=ready, resume=resume,
                 strategy=strategy,

@@ -65,6 +65,8 @@ class HierarchicalCoordinator(Coordinator):
                 await self._on_combiner(msg)
             elif msg.kind is Kind.PARTIAL:
                 await self._on_partial(msg)
+            elif msg.kind is Kind.HEARTBEAT and self._is_unknown_combiner(msg):
+                await self._take_back_combiner(msg)
             else:
                 await super()._on_message(event)
         except FedhiveError as exc:
@@ -116,6 +118,25 @@ class HierarchicalCoordinator(Coordinator):
         await self._send(msg.sender, reply)
         if not self._started and self._ready():
             await self._start_session()
+
+    def _is_unknown_combiner(self, msg: Message) -> bool:
+        """A combiner's heartbeat (it names its clients) in this session, from a combiner that
+        registered with an earlier process of this coordinator, which crashed: it does not know."""
+        known = self.registry.get(msg.sender)
+        return (
+            (known is None or known.status is PeerStatus.OFFLINE)
+            and "clients" in msg.envelope.body
+            and msg.envelope.session_id == self.config.session_id
+        )
+
+    async def _take_back_combiner(self, msg: Message) -> None:
+        """Count it in as if it had registered, with the clients its heartbeat names (a resumed
+        session starts again once the combiners that survived the crash are heard from)."""
+        sid = self.config.session_id
+        log.info("combiner %s is in session %s from before a restart; taking it back", msg.sender, sid)
+        clients = body_int(msg.envelope.body, "clients", low=0, high=MAX_RAW_UPDATES)
+        body = {"role": "combiner", "clients": clients, "num_examples": 0}
+        await self._on_combiner(make(Kind.REGISTER, msg.sender, session_id=msg.envelope.session_id, body=body))
 
     def _ready(self) -> bool:
         staffed = [c for c in self.registry.online() if self.combiner_clients.get(c, 0) > 0]

@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 
 from fedhive.core.signing import Verifier
 from fedhive.core.wire import MAX_ENVELOPE_BYTES
+from fedhive.errors import ConfigError
 from fedhive.runtime.assigned_client import run_assigned_client
 from fedhive.runtime.bus import EventBus
 from fedhive.runtime.combiner import Combiner
@@ -25,7 +26,9 @@ from fedhive.runtime.credentials import CredentialStore
 from fedhive.runtime.hierarchy import HierarchicalCoordinator
 from fedhive.runtime.local_data import LocalData
 from fedhive.runtime.networked import BrokerSettings, ClientSettings, coordinator_codec, plan_coordinator
+from fedhive.runtime.resume import Checkpoint, coordinator_kwargs
 from fedhive.runtime.session_file import SessionFile
+from fedhive.strategies.base import Strategy
 from fedhive.transports.wire_codec import WireCodec
 
 Observer = Callable[[EventBus], None]
@@ -106,17 +109,28 @@ async def run_hierarchical_coordinator(
     min_combiners: int = 1,
     observers: Sequence[Observer] = (),
     on_ready: Callable[[], None] | None = None,
+    resume: Checkpoint | None = None,
+    strategy: Strategy | None = None,
 ) -> SessionResult:
     """``networked.run_coordinator`` with combiners between it and the clients: it starts once
-    ``min_combiners`` combiners hold ``min_clients`` clients between them."""
+    ``min_combiners`` combiners hold ``min_clients`` clients between them. With ``resume`` the
+    session goes on after the checkpoint's round; combiners still in it from before the crash are
+    taken back as their heartbeats come in, with the clients they hold."""
     config = session.config
     evaluator, initial = plan_coordinator(session, broker)
+    if resume is not None:
+        if resume.params.spec != initial.spec:
+            raise ConfigError(f"the checkpoint's model does not fit session {config.session_id}'s model")
+        if resume.round >= config.rounds:
+            return SessionResult(config.session_id, resume.params, resume.round, list(resume.history))
+        initial = resume.params
+    kwargs = coordinator_kwargs(config, resume, strategy=strategy)
     codec = coordinator_codec(
         store, artifacts=broker.artifacts, max_message_bytes=config.max_update_bytes + MAX_ENVELOPE_BYTES
     )
     async with broker.transport(COORDINATOR_ID, codec) as transport:
         coordinator = HierarchicalCoordinator(
-            config, transport, initial, evaluator=evaluator, min_combiners=min_combiners
+            config, transport, initial, evaluator=evaluator, min_combiners=min_combiners, **kwargs
         )
         for attach in observers:
             attach(coordinator.bus)

@@ -132,6 +132,9 @@ class PeerNode:
         b.on(_Check, self._on_check)
         b.on(_Trained, self._on_trained)
 
+    # A peer whose model is older than the round before ours gets ours from this round's leader.
+    handoff_lag = 1
+
     @staticmethod
     def new_id() -> str:
         return new_peer_id()
@@ -237,7 +240,7 @@ class PeerNode:
         if new and msg.envelope.body.get("type") == "hello":
             await self._announce("beat")  # so that a newcomer learns of us now, not a beat later
         r = self._round
-        if r is not None and have < r.round - 1 and self._leader(r) == self.peer_id:
+        if r is not None and have < r.round - self.handoff_lag and self._leader(r) == self.peer_id:
             # A newcomer (or a peer that fell behind): as this round's leader we hand it our model.
             body = {"type": "model", "digest": self.digest, "order": r.order}
             assert self.params is not None

@@ -36,6 +36,10 @@ log = logging.getLogger("fedhive.peer")
 
 
 class GossipPeer(PeerNode):
+    # Gossiping peers go at their own pace: one round apart is normal, not a reason to hand a
+    # peer our model (it would skip a round of its own); two rounds apart is a laggard.
+    handoff_lag = 2
+
     def __init__(self, *args: Any, gossip: int, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         if gossip < 1:
