@@ -12,7 +12,6 @@ import asyncio
 import functools
 import hashlib
 import logging
-import re
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -23,8 +22,8 @@ from fedhive.core import codec, wire
 from fedhive.core.envelope import Deferred, Message, PayloadDescriptor
 from fedhive.core.params import Params
 from fedhive.core.signing import Verifier, sign
-from fedhive.errors import PayloadError, ProtocolError, StorageError
-from fedhive.storage.artifacts import ArtifactStore, digest_of
+from fedhive.errors import ConfigError, PayloadError, ProtocolError, StorageError
+from fedhive.storage.artifacts import ArtifactStore, check_area, digest_of
 
 DEFAULT_MAX_MESSAGE_BYTES = 256 * 1024 * 1024
 DEFAULT_CLAIM_CHECK_BYTES = 8 * 1024 * 1024
@@ -170,9 +169,10 @@ def claims_store(artifacts: ArtifactStore, namespace: str | None = None) -> Arti
 
 
 def _area_name(namespace: str) -> str:
-    if re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", namespace) and not re.fullmatch(r"[0-9a-f]{2}", namespace):
-        return namespace
-    return "ns-" + hashlib.sha256(namespace.encode()).hexdigest()[:16]
+    try:
+        return check_area(namespace)
+    except ConfigError:  # a namespace the broker accepts but a directory or key prefix would not
+        return "ns-" + hashlib.sha256(namespace.encode()).hexdigest()[:16]
 
 
 def _fetch(artifacts: ArtifactStore, desc: PayloadDescriptor) -> bytes | memoryview:
