@@ -109,7 +109,9 @@ def test_gossiping_peers_learn_without_a_common_model(peers: Peers) -> None:
     for p in procs:
         assert p.finish(timeout=120) == 0, p.tail()
     histories = [peers.rounds(p) for p in procs]
-    assert all(sorted(h) == list(range(1, rounds + 1)) for h in histories)
+    # Every peer gets to the last round (one that falls two rounds behind takes a newer model from
+    # another peer, skipping rounds of its own: that is how a laggard catches up).
+    assert all(max(h) == rounds for h in histories)
     # Each averages its own model with those sent to it: different models, all learning (0.90-0.92
     # here after 6 rounds, the star topology 0.93 after 20).
     assert len({h[rounds]["digest"] for h in histories}) > 1

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import ItemsView, Iterator, KeysView, Mapping, ValuesView
 from dataclasses import dataclass
 from typing import Any
 
@@ -72,6 +72,20 @@ class Params(Mapping[str, np.ndarray]):
 
     def __len__(self) -> int:
         return len(self._arrays)
+
+    # The dict's own methods, not the Mapping mixins (which go through __getitem__ per key): these
+    # run for every message a node checks and every update it folds.
+    def __contains__(self, name: object) -> bool:
+        return name in self._arrays
+
+    def keys(self) -> KeysView[str]:
+        return self._arrays.keys()
+
+    def values(self) -> ValuesView[np.ndarray]:
+        return self._arrays.values()
+
+    def items(self) -> ItemsView[str, np.ndarray]:
+        return self._arrays.items()
 
     def __repr__(self) -> str:
         inner = ", ".join(f"{n}: {a.dtype}{list(a.shape)}" for n, a in self._arrays.items())

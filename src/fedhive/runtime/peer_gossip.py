@@ -117,6 +117,9 @@ class GossipPeer(PeerNode):
         await self._apply(r, sorted(r.updates))
 
     def _expected(self, r: PeerRound) -> set[str]:
-        alive = set(self.view.alive())
-        senders = {s for s in r.order if s != self.peer_id and s in alive}
+        """Our own model and those of the senders that picked us, are alive, and have not finished
+        this round: one that finished without sending to us saw other members than we did (views
+        differ for a beat around a peer's timeout), and waiting for it would last until the deadline."""
+        alive, finished = set(self.view.alive()), self.view.holding(r.round)
+        senders = {s for s in r.order if s != self.peer_id and s in alive and s not in finished}
         return {s for s in senders if self.peer_id in self.partners(s, r.round, r.order)} | {self.peer_id}
