@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import os
+import time
 from pathlib import Path
 
 import pytest
@@ -55,3 +57,28 @@ def test_writing_bytes_that_are_stored_already_leaves_a_spare(tmp_path: Path) ->
     again, _ = store.put_parts([b"the same update ", b"from two clients"])
     assert again == ref and store.get(ref) == b"the same update from two clients"
     assert len(list((tmp_path / ".spare").iterdir())) == 1  # the second write's file, kept for reuse
+
+
+def test_sweep_deletes_what_was_last_written_long_ago(tmp_path: Path) -> None:
+    store = LocalArtifactStore(tmp_path)
+    old, fresh = store.put(b"left by a crashed coordinator"), store.put(b"this round's model")
+    again = store.put(b"written long ago, stored again now")
+    abandoned = tmp_path / ".tmp-abandoned"
+    abandoned.write_bytes(b"half a write")
+    sub = store.scoped("other-area")
+    theirs = sub.put(b"not ours to sweep")
+    store.recycle(store.put(b"a spare"))
+    hours_ago = time.time() - 7200
+    for path in [
+        tmp_path / old[7:9] / old[9:],
+        tmp_path / again[7:9] / again[9:],
+        abandoned,
+        sub.root / theirs[7:9] / theirs[9:],
+    ]:
+        os.utime(path, (hours_ago, hours_ago))
+    store.put(b"written long ago, stored again now")  # a second write refreshes its age
+
+    assert store.sweep(3600) == 2  # the old artifact and the abandoned temporary file
+    assert not store.exists(old) and not abandoned.exists()
+    assert store.exists(fresh) and store.exists(again) and sub.exists(theirs)
+    assert len(list((tmp_path / ".spare").iterdir())) == 1

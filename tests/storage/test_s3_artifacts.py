@@ -70,6 +70,18 @@ def test_a_sub_store_has_its_own_prefix_and_recycling_deletes(s3: str) -> None:
 
 
 @pytest.mark.s3
+def test_sweep_deletes_objects_older_than_the_age(s3: str) -> None:
+    store = make_store(s3, prefix="sweep")
+    assert store.sweep(0) == 0  # no bucket yet: nothing to sweep
+    refs = [store.put(f"claim {i}".encode()) for i in range(3)]
+    other = store.scoped("elsewhere").put(b"in a sub-store")
+    assert store.sweep(3600) == 0 and all(store.exists(r) for r in refs)
+    time.sleep(1.1)  # S3 keeps whole seconds
+    assert store.sweep(1) == 3
+    assert not any(store.exists(r) for r in refs) and store.scoped("elsewhere").exists(other)
+
+
+@pytest.mark.s3
 def test_put_get_exists_delete_round_trip(s3: str) -> None:
     store = make_store(s3, prefix="team-a/artifacts")
     data = b"safetensors bytes \x00\x01\x02"

@@ -5,6 +5,8 @@ later uploads reuse)."""
 from __future__ import annotations
 
 import asyncio
+import os
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -92,3 +94,15 @@ def claims_root(root: Path, broker: Broker) -> Path:
     store = claims_store(LocalArtifactStore(root), broker.namespace)
     assert isinstance(store, LocalArtifactStore)
     return store.root
+
+
+async def test_a_starting_coordinator_sweeps_what_a_crashed_one_left(broker: Broker, tmp_path: Path) -> None:
+    store = LocalArtifactStore(tmp_path)
+    area = claims_store(store, broker.namespace)
+    left, recent = area.put(b"a global model of a crashed coordinator"), area.put(b"an update sent a moment ago")
+    hours_ago = time.time() - 7200
+    path = claims_root(tmp_path, broker) / left[7:9] / left[9:]
+    os.utime(path, (hours_ago, hours_ago))
+    codec = WireCodec(lambda to: KEYS.get(to), Verifier(KEYS.get), store, defer_references=True)
+    await broker.node(COORDINATOR_ID, codec)
+    assert not area.exists(left) and area.exists(recent)

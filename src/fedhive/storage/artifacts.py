@@ -14,6 +14,7 @@ import mmap
 import os
 import re
 import tempfile
+import time
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,6 +26,7 @@ from fedhive.errors import ConfigError, StorageError
 _REF = re.compile(r"^sha256:([0-9a-f]{64})$")
 _AREA = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _SPARES = ".spare"
+_SHARD = re.compile(r"^[0-9a-f]{2}$")
 _CHUNK = 1 << 20  # fits in a CPU cache: hashed, then written while still there
 
 
@@ -76,6 +78,11 @@ class ArtifactStore(Protocol):
         recycled, apart from models and data sets, which are not."""
         ...
 
+    def sweep(self, older_than_s: float) -> int:
+        """Delete this store's artifacts last written more than ``older_than_s`` ago (not those of
+        sub-stores); returns how many. For transient areas only: claim checks left by a crash."""
+        ...
+
 
 class LocalArtifactStore:
     """Files under ``root/ab/cdef...``; written to a temp file and renamed, so never half-written.
@@ -103,7 +110,7 @@ class LocalArtifactStore:
         digest = digest or hashlib.sha256(data).hexdigest()
         ref = ref_for(digest)
         path = self._path(ref)
-        if path.exists():
+        if _touch(path):  # stored already; written again now, as far as ``sweep`` is concerned
             return ref
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -149,7 +156,7 @@ class LocalArtifactStore:
                 f.truncate()  # a spare may have been longer
             ref = ref_for(digest.hexdigest())
             path = self._path(ref)
-            if path.exists():  # the same bytes are stored already: keep the written file as a spare
+            if _touch(path):  # the same bytes are stored already: keep the written file as a spare
                 self._spare(Path(tmp))
             else:
                 path.parent.mkdir(parents=True, exist_ok=True)
@@ -206,6 +213,34 @@ class LocalArtifactStore:
 
     def scoped(self, area: str) -> LocalArtifactStore:
         return LocalArtifactStore(self.root / check_area(area))
+
+    def sweep(self, older_than_s: float) -> int:
+        horizon, removed = time.time() - older_than_s, 0
+        try:
+            for entry in os.scandir(self.root):
+                # artifacts live in two-hex-digit directories; ".tmp-*" files are writes a crash cut off
+                if entry.is_dir() and _SHARD.match(entry.name):
+                    candidates = list(os.scandir(entry.path))
+                elif entry.is_file() and entry.name.startswith(".tmp-"):
+                    candidates = [entry]
+                else:
+                    continue  # spares, and sub-stores, which sweep themselves if they want
+                for f in candidates:
+                    if f.stat().st_mtime < horizon:
+                        Path(f.path).unlink(missing_ok=True)
+                        removed += 1
+        except OSError as exc:
+            raise StorageError(f"cannot sweep artifacts in {self.root}: {exc.strerror}") from exc
+        return removed
+
+
+def _touch(path: Path) -> bool:
+    """Mark ``path`` as written now; False if it does not exist."""
+    try:
+        os.utime(path)
+    except FileNotFoundError:
+        return False
+    return True
 
 
 _S3_OPTIONS = {"endpoint", "region"}

@@ -15,6 +15,7 @@ import copy
 import hashlib
 import io
 from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
 from typing import Any, NoReturn
 
 import boto3
@@ -202,6 +203,28 @@ class S3ArtifactStore:
 
     def recycle(self, ref: str) -> None:
         self.delete(ref)  # S3 has no space of ours to reuse
+
+    def sweep(self, older_than_s: float) -> int:
+        where = f"s3://{self.bucket}/{self.prefix}"
+        horizon = datetime.now(UTC) - timedelta(seconds=older_than_s)
+        stale: list[dict[str, str]] = []
+        try:
+            pages = self._s3.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=f"{self.prefix}sha256/"
+            )
+            for page in pages:
+                stale += [{"Key": o["Key"]} for o in page.get("Contents", []) if o["LastModified"] < horizon]
+            for start in range(0, len(stale), 1000):  # the most one request deletes
+                self._s3.delete_objects(
+                    Bucket=self.bucket, Delete={"Objects": stale[start : start + 1000], "Quiet": True}
+                )
+        except ClientError as exc:
+            if _code(exc) in _NOT_FOUND:  # no bucket yet: nothing to sweep
+                return 0
+            self._fail("cannot sweep artifacts in", where, exc)
+        except _BOTO_ERRORS as exc:
+            self._fail("cannot sweep artifacts in", where, exc)
+        return len(stale)
 
     def scoped(self, area: str) -> S3ArtifactStore:
         sub = copy.copy(self)  # the same client and bucket, a deeper prefix

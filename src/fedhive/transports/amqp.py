@@ -39,7 +39,7 @@ from aio_pika import abc as pika
 from aio_pika.exceptions import CONNECTION_EXCEPTIONS, ChannelInvalidStateError, PublishError
 
 from fedhive.core.envelope import Message
-from fedhive.errors import FedhiveError, TransportError
+from fedhive.errors import FedhiveError, StorageError, TransportError
 from fedhive.transports.amqp_topology import Names, check_name, redact, ssl_context_for
 from fedhive.transports.base import Transport, TransportClosed
 from fedhive.transports.wire_codec import WireCodec
@@ -144,6 +144,14 @@ class AmqpTransport(Transport):
             raise
         self._link_up = True
         self._receiver = asyncio.create_task(self._receive_loop(), name=f"amqp-receive-{self.node_id}")
+        if self._codec.defer_references:  # a coordinator: clean up after an earlier process of it
+            try:
+                swept = await asyncio.to_thread(self._codec.sweep_stale_claims)
+            except StorageError as exc:
+                log.warning("%s: could not sweep old claim checks: %s", self.node_id, exc)
+            else:
+                if swept:
+                    log.info("%s: deleted %d claim checks left from before", self.node_id, swept)
 
     async def _declare(self, connection: pika.AbstractRobustConnection) -> None:
         channel = await connection.channel(publisher_confirms=True, on_return_raises=True)

@@ -113,6 +113,12 @@ class WireCodec:
             desc = desc.model_copy(update={"ref": ref})
         return data, desc
 
+    def sweep_stale_claims(self) -> int:
+        """Delete claim checks of this namespace older than ``retain_own_claims_s`` (blocking):
+        what a crashed process left behind, which nobody would give back otherwise. For a node
+        that owns the namespace's rounds (a coordinator), when it starts."""
+        return self._claims.sweep(self.retain_own_claims_s) if self._claims is not None else 0
+
     def _remember(self, ref: str) -> None:
         """Note a payload we put, and delete our payloads unused for ``retain_own_claims_s``."""
         assert self._claims is not None
