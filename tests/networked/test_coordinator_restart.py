@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from amqp_cluster import Cluster, demo_part, session_toml
+from amqp_cluster import Cluster, Proc, demo_part, session_toml
 
 from fedhive.core import codec
 from fedhive.errors import FedhiveError
@@ -29,19 +29,36 @@ def checkpointed_round(path: Path) -> int:
     return int(meta["round"])
 
 
-def test_killed_coordinator_resumes_with_its_clients(cluster: Cluster, tmp_path: Path) -> None:
-    config = session_toml(
-        tmp_path / "session.toml",
-        session_id="restart-demo",
-        rounds=ROUNDS,
-        min_clients=3,
+def slow_session(path: Path, session_id: str, rounds: int, min_clients: int, epochs: int) -> Path:
+    """Rounds slow enough (a wide model, small batches) to kill the coordinator in the middle."""
+    return session_toml(
+        path,
+        session_id=session_id,
+        rounds=rounds,
+        min_clients=min_clients,
         model="simple-dnn:256,256",
-        epochs=4,
+        epochs=epochs,
         batch_size=16,
         lr=0.02,
         heartbeat_interval_s=1.0,
-        heartbeat_timeout_s=15.0,  # three training processes share two cores here
+        heartbeat_timeout_s=15.0,  # several training processes share two cores here
     )
+
+
+def kill_after_checkpoint(coordinator: Proc, checkpoint: Path, rounds: int, timeout_s: float) -> int:
+    """Kill the coordinator (SIGKILL) once round 2 is checkpointed; returns the round it had."""
+    deadline = time.monotonic() + timeout_s
+    while (seen := checkpointed_round(checkpoint)) < 2:
+        assert coordinator.popen.poll() is None, coordinator.tail()
+        assert time.monotonic() < deadline, f"no checkpoint of round 2 within {timeout_s:.0f} s\n{coordinator.tail()}"
+        time.sleep(0.05)
+    coordinator.kill()
+    assert seen < rounds, "the session finished before it could be interrupted; make rounds slower"
+    return seen
+
+
+def test_killed_coordinator_resumes_with_its_clients(cluster: Cluster, tmp_path: Path) -> None:
+    config = slow_session(tmp_path / "session.toml", "restart-demo", ROUNDS, min_clients=3, epochs=4)
     out = tmp_path / "run"
     idents = cluster.add_clients("client", 3)
     first = cluster.coordinator(config, out)
@@ -49,13 +66,7 @@ def test_killed_coordinator_resumes_with_its_clients(cluster: Cluster, tmp_path:
         cluster.client(ident, *demo_part(i, 3), extra=("--coordinator-timeout", "30"))
         for i, ident in enumerate(idents, start=1)
     ]
-    deadline = time.monotonic() + 120
-    while (seen := checkpointed_round(out / CHECKPOINT_FILE)) < 2:
-        assert first.popen.poll() is None, first.tail()
-        assert time.monotonic() < deadline, f"no checkpoint of round 2 within 120 s\n{first.tail()}"
-        time.sleep(0.05)
-    first.kill()
-    assert seen < ROUNDS, "the session finished before it could be interrupted; make rounds slower"
+    seen = kill_after_checkpoint(first, out / CHECKPOINT_FILE, ROUNDS, timeout_s=120)
     # While the coordinator is down, one client dies too and is started again: it registers anew.
     clients[2].kill()
     clients[2] = cluster.client(idents[2], *demo_part(3, 3), extra=("--coordinator-timeout", "30"))
@@ -83,18 +94,7 @@ def test_killed_coordinator_resumes_with_its_clients(cluster: Cluster, tmp_path:
 
 def test_killed_hierarchical_coordinator_resumes_with_its_combiners(cluster: Cluster, tmp_path: Path) -> None:
     rounds = 6
-    config = session_toml(
-        tmp_path / "session.toml",
-        session_id="restart-tree",
-        rounds=rounds,
-        min_clients=4,
-        model="simple-dnn:256,256",
-        epochs=3,
-        batch_size=16,
-        lr=0.02,
-        heartbeat_interval_s=1.0,
-        heartbeat_timeout_s=15.0,
-    )
+    config = slow_session(tmp_path / "session.toml", "restart-tree", rounds, min_clients=4, epochs=3)
     out = tmp_path / "run"
     combiner_ids = cluster.add_clients("comb", 2)
     idents = cluster.add_clients("client", 4)
@@ -105,13 +105,7 @@ def test_killed_hierarchical_coordinator_resumes_with_its_combiners(cluster: Clu
         for cid, secret in combiner_ids
     ]
     clients = [cluster.client(ident, *demo_part(i, 4), extra=("--via-combiner",)) for i, ident in enumerate(idents, 1)]
-    deadline = time.monotonic() + 150
-    while (seen := checkpointed_round(out / CHECKPOINT_FILE)) < 2:
-        assert first.popen.poll() is None, first.tail()
-        assert time.monotonic() < deadline, f"no checkpoint of round 2 within 150 s\n{first.tail()}"
-        time.sleep(0.05)
-    first.kill()
-    assert seen < rounds, "the session finished before it could be interrupted; make rounds slower"
+    seen = kill_after_checkpoint(first, out / CHECKPOINT_FILE, rounds, timeout_s=150)
 
     second = cluster.coordinator(config, out, "--combiners", "2")  # the same command again
     resumed = second.wait_for("resuming session restart-tree at round", stream="err")
