@@ -237,7 +237,7 @@ class Combiner(Coordinator):
         if not self._upstream_registered:
             self._reported = None
             await self._report()
-        body = {"status": "TRAINING" if self._round else "ONLINE", "clients": len(self.registry.online())}
+        body = {"status": "TRAINING" if self._round else "ONLINE", "clients": self.registry.online_count()}
         await self._upstream(Kind.HEARTBEAT, self._round.round if self._round else 0, body)
 
     def _on_registration_deadline(self, _: ev.RegistrationDeadline) -> None:

@@ -179,7 +179,7 @@ class Coordinator:
                 # It restarted mid-round and lost the TRAIN it was sent: send it again, so that it
                 # can still count in this round instead of leaving it to wait for its deadline.
                 await self._send(msg.sender, self._train_message(msg.sender, r))
-        elif len(self.registry.online()) >= self.config.min_clients:
+        elif self.registry.online_count() >= self.config.min_clients:
             await self._start_session()
 
     async def _on_heartbeat(self, msg: Message) -> None:
@@ -469,7 +469,7 @@ class Coordinator:
     # -- timers --------------------------------------------------------------------------------------
     def _on_registration_deadline(self, _: ev.RegistrationDeadline) -> None:
         if not self._started:
-            n = len(self.registry.online())
+            n = self.registry.online_count()
             self._fail(
                 f"only {n} of the {self.config.min_clients} required clients registered within "
                 f"{self.config.registration_timeout_s:.0f} s"
