@@ -151,14 +151,8 @@ _SUM_CHUNK = 1 << 20  # elements
 
 
 def _sum(arr: np.ndarray) -> Any:
-    if arr.nbytes < residency.RELEASE_MIN_BYTES or not residency.file_mapped(arr):
+    if arr.nbytes < residency.RELEASE_MIN_BYTES:
         return arr.sum()
-    # Memory-mapped (a claim-checked update): sum it in chunks and drop each chunk's pages behind
-    # us, so the check does not make the whole tensor resident (see ``residency``).
-    flat, total = arr.reshape(-1), arr.dtype.type(0)
-    base, size = residency.address_of(flat), flat.itemsize
-    for start in range(0, flat.size, _SUM_CHUNK):
-        part = flat[start : start + _SUM_CHUNK]
-        total += part.sum()
-        residency.drop_pages(base + start * size, part.nbytes)
-    return total
+    # Chunk by chunk: a memory-mapped tensor (a claim-checked update) gives each chunk's pages back
+    # behind us, so the check does not make the whole tensor resident (see ``residency``).
+    return sum((part.sum() for part in residency.read_once(arr.reshape(-1), _SUM_CHUNK)), arr.dtype.type(0))

@@ -16,6 +16,8 @@ from __future__ import annotations
 import ctypes
 import mmap
 import sys
+from collections.abc import Iterator
+from typing import TypeVar
 
 import numpy as np
 
@@ -27,6 +29,8 @@ if _libc is not None:
     _libc.madvise.restype = ctypes.c_int
 
 RELEASE_MIN_BYTES = 8 * 1024 * 1024  # below this, the syscalls cost more than the memory is worth
+
+B = TypeVar("B", np.ndarray, memoryview)
 
 
 def file_mapped(buffer: object) -> bool:
@@ -55,3 +59,16 @@ def drop_pages(address: int, nbytes: int) -> None:
     stop = (address + nbytes) // _PAGE * _PAGE
     if stop > start:
         _libc.madvise(start, stop - start, _MADV_DONTNEED)  # advice: a failure only costs memory
+
+
+def read_once(flat: B, chunk: int) -> Iterator[B]:
+    """``flat`` (a 1-d array or a byte view) in chunks of ``chunk`` items, in order. If it is a
+    memory map of at least ``RELEASE_MIN_BYTES``, each chunk's pages are given back once the caller
+    asks for the next: one pass over a claim-checked update keeps a chunk of it resident, not all."""
+    release = flat.nbytes >= RELEASE_MIN_BYTES and file_mapped(flat)
+    base = address_of(flat) if release else 0
+    for start in range(0, len(flat), chunk):
+        part = flat[start : start + chunk]
+        yield part
+        if release:
+            drop_pages(base + start * flat.itemsize, part.nbytes)

@@ -83,14 +83,11 @@ def verify_payload(data: bytes | memoryview, desc: PayloadDescriptor) -> None:
 
 
 def _sha256(data: bytes | memoryview) -> str:
-    if len(data) < residency.RELEASE_MIN_BYTES or not residency.file_mapped(data):
+    if len(data) < residency.RELEASE_MIN_BYTES:
         return hashlib.sha256(data).hexdigest()
-    # A memory-mapped claim check: hash it chunk by chunk and drop each chunk's pages behind us,
-    # so that checking a 100 MB update does not make all of it resident at once.
-    digest, view = hashlib.sha256(), memoryview(data).cast("B")
-    base = residency.address_of(view)
-    for start in range(0, len(view), _HASH_CHUNK):
-        chunk = view[start : start + _HASH_CHUNK]
+    # Chunk by chunk: a memory-mapped claim check gives each chunk's pages back behind us, so that
+    # checking a 100 MB update does not make all of it resident at once.
+    digest = hashlib.sha256()
+    for chunk in residency.read_once(memoryview(data).cast("B"), _HASH_CHUNK):
         digest.update(chunk)
-        residency.drop_pages(base + start, len(chunk))
     return digest.hexdigest()

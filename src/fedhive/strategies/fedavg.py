@@ -32,16 +32,12 @@ def _axpy_into(acc: np.ndarray, x: np.ndarray, w: float, scratch: np.ndarray) ->
         return
     # A memory-mapped update (a claim check) gives its pages back as it is folded in: only the
     # accumulator stays resident, not the accumulator plus a whole update (see ``residency``).
-    release = v.nbytes >= residency.RELEASE_MIN_BYTES and residency.file_mapped(v)
-    base, size, released = (residency.address_of(v), v.itemsize, 0) if release else (0, 0, 0)
-    for start in range(0, n, _CHUNK):
-        stop = min(start + _CHUNK, n)
-        s = scratch[: stop - start]
-        np.multiply(v[start:stop], w, out=s, casting="unsafe")
-        a[start:stop] += s
-        if release and (stop - released >= _RELEASE_EVERY or stop == n):
-            residency.drop_pages(base + released * size, (stop - released) * size)
-            released = stop
+    for outer, block in zip(range(0, n, _RELEASE_EVERY), residency.read_once(v, _RELEASE_EVERY), strict=True):
+        for start in range(0, block.size, _CHUNK):
+            part = block[start : start + _CHUNK]
+            s = scratch[: part.size]
+            np.multiply(part, w, out=s, casting="unsafe")
+            a[outer + start : outer + start + part.size] += s
 
 
 def _divide_releasing(acc: np.ndarray, weight: float, out: np.ndarray) -> None:
