@@ -53,6 +53,23 @@ def session_toml(path: Path, data: dict[str, object] | None = None, **settings: 
     return path
 
 
+def slow_session(path: Path, session_id: str, rounds: int, min_clients: int, epochs: int, **settings: object) -> Path:
+    """Rounds slow enough (a wide model, small batches) to interrupt the session in the middle."""
+    data = settings.pop("data", None)
+    values: dict[str, object] = {
+        "session_id": session_id,
+        "rounds": rounds,
+        "min_clients": min_clients,
+        "model": "simple-dnn:256,256",
+        "epochs": epochs,
+        "batch_size": 16,
+        "lr": 0.02,
+        "heartbeat_interval_s": 1.0,
+        "heartbeat_timeout_s": 15.0,  # several training processes share two cores here
+    }
+    return session_toml(path, data, **{**values, **settings})  # type: ignore[arg-type]
+
+
 def _toml(v: object) -> str:
     return f'"{v}"' if isinstance(v, str) else str(v).lower() if isinstance(v, bool) else str(v)
 

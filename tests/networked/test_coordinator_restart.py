@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from amqp_cluster import Cluster, Proc, demo_part, session_toml
+from amqp_cluster import Cluster, Proc, demo_part, slow_session
 
 from fedhive.core import codec
 from fedhive.errors import FedhiveError
@@ -27,22 +27,6 @@ def checkpointed_round(path: Path) -> int:
     except (FileNotFoundError, FedhiveError):
         return 0
     return int(meta["round"])
-
-
-def slow_session(path: Path, session_id: str, rounds: int, min_clients: int, epochs: int) -> Path:
-    """Rounds slow enough (a wide model, small batches) to kill the coordinator in the middle."""
-    return session_toml(
-        path,
-        session_id=session_id,
-        rounds=rounds,
-        min_clients=min_clients,
-        model="simple-dnn:256,256",
-        epochs=epochs,
-        batch_size=16,
-        lr=0.02,
-        heartbeat_interval_s=1.0,
-        heartbeat_timeout_s=15.0,  # several training processes share two cores here
-    )
 
 
 def kill_after_checkpoint(coordinator: Proc, checkpoint: Path, rounds: int, timeout_s: float) -> int:
