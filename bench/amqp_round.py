@@ -114,7 +114,13 @@ async def memory_run(cfg: SessionConfig, trainers: Sequence[Trainer], initial: P
     stamps = Stamps()
     async with asyncio.timeout(RUN_TIMEOUT_S):
         await run_federation(
-            cfg, trainers, [SAMPLES] * len(trainers), initial, observers=[stamps.attach], threaded=True
+            cfg,
+            trainers,
+            [SAMPLES] * len(trainers),
+            initial,
+            observers=[stamps.attach],
+            threaded=True,
+            hosted=False,  # client nodes, as over RabbitMQ: the difference is the broker alone
         )
     return stamps.rounds()
 

@@ -75,7 +75,8 @@ async def run(mode: str, clients: int, combiners: int, size: int, rounds: int, e
 
     args = (config, trainers, [t.num_examples for t in trainers], trainers[0].initial_params(0))
     if mode == "flat":
-        result = await run_federation(*args, observers=[watch], network=net)
+        # Client nodes, each sending its own UPDATE: the flat topology that combiners relieve.
+        result = await run_federation(*args, observers=[watch], network=net, hosted=False)
     else:
         result = await run_hierarchy(*args, combiners=combiners, observers=[watch], network=net, exact_partials=exact)
     return {

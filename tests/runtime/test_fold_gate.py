@@ -59,6 +59,7 @@ async def run(budget: int, monkeypatch: pytest.MonkeyPatch, *, threaded: bool = 
             trainers[0].initial_params(0),
             observers=[counter.attach],
             threaded=threaded,
+            hosted=False,  # the gate bounds client nodes; a host folds each update before the next fit
         )
     assert result.rounds == 3
     return result.params, counter.most
@@ -94,7 +95,7 @@ async def test_clients_without_an_update_give_their_slot_back(monkeypatch: pytes
     loop = asyncio.get_running_loop()
     started = loop.time()
     async with asyncio.timeout(30):
-        result = await run_federation(config, trainers, [10] * 4, trainers[2].initial_params(0))
+        result = await run_federation(config, trainers, [10] * 4, trainers[2].initial_params(0), hosted=False)
     # A rejected update and a failed fit each freed their slot: no round waited for its deadline.
     assert result.rounds == 2 and loop.time() - started < 10
     np.testing.assert_allclose(result.params["w"], 2.0)

@@ -32,7 +32,20 @@ def cfg(**kw: object) -> SessionConfig:
     return SessionConfig(**base)  # type: ignore[arg-type]
 
 
-async def run(config: SessionConfig, trainers: list, rec: Recorder | None = None, *, threaded: bool = False):
+@pytest.fixture(params=[True, False], ids=["host", "nodes"])
+def hosted(request: pytest.FixtureRequest) -> bool:
+    """Virtual clients behind one ClientHost (simulate's default), or one ClientNode each."""
+    return bool(request.param)
+
+
+async def run(
+    config: SessionConfig,
+    trainers: list,
+    rec: Recorder | None = None,
+    *,
+    threaded: bool = False,
+    hosted: bool | None = None,
+):
     examples = [t.num_examples for t in trainers]
     async with asyncio.timeout(30):
         return await run_federation(
@@ -42,22 +55,23 @@ async def run(config: SessionConfig, trainers: list, rec: Recorder | None = None
             trainers[0].initial_params(0),
             observers=[rec.attach] if rec else [],
             threaded=threaded,
+            hosted=hosted,
         )
 
 
-async def test_weighted_fedavg_over_rounds() -> None:
+async def test_weighted_fedavg_over_rounds(hosted: bool) -> None:
     trainers = [ShiftTrainer(1.0, 10), ShiftTrainer(3.0, 30)]
-    result = await run(cfg(rounds=3), trainers)
+    result = await run(cfg(rounds=3), trainers, hosted=hosted)
     # each round moves by the example-weighted mean shift (10*1 + 30*3) / 40 = 2.5
     np.testing.assert_allclose(result.params["w"], np.full(4, 7.5, np.float32))
     assert result.rounds == 3
     assert all(t.calls == 3 for t in trainers)
 
 
-async def test_wrong_shape_and_nan_updates_are_rejected_and_round_goes_on() -> None:
+async def test_wrong_shape_and_nan_updates_are_rejected_and_round_goes_on(hosted: bool) -> None:
     rec = Recorder()
     trainers = [ShiftTrainer(2.0, 10), ShiftTrainer(2.0, 10), BadTrainer("shape"), BadTrainer("nan")]
-    result = await run(cfg(rounds=2, min_clients=4, quorum=0.5), trainers, rec)
+    result = await run(cfg(rounds=2, min_clients=4, quorum=0.5), trainers, rec, hosted=hosted)
     np.testing.assert_allclose(result.params["w"], np.full(4, 4.0, np.float32))  # only the good ones count
     reasons = [e.reason for e in rec.of(ev.UpdateRejected)]
     assert sum("shape" in r for r in reasons) == 2
@@ -65,13 +79,15 @@ async def test_wrong_shape_and_nan_updates_are_rejected_and_round_goes_on() -> N
     assert [e.num_updates for e in rec.of(ev.RoundCompleted)] == [2, 2]
 
 
-async def test_silent_client_cannot_hang_a_round() -> None:
+async def test_silent_client_cannot_hang_a_round(hosted: bool) -> None:
     rec = Recorder()
     silent = SilentTrainer()
     trainers = [ShiftTrainer(1.0), ShiftTrainer(1.0), silent]
     try:
         # threaded: an inline (simulation) client that hangs would hang the whole loop with it
-        result = await run(cfg(rounds=1, min_clients=3, round_timeout_s=0.5, quorum=0.6), trainers, rec, threaded=True)
+        result = await run(
+            cfg(rounds=1, min_clients=3, round_timeout_s=0.5, quorum=0.6), trainers, rec, threaded=True, hosted=hosted
+        )
     finally:
         silent.release.set()
     assert result.rounds == 1
@@ -79,11 +95,11 @@ async def test_silent_client_cannot_hang_a_round() -> None:
     assert done.num_updates == 2 and done.late_or_missing == ["client-2"]
 
 
-async def test_quorum_impossible_retries_then_fails_with_reason() -> None:
+async def test_quorum_impossible_retries_then_fails_with_reason(hosted: bool) -> None:
     rec = Recorder()
     trainers = [ShiftTrainer(1.0), BadTrainer("nan"), BadTrainer("nan")]
     with pytest.raises(SessionFailed) as info:
-        await run(cfg(rounds=1, min_clients=3, quorum=1.0, max_round_retries=1), trainers, rec)
+        await run(cfg(rounds=1, min_clients=3, quorum=1.0, max_round_retries=1), trainers, rec, hosted=hosted)
     assert "1 of 3 selected clients sent a valid update" in info.value.reason
     assert "gave up after 2 attempts" in info.value.reason
     assert len(rec.of(ev.RoundRetried)) == 1

@@ -9,9 +9,11 @@ worker thread and come back as events. Every wait has a deadline with a readable
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import functools
 import logging
 import time
+from collections import defaultdict
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -20,15 +22,18 @@ import numpy as np
 
 from fedhive.core.envelope import Deferred, Kind, Message, make
 from fedhive.core.params import Params
-from fedhive.errors import FedhiveError, SessionFailed, TransportError
+from fedhive.errors import FedhiveError, ProtocolError, SessionFailed, TransportError
 from fedhive.learning.trainer import Trainer
 from fedhive.runtime import events as ev
 from fedhive.runtime.bus import BusStopped, EventBus
+from fedhive.runtime.hosted import Member, host_of, members_of
+from fedhive.runtime.inline_executor import InlineExecutor, run_job
+from fedhive.runtime.partials import read_partial
 from fedhive.runtime.payloads import OFFLOAD_BYTES, body_int, body_metrics, payload_params, payload_size
 from fedhive.runtime.registry import ClientRegistry, PeerStatus
 from fedhive.runtime.round_state import RetryRound, RoundState, shortfall_reason
 from fedhive.runtime.session_config import SessionConfig
-from fedhive.strategies.base import Strategy, Update
+from fedhive.strategies.base import Partial, Strategy, Update
 from fedhive.strategies.registry import parse_strategy
 from fedhive.transports.base import Transport
 
@@ -78,9 +83,11 @@ class Coordinator:
         self._next_round = start_round
         self._round: RoundState | None = None
         self._session_clients: list[str] = []
+        self._session_index: dict[str, int] | None = None  # client -> position in sorted order; lazy
         self._started = False
         self._history: list[dict[str, float]] = list(history)
         self._timers: list[asyncio.TimerHandle] = []
+        self._hosts: dict[str, str] = {}  # client -> the ClientHost that trains it (runtime.hosted)
         self._reconnects_seen = transport.reconnects
         self._wire_handlers()
 
@@ -147,6 +154,7 @@ class Coordinator:
             Kind.REGISTER: self._on_register,
             Kind.HEARTBEAT: self._on_heartbeat,
             Kind.UPDATE: self._on_update,
+            Kind.PARTIAL: self._on_hosted_partial,
             Kind.ERROR: self._on_client_error,
             Kind.DONE: self._on_done,
         }.get(msg.kind)
@@ -163,6 +171,11 @@ class Coordinator:
     async def _on_register(self, msg: Message) -> None:
         num_examples = body_int(msg.envelope.body, "num_examples", low=0, high=MAX_EXAMPLES)
         labels = msg.envelope.body.get("label_counts") or {}
+        host = host_of(msg.envelope.body)
+        if host is None:
+            self._hosts.pop(msg.sender, None)
+        else:
+            self._hosts[msg.sender] = host
         previous = self.registry.register(msg.sender, num_examples, labels if isinstance(labels, dict) else {})
         if previous is not PeerStatus.ONLINE:
             self.bus.emit(ev.ClientStatusChanged(msg.sender, PeerStatus.ONLINE, previous))
@@ -178,7 +191,7 @@ class Coordinator:
             if r and not r.closing and waiting and msg.sender not in r.failed:
                 # It restarted mid-round and lost the TRAIN it was sent: send it again, so that it
                 # can still count in this round instead of leaving it to wait for its deadline.
-                await self._send(msg.sender, self._train_message(msg.sender, r))
+                await self._send_train([msg.sender], r)
         elif self.registry.online_count() >= self.config.min_clients:
             await self._start_session()
 
@@ -255,7 +268,7 @@ class Coordinator:
             r.aggregator.add(Update(msg.sender, params, num_examples, metrics))
 
         if nbytes > OFFLOAD_BYTES:
-            await asyncio.get_running_loop().run_in_executor(self._executor, fold)
+            await run_job(self._executor, fold)
         else:
             fold()
         if r is not self._round or r.closing:  # the round moved on while we aggregated
@@ -263,6 +276,63 @@ class Coordinator:
         r.accepted.add(msg.sender)
         self.bus.emit(ev.UpdateAccepted(r.round, msg.sender, num_examples, metrics, nbytes))
         self._maybe_close()
+
+    async def _on_hosted_partial(self, msg: Message) -> None:
+        """A ``ClientHost``'s answer for a chunk of its clients (``runtime.hosted``): each member
+        is accepted and each failure recorded as if it had come in a message of its own."""
+        self._hold_claim(msg)
+        r, env = self._round, msg.envelope
+        members, failures = members_of(env.body)
+        named = [m.client_id for m in members] + [c for c, _ in failures]
+        if any(self._hosts.get(c) != msg.sender for c in named):
+            raise ProtocolError(f"{msg.sender} is not the host of every client its partial names")
+        if r is None or r.closing or env.round != r.round or env.body.get("attempt", 0) != r.attempt:
+            log.info("dropped late partial from host %s for round %d", msg.sender, env.round)
+            for c in named:
+                self.bus.emit(ev.UpdateRejected(env.round, c, "late"))
+            return
+        if any(c not in r.chosen or c in r.accepted or c in r.failed for c in named):
+            raise ProtocolError("a host's partial names clients this round does not wait for")
+        for c, reason in failures:
+            log.warning("rejected update from %s in round %d: %s", c, r.round, reason)
+            self.bus.emit(ev.UpdateRejected(r.round, c, reason))
+            r.failed[c] = f"sent no valid update: {reason}"
+        if members:
+            nbytes = payload_size(msg)
+            try:
+                if nbytes > OFFLOAD_BYTES:
+                    await run_job(self._executor, self._fold_hosted, msg, members, r)
+                else:
+                    self._fold_hosted(msg, members, r)
+            except FedhiveError as exc:
+                for m in members:
+                    self.bus.emit(ev.UpdateRejected(r.round, m.client_id, str(exc)))
+                    r.failed[m.client_id] = f"sent an invalid update: {exc}"
+                raise
+            if r is not self._round or r.closing:  # the round moved on while we aggregated
+                return
+            # Counted as the UPDATE each member's own node would have sent (hosts do not compress),
+            # so that byte figures mean the same with and without a host.
+            size = self.params.nbytes
+            for m in members:
+                r.accepted.add(m.client_id)
+                self.bus.emit(ev.UpdateAccepted(r.round, m.client_id, m.num_examples, m.metrics, size))
+        self._maybe_close()
+
+    def _fold_hosted(self, msg: Message, members: list[Member], r: RoundState) -> None:
+        max_bytes = self.config.max_update_bytes * max(1, min(len(members), 64))
+        part = read_partial(msg, self.spec, max_bytes=max_bytes)
+        if isinstance(part, Partial):
+            if part.count != len(members):
+                raise ProtocolError(f"partial sums {part.count} updates for {len(members)} members")
+            if not r.aggregator.mergeable:
+                raise ProtocolError(f"strategy {self.strategy.name} cannot merge partial sums; send raw updates")
+            r.aggregator.merge(part)
+            return
+        if [u.client_id for u in part] != [m.client_id for m in members]:
+            raise ProtocolError("the raw updates of a host's partial are not its members")
+        for update in part:
+            r.aggregator.add(update)
 
     def _hold_claim(self, msg: Message) -> None:
         """A claim-checked payload goes back to the store when its round is aggregated, or at once
@@ -321,6 +391,7 @@ class Coordinator:
             if c not in known:
                 known.add(c)
                 self._session_clients.append(c)
+                self._session_index = None
             previous = self.registry.set_status(c, PeerStatus.TRAINING)
             if previous is not None:
                 self.bus.emit(ev.ClientStatusChanged(c, PeerStatus.TRAINING, previous))
@@ -330,7 +401,9 @@ class Coordinator:
 
     async def _start_round(self, attempt: int) -> None:
         rnd = self._next_round
-        members = set(self._session_clients)
+        if self._session_index is None:  # built once per change of membership, not every round
+            self._session_index = {c: i for i, c in enumerate(sorted(self._session_clients))}
+        members = self._session_index
         online = [c for c in self.registry.online() if c in members]
         if len(online) < self.config.min_clients:
             self._fail(
@@ -341,26 +414,43 @@ class Coordinator:
         k = self.config.selection_size(len(online))
         selected = sorted(rng.choice(online, size=k, replace=False).tolist()) if k < len(online) else online
         r = RoundState(rnd, attempt, selected, time.monotonic(), self.strategy.aggregator(self.params))
-        r.index = {c: i for i, c in enumerate(sorted(self._session_clients))}
+        r.index = members
         r.deadline = self.bus.call_later(self.config.round_timeout_s, ev.RoundDeadline(rnd, attempt))
         self._round = r
         self.bus.emit(ev.RoundStarted(rnd, attempt, selected))
-        failed = await self._send_all(selected, lambda c: self._train_message(c, r))
+        failed = await self._send_train(selected, r)
         for c in failed:
             r.failed.setdefault(c, "could not be reached")
         self._maybe_close()
 
-    def _train_message(self, client_id: str, r: RoundState) -> Message:
+    def _fit(self, client_id: str, r: RoundState) -> dict[str, object]:
         # The strategy may ask for client-side settings (FedProx's proximal term).
-        fit = {**self.config.fit_config(r.round, r.index[client_id]).to_json(), **self.strategy.client_config()}
+        return {**self.config.fit_config(r.round, r.index[client_id]).to_json(), **self.strategy.client_config()}
+
+    def _train_message(self, client_id: str, r: RoundState) -> Message:
+        body = {"fit": self._fit(client_id, r), "attempt": r.attempt}
         return make(
-            Kind.TRAIN,
-            COORDINATOR_ID,
-            session_id=self.config.session_id,
-            round=r.round,
-            body={"fit": fit, "attempt": r.attempt},
-            payload=self.params,
+            Kind.TRAIN, COORDINATOR_ID, session_id=self.config.session_id, round=r.round, body=body, payload=self.params
         )
+
+    async def _send_train(self, clients: list[str], r: RoundState) -> list[str]:
+        """TRAIN to each client, or one TRAIN per host for hosted clients; returns those that
+        could not be reached."""
+        direct: list[str] = []
+        hosted: defaultdict[str, list[str]] = defaultdict(list)
+        for c in clients:
+            host = self._hosts.get(c)
+            (hosted[host] if host is not None else direct).append(c)
+        failed = await self._send_all(direct, lambda c: self._train_message(c, r)) if direct else []
+        sid = self.config.session_id
+        for host, members in hosted.items():
+            # One fit config for all, and each client's own seed: what ``_fit`` would give each.
+            seeds = [{"client": c, "seed": self.config.client_seed(r.round, r.index[c])} for c in members]
+            body = {"attempt": r.attempt, "fit": self._fit(members[0], r), "clients": seeds}
+            train = make(Kind.TRAIN, COORDINATOR_ID, session_id=sid, round=r.round, body=body, payload=self.params)
+            if not await self._send(host, train):
+                failed += members
+        return failed
 
     def _maybe_close(self) -> None:
         r = self._round
@@ -385,9 +475,11 @@ class Coordinator:
             )
         need = self.config.quorum_size(len(r.selected))
         if len(r.accepted) >= need:
-            loop = asyncio.get_running_loop()
-            fut = loop.run_in_executor(self._executor, self._aggregate, r)
-            fut.add_done_callback(lambda f: self._aggregation_done(f, r))
+            if isinstance(self._executor, InlineExecutor):  # done at once: no need to hear back
+                self._aggregation_done(self._executor.submit(self._aggregate, r), r)
+            else:
+                fut = asyncio.get_running_loop().run_in_executor(self._executor, self._aggregate, r)
+                fut.add_done_callback(lambda f: self._aggregation_done(f, r))
             self._give_back(r.claims)  # queued behind the aggregation
             return
         self._give_back(r.claims)
@@ -408,7 +500,9 @@ class Coordinator:
         evaluation = self._evaluator.evaluate(params) if self._evaluator else None
         return ev.RoundAggregated(r.round, r.attempt, params, aggregate, evaluation)
 
-    def _aggregation_done(self, fut: asyncio.Future[ev.RoundAggregated], r: RoundState) -> None:
+    def _aggregation_done(
+        self, fut: asyncio.Future[ev.RoundAggregated] | concurrent.futures.Future[ev.RoundAggregated], r: RoundState
+    ) -> None:
         if fut.cancelled():
             return
         exc = fut.exception()

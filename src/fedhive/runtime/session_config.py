@@ -71,8 +71,11 @@ class SessionConfig(BaseModel):
             lr=self.lr,
             proximal_mu=self.proximal_mu,
             max_steps=self.local_steps,
-            seed=derive_seed(self.seed, round, client_index),
+            seed=self.client_seed(round, client_index),
         )
+
+    def client_seed(self, round: int, client_index: int) -> int:
+        return derive_seed(self.seed, round, client_index)
 
     def selection_size(self, online: int) -> int:
         k = max(1, math.ceil(self.fraction * online))

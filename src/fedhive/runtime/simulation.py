@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Coroutine, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +23,7 @@ from fedhive.learning.trainer import Trainer
 from fedhive.runtime import events as ev
 from fedhive.runtime.bus import EventBus
 from fedhive.runtime.client import ClientNode
+from fedhive.runtime.client_host import ClientHost, HostedClient
 from fedhive.runtime.coordinator import COORDINATOR_ID, Coordinator, SessionResult
 from fedhive.runtime.inline_executor import InlineExecutor
 from fedhive.runtime.session_config import SessionConfig
@@ -50,12 +51,17 @@ async def run_federation(
     observers: Sequence[Observer] = (),
     network: MemoryNetwork | None = None,
     threaded: bool = False,
+    hosted: bool | None = None,
 ) -> SessionResult:
     """Run one session with ``len(trainers)`` virtual clients; returns the final model and history.
 
     Training runs inline on the event loop (see ``InlineExecutor``), or with ``threaded=True`` in
     one worker thread, which keeps the loop responsive for a process that also serves an API.
+    ``hosted`` (the default unless the session compresses updates) runs the clients behind one
+    ``ClientHost``; ``hosted=False`` gives each its own ``ClientNode``, as over a broker.
     """
+    if hosted is None:
+        hosted = config.compression == "none"
     # Virtual clients live and die with this process: no heartbeat bookkeeping needed.
     config = config.model_copy(update={"heartbeat_interval_s": None, "heartbeat_timeout_s": None})
     net = network or MemoryNetwork()
@@ -75,6 +81,11 @@ async def run_federation(
     # Not a ``with`` block: leaving it would wait for a virtual client stuck in its trainer, and a
     # session must end at its deadlines whatever its clients do.
     pool = ThreadPoolExecutor(1, thread_name_prefix="fedhive-virtual-clients") if threaded else InlineExecutor()
+    if hosted:
+        try:
+            return _unwrap(await _run_hosted(coordinator, net, ids, trainers, num_examples, pool, config))
+        finally:
+            pool.shutdown(wait=False, cancel_futures=True)
     gate = FoldGate.for_model(initial_params.nbytes, minimum=2 if threaded else 1)
     gate.attach(coordinator.bus)
     clients = [
@@ -99,7 +110,40 @@ async def run_federation(
             tg.create_task(_end_clients(session, clients, runs), name="end-clients")
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
-    outcome = session.result()
+    return _unwrap(session.result())
+
+
+HOST_ID = "client-host"
+
+
+async def _run_hosted(
+    coordinator: Coordinator,
+    net: MemoryNetwork,
+    ids: list[str],
+    trainers: Sequence[Trainer],
+    num_examples: Sequence[int],
+    pool: Executor,
+    config: SessionConfig,
+) -> SessionResult | FedhiveError:
+    clients = [HostedClient(c, t, n) for c, t, n in zip(ids, trainers, num_examples, strict=True)]
+    host = ClientHost(
+        HOST_ID,
+        net.connect(HOST_ID, aliases=ids),
+        clients,
+        executor=pool,
+        register_timeout_s=config.registration_timeout_s,
+    )
+    async with asyncio.TaskGroup() as tg:
+        run = tg.create_task(_run_node(host.run(), HOST_ID), name=HOST_ID)  # registers before the coordinator looks
+        session = tg.create_task(_outcome(coordinator.run()), name="coordinator")
+        await asyncio.wait([session])
+        if not run.done():
+            await host.transport.close()
+            run.cancel()
+    return session.result()
+
+
+def _unwrap(outcome: SessionResult | FedhiveError) -> SessionResult:
     if isinstance(outcome, BaseException):
         raise outcome
     return outcome
@@ -151,13 +195,17 @@ async def _outcome(run: Coroutine[Any, Any, SessionResult]) -> SessionResult | F
 
 
 async def _run_client(client: ClientNode) -> None:
+    await _run_node(client.run(), client.node_id)
+
+
+async def _run_node(run: Coroutine[Any, Any, None], node_id: str) -> None:
     # A client's own failure (the session failed, it was cut off) is the session's to report.
     try:
-        await client.run()
+        await run
     except FedhiveError as exc:
-        log.debug("%s ended: %s", client.node_id, exc)
+        log.debug("%s ended: %s", node_id, exc)
     except Exception:  # a bug in its trainer: the coordinator sees a client that did not answer
-        log.warning("%s crashed", client.node_id, exc_info=True)
+        log.warning("%s crashed", node_id, exc_info=True)
 
 
 async def _end_clients(

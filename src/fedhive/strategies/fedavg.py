@@ -26,9 +26,9 @@ def _axpy_into(acc: np.ndarray, x: np.ndarray, w: float, scratch: np.ndarray) ->
     v = x.reshape(-1)
     n = a.size
     if n <= _CHUNK:  # most tensors of a small model: no loop to set up
-        s = scratch[:n]
-        np.multiply(v, w, out=s, casting="unsafe")
-        a += s
+        # The product in the update's dtype (as in the loop below), added in float64: a small
+        # temporary moves half the bytes that a float64 one would, and it stays in cache.
+        a += v * w
         return
     # A memory-mapped update (a claim check) gives its pages back as it is folded in: only the
     # accumulator stays resident, not the accumulator plus a whole update (see ``residency``).

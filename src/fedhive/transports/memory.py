@@ -33,16 +33,20 @@ class MemoryNetwork:
         self._inbox_size = inbox_size
         self.dropped = 0  # messages for nodes that are not (or no longer) connected
 
-    def connect(self, node_id: str) -> MemoryTransport:
+    def connect(self, node_id: str, *, aliases: Sequence[str] = ()) -> MemoryTransport:
+        """A transport for ``node_id``. Messages sent to any of ``aliases`` land in the same inbox:
+        one node (a ``ClientHost``) then answers for many addresses without a queue each."""
         codec = self._codec_for(node_id) if self._codec_for else None
-        return MemoryTransport(self, node_id, codec, self._inbox_size)
+        return MemoryTransport(self, node_id, codec, self._inbox_size, tuple(aliases))
 
     def _attach(self, node: MemoryTransport) -> None:
-        self._nodes[node.node_id] = node
+        for address in node.addresses:
+            self._nodes[address] = node
 
     def _detach(self, node: MemoryTransport) -> None:
-        if self._nodes.get(node.node_id) is node:
-            del self._nodes[node.node_id]
+        for address in node.addresses:
+            if self._nodes.get(address) is node:
+                del self._nodes[address]
         for members in self._topics.values():
             members.discard(node.node_id)
 
@@ -65,8 +69,16 @@ class MemoryNetwork:
 
 
 class MemoryTransport(Transport):
-    def __init__(self, network: MemoryNetwork, node_id: str, codec: WireCodec | None, inbox_size: int) -> None:
+    def __init__(
+        self,
+        network: MemoryNetwork,
+        node_id: str,
+        codec: WireCodec | None,
+        inbox_size: int,
+        aliases: tuple[str, ...] = (),
+    ) -> None:
         self.node_id = node_id
+        self.addresses = (node_id, *aliases)
         self._network = network
         self._codec = codec
         self._inbox: asyncio.Queue[object] = asyncio.Queue(inbox_size)

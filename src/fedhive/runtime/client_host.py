@@ -1,0 +1,232 @@
+"""Many virtual clients behind one node: the fast path of the in-process simulation.
+
+A ``ClientNode`` per virtual client costs a TRAIN and an UPDATE message per round, each
+dispatched, checked and folded on its own; with a small model that is about a third of the
+training time itself. A host answers for all its clients on one transport endpoint (the memory
+transport's aliases): it registers each of them with ``host`` set, receives one TRAIN per round
+listing those selected, trains them one after another in the fixed order the coordinator gives,
+checks every update (names, shapes, dtypes, finiteness) and folds it into a partial aggregate of
+the session's strategy, and sends one ``partial`` per chunk of clients (``runtime.hosted``). The
+coordinator still decides who trains, and still accepts or rejects each client.
+
+Chunks have a fixed size (by model bytes), so the same seed groups the same sums and the final
+model is bitwise reproducible. With a worker thread (``threaded``), each client's result goes out
+as soon as it is ready, as a node's would: a client stuck in its trainer then costs only its own
+update, not those of the clients trained before it.
+
+Compression is a client-node feature: a host refuses sessions that negotiate it (simulation runs
+those with one ``ClientNode`` per client).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass
+
+from pydantic import ValidationError
+
+from fedhive.core.envelope import Kind, Message, make
+from fedhive.core.params import Params, ParamSpec, check_against_spec
+from fedhive.errors import FedhiveError, ProtocolError, SessionFailed, TransportError
+from fedhive.learning.trainer import FitConfig, Trainer
+from fedhive.runtime.coordinator import COORDINATOR_ID
+from fedhive.runtime.hosted import Member, members_body, train_items
+from fedhive.runtime.inline_executor import InlineExecutor, run_job
+from fedhive.runtime.partials import partial_message, raw_message
+from fedhive.runtime.payloads import payload_params
+from fedhive.runtime.session_config import SessionConfig
+from fedhive.strategies.base import Aggregator, Update
+from fedhive.strategies.registry import parse_strategy
+from fedhive.transports.base import Transport, TransportClosed
+
+log = logging.getLogger("fedhive.client_host")
+
+CHUNK_BYTES = 4 * 1024 * 1024  # model bytes folded per partial: 100 small models, or one big one
+MAX_CHUNK = 64
+
+
+@dataclass(frozen=True, slots=True)
+class HostedClient:
+    client_id: str
+    trainer: Trainer
+    num_examples: int
+
+
+@dataclass(slots=True)
+class _Chunk:
+    aggregator: Aggregator | None  # None: the updates go raw (a strategy that cannot merge, or one)
+    updates: list[Update]
+    members: list[Member]
+    failures: list[tuple[str, str]]
+
+
+class ClientHost:
+    def __init__(
+        self,
+        host_id: str,
+        transport: Transport,
+        clients: Sequence[HostedClient],
+        *,
+        coordinator_id: str = COORDINATOR_ID,
+        executor: Executor | None = None,
+        register_retry_s: float = 2.0,
+        register_timeout_s: float = 120.0,
+        max_payload_bytes: int = 256 * 1024 * 1024,
+    ) -> None:
+        self.host_id = host_id
+        self.transport = transport
+        self._clients = {c.client_id: c for c in clients}
+        self._coordinator = coordinator_id
+        self._executor = executor or InlineExecutor()
+        self._register_retry_s = register_retry_s
+        self._register_timeout_s = register_timeout_s
+        self._max_payload = max_payload_bytes
+        self._session_id = ""
+        self._config: SessionConfig | None = None
+        self._spec: ParamSpec | None = None
+        self._unfit: dict[str, str] = {}  # client -> why it cannot train the session's model
+        self.rounds_trained = 0
+
+    async def run(self) -> None:
+        """Serve until the coordinator says STOP; raises ``SessionFailed`` if it never answers."""
+        pending = await self._register(list(self._clients))
+        deadline = time.monotonic() + self._register_timeout_s
+        while True:
+            try:
+                async with asyncio.timeout(self._register_retry_s if pending else None):
+                    msg = await self.transport.recv()
+            except TimeoutError:
+                if time.monotonic() >= deadline:
+                    waited = f"{self._register_timeout_s:.0f} s"
+                    raise SessionFailed(f"{self.host_id}: the coordinator did not answer within {waited}") from None
+                pending = await self._register(pending)
+                continue
+            except TransportClosed:
+                return
+            if msg.sender != self._coordinator:
+                log.warning("%s: ignored %s from %s (not the coordinator)", self.host_id, msg.kind, msg.sender)
+                continue
+            try:
+                if await self._handle(msg):
+                    return
+            except FedhiveError as exc:
+                log.warning("%s: cannot act on %s: %s", self.host_id, msg.kind, exc)
+
+    async def _register(self, clients: list[str]) -> list[str]:
+        """REGISTER for each client; returns those the coordinator could not be reached for."""
+        unreached = []
+        for cid in clients:
+            body = {"num_examples": self._clients[cid].num_examples, "host": self.host_id}
+            try:
+                await self.transport.send(self._coordinator, make(Kind.REGISTER, cid, body=body))
+            except TransportError:
+                unreached.append(cid)
+        return unreached
+
+    async def _handle(self, msg: Message) -> bool:
+        """Act on one message from the coordinator; True when the session is over for us."""
+        if msg.kind is Kind.ENABLE:
+            self._enable(msg)
+        elif msg.kind is Kind.TRAIN:
+            await self._train(msg)
+        elif msg.kind is Kind.STOP and "reason" in msg.envelope.body:
+            reason = str(msg.envelope.body["reason"])[:1000]
+            raise SessionFailed(f"the coordinator ended the session: {reason}")
+        elif msg.kind is Kind.STOP:
+            log.info("%s: stopped by the coordinator after %d rounds", self.host_id, self.rounds_trained)
+            return True
+        return False
+
+    def _enable(self, msg: Message) -> None:
+        if self._config is not None and msg.envelope.session_id == self._session_id:
+            return  # one ENABLE per hosted client, all alike
+        try:
+            config = SessionConfig.model_validate(msg.envelope.body.get("config", {}))
+            spec = ParamSpec.from_json(msg.envelope.body["spec"])
+        except (ValidationError, KeyError, TypeError, ValueError) as exc:
+            raise ProtocolError(f"malformed ENABLE: {exc}") from None
+        self._session_id, self._config, self._spec = msg.envelope.session_id, config, spec
+        self._unfit = {}
+        if config.compression != "none":
+            why = f"{self.host_id} does not compress updates (session compression {config.compression!r})"
+            self._unfit = dict.fromkeys(self._clients, why)
+        for cid, client in self._clients.items():
+            own = getattr(client.trainer, "param_spec", None)
+            if isinstance(own, ParamSpec) and own != spec and cid not in self._unfit:
+                self._unfit[cid] = f"{cid}: the session's model does not fit this client's data"
+
+    async def _train(self, msg: Message) -> None:
+        config, spec = self._config, self._spec
+        if config is None or spec is None:
+            raise ProtocolError("TRAIN before ENABLE")
+        env = msg.envelope
+        attempt = int(env.body.get("attempt", 0))
+        items = train_items(env.body)
+        params = payload_params(msg, spec, max_bytes=self._max_payload, what="global model")
+        strategy = parse_strategy(config.strategy)
+        size = 1 if not isinstance(self._executor, InlineExecutor) else chunk_size(params.nbytes)
+        for start in range(0, len(items), size):
+            part = items[start : start + size]
+            # A chunk of one (a big model, or a worker thread) goes raw: a float64 partial sum of
+            # one update would cost twice its memory and bytes for nothing.
+            agg = strategy.aggregator(params) if strategy.mergeable and len(part) > 1 else None
+            chunk = await run_job(self._executor, self._train_chunk, params, part, agg, spec)
+            await self._send(self._answer(env.round, attempt, chunk, spec))
+        self.rounds_trained += 1
+
+    def _train_chunk(
+        self, params: Params, items: list[tuple[str, FitConfig]], agg: Aggregator | None, spec: ParamSpec
+    ) -> _Chunk:
+        chunk = _Chunk(agg, [], [], [])
+        for cid, fit in items:
+            client = self._clients.get(cid)
+            if client is None:
+                log.warning("%s: TRAIN names %s, which it does not host", self.host_id, cid)
+                continue  # not ours to answer for: the coordinator counts it missing
+            if cid in self._unfit:
+                chunk.failures.append((cid, self._unfit[cid]))
+                continue
+            try:
+                result = client.trainer.fit(params, fit)
+                check_against_spec(result.params, spec, what=f"update from {cid}")
+            except (FedhiveError, ValueError, TypeError) as exc:
+                chunk.failures.append((cid, str(exc)))
+                continue
+            metrics = dict(result.metrics)
+            update = Update(cid, result.params, result.num_examples, metrics)
+            if agg is not None:
+                agg.add(update)
+            else:
+                chunk.updates.append(update)
+            chunk.members.append(Member(cid, result.num_examples, metrics))
+        return chunk
+
+    def _answer(self, round: int, attempt: int, chunk: _Chunk, spec: ParamSpec) -> Message:
+        extra = members_body(chunk.members, chunk.failures)
+        if not chunk.members:
+            body = {"mode": "none", "attempt": attempt, **extra}
+            return make(Kind.PARTIAL, self.host_id, session_id=self._session_id, round=round, body=body)
+        if chunk.aggregator is None:
+            msg = raw_message(self.host_id, self._session_id, round, attempt, chunk.updates)
+        else:
+            clients = [m.client_id for m in chunk.members]
+            partial = chunk.aggregator.partial()
+            msg = partial_message(
+                self.host_id, self._session_id, round, attempt, partial, clients, spec=spec, exact=True
+            )
+        msg.envelope.body.update(extra)
+        return msg
+
+    async def _send(self, msg: Message) -> None:
+        try:
+            await self.transport.send(self._coordinator, msg)
+        except TransportError as exc:
+            log.warning("%s: could not send %s: %s", self.host_id, msg.kind, exc)
+
+
+def chunk_size(model_bytes: int) -> int:
+    return max(1, min(MAX_CHUNK, CHUNK_BYTES // max(1, model_bytes)))
