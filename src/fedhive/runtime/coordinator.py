@@ -13,7 +13,6 @@ import concurrent.futures
 import functools
 import logging
 import time
-from collections import defaultdict
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -26,14 +25,22 @@ from fedhive.errors import FedhiveError, ProtocolError, SessionFailed, Transport
 from fedhive.learning.trainer import Trainer
 from fedhive.runtime import events as ev
 from fedhive.runtime.bus import BusStopped, EventBus
-from fedhive.runtime.hosted import Member, host_of, members_of
+from fedhive.runtime.claim_keeper import give_back
+from fedhive.runtime.hosted import HostDirectory, fold_members
 from fedhive.runtime.inline_executor import InlineExecutor, run_job
-from fedhive.runtime.partials import read_partial
-from fedhive.runtime.payloads import OFFLOAD_BYTES, body_int, body_metrics, payload_params, payload_size
+from fedhive.runtime.payloads import (
+    OFFLOAD_BYTES,
+    body_int,
+    body_metrics,
+    opt_float,
+    opt_int,
+    payload_params,
+    payload_size,
+)
 from fedhive.runtime.registry import ClientRegistry, PeerStatus
 from fedhive.runtime.round_state import RetryRound, RoundState, shortfall_reason
 from fedhive.runtime.session_config import SessionConfig
-from fedhive.strategies.base import Partial, Strategy, Update
+from fedhive.strategies.base import Strategy, Update
 from fedhive.strategies.registry import parse_strategy
 from fedhive.transports.base import Transport
 
@@ -87,7 +94,7 @@ class Coordinator:
         self._started = False
         self._history: list[dict[str, float]] = list(history)
         self._timers: list[asyncio.TimerHandle] = []
-        self._hosts: dict[str, str] = {}  # client -> the ClientHost that trains it (runtime.hosted)
+        self._hosts = HostDirectory()  # clients that a ClientHost answers for (runtime.hosted)
         self._reconnects_seen = transport.reconnects
         self._wire_handlers()
 
@@ -171,11 +178,7 @@ class Coordinator:
     async def _on_register(self, msg: Message) -> None:
         num_examples = body_int(msg.envelope.body, "num_examples", low=0, high=MAX_EXAMPLES)
         labels = msg.envelope.body.get("label_counts") or {}
-        host = host_of(msg.envelope.body)
-        if host is None:
-            self._hosts.pop(msg.sender, None)
-        else:
-            self._hosts[msg.sender] = host
+        self._hosts.note_registration(msg.sender, msg.envelope.body)
         previous = self.registry.register(msg.sender, num_examples, labels if isinstance(labels, dict) else {})
         if previous is not PeerStatus.ONLINE:
             self.bus.emit(ev.ClientStatusChanged(msg.sender, PeerStatus.ONLINE, previous))
@@ -202,8 +205,8 @@ class Coordinator:
         body = msg.envelope.body
         info = self.registry.get(msg.sender)
         assert info is not None
-        info.epoch, info.epochs = _opt_int(body.get("epoch")), _opt_int(body.get("epochs"))
-        info.loss, info.accuracy = _opt_float(body.get("loss")), _opt_float(body.get("accuracy"))
+        info.epoch, info.epochs = opt_int(body.get("epoch")), opt_int(body.get("epochs"))
+        info.loss, info.accuracy = opt_float(body.get("loss")), opt_float(body.get("accuracy"))
         self.bus.emit(
             ev.HeartbeatReceived(
                 msg.sender,
@@ -282,10 +285,8 @@ class Coordinator:
         is accepted and each failure recorded as if it had come in a message of its own."""
         self._hold_claim(msg)
         r, env = self._round, msg.envelope
-        members, failures = members_of(env.body)
+        members, failures = self._hosts.answer_of(msg)
         named = [m.client_id for m in members] + [c for c, _ in failures]
-        if any(self._hosts.get(c) != msg.sender for c in named):
-            raise ProtocolError(f"{msg.sender} is not the host of every client its partial names")
         if r is None or r.closing or env.round != r.round or env.body.get("attempt", 0) != r.attempt:
             log.info("dropped late partial from host %s for round %d", msg.sender, env.round)
             for c in named:
@@ -299,11 +300,11 @@ class Coordinator:
             r.failed[c] = f"sent no valid update: {reason}"
         if members:
             nbytes = payload_size(msg)
+            fold = functools.partial(
+                fold_members, r.aggregator, msg, members, self.spec, max_update_bytes=self.config.max_update_bytes
+            )
             try:
-                if nbytes > OFFLOAD_BYTES:
-                    await run_job(self._executor, self._fold_hosted, msg, members, r)
-                else:
-                    self._fold_hosted(msg, members, r)
+                await run_job(self._executor, fold) if nbytes > OFFLOAD_BYTES else fold()
             except FedhiveError as exc:
                 for m in members:
                     self.bus.emit(ev.UpdateRejected(r.round, m.client_id, str(exc)))
@@ -319,21 +320,6 @@ class Coordinator:
                 self.bus.emit(ev.UpdateAccepted(r.round, m.client_id, m.num_examples, m.metrics, size))
         self._maybe_close()
 
-    def _fold_hosted(self, msg: Message, members: list[Member], r: RoundState) -> None:
-        max_bytes = self.config.max_update_bytes * max(1, min(len(members), 64))
-        part = read_partial(msg, self.spec, max_bytes=max_bytes)
-        if isinstance(part, Partial):
-            if part.count != len(members):
-                raise ProtocolError(f"partial sums {part.count} updates for {len(members)} members")
-            if not r.aggregator.mergeable:
-                raise ProtocolError(f"strategy {self.strategy.name} cannot merge partial sums; send raw updates")
-            r.aggregator.merge(part)
-            return
-        if [u.client_id for u in part] != [m.client_id for m in members]:
-            raise ProtocolError("the raw updates of a host's partial are not its members")
-        for update in part:
-            r.aggregator.add(update)
-
     def _hold_claim(self, msg: Message) -> None:
         """A claim-checked payload goes back to the store when its round is aggregated, or at once
         if no round waits for it: without this, the store would grow by every update of every round."""
@@ -347,17 +333,7 @@ class Coordinator:
             self._give_back([p])
 
     def _give_back(self, claims: list[Deferred]) -> None:
-        """Discard ``claims`` in the aggregation executor: after any fold or aggregation queued
-        there before (one worker), so nothing still reads them, and off the loop (store I/O)."""
-        if not claims:
-            return
-        taken = list(claims)
-        claims.clear()
-        try:
-            fut = asyncio.get_running_loop().run_in_executor(self._executor, _discard_all, taken)
-        except RuntimeError:  # the executor is shut down: the session is over
-            return
-        fut.add_done_callback(lambda f: f.cancelled() or f.exception())  # retrieve: never "never retrieved"
+        give_back(self._executor, claims)
 
     def _reject_update(self, msg: Message, reason: str) -> None:
         log.warning("rejected update from %s in round %d: %s", msg.sender, msg.envelope.round, reason)
@@ -436,11 +412,7 @@ class Coordinator:
     async def _send_train(self, clients: list[str], r: RoundState) -> list[str]:
         """TRAIN to each client, or one TRAIN per host for hosted clients; returns those that
         could not be reached."""
-        direct: list[str] = []
-        hosted: defaultdict[str, list[str]] = defaultdict(list)
-        for c in clients:
-            host = self._hosts.get(c)
-            (hosted[host] if host is not None else direct).append(c)
+        direct, hosted = self._hosts.split(clients)
         failed = await self._send_all(direct, lambda c: self._train_message(c, r)) if direct else []
         sid = self.config.session_id
         for host, members in hosted.items():
@@ -616,19 +588,3 @@ class Coordinator:
                 log.warning("could not reach %s: %s", c, error)
                 failed.append(c)
         return failed
-
-
-def _opt_int(v: object) -> int | None:
-    return v if isinstance(v, int) and not isinstance(v, bool) else None
-
-
-def _opt_float(v: object) -> float | None:
-    return float(v) if isinstance(v, int | float) and not isinstance(v, bool) else None
-
-
-def _discard_all(claims: list[Deferred]) -> None:
-    for claim in claims:
-        try:
-            claim.discard()
-        except Exception:  # a store error costs disk space, never the session
-            log.warning("could not give a claim-checked payload back to the store", exc_info=True)

@@ -23,10 +23,13 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from fedhive.core.envelope import Message
+from fedhive.core.params import ParamSpec
 from fedhive.errors import ProtocolError
 from fedhive.learning.trainer import FitConfig
-from fedhive.runtime.partials import MAX_RAW_UPDATES
+from fedhive.runtime.partials import MAX_RAW_UPDATES, read_partial
 from fedhive.runtime.payloads import body_int, body_metrics
+from fedhive.strategies.base import Aggregator, Partial
 
 MAX_EXAMPLES = 10**9
 MAX_ID = 128
@@ -98,3 +101,56 @@ def members_body(members: Sequence[Member], failures: Sequence[tuple[str, str]])
         "members": [{"client": m.client_id, "num_examples": m.num_examples, "metrics": m.metrics} for m in members],
         "failures": [{"client": c, "reason": r[:MAX_REASON]} for c, r in failures],
     }
+
+
+class HostDirectory:
+    """The coordinator's record of which clients a ``ClientHost`` answers for."""
+
+    def __init__(self) -> None:
+        self._host_of: dict[str, str] = {}
+
+    def note_registration(self, client_id: str, body: Mapping[str, object]) -> None:
+        host = host_of(body)
+        if host is None:
+            self._host_of.pop(client_id, None)  # registered again on its own
+        else:
+            self._host_of[client_id] = host
+
+    def split(self, clients: Sequence[str]) -> tuple[list[str], dict[str, list[str]]]:
+        """(clients addressed directly, {host: its clients}), each in the given order."""
+        direct: list[str] = []
+        hosted: dict[str, list[str]] = {}
+        for c in clients:
+            host = self._host_of.get(c)
+            if host is None:
+                direct.append(c)
+            else:
+                hosted.setdefault(host, []).append(c)
+        return direct, hosted
+
+    def answer_of(self, msg: Message) -> tuple[list[Member], list[tuple[str, str]]]:
+        """The members and failures a host's ``partial`` reports; ``ProtocolError`` if it names a
+        client that did not register with the sender as its host."""
+        members, failures = members_of(msg.envelope.body)
+        named = [m.client_id for m in members] + [c for c, _ in failures]
+        if any(self._host_of.get(c) != msg.sender for c in named):
+            raise ProtocolError(f"{msg.sender} is not the host of every client its partial names")
+        return members, failures
+
+
+def fold_members(
+    aggregator: Aggregator, msg: Message, members: Sequence[Member], spec: ParamSpec, *, max_update_bytes: int
+) -> None:
+    """Check a host's partial (sums or raw updates) against what it says it holds, and fold it."""
+    part = read_partial(msg, spec, max_bytes=max_update_bytes * max(1, min(len(members), 64)))
+    if isinstance(part, Partial):
+        if part.count != len(members):
+            raise ProtocolError(f"partial sums {part.count} updates for {len(members)} members")
+        if not aggregator.mergeable:
+            raise ProtocolError("this session's strategy cannot merge partial sums; send raw updates")
+        aggregator.merge(part)
+        return
+    if [u.client_id for u in part] != [m.client_id for m in members]:
+        raise ProtocolError("the raw updates of a host's partial are not its members")
+    for update in part:
+        aggregator.add(update)

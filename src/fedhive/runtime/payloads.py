@@ -70,3 +70,12 @@ def body_metrics(body: Mapping[str, object], key: str = "metrics") -> dict[str, 
             raise ProtocolError(f"metric {k!r} must be a finite number, got {v!r}")
         out[str(k)[:64]] = float(v)
     return out
+
+
+def opt_int(v: object) -> int | None:
+    """An optional integer body field: the value if it is one, else None (heartbeat extras)."""
+    return v if isinstance(v, int) and not isinstance(v, bool) else None
+
+
+def opt_float(v: object) -> float | None:
+    return float(v) if isinstance(v, int | float) and not isinstance(v, bool) else None
