@@ -114,7 +114,7 @@ def main() -> None:
     repeats = 2 if args.quick else args.repeats
     rows = []
     for n in args.clients:
-        rounds = (6 if n <= 100 else 4) if not args.quick else (4 if n <= 100 else 3)
+        rounds = 6 if not args.quick else (4 if n <= 100 else 3)
         trainers = make_trainers(n)
         bare: list[Stamp] = []
         sim: list[Stamp] = []

@@ -17,6 +17,7 @@ from fedhive.core.params import Params
 from fedhive.strategies.base import AggregateResult, Aggregator, Partial, Strategy, Update
 
 _CHUNK = 1 << 15  # elements per step: 256 KiB of float64 scratch, stays in cache
+_NO_SCRATCH = np.empty(0, np.float64)
 _RELEASE_EVERY = 1 << 20  # elements: pages of a memory-mapped update are given back this many at a time
 
 
@@ -41,15 +42,20 @@ def _axpy_into(acc: np.ndarray, x: np.ndarray, w: float, scratch: np.ndarray) ->
 
 
 def _divide_releasing(acc: np.ndarray, weight: float, out: np.ndarray) -> None:
-    """out = acc / weight; a big ``acc`` is given back to the system (zeroed) chunk by chunk."""
+    """out = acc / weight, dividing ``acc`` in place (the aggregator is consumed) and then casting
+    into ``out``: a float64 division straight into a float32 ``out`` would make numpy allocate
+    cast buffers while the sum and the result are both alive (the peak). A big ``acc`` is given
+    back to the system (zeroed) chunk by chunk."""
     if acc.nbytes < residency.RELEASE_MIN_BYTES:
-        np.divide(acc, weight, out=out, casting="unsafe")
+        np.divide(acc, weight, out=acc)
+        out[...] = acc
         return
     a, o = acc.reshape(-1), out.reshape(-1)
     base = residency.address_of(a)
     for start in range(0, a.size, _RELEASE_EVERY):
         stop = min(start + _RELEASE_EVERY, a.size)
-        np.divide(a[start:stop], weight, out=o[start:stop], casting="unsafe")
+        np.divide(a[start:stop], weight, out=a[start:stop])
+        o[start:stop] = a[start:stop]
         residency.drop_pages(base + start * a.itemsize, (stop - start) * a.itemsize)
 
 
@@ -62,7 +68,7 @@ class WeightedMeanAggregator(Aggregator):
         self._weighted = weighted
         self._sums = Params({n: np.zeros(a.shape, np.float64) for n, a in template.items()})
         self._dtypes = {n: a.dtype for n, a in template.items()}
-        self._scratch = np.empty(_CHUNK, np.float64)
+        self._scratch: np.ndarray | None = None  # for tensors folded in chunks; made on first need
         self._weight = 0.0
         self._examples = 0
         self._count = 0
@@ -80,11 +86,18 @@ class WeightedMeanAggregator(Aggregator):
         # would), 1.4x faster than a float64 product; the sum itself is float64.
         w = float(update.num_examples) if self._weighted else 1.0
         for name, acc in self._sums.items():
-            _axpy_into(acc, update.params[name], w, self._scratch)
+            _axpy_into(acc, update.params[name], w, self._scratch_for(acc.size))
         self._weight += w
         self._examples += update.num_examples
         self._count += 1
         self._add_metrics(update.metrics, float(update.num_examples))
+
+    def _scratch_for(self, size: int) -> np.ndarray:
+        if size <= _CHUNK:
+            return _NO_SCRATCH  # small tensors are folded without one
+        if self._scratch is None:
+            self._scratch = np.empty(_CHUNK, np.float64)
+        return self._scratch
 
     def _add_metrics(self, metrics: Mapping[str, float], w: float) -> None:
         for k, v in metrics.items():
@@ -122,6 +135,7 @@ class WeightedMeanAggregator(Aggregator):
             return self._result
         if self._count == 0 or self._weight <= 0:
             raise ValueError("no updates to aggregate")
+        self._scratch = None  # not needed any more: the peak is the sum and the result alone
         out = {}
         for name, acc in self._sums.items():
             res = np.empty(acc.shape, self._dtypes[name])
