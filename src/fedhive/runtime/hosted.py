@@ -16,6 +16,9 @@ same events either way.
   updates themselves, for a median or Krum), or ``none`` when every client of the chunk failed:
   ``body.members`` gives each folded client's example count and metrics, ``body.failures`` each
   failed client's reason.
+
+Nothing here depends on the transport, but only ``simulate`` runs hosts: over a broker each
+hosted client's REGISTER would have to be signed with that client's own key.
 """
 
 from __future__ import annotations
