@@ -151,3 +151,21 @@ async def test_a_memory_node_answers_to_its_aliases() -> None:
     await host.close()
     with pytest.raises(TransportError, match="no node 'c1'"):
         await sender.send("c1", make(Kind.HEARTBEAT, "s"))
+
+
+class Crashing(NumpyLogRegTrainer):
+    def fit(self, params, config, progress=None):  # type: ignore[no-untyped-def]
+        raise RuntimeError("boom")
+
+
+async def test_a_trainer_that_raises_costs_only_its_own_update() -> None:
+    ts = trainers(4)
+    ts[1].__class__ = Crashing  # the same data, a trainer with a bug
+    rec = Recorder()
+    config = SessionConfig(rounds=2, min_clients=4, quorum=0.5)
+    async with asyncio.timeout(30):
+        result = await run_federation(
+            config, ts, [20] * 4, ts[0].initial_params(0), observers=[rec.attach], hosted=True
+        )
+    assert result.rounds == 2 and rec.updates_per_round == [3, 3]
+    assert rec.rejected == ["its trainer raised RuntimeError: boom"] * 2

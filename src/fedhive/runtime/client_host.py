@@ -37,7 +37,7 @@ from fedhive.runtime.coordinator import COORDINATOR_ID
 from fedhive.runtime.hosted import Member, members_body, train_items
 from fedhive.runtime.inline_executor import InlineExecutor, run_job
 from fedhive.runtime.partials import partial_message, raw_message
-from fedhive.runtime.payloads import payload_params
+from fedhive.runtime.payloads import body_int, payload_params
 from fedhive.runtime.session_config import SessionConfig
 from fedhive.strategies.base import Aggregator, Update
 from fedhive.strategies.registry import parse_strategy
@@ -157,14 +157,16 @@ class ClientHost:
         for cid, client in self._clients.items():
             own = getattr(client.trainer, "param_spec", None)
             if isinstance(own, ParamSpec) and own != spec and cid not in self._unfit:
-                self._unfit[cid] = f"{cid}: the session's model does not fit this client's data"
+                self._unfit[cid] = (
+                    f"{cid}: the session's model does not fit this client's data: check its features and label classes"
+                )
 
     async def _train(self, msg: Message) -> None:
         config, spec = self._config, self._spec
         if config is None or spec is None:
             raise ProtocolError("TRAIN before ENABLE")
         env = msg.envelope
-        attempt = int(env.body.get("attempt", 0))
+        attempt = body_int(env.body, "attempt", low=0, high=10**6) if "attempt" in env.body else 0
         items = train_items(env.body)
         params = payload_params(msg, spec, max_bytes=self._max_payload, what="global model")
         strategy = parse_strategy(config.strategy)
@@ -193,8 +195,12 @@ class ClientHost:
             try:
                 result = client.trainer.fit(params, fit)
                 check_against_spec(result.params, spec, what=f"update from {cid}")
-            except (FedhiveError, ValueError, TypeError) as exc:
+            except FedhiveError as exc:
                 chunk.failures.append((cid, str(exc)))
+                continue
+            except Exception as exc:  # a bug in one client's trainer must not take the others down
+                log.warning("%s: the trainer of %s raised", self.host_id, cid, exc_info=True)
+                chunk.failures.append((cid, f"its trainer raised {type(exc).__name__}: {exc}"))
                 continue
             metrics = dict(result.metrics)
             update = Update(cid, result.params, result.num_examples, metrics)
