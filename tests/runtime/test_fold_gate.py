@@ -11,6 +11,7 @@ from fakes import BadTrainer, ShiftTrainer
 from fedhive.core.params import Params
 from fedhive.errors import DataError
 from fedhive.learning.trainer import FitConfig, FitResult, ProgressFn
+from fedhive.runtime import client_host
 from fedhive.runtime import events as ev
 from fedhive.runtime.bus import EventBus
 from fedhive.runtime.session_config import SessionConfig
@@ -105,3 +106,17 @@ def test_the_limit_follows_the_byte_budget() -> None:
     assert FoldGate.for_model(FoldGate.BUDGET_BYTES * 2).limit == 1
     assert FoldGate.for_model(40_000).limit == FoldGate.BUDGET_BYTES // 40_000
     assert FoldGate.for_model(FoldGate.BUDGET_BYTES, minimum=2).limit == 2
+
+
+async def test_a_host_hands_over_a_big_model_before_it_trains_the_next(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(client_host, "CHUNK_BYTES", 1)  # every model is "big": one client per partial
+    counter = Outstanding()
+    trainers = [Counted(0.1 * (i + 1), counter) for i in range(8)]
+    config = SessionConfig(rounds=2, min_clients=8, round_timeout_s=10, heartbeat_interval_s=None)
+    async with asyncio.timeout(30):
+        result = await run_federation(
+            config, trainers, [t.num_examples for t in trainers], trainers[0].initial_params(0), hosted=True,
+            observers=[counter.attach],
+        )  # fmt: skip
+    assert result.rounds == 2
+    assert counter.most == 1  # folded before the next client trained: never two big updates alive
