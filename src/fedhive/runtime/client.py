@@ -272,11 +272,7 @@ class ClientNode:
                 self.bus.stop(exc)  # this client cannot train the session's model: no use staying
 
     def _enable(self, msg: Message) -> None:
-        try:
-            config = SessionConfig.model_validate(msg.envelope.body.get("config", {}))
-            spec = ParamSpec.from_json(msg.envelope.body["spec"])
-        except (ValidationError, KeyError, TypeError, ValueError) as exc:
-            raise ProtocolError(f"malformed ENABLE: {exc}") from None
+        config, spec = read_enable(msg)
         self._mark_registered({})
         self._session_id = msg.envelope.session_id
         trainer = self._trainer_for(config)
@@ -376,6 +372,16 @@ class ClientNode:
             await self.transport.send(self._coordinator, message)
         except TransportError as exc:
             log.warning("%s: could not send %s: %s", self.node_id, message.kind, exc)
+
+
+def read_enable(msg: Message) -> tuple[SessionConfig, ParamSpec]:
+    """The session configuration and model spec an ENABLE carries, checked."""
+    try:
+        config = SessionConfig.model_validate(msg.envelope.body.get("config", {}))
+        spec = ParamSpec.from_json(msg.envelope.body["spec"])
+    except (ValidationError, KeyError, TypeError, ValueError) as exc:
+        raise ProtocolError(f"malformed ENABLE: {exc}") from None
+    return config, spec
 
 
 def _shapes(spec: ParamSpec) -> str:

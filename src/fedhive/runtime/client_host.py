@@ -27,12 +27,11 @@ from collections.abc import Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
 
-from pydantic import ValidationError
-
 from fedhive.core.envelope import Kind, Message, make
 from fedhive.core.params import Params, ParamSpec, check_against_spec
 from fedhive.errors import FedhiveError, ProtocolError, SessionFailed, TransportError
 from fedhive.learning.trainer import FitConfig, Trainer
+from fedhive.runtime.client import read_enable
 from fedhive.runtime.coordinator import COORDINATOR_ID
 from fedhive.runtime.hosted import Member, members_body, train_items
 from fedhive.runtime.inline_executor import InlineExecutor, run_job
@@ -144,11 +143,7 @@ class ClientHost:
     def _enable(self, msg: Message) -> None:
         if self._config is not None and msg.envelope.session_id == self._session_id:
             return  # one ENABLE per hosted client, all alike
-        try:
-            config = SessionConfig.model_validate(msg.envelope.body.get("config", {}))
-            spec = ParamSpec.from_json(msg.envelope.body["spec"])
-        except (ValidationError, KeyError, TypeError, ValueError) as exc:
-            raise ProtocolError(f"malformed ENABLE: {exc}") from None
+        config, spec = read_enable(msg)
         self._session_id, self._config, self._spec = msg.envelope.session_id, config, spec
         self._unfit = {}
         if config.compression != "none":
