@@ -91,7 +91,11 @@ class ClientHost:
         self.rounds_trained = 0
 
     async def run(self) -> None:
-        """Serve until the coordinator says STOP; raises ``SessionFailed`` if it never answers."""
+        """Serve until the coordinator says STOP; raises ``SessionFailed`` if it never answers.
+
+        Once registered it waits for the coordinator without a clock of its own: a host lives in
+        its coordinator's process, whose session ends at its own deadlines and then closes this
+        host's transport (``simulation.run_federation``)."""
         pending = await self._register(list(self._clients))
         deadline = time.monotonic() + self._register_timeout_s
         while True:
