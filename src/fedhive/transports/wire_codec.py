@@ -164,7 +164,7 @@ class WireCodec:
             if self.defer_references:
                 load = functools.partial(_fetch, self._claims, desc)
                 return Message(env, Deferred(desc.nbytes, load, functools.partial(self._discard, desc)))
-            return Message(env, await asyncio.to_thread(_fetch, self._claims, desc))
+            return Message(env, await _fetch_shared(self._claims, desc))
         return Message(env, payload)
 
 
@@ -179,6 +179,39 @@ def _area_name(namespace: str) -> str:
         return check_area(namespace)
     except ConfigError:  # a namespace the broker accepts but a directory or key prefix would not
         return "ns-" + hashlib.sha256(namespace.encode()).hexdigest()[:16]
+
+
+# Claim-checked payloads being fetched and verified in this process, by (ref, sha256, size).
+_IN_FLIGHT: dict[tuple[str, str, int], asyncio.Task[bytes | memoryview]] = {}
+
+
+async def _fetch_shared(artifacts: ArtifactStore, desc: PayloadDescriptor) -> bytes | memoryview:
+    """``_fetch`` in a worker thread, shared by concurrent receivers of the same payload.
+
+    Why: the virtual clients of one process (``fedhive client --virtual N``) all receive the same
+    global model by reference at the same moment, and hashing 100 MB once per client was a third
+    of such a process's round. Only successes are shared, and only while the fetch is running
+    (no cache that could outlive the file): a receiver whose sharer failed fetches on its own,
+    since its store may hold what the other's did not."""
+    assert desc.ref is not None
+    key = (desc.ref, desc.sha256, desc.nbytes)
+    running = _IN_FLIGHT.get(key)
+    if running is not None and running.get_loop() is asyncio.get_running_loop():
+        try:
+            return await asyncio.shield(running)
+        except (PayloadError, StorageError):
+            pass
+    task = asyncio.ensure_future(asyncio.to_thread(_fetch, artifacts, desc))
+    _IN_FLIGHT[key] = task
+    task.add_done_callback(functools.partial(_fetched, key))
+    return await asyncio.shield(task)
+
+
+def _fetched(key: tuple[str, str, int], task: asyncio.Task[bytes | memoryview]) -> None:
+    if _IN_FLIGHT.get(key) is task:
+        del _IN_FLIGHT[key]
+    if not task.cancelled():
+        task.exception()  # retrieved here: its receivers may all have been cancelled meanwhile
 
 
 def _fetch(artifacts: ArtifactStore, desc: PayloadDescriptor) -> bytes | memoryview:
