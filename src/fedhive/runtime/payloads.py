@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Mapping
 
 from fedhive.core import codec
@@ -36,6 +37,7 @@ def payload_params(
     p = message.payload
     if p is None:
         raise PayloadError(f"{what} carries no parameters")
+    shareable = not isinstance(p, Deferred)
     if isinstance(p, Deferred):  # fetched only now, so a queue of updates holds no model bytes
         if p.nbytes > max_bytes:
             raise PayloadError(f"{what} of {p.nbytes} bytes exceeds the limit of {max_bytes} bytes")
@@ -50,7 +52,35 @@ def payload_params(
             raise PayloadError(f"{what} of {p.nbytes} bytes exceeds the limit of {max_bytes} bytes")
         check_against_spec(p, expected, what=what)
         return p
+    if shareable and isinstance(p, memoryview) and p.nbytes > OFFLOAD_BYTES:
+        return _LAST_SHARED.decode(p, expected, max_bytes=max_bytes, what=what)
     return codec.decode(p, expected=expected, max_bytes=max_bytes, what=what)
+
+
+class _LastDecoded:
+    """The last big fetched payload decoded and checked, by identity of the fetched object.
+
+    Why: the virtual clients of one process get the very same fetched global model
+    (``wire_codec._fetch_shared``), and checking 100 MB for finiteness once per client cost a
+    tenth of their round. One slot: it never holds more than the model of the round at hand.
+    Deferred payloads (a coordinator's updates, each different) never come here."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._slot: tuple[memoryview, ParamSpec, Params] | None = None
+
+    def decode(self, p: memoryview, expected: ParamSpec, *, max_bytes: int, what: str) -> Params:
+        with self._lock:
+            slot = self._slot
+        if slot is not None and slot[0] is p and slot[1] == expected and p.nbytes <= max_bytes:
+            return slot[2]
+        params = codec.decode(p, expected=expected, max_bytes=max_bytes, what=what)
+        with self._lock:
+            self._slot = (p, expected, params)
+        return params
+
+
+_LAST_SHARED = _LastDecoded()
 
 
 def body_int(body: Mapping[str, object], key: str, *, low: int, high: int) -> int:
