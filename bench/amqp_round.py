@@ -44,7 +44,7 @@ from rich.table import Table
 
 from fedhive.core.params import Params
 from fedhive.core.wire import MAX_ENVELOPE_BYTES
-from fedhive.learning.trainer import EvalResult, FitConfig, FitResult, ProgressFn, Trainer
+from fedhive.app.learner import EvalResult, FitConfig, FitResult, ProgressFn, Trainer
 from fedhive.runtime import events as ev
 from fedhive.runtime.bus import EventBus
 from fedhive.runtime.client import ClientNode

@@ -26,7 +26,7 @@ import numpy as np
 import workload
 from fedhive.core.params import Params
 from fedhive.learning.federation_data import DataSpec, prepare
-from fedhive.learning.trainer import EvalResult, FitConfig, FitResult, ProgressFn, Trainer
+from fedhive.app.learner import EvalResult, FitConfig, FitResult, ProgressFn, Trainer
 from fedhive.runtime import events as ev
 from fedhive.runtime.bus import EventBus
 from fedhive.runtime.session_config import SessionConfig

@@ -23,7 +23,7 @@ from rich.table import Table
 
 from fedhive.core.params import Params
 from fedhive.core.signing import Verifier
-from fedhive.learning.trainer import EvalResult, FitConfig, FitResult, ProgressFn
+from fedhive.app.learner import EvalResult, FitConfig, FitResult, ProgressFn
 from fedhive.runtime import events as ev
 from fedhive.runtime.bus import EventBus
 from fedhive.runtime.coordinator import COORDINATOR_ID

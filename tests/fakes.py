@@ -8,7 +8,7 @@ import time
 import numpy as np
 
 from fedhive.core.params import Params
-from fedhive.learning.trainer import EpochProgress, EvalResult, FitConfig, FitResult, ProgressFn
+from fedhive.app.learner import EpochProgress, EvalResult, FitConfig, FitResult, ProgressFn
 
 
 class ShiftTrainer:

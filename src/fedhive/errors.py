@@ -7,6 +7,7 @@ library, so callers never need to import a third-party exception type.
     FedhiveError
     ├── ConfigError            a setting, spec string or CLI argument is wrong
     ├── DataError              a data set cannot be loaded or partitioned (names row / column)
+    ├── AppError               a user's app cannot be loaded, or broke its contract (names what)
     ├── PayloadError           a received payload is malformed, oversized or does not fit the model
     │   └── NonFiniteError     a payload holds NaN or Inf
     ├── ProtocolError          an envelope is malformed, of an unknown version or out of place
@@ -31,6 +32,10 @@ class ConfigError(FedhiveError):
 
 class DataError(FedhiveError):
     """A data set cannot be loaded or partitioned; the message names the row and column."""
+
+
+class AppError(FedhiveError):
+    """A user's app does not import, lacks an attribute, or returned something off contract."""
 
 
 class PayloadError(FedhiveError):

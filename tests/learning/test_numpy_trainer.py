@@ -9,7 +9,7 @@ from fedhive.core.params import Params
 from fedhive.errors import ConfigError, DataError, PayloadError
 from fedhive.learning.datasets import load_dataset, split_train_test
 from fedhive.learning.numpy_trainer import NumpyLogRegTrainer
-from fedhive.learning.trainer import EpochProgress, FitConfig
+from fedhive.app.learner import EpochProgress, FitConfig
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ from fedhive.learning.factory import build_trainer
 from fedhive.learning.models import parse_model_spec
 from fedhive.learning.numpy_trainer import NumpyLogRegTrainer
 from fedhive.learning.torch_trainer import TorchTrainer
-from fedhive.learning.trainer import EpochProgress, FitConfig
+from fedhive.app.learner import EpochProgress, FitConfig
 
 DNN = parse_model_spec("simple-dnn")
 

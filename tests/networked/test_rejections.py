@@ -21,7 +21,7 @@ from fedhive.core.envelope import Kind, Message, make
 from fedhive.core.params import Params
 from fedhive.core.signing import Verifier, sign
 from fedhive.learning.numpy_trainer import NumpyLogRegTrainer
-from fedhive.learning.trainer import FitConfig, FitResult, ProgressFn
+from fedhive.app.learner import FitConfig, FitResult, ProgressFn
 from fedhive.runtime import events as ev
 from fedhive.runtime.bus import EventBus
 from fedhive.runtime.client import ClientNode

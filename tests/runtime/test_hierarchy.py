@@ -11,7 +11,7 @@ import pytest
 from fakes import ShiftTrainer, SlowShift
 from fedhive.core.params import Params
 from fedhive.errors import SessionFailed
-from fedhive.learning.trainer import FitConfig, FitResult, ProgressFn
+from fedhive.app.learner import FitConfig, FitResult, ProgressFn
 from fedhive.runtime import events as ev
 from fedhive.runtime.assigned_client import run_assigned_client
 from fedhive.runtime.combiner import Combiner

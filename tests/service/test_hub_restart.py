@@ -9,7 +9,7 @@ import contextlib
 from collections.abc import Callable
 
 from fedhive.core.envelope import Kind
-from fedhive.learning.trainer import Trainer
+from fedhive.app.learner import Trainer
 from fedhive.runtime.client import ClientNode
 from fedhive.runtime.coordinator import COORDINATOR_ID
 from fedhive.runtime.hub import Hub

@@ -9,7 +9,7 @@ import pytest
 
 from fedhive.core.params import Params
 from fedhive.learning.federation_data import DataSpec
-from fedhive.learning.trainer import EvalResult, FitConfig, FitResult, ProgressFn, Trainer
+from fedhive.app.learner import EvalResult, FitConfig, FitResult, ProgressFn, Trainer
 from fedhive.runtime.session_config import make_config
 from fedhive.runtime.simulation import plan_simulation, run_federation
 

@@ -22,17 +22,22 @@ from fedhive.cli.coordinator_cmd import (
     broker_settings,
     service_logging,
 )
+from fedhive.app.loader import BUILTIN
+from fedhive.cli.site_options import AppOption, NodeOption, StateDirOption, build_site
 from fedhive.errors import ConfigError, FedhiveError, SessionFailed
+from fedhive.learning.local_data import LocalData
 from fedhive.runtime import events as ev
 from fedhive.runtime.bus import EventBus
 from fedhive.runtime.credentials import parse_secret
 from fedhive.runtime.hierarchy_networked import run_hierarchical_client
-from fedhive.runtime.local_data import LocalData
 from fedhive.runtime.networked import ClientSettings, run_client, run_virtual_clients
 
 
 def client(
     broker: BrokerOption,
+    app: AppOption = BUILTIN,
+    node: NodeOption = None,
+    state_dir: StateDirOption = None,
     client_id: Annotated[
         str | None, typer.Option("--id", envvar="FEDHIVE_CLIENT_ID", help="from 'clients add'")
     ] = None,
@@ -61,7 +66,7 @@ def client(
     ] = False,
 ) -> None:
     settings = broker_settings(broker, namespace, ca_file, artifacts)
-    options = ClientSettings(seed=seed, register_timeout_s=register_timeout, coordinator_timeout_s=coordinator_timeout)
+    options = ClientSettings(register_timeout_s=register_timeout, coordinator_timeout_s=coordinator_timeout)
     if register_timeout <= 0 or coordinator_timeout <= 0:
         raise ConfigError("--register-timeout and --coordinator-timeout must be positive")
     watch = Watch(verbose=virtual == 0)
@@ -73,9 +78,11 @@ def client(
         idents = read_credentials(credentials, virtual)
         hosted = []
         for i, (cid, key) in enumerate(idents, start=1):
-            data = LocalData(dataset=dataset, partition=partition, part=f"{i}/{virtual}", test_fraction=test_fraction)
-            data.check()
-            hosted.append((cid, key, data))
+            part = f"{i}/{virtual}" if app == BUILTIN else None
+            data = LocalData(dataset=dataset, partition=partition, part=part, test_fraction=test_fraction)
+            extra = [*(node or []), f"partition_id={i - 1}", f"num_partitions={virtual}"] if app != BUILTIN else node
+            site = build_site(cid, app, extra, data, seed=seed, state_dir=state_dir and state_dir / cid)
+            hosted.append((key, site))
         service_logging()
         results = asyncio.run(run_virtual_clients(hosted, settings, options, observers=[watch.attach]))
         failures = [r for r in results if isinstance(r, FedhiveError)]
@@ -87,13 +94,13 @@ def client(
         raise ConfigError("--id and --secret are required (from 'fedhive clients add NAME')")
     key = parse_secret(secret)
     data = LocalData(csv=csv, label=label, dataset=dataset, partition=partition, part=part, test_fraction=test_fraction)
-    data.check()
+    site = build_site(client_id, app, node, data, seed=seed, state_dir=state_dir)
     service_logging()
     try:
         if via_combiner:
-            rounds = asyncio.run(run_hierarchical_client(client_id, key, data, settings, options))
+            rounds = asyncio.run(run_hierarchical_client(key, site, settings, options))
         else:
-            rounds = asyncio.run(run_client(client_id, key, data, settings, options, observers=[watch.attach]))
+            rounds = asyncio.run(run_client(key, site, settings, options, observers=[watch.attach]))
     except FedhiveError as exc:
         watch.fail(exc)
     print(f"stopped by the coordinator after {rounds} rounds of training", flush=True)

@@ -108,7 +108,7 @@ def coordinator(
     where = {"broker": redact(broker), "namespace": namespace}
     run_dir = RunDirectory(
         out,
-        {**cfg.model_dump(mode="json"), **session.data.model_dump(), **where},
+        {**cfg.model_dump(mode="json"), **session.data_settings, **where},
         resume_after=resume.round if resume else 0,
     )
     status = StatusLines(console)

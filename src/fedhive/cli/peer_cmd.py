@@ -16,17 +16,25 @@ from typing import Annotated
 import typer
 
 from fedhive.cli.coordinator_cmd import BrokerOption, CaFileOption, NamespaceOption, broker_settings, service_logging
+from fedhive.app.learner import Evaluator
+from fedhive.app.loader import BUILTIN, load_app
+from fedhive.cli.site_options import AppOption, NodeOption, StateDirOption, build_site
 from fedhive.errors import ConfigError
+from fedhive.learning.federation_data import parse_part
+from fedhive.learning.local_data import LocalData
 from fedhive.runtime.bus import EventBus
 from fedhive.runtime.credentials import parse_secret
-from fedhive.runtime.local_data import LocalData
 from fedhive.runtime.peer import PeerRoundCompleted
 from fedhive.runtime.peer_networked import PeerSettings, run_peer
-from fedhive.runtime.session_config import make_config
+from fedhive.runtime.session_config import SessionConfig, make_config
+from fedhive.runtime.site_app import ServerApp, SiteApp, session_with_app
 
 
 def peer(
     broker: BrokerOption,
+    app: AppOption = BUILTIN,
+    node: NodeOption = None,
+    state_dir: StateDirOption = None,
     secret: Annotated[
         str | None,
         typer.Option(envvar="FEDHIVE_FEDERATION_SECRET", help="the federation's shared secret (64 hex digits)"),
@@ -79,7 +87,10 @@ def peer(
         min_clients=min_peers,
     )
     data = LocalData(csv=csv, label=label, dataset=dataset, partition=partition, part=part, test_fraction=test_fraction)
-    data.check()
+    loaded = load_app(app)
+    config = session_with_app(config, loaded)
+    peer_name = f"peer-{part.replace('/', '-of-')}" if part else "peer"
+    site = build_site(peer_name, app, node, data, seed=seed, state_dir=state_dir)
     settings = PeerSettings(min_peers, beat, peer_timeout, discovery_timeout, gossip=gossip)
     service_logging()
 
@@ -100,12 +111,26 @@ def peer(
 
     run = run_peer(
         key,
-        data,
+        site,
         config,
         broker_settings(broker, namespace, ca_file, None),
         settings,
+        evaluator=_evaluator(site, config, data),
+        seed_index=parse_part(part)[0] - 1 if part else None,
         observers=[watch],
         on_ready=ready,
     )
     history = asyncio.run(run)
     print(f"done after {len(history)} rounds", flush=True)
+
+
+def _evaluator(site: SiteApp, config: SessionConfig, data: LocalData) -> Evaluator | None:
+    """How a peer reports each round's model: a demo data set's held-out rows (the same split as a
+    coordinator's), or the app's own ``evaluate`` on this peer's data; None if neither exists."""
+    app = site.loaded.app
+    if data.dataset is not None and app.has("central_evaluate"):
+        held_out = {"dataset": data.dataset, "test_fraction": data.test_fraction}
+        return ServerApp(site.loaded, config, held_out).evaluator()
+    if site.loaded.name != BUILTIN and app.has("evaluate"):
+        return site.trainer_for(config)
+    return None

@@ -11,9 +11,12 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from fedhive.app.loader import BUILTIN, load_app
+from fedhive.cli.key_values import parse_pairs
 from fedhive.cli.progress import SessionProgress
 from fedhive.errors import ConfigError
 from fedhive.learning.federation_data import DataSpec
+from fedhive.learning.models import parse_model_spec
 from fedhive.runtime.session_config import make_config
 from fedhive.runtime.simulation import plan_simulation, run_federation
 from fedhive.tracking.mlflow_options import ENV_VAR, MlflowOptions
@@ -25,6 +28,18 @@ DEFAULT_MODEL = "simple-dnn"
 
 
 def simulate(
+    app: Annotated[
+        str, typer.Option(help="the app: module:attr, file.py:attr, a project folder, or builtin (the model zoo)")
+    ] = BUILTIN,
+    node: Annotated[
+        list[str] | None, typer.Option("--node", help="site setting every client's ctx.node gets, key=value")
+    ] = None,
+    run_config: Annotated[
+        list[str] | None, typer.Option("--run-config", help="app setting (its config), key=value; repeatable")
+    ] = None,
+    evaluate: Annotated[
+        str, typer.Option(help="global model evaluation: auto, central, clients (their own data) or none")
+    ] = "auto",
     dataset: Annotated[str, typer.Option(help="digits, iris, wine, breast-cancer, mnist5k or csv")] = "digits",
     csv: Annotated[Path | None, typer.Option("--csv", help="CSV file (implies --dataset csv)")] = None,
     label: Annotated[str | None, typer.Option(help="label column of the CSV")] = None,
@@ -67,8 +82,12 @@ def simulate(
     if start is not None and model is not None:
         raise ConfigError("give --model or --mlflow-model, not both: the registered model's spec decides")
     model = start.model_spec if start is not None else model or DEFAULT_MODEL
+    builtin = app == BUILTIN
+    if builtin:
+        parse_model_spec(model)
     if csv is not None:
         dataset = "csv"
+    loaded = load_app(app)
     config = make_config(
         rounds=rounds,
         min_clients=clients,
@@ -76,11 +95,13 @@ def simulate(
         epochs=epochs,
         batch_size=batch_size,
         lr=lr,
+        momentum=momentum,
         seed=seed,
         model=model,
+        run_config=parse_pairs(run_config, "--run-config"),
         strategy=strategy,
         compression=compression,
-        data={"dataset": dataset, "partition": partition},
+        data={"dataset": dataset, "partition": partition} if builtin else {},
     )
     data = (
         DataSpec(
@@ -93,12 +114,15 @@ def simulate(
         if 0 < test_fraction < 1
         else _bad_fraction(test_fraction)
     )
-    plan = plan_simulation(config, data, clients)
+    data.check()
+    site = {**data.model_dump(exclude_none=True), **parse_pairs(node, "--node")} if builtin else parse_pairs(node, "--node")
+    plan = plan_simulation(config, loaded, clients, node=site, evaluate=evaluate)
     initial, ml_summary = plan.initial_params, dict[str, object]()
     if start is not None:
         check_fits(start, initial.spec, f"data set {dataset!r}")
         initial = start.params
-        ml_summary = {"initial_model": str(start.ref), "initial_accuracy": plan.evaluator.evaluate(initial).accuracy}
+        before = plan.evaluator.evaluate(initial).metrics if plan.evaluator else {}
+        ml_summary = {"initial_model": str(start.ref), "initial_accuracy": before.get("accuracy", float("nan"))}
     tracker = ml.tracker(start)
     console = Console(stderr=as_json)
     if start is not None:
@@ -106,7 +130,8 @@ def simulate(
             f"starting from MLflow model [bold]{start.ref}[/] ({start.model_spec}): "
             f"accuracy {ml_summary['initial_accuracy']:.4f} before training"
         )
-    run_dir = RunDirectory(out, {**config.model_dump(mode="json"), "clients": clients, **data.model_dump()})
+    settings = {**plan.config.model_dump(mode="json"), "clients": clients}
+    run_dir = RunDirectory(out, {**settings, **data.model_dump()} if builtin else {**settings, "node": site})
     with SessionProgress(console, rounds) as progress:
         result = asyncio.run(
             run_federation(
@@ -122,7 +147,7 @@ def simulate(
     console.print(progress.table())
     m = result.metrics
     console.print(
-        f"final accuracy [bold]{m.get('accuracy', float('nan')):.4f}[/], loss {m.get('loss', float('nan')):.4f} "
+        f"final {_metrics_text(m)} "
         f"after {result.rounds} rounds in {wall:.1f} s; results in [bold]{out}[/] "
         f"(config.json, rounds.csv, clients.csv, model.safetensors)"
     )
@@ -134,6 +159,8 @@ def simulate(
                 {
                     "accuracy": m.get("accuracy"),
                     "loss": m.get("loss"),
+                    "metrics": m,
+                    "app": plan.config.app,
                     "rounds": result.rounds,
                     "clients": clients,
                     "wall_s": round(wall, 3),
@@ -161,3 +188,9 @@ def _bad_fraction(value: float) -> DataSpec:
     from fedhive.errors import ConfigError
 
     raise ConfigError(f"--test-fraction must be between 0 and 1, got {value}")
+
+
+def _metrics_text(metrics: dict[str, float]) -> str:
+    if not metrics:
+        return "model (no evaluation)"
+    return ", ".join(f"{name} [bold]{value:.4f}[/]" for name, value in metrics.items())

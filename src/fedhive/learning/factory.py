@@ -6,7 +6,7 @@ import numpy as np
 
 from fedhive.learning.models import ModelSpec, parse_model_spec
 from fedhive.learning.numpy_trainer import NumpyLogRegTrainer
-from fedhive.learning.trainer import Trainer
+from fedhive.app.learner import Trainer
 
 
 def build_trainer(model_spec: str | ModelSpec, x: np.ndarray, y: np.ndarray, num_classes: int) -> Trainer:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from fedhive.core.params import Params, ParamSpec, TensorSpec, check_against_spec
-from fedhive.learning.trainer import EpochProgress, EvalResult, FitConfig, FitResult, ProgressFn
+from fedhive.app.learner import EpochProgress, EvalResult, FitConfig, FitResult, ProgressFn
 from fedhive.learning.trainer_checks import check_fit_config, check_training_data
 
 _INIT_SCALE = np.float32(0.01)  # small random weights: symmetric start, yet not all-equal logits
@@ -86,7 +86,7 @@ class NumpyLogRegTrainer:
                 progress(EpochProgress(epoch, config.epochs, metrics["loss"], metrics["accuracy"]))
         if steps == 0:  # max_steps=0: no training, report how the received model does here
             evaluated = self.evaluate(params)
-            metrics = {"loss": evaluated.loss, "accuracy": evaluated.accuracy}
+            metrics = dict(evaluated.metrics)
         metrics["steps"] = float(steps)
         return FitResult(Params({"weight": weight, "bias": bias}), n, metrics)
 
@@ -100,7 +100,7 @@ class NumpyLogRegTrainer:
             batch_loss, batch_correct, _ = _softmax_step(xb @ weight + bias, yb, need_grad=False)
             loss_sum += batch_loss * len(yb)
             correct += batch_correct
-        return EvalResult(loss_sum / len(self._y), correct / len(self._y), len(self._y))
+        return EvalResult(len(self._y), {"loss": loss_sum / len(self._y), "accuracy": correct / len(self._y)})
 
 
 def _softmax_step(logits: np.ndarray, y: np.ndarray, *, need_grad: bool = True) -> tuple[float, int, np.ndarray]:

@@ -17,7 +17,7 @@ from torch import nn
 
 from fedhive.core.params import Params, ParamSpec, TensorSpec, check_against_spec
 from fedhive.learning.models import ModelSpec, build_model
-from fedhive.learning.trainer import EpochProgress, EvalResult, FitConfig, FitResult, ProgressFn
+from fedhive.app.learner import EpochProgress, EvalResult, FitConfig, FitResult, ProgressFn
 from fedhive.learning.trainer_checks import check_fit_config, check_training_data
 
 _EVAL_BATCH = 1024  # rows per forward pass in evaluate: bounds activation memory on large sets
@@ -55,7 +55,7 @@ class TorchTrainer:
             metrics, steps = self._train(config, progress)
         if steps == 0:  # max_steps=0: no training, report how the received model does here
             evaluated = self.evaluate(params)
-            metrics = {"loss": evaluated.loss, "accuracy": evaluated.accuracy}
+            metrics = dict(evaluated.metrics)
         metrics["steps"] = float(steps)
         # evaluate() above reloads the same params, so the export is right in both cases.
         return FitResult(self._export(), len(self._y), metrics)
@@ -72,7 +72,7 @@ class TorchTrainer:
                 loss_sum += nn.functional.cross_entropy(logits, yb, reduction="sum")
                 correct += int((logits.argmax(dim=1) == yb).sum())
         n = len(self._y)
-        return EvalResult(float(loss_sum) / n, correct / n, n)
+        return EvalResult(n, {"loss": float(loss_sum) / n, "accuracy": correct / n})
 
     def _train(self, config: FitConfig, progress: ProgressFn | None) -> tuple[dict[str, float], int]:
         model = self._model

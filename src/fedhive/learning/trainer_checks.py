@@ -12,7 +12,7 @@ import math
 import numpy as np
 
 from fedhive.errors import ConfigError, DataError
-from fedhive.learning.trainer import FitConfig
+from fedhive.app.learner import FitConfig
 
 
 def check_training_data(x: np.ndarray, y: np.ndarray, num_classes: int) -> tuple[np.ndarray, np.ndarray]:

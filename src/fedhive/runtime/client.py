@@ -11,6 +11,7 @@ is not there.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -24,7 +25,7 @@ from fedhive.core.compression import UpdateCompressor
 from fedhive.core.envelope import Kind, Message, make
 from fedhive.core.params import ParamSpec
 from fedhive.errors import ConfigError, DataError, FedhiveError, ProtocolError, SessionFailed, TransportError
-from fedhive.learning.trainer import EpochProgress, FitConfig, Trainer
+from fedhive.app.learner import EpochProgress, FitConfig, Trainer
 from fedhive.runtime import events as ev
 from fedhive.runtime.bus import BusStopped, EventBus
 from fedhive.runtime.coordinator import COORDINATOR_ID
@@ -295,7 +296,7 @@ class ClientNode:
         else:
             params = payload_params(msg, spec, max_bytes=limit, what="global model")
         self._compressor.begin_round(params)
-        fit = FitConfig.from_json(env.body.get("fit", {}))
+        fit = dataclasses.replace(FitConfig.from_json(env.body.get("fit", {})), round=env.round)
         key = (env.round, int(env.body.get("attempt", 0)))
         if self._fit_gate is not None:
             await self._fit_gate.acquire(self.node_id)

@@ -21,6 +21,7 @@ those with one ``ClientNode`` per client).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import Sequence
@@ -30,7 +31,7 @@ from dataclasses import dataclass
 from fedhive.core.envelope import Kind, Message, make
 from fedhive.core.params import Params, ParamSpec, check_against_spec
 from fedhive.errors import FedhiveError, ProtocolError, SessionFailed, TransportError
-from fedhive.learning.trainer import FitConfig, Trainer
+from fedhive.app.learner import FitConfig, Trainer
 from fedhive.runtime.client import read_enable
 from fedhive.runtime.coordinator import COORDINATOR_ID
 from fedhive.runtime.hosted import Member, members_body, train_items
@@ -175,7 +176,7 @@ class ClientHost:
             # A chunk of one (a big model, or a worker thread) goes raw: a float64 partial sum of
             # one update would cost twice its memory and bytes for nothing.
             agg = strategy.aggregator(params) if strategy.mergeable and len(part) > 1 else None
-            chunk = await run_job(self._executor, self._train_chunk, params, part, agg, spec)
+            chunk = await run_job(self._executor, self._train_chunk, params, part, agg, spec, env.round)
             await self._send(self._answer(env.round, attempt, chunk, spec))
             del chunk
             # Let the coordinator fold it before the next chunk trains: in one process its receiver
@@ -185,7 +186,12 @@ class ClientHost:
         self.rounds_trained += 1
 
     def _train_chunk(
-        self, params: Params, items: list[tuple[str, FitConfig]], agg: Aggregator | None, spec: ParamSpec
+        self,
+        params: Params,
+        items: list[tuple[str, FitConfig]],
+        agg: Aggregator | None,
+        spec: ParamSpec,
+        round: int,
     ) -> _Chunk:
         chunk = _Chunk(agg, [], [], [])
         for cid, fit in items:
@@ -197,7 +203,7 @@ class ClientHost:
                 chunk.failures.append((cid, self._unfit[cid]))
                 continue
             try:
-                result = client.trainer.fit(params, fit)
+                result = client.trainer.fit(params, dataclasses.replace(fit, round=round))
                 check_against_spec(result.params, spec, what=f"update from {cid}")
             except FedhiveError as exc:
                 chunk.failures.append((cid, str(exc)))

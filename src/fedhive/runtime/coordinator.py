@@ -22,7 +22,7 @@ import numpy as np
 from fedhive.core.envelope import Deferred, Kind, Message, make
 from fedhive.core.params import Params
 from fedhive.errors import FedhiveError, ProtocolError, SessionFailed, TransportError
-from fedhive.learning.trainer import Trainer
+from fedhive.app.learner import Evaluator
 from fedhive.runtime import events as ev
 from fedhive.runtime.bus import BusStopped, EventBus
 from fedhive.runtime.claim_keeper import give_back
@@ -70,7 +70,7 @@ class Coordinator:
         initial_params: Params,
         *,
         strategy: Strategy | None = None,
-        evaluator: Trainer | None = None,
+        evaluator: Evaluator | None = None,
         bus: EventBus | None = None,
         registry: ClientRegistry | None = None,
         executor: Executor | None = None,
@@ -489,7 +489,7 @@ class Coordinator:
         self.params = event.params
         train = event.aggregate.metrics
         if event.evaluation is not None:
-            metrics = {"loss": event.evaluation.loss, "accuracy": event.evaluation.accuracy}
+            metrics = dict(event.evaluation.metrics)
         else:
             metrics = {k: train[k] for k in ("loss", "accuracy") if k in train}
         metrics.update(self.strategy.round_metrics())  # e.g. DP-FedAvg's epsilon spent so far

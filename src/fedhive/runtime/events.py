@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from fedhive.core.envelope import Message
 from fedhive.core.params import Params
-from fedhive.learning.trainer import EvalResult, FitResult
+from fedhive.app.learner import EvalResult, FitResult
 from fedhive.strategies.base import AggregateResult
 
 

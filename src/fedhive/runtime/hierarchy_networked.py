@@ -24,7 +24,7 @@ from fedhive.runtime.combiner import Combiner
 from fedhive.runtime.coordinator import COORDINATOR_ID, SessionResult
 from fedhive.runtime.credentials import CredentialStore
 from fedhive.runtime.hierarchy import HierarchicalCoordinator
-from fedhive.runtime.local_data import LocalData
+from fedhive.runtime.site_app import SiteApp
 from fedhive.runtime.networked import BrokerSettings, ClientSettings, coordinator_codec, plan_coordinator
 from fedhive.runtime.resume import Checkpoint, coordinator_kwargs
 from fedhive.runtime.session_file import SessionFile
@@ -77,25 +77,24 @@ async def run_combiner(
 
 
 async def run_hierarchical_client(
-    client_id: str,
     key: bytes,
-    data: LocalData,
+    site: SiteApp,
     broker: BrokerSettings,
     settings: ClientSettings | None = None,
 ) -> int:
     """Ask the coordinator for a combiner, serve it (and the next, if it falls silent) until STOP;
     returns the rounds trained with the last combiner."""
     settings = settings or ClientSettings()
-    shard = data.shard(settings.seed)
+    client_id = site.client_id
     async with broker.transport(client_id, assigned_client_codec(key, broker)) as transport:
         node = await run_assigned_client(
             client_id,
             transport,
-            data.trainer_for,
-            num_examples=len(shard),
+            site.trainer_for,
+            num_examples=site.num_examples,
             assign_timeout_s=settings.register_timeout_s,
             combiner_timeout_s=settings.coordinator_timeout_s,
-            label_counts=data.label_counts(settings.seed),
+            label_counts=site.label_counts,
             heartbeat_interval_s=settings.heartbeat_interval_s,
         )
         return node.rounds_trained

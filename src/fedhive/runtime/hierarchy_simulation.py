@@ -12,7 +12,7 @@ import asyncio
 from collections.abc import Callable, Sequence
 
 from fedhive.core.params import Params
-from fedhive.learning.trainer import Trainer
+from fedhive.app.learner import Evaluator, Trainer
 from fedhive.runtime.assigned_client import run_assigned_client
 from fedhive.runtime.bus import EventBus
 from fedhive.runtime.combiner import Combiner
@@ -34,7 +34,7 @@ async def run_hierarchy(
     initial_params: Params,
     *,
     combiners: int,
-    evaluator: Trainer | None = None,
+    evaluator: Evaluator | None = None,
     strategy: Strategy | None = None,
     observers: Sequence[Observer] = (),
     network: MemoryNetwork | None = None,

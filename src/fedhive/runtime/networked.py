@@ -27,16 +27,14 @@ from fedhive.core.params import Params
 from fedhive.core.signing import Verifier
 from fedhive.core.wire import MAX_ENVELOPE_BYTES
 from fedhive.errors import ConfigError, FedhiveError, TransportError
-from fedhive.learning.datasets import load_dataset, split_train_test
-from fedhive.learning.factory import build_trainer
-from fedhive.learning.trainer import Trainer
+from fedhive.app.learner import Evaluator
 from fedhive.runtime.bus import EventBus
 from fedhive.runtime.client import ClientNode
 from fedhive.runtime.coordinator import COORDINATOR_ID, Coordinator, SessionResult
 from fedhive.runtime.credentials import CredentialStore
-from fedhive.runtime.local_data import LocalData
 from fedhive.runtime.resume import Checkpoint, coordinator_kwargs
 from fedhive.runtime.session_file import SessionFile
+from fedhive.runtime.site_app import ServerApp, SiteApp
 from fedhive.storage.artifacts import ArtifactStore
 from fedhive.strategies.base import Strategy
 from fedhive.transports.amqp import AmqpTransport
@@ -96,22 +94,17 @@ def client_codec(client_id: str, key: bytes, *, artifacts: ArtifactStore | None 
 
 
 # -- coordinator -----------------------------------------------------------------------------------
-def plan_coordinator(session: SessionFile, broker: BrokerSettings) -> tuple[Trainer, Params]:
-    """Load the held-out split and build the evaluator and the initial model (before connecting,
-    so that data errors come first)."""
-    config, data = session.config, session.data
-    ds = load_dataset(data.dataset, csv_path=data.csv, label=data.label)
-    # The same split as the simulation's (federation_data.prepare): the test rows do not depend on
-    # the partition, so coordinator and demo clients agree on them from the seed alone.
-    _, test = split_train_test(ds, data.test_fraction, config.seed)
-    evaluator = build_trainer(config.model, test.x, test.y, test.num_classes)
-    initial = evaluator.initial_params(config.seed)
+def plan_coordinator(session: SessionFile, broker: BrokerSettings) -> tuple[Evaluator | None, Params]:
+    """The initial model from the app's ``init`` and, if the app has ``central_evaluate``, the
+    evaluator of the global model (before connecting, so that app and data errors come first)."""
+    server = ServerApp(session.loaded, session.config, session.node)
+    initial = server.initial_params()
     if broker.artifacts is None and initial.spec.nbytes > DEFAULT_CLAIM_CHECK_BYTES:
         raise ConfigError(
             f"the model has {initial.spec.nbytes} bytes, over the {DEFAULT_CLAIM_CHECK_BYTES} bytes a message "
             "carries itself: give an artifact store (--artifacts s3://bucket/prefix) that every node can reach"
         )
-    return evaluator, initial
+    return server.evaluator(), initial
 
 
 async def run_coordinator(
@@ -119,7 +112,7 @@ async def run_coordinator(
     store: CredentialStore,
     broker: BrokerSettings,
     *,
-    plan: tuple[Trainer, Params] | None = None,
+    plan: tuple[Evaluator | None, Params] | None = None,
     observers: Sequence[Observer] = (),
     on_ready: Callable[[], None] | None = None,
     resume: Checkpoint | None = None,
@@ -217,7 +210,6 @@ class Reintroducing(Transport):
 # -- clients ------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class ClientSettings:
-    seed: int = 0  # the session's seed, to draw a demo shard before the session says
     register_timeout_s: float = 120.0
     coordinator_timeout_s: float = 60.0
     heartbeat_interval_s: float = 5.0  # until the coordinator says how often it wants one
@@ -225,26 +217,25 @@ class ClientSettings:
 
 
 async def run_client(
-    client_id: str,
     key: bytes,
-    data: LocalData,
+    site: SiteApp,
     broker: BrokerSettings,
     settings: ClientSettings = ClientSettings(),
     *,
     observers: Sequence[Observer] = (),
     executor: Executor | None = None,
 ) -> int:
-    """Serve one session until STOP; returns the number of rounds trained. Raises ``SessionFailed``
-    if the coordinator never answers or falls silent."""
-    shard = data.shard(settings.seed)
+    """Serve one session until STOP with the site's app; returns the number of rounds trained.
+    Raises ``SessionFailed`` if the coordinator never answers or falls silent."""
+    client_id = site.client_id
     codec = client_codec(client_id, key, artifacts=broker.artifacts)
     async with broker.transport(client_id, codec) as transport:
         node = ClientNode(
             client_id,
             transport,
-            data.trainer_for,
-            num_examples=len(shard),
-            label_counts=data.label_counts(settings.seed),
+            site.trainer_for,
+            num_examples=site.num_examples,
+            label_counts=site.label_counts,
             executor=executor,
             heartbeat_interval_s=settings.heartbeat_interval_s,
             register_timeout_s=settings.register_timeout_s,
@@ -258,7 +249,7 @@ async def run_client(
 
 
 async def run_virtual_clients(
-    clients: Sequence[tuple[str, bytes, LocalData]],
+    clients: Sequence[tuple[bytes, SiteApp]],
     broker: BrokerSettings,
     settings: ClientSettings = ClientSettings(),
     *,
@@ -274,8 +265,8 @@ async def run_virtual_clients(
     try:
         results = await asyncio.gather(
             *(
-                run_client(cid, key, data, broker, settings, observers=observers, executor=pool)
-                for cid, key, data in clients
+                run_client(key, site, broker, settings, observers=observers, executor=pool)
+                for key, site in clients
             ),
             return_exceptions=True,
         )

@@ -25,7 +25,7 @@ from fedhive.core.compression import UpdateCompressor, decode_update
 from fedhive.core.envelope import Kind, Message, make
 from fedhive.core.params import Params
 from fedhive.errors import FedhiveError, SessionFailed, TransportError
-from fedhive.learning.trainer import FitResult, Trainer
+from fedhive.app.learner import Evaluator, FitResult, Trainer
 from fedhive.runtime import events as ev
 from fedhive.runtime.bus import BusStopped, EventBus
 from fedhive.runtime.payloads import body_int, body_metrics, payload_params
@@ -89,7 +89,7 @@ class PeerNode:
         recheck_s: float | None = None,
         discovery_timeout_s: float | None = None,
         executor: Executor | None = None,
-        evaluator: Trainer | None = None,
+        evaluator: Evaluator | None = None,
         bus: EventBus | None = None,
         seed_index: int | None = None,
     ) -> None:
@@ -413,7 +413,7 @@ class PeerNode:
             metrics = weighted_metrics(updates)
             if evaluator is not None:
                 result = evaluator.evaluate(new)
-                metrics.update(loss=result.loss, accuracy=result.accuracy)
+                metrics.update(result.metrics)
             return new, metrics
 
         # Aggregation and evaluation leave the loop free for beats; not the training executor,

@@ -13,17 +13,14 @@ import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from fedhive.learning.datasets import load_dataset, split_train_test
-from fedhive.learning.factory import build_trainer
-from fedhive.learning.federation_data import parse_part
-from fedhive.learning.trainer import Trainer
+from fedhive.app.learner import Evaluator
 from fedhive.runtime.bus import EventBus
-from fedhive.runtime.local_data import LocalData
 from fedhive.runtime.networked import BrokerSettings
 from fedhive.runtime.peer import PeerNode, PeerRoundCompleted
 from fedhive.runtime.peer_gossip import GossipPeer
 from fedhive.runtime.peer_rounds import new_peer_id, peer_codec
 from fedhive.runtime.session_config import SessionConfig
+from fedhive.runtime.site_app import SiteApp
 
 Observer = Callable[[EventBus], None]
 
@@ -38,30 +35,24 @@ class PeerSettings:
     gossip: int = 0  # > 0: gossip averaging with this many partners per round (peer_gossip)
 
 
-def demo_evaluator(data: LocalData, config: SessionConfig) -> Trainer | None:
-    """The held-out rows of a demo data set (the same split as the coordinator's), to report the
-    global model's accuracy; None for a peer's own CSV, which has no agreed test set."""
-    if data.dataset is None:
-        return None
-    _, test = split_train_test(load_dataset(data.dataset), data.test_fraction, config.seed)
-    return build_trainer(config.model, test.x, test.y, test.num_classes)
-
-
 async def run_peer(
     key: bytes,
-    data: LocalData,
+    site: SiteApp,
     config: SessionConfig,
     broker: BrokerSettings,
     settings: PeerSettings = PeerSettings(),
     *,
+    evaluator: Evaluator | None = None,
+    seed_index: int | None = None,
     peer_id: str | None = None,
     observers: Sequence[Observer] = (),
     on_ready: Callable[[str], None] | None = None,
 ) -> list[PeerRoundCompleted]:
-    """Take part until ``config.rounds`` rounds are done; returns each round's digest and metrics.
-    Raises ``SessionFailed`` when too few peers come, or a round cannot be committed."""
-    trainer = data.trainer_for(config)
-    evaluator = demo_evaluator(data, config)
+    """Take part until ``config.rounds`` rounds are done with the site's app; returns each round's
+    digest and metrics. ``evaluator`` (if any) evaluates each round's model; ``seed_index`` orders
+    the peers' training seeds (a demo part's index). Raises ``SessionFailed`` when too few peers
+    come, or a round cannot be committed."""
+    trainer = site.trainer_for(config)
     node_id = peer_id or new_peer_id()
     kind: Callable[..., PeerNode] = (
         functools.partial(GossipPeer, gossip=settings.gossip) if settings.gossip else PeerNode
@@ -77,7 +68,7 @@ async def run_peer(
             peer_timeout_s=settings.peer_timeout_s,
             discovery_timeout_s=settings.discovery_timeout_s,
             evaluator=evaluator,
-            seed_index=parse_part(data.part)[0] - 1 if data.part else None,
+            seed_index=seed_index,
         )
         for attach in observers:
             attach(node.bus)

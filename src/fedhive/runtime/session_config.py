@@ -10,7 +10,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from fedhive.core.compression import parse_compression
 from fedhive.errors import ConfigError
-from fedhive.learning.trainer import FitConfig
+from fedhive.app.learner import FitConfig
+
+RunValue = str | int | float | bool
 
 
 class SessionConfig(BaseModel):
@@ -44,6 +46,11 @@ class SessionConfig(BaseModel):
     compression: str = Field(default="none", description="update compression: none, float16, int8 or topk:F")
     max_update_bytes: int = Field(default=256 * 1024 * 1024, ge=1024)
     data: dict[str, Any] = Field(default_factory=dict, description="what demo clients load (dataset, partition)")
+    app: str = Field(default="builtin", max_length=200, description="the app's name (sites run their own install)")
+    app_digest: str = Field(default="", max_length=64, description="sha256 of the app's code; sites must match it")
+    run_config: dict[str, RunValue] = Field(
+        default_factory=dict, description="the app's own settings (open keys), handed to it as `config`"
+    )
 
     @field_validator("compression")
     @classmethod
@@ -63,6 +70,31 @@ class SessionConfig(BaseModel):
             raise ValueError("heartbeat_timeout_s must be longer than heartbeat_interval_s")
         return self
 
+    @field_validator("run_config")
+    @classmethod
+    def _run_config(cls, v: dict[str, RunValue]) -> dict[str, RunValue]:
+        if len(v) > 200 or any(not 0 < len(k) <= 64 for k in v):
+            raise ValueError("run_config: at most 200 keys of 1 to 64 characters")
+        return v
+
+    def app_config(self) -> dict[str, Any]:
+        """What an app's ``config`` holds besides ``round``: the run config and the session's
+        training settings (the session's keys win over the run config's)."""
+        return {
+            **self.run_config,
+            "session_id": self.session_id,
+            "model": self.model,
+            "epochs": self.epochs,
+            "batch_size": self.batch_size,
+            "lr": self.lr,
+            "momentum": self.momentum,
+            "proximal_mu": self.proximal_mu,
+            "local_steps": self.local_steps,
+            "seed": self.seed,
+            "session_seed": self.seed,
+            "data": dict(self.data),
+        }
+
     def fit_config(self, round: int, client_index: int) -> FitConfig:
         return FitConfig(
             momentum=self.momentum,
@@ -72,6 +104,7 @@ class SessionConfig(BaseModel):
             proximal_mu=self.proximal_mu,
             max_steps=self.local_steps,
             seed=self.client_seed(round, client_index),
+            round=round,
         )
 
     def client_seed(self, round: int, client_index: int) -> int:

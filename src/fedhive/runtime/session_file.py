@@ -1,20 +1,27 @@
-"""A session file (TOML): the settings of a networked session and the coordinator's held-out data.
+"""A session file (TOML): the settings of a networked session.
 
     session_id = "digits-demo"      # optional; a random id when left out
     rounds = 20
     min_clients = 5
-    model = "logreg-np"
+    app = "builtin"                 # or module:attr, file.py:attr, a project folder (default builtin)
+    model = "logreg-np"             # the built-in app's model
     lr = 0.1
 
-    [data]                          # what the coordinator evaluates the global model on
+    [data]                          # the built-in app: what the coordinator evaluates the model on
     dataset = "digits"
     partition = "dirichlet:0.5"     # demo clients (--dataset/--part) must use the same
     test_fraction = 0.2
 
+    [run_config]                    # a user app's own settings, handed to it as `config`
+    hidden = 64
+
+    [node]                          # the coordinator's own site settings (its app's ctx.node)
+
 Top-level keys are the fields of ``SessionConfig`` (see the README for the list); ``[data]`` holds
-the fields of ``DataSpec``. A relative ``csv`` path is read relative to the session file. Every
-mistake (TOML syntax, an unknown key, a value out of range, an unknown model or strategy) is one
-``ConfigError`` line that names the file and the key, raised before anything connects.
+the fields of ``DataSpec`` and is needed by the built-in app only. A relative ``csv`` or app path is
+read relative to the session file. Every mistake (TOML syntax, an unknown key, a value out of
+range, an unknown model or strategy, an app that does not load) is one ``ConfigError``/``AppError``
+line that names the file and the key, raised before anything connects.
 """
 
 from __future__ import annotations
@@ -26,21 +33,30 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from fedhive.errors import ConfigError
+from fedhive.app.loader import BUILTIN, LoadedApp, load_app
+from fedhive.errors import ConfigError, FedhiveError
 from fedhive.learning.federation_data import DataSpec
 from fedhive.learning.models import parse_model_spec
 from fedhive.runtime.session_config import SessionConfig, validation_message
+from fedhive.runtime.site_app import session_with_app
 from fedhive.strategies.registry import parse_strategy
 
-# Fields a session file cannot set: ``data`` is filled from the [data] table.
-_NOT_IN_FILE = {"data"}
+# Fields a session file cannot set: ``data`` is filled from the [data] table, the digest from the app.
+_NOT_IN_FILE = {"data", "app_digest"}
+_TABLES = {"run_config"}
 
 
 @dataclass(frozen=True)
 class SessionFile:
     path: Path
-    config: SessionConfig
-    data: DataSpec
+    config: SessionConfig  # with the app's name and digest
+    data: DataSpec | None  # the built-in app's data set; None for other apps
+    loaded: LoadedApp
+    node: dict[str, Any]  # the coordinator's site settings: its app's ctx.node
+
+    @property
+    def data_settings(self) -> dict[str, Any]:
+        return self.data.model_dump() if self.data is not None else {}
 
 
 def load_session_file(path: str | Path) -> SessionFile:
@@ -57,17 +73,50 @@ def load_session_file(path: str | Path) -> SessionFile:
 
 
 def parse_session(raw: dict[str, Any], path: Path) -> SessionFile:
+    app_ref = raw.pop("app", BUILTIN)
+    if not isinstance(app_ref, str):
+        raise ConfigError(f"{path}: app must be a string (module:attr, file.py:attr or a folder)")
+    if app_ref != BUILTIN and (path.parent / app_ref.split(":")[0]).exists():
+        first, colon, rest = app_ref.partition(":")
+        app_ref = str((path.parent / first).resolve()) + colon + rest
+    node = raw.pop("node", {})
+    if not isinstance(node, dict) or any(isinstance(v, dict) for v in node.values()):
+        raise ConfigError(f"{path}: 'node' must be a table ([node]) of plain values")
     data_table = raw.pop("data", None)
-    if data_table is None:
-        raise ConfigError(f"{path}: a [data] table is missing (the data set the coordinator evaluates on)")
-    if not isinstance(data_table, dict):
-        raise ConfigError(f"{path}: 'data' must be a table ([data]), not a {type(data_table).__name__}")
     known = set(SessionConfig.model_fields) - _NOT_IN_FILE
     for key, value in raw.items():
         if key not in known:
             raise ConfigError(f"{path}: unknown setting {key!r}; known settings: {', '.join(sorted(known))}")
-        if isinstance(value, dict):
-            raise ConfigError(f"{path}: unknown table [{key}]; only [data] is a table")
+        if isinstance(value, dict) and key not in _TABLES:
+            raise ConfigError(f"{path}: unknown table [{key}]; tables: [data], [run_config], [node]")
+    builtin = app_ref == BUILTIN
+    data = _data_spec(data_table, path) if builtin or data_table is not None else None
+    # Clients read the data settings from the ENABLE message, which carries this config.
+    session_data = (
+        {"dataset": data.dataset, "partition": data.partition, "test_fraction": data.test_fraction} if data else {}
+    )
+    try:
+        config = SessionConfig(**raw, data=session_data)
+    except ValidationError as exc:
+        raise ConfigError(f"{path}: {validation_message(exc)}") from None
+    try:
+        if builtin:
+            parse_model_spec(config.model)
+        parse_strategy(config.strategy)
+        if data is not None:
+            data.check()
+        loaded = load_app(app_ref)
+    except FedhiveError as exc:
+        raise type(exc)(f"{path}: {exc}") from None
+    server_node = {**(data.model_dump(exclude_none=True) if data else {}), **node}
+    return SessionFile(path, session_with_app(config, loaded), data, loaded, server_node)
+
+
+def _data_spec(data_table: object, path: Path) -> DataSpec:
+    if data_table is None:
+        raise ConfigError(f"{path}: a [data] table is missing (the data set the built-in app evaluates on)")
+    if not isinstance(data_table, dict):
+        raise ConfigError(f"{path}: 'data' must be a table ([data]), not a {type(data_table).__name__}")
     data_fields = dict(data_table)
     unknown = set(data_fields) - set(DataSpec.model_fields)
     if unknown:
@@ -78,19 +127,6 @@ def parse_session(raw: dict[str, Any], path: Path) -> SessionFile:
     if data_fields.get("csv") and "dataset" not in data_fields:
         data_fields["dataset"] = "csv"
     try:
-        data = DataSpec(**data_fields)
+        return DataSpec(**data_fields)
     except ValidationError as exc:
         raise ConfigError(f"{path}: [data] {validation_message(exc)}") from None
-    # Clients read the data settings from the ENABLE message, which carries this config.
-    session_data = {"dataset": data.dataset, "partition": data.partition, "test_fraction": data.test_fraction}
-    try:
-        config = SessionConfig(**raw, data=session_data)
-    except ValidationError as exc:
-        raise ConfigError(f"{path}: {validation_message(exc)}") from None
-    try:
-        parse_model_spec(config.model)
-        parse_strategy(config.strategy)
-        data.check()
-    except ConfigError as exc:
-        raise ConfigError(f"{path}: {exc}") from None
-    return SessionFile(path, config, data)

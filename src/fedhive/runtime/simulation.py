@@ -13,17 +13,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 from fedhive.core.params import Params
 from fedhive.errors import ConfigError, FedhiveError
-from fedhive.learning.factory import build_trainer
-from fedhive.learning.federation_data import DataSpec, prepare
-from fedhive.learning.models import parse_model_spec
-from fedhive.learning.trainer import Trainer
+from fedhive.app.contract import EvalResult
+from fedhive.app.learner import Evaluator, Trainer
+from fedhive.app.loader import LoadedApp
 from fedhive.runtime import events as ev
 from fedhive.runtime.bus import EventBus
 from fedhive.runtime.client import ClientNode
@@ -31,6 +30,7 @@ from fedhive.runtime.client_host import ClientHost, HostedClient
 from fedhive.runtime.coordinator import COORDINATOR_ID, Coordinator, SessionResult
 from fedhive.runtime.inline_executor import InlineExecutor
 from fedhive.runtime.session_config import SessionConfig
+from fedhive.runtime.site_app import ServerApp, SiteApp, session_with_app
 from fedhive.strategies.base import Strategy
 from fedhive.strategies.registry import parse_strategy
 from fedhive.transports.memory import MemoryNetwork
@@ -50,7 +50,7 @@ async def run_federation(
     num_examples: Sequence[int],
     initial_params: Params,
     *,
-    evaluator: Trainer | None = None,
+    evaluator: Evaluator | None = None,
     strategy: Strategy | None = None,
     observers: Sequence[Observer] = (),
     network: MemoryNetwork | None = None,
@@ -230,28 +230,85 @@ def _constant(trainer: Trainer) -> Callable[[SessionConfig], Trainer]:
 
 @dataclass(frozen=True)
 class SimulationPlan:
-    """Everything a simulated session needs, built from specs (and validated) before it starts."""
+    """Everything a simulated session needs, built (and validated) before it starts."""
 
     config: SessionConfig
     trainers: list[Trainer]
     num_examples: list[int]
-    evaluator: Trainer
+    evaluator: Evaluator | None
     initial_params: Params
 
 
-def plan_simulation(config: SessionConfig, data: DataSpec, clients: int) -> SimulationPlan:
-    """Load and partition the data, build one trainer per client and the held-out evaluator.
+def plan_simulation(
+    config: SessionConfig,
+    loaded: LoadedApp,
+    clients: int,
+    *,
+    node: Mapping[str, Any] | None = None,
+    evaluate: str = "auto",
+) -> SimulationPlan:
+    """One ``SiteApp`` per virtual client (``ctx.node`` = ``node`` plus ``partition_id`` and
+    ``num_partitions``, as Flower apps expect), the initial model from the app's ``init`` and
+    the evaluator of the global model after each round:
 
-    Raises ``ConfigError``/``DataError`` for bad specs or data, before any training starts.
+    - ``central``: the app's ``central_evaluate`` on data the server side holds;
+    - ``clients``: every client's ``evaluate`` on its own data, weighted by examples (all clients
+      live in this process, so this costs no messages);
+    - ``auto``: ``central`` if the app has it, else ``clients`` if it has ``evaluate``, else none
+      (the round's client-weighted training metrics are reported instead).
+
+    Raises ``ConfigError``/``AppError`` for bad settings, before any training starts.
     """
     if clients < 1:
         raise ConfigError(f"--clients must be at least 1, got {clients}")
-    parse_model_spec(config.model)
     parse_strategy(config.strategy)
-    data.check()
-    fed = prepare(data, clients, config.seed)
-    trainers = [build_trainer(config.model, s.x, s.y, fed.num_classes) for s in fed.shards]
-    evaluator = build_trainer(config.model, fed.test.x, fed.test.y, fed.num_classes)
-    return SimulationPlan(
-        config, trainers, [len(s) for s in fed.shards], evaluator, evaluator.initial_params(config.seed)
-    )
+    config = session_with_app(config, loaded)
+    base = dict(node or {})
+    sites = [
+        SiteApp(loaded, client_id(i, clients), {**base, "partition_id": i, "num_partitions": clients})
+        for i in range(clients)
+    ]
+    trainers = [site.trainer_for(config) for site in sites]
+    server = ServerApp(loaded, config, {**base, "num_partitions": clients})
+    initial = server.initial_params()
+    return SimulationPlan(config, trainers, [0] * clients, _evaluator(evaluate, server, trainers), initial)
+
+
+def _evaluator(mode: str, server: ServerApp, trainers: list[Trainer]) -> Evaluator | None:
+    app = server.loaded.app
+    if mode == "auto":
+        mode = "central" if app.has("central_evaluate") else "clients" if app.has("evaluate") else "none"
+    if mode == "central":
+        central = server.evaluator()
+        if central is None:
+            raise ConfigError(f"app {server.loaded.name!r} has no central_evaluate: use --evaluate clients or none")
+        return central
+    if mode == "clients":
+        if not app.has("evaluate"):
+            raise ConfigError(f"app {server.loaded.name!r} has no evaluate: use --evaluate central or none")
+        return ClientsEvaluator(trainers)
+    if mode == "none":
+        return None
+    raise ConfigError(f"--evaluate must be auto, central, clients or none, got {mode!r}")
+
+
+class ClientsEvaluator:
+    """The global model evaluated by every virtual client on its own data; each metric is the
+    mean over clients weighted by the examples each evaluated."""
+
+    def __init__(self, trainers: Sequence[Trainer]) -> None:
+        self._trainers = trainers
+
+    def evaluate(self, params: Params) -> EvalResult:
+        sums: dict[str, float] = {}
+        total = 0
+        for trainer in self._trainers:
+            try:
+                result = trainer.evaluate(params)
+            except FedhiveError as exc:  # one client's broken evaluate costs only its own figures
+                log.warning("evaluation on one client failed: %s", exc)
+                continue
+            total += result.num_examples
+            for name, value in result.metrics.items():
+                sums[name] = sums.get(name, 0.0) + value * result.num_examples
+        return EvalResult(total, {k: v / total for k, v in sums.items()} if total else {})

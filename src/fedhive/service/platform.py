@@ -21,7 +21,7 @@ import uvicorn
 from fedhive.api.app import create_app
 from fedhive.core.signing import Verifier
 from fedhive.learning.factory import build_trainer
-from fedhive.learning.trainer import Trainer
+from fedhive.app.learner import Trainer
 from fedhive.runtime.bus import EventBus
 from fedhive.runtime.client import ClientNode
 from fedhive.runtime.coordinator import COORDINATOR_ID

@@ -44,7 +44,7 @@ def fingerprint(session: SessionFile, spec: ParamSpec) -> dict[str, Any]:
     """What a resumed session must share with the checkpointed one (rounds and timeouts may change)."""
     c = session.config.model_dump(mode="json")
     same = {k: c[k] for k in ("model", "strategy", "seed", "compression")}
-    identity = {**same, "data": session.data.model_dump(mode="json"), "tensors": spec.to_json()}
+    identity = {**same, "data": session.data_settings, "app": session.config.app_digest, "tensors": spec.to_json()}
     return dict(json.loads(json.dumps(identity)))  # as stored: tuples become lists on both sides
 
 

@@ -11,7 +11,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from fedhive.app.contract import EvalResult
 from fedhive.core.params import Params
+
+__all__ = ["EpochProgress", "EvalResult", "Evaluator", "FitConfig", "FitResult", "ProgressFn", "Trainer"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,6 +28,7 @@ class FitConfig:
     seed: int = 0  # derived per (session seed, round, client) by the coordinator: reproducible runs
     proximal_mu: float = 0.0  # FedProx: weight of ||w - w_global||^2 / 2 in the local objective
     max_steps: int | None = None  # stop after this many minibatch steps (benchmarks: fixed work)
+    round: int = 0  # the round this call trains for: set by the client from the TRAIN message
 
     def to_json(self) -> dict[str, float | int | None]:
         return {
@@ -57,8 +61,8 @@ class EpochProgress:
 
     epoch: int
     epochs: int
-    loss: float
-    accuracy: float
+    loss: float | None
+    accuracy: float | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,13 +70,6 @@ class FitResult:
     params: Params
     num_examples: int
     metrics: dict[str, float] = field(default_factory=dict)  # at least "loss" and "accuracy"
-
-
-@dataclass(frozen=True, slots=True)
-class EvalResult:
-    loss: float
-    accuracy: float
-    num_examples: int
 
 
 ProgressFn = Callable[[EpochProgress], None]
@@ -88,5 +85,11 @@ class Trainer(Protocol):
         ...
 
     def evaluate(self, params: Params) -> EvalResult:
-        """Loss and accuracy of ``params`` on the local data."""
+        """Metrics of ``params`` on the local data (``EvalResult``: examples and open metrics)."""
         ...
+
+
+class Evaluator(Protocol):
+    """What evaluates the global model after a round (the coordinator's, a peer's)."""
+
+    def evaluate(self, params: Params) -> EvalResult: ...

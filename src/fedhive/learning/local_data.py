@@ -4,7 +4,7 @@ A demo client (``--dataset digits --partition dirichlet:0.5 --part 3/10``) compu
 from (dataset, partition, number of parts, seed) with ``client_shard``, exactly as the in-process
 simulation does, so clients on different machines agree on who holds which rows without ever
 exchanging data. The seed is the session's: a client registers with a shard drawn with ``--seed``
-(the default 0) and, should the session's seed differ, draws its shard again when it is enabled.
+(the default 0) and, should the session's seed differ, the built-in app draws its shard again.
 """
 
 from __future__ import annotations
@@ -16,11 +16,8 @@ import numpy as np
 
 from fedhive.errors import ConfigError
 from fedhive.learning.datasets import DATASET_NAMES, Dataset, load_dataset, standardize
-from fedhive.learning.factory import build_trainer
 from fedhive.learning.federation_data import DataSpec, client_shard, parse_part
 from fedhive.learning.partition import parse_partition_spec
-from fedhive.learning.trainer import Trainer
-from fedhive.runtime.session_config import SessionConfig
 
 
 @dataclass
@@ -78,19 +75,14 @@ class LocalData:
         counts = np.bincount(ds.y, minlength=ds.num_classes)
         return {name: int(n) for name, n in zip(ds.class_names, counts, strict=True)}
 
-    def trainer_for(self, config: SessionConfig) -> Trainer:
-        """Build the session's model on this client's rows (called when the coordinator enables it)."""
-        self._check_matches(config.data)
-        ds = self.shard(config.seed)
-        return build_trainer(config.model, ds.x, ds.y, ds.num_classes)
-
-    def _check_matches(self, session: dict[str, object]) -> None:
-        if self.csv is not None or not session:
-            return
-        mine = {"dataset": self.dataset, "partition": self.partition, "test_fraction": self.test_fraction}
-        for key, value in mine.items():
-            theirs = session.get(key)
-            if theirs is not None and theirs != value:
-                # Different partitions would give overlapping shards: the federation would be wrong
-                # without any error, so refuse.
-                raise ConfigError(f"this client's {key} is {value!r} but the session's is {theirs!r}")
+    def node_settings(self) -> dict[str, str | float]:
+        """The built-in app's ``ctx.node`` for this client (see ``learning.builtin_app``)."""
+        if self.csv is not None:
+            return {"csv": str(self.csv.resolve()), "label": str(self.label)}
+        assert self.dataset is not None and self.part is not None
+        return {
+            "dataset": self.dataset,
+            "partition": self.partition,
+            "part": self.part,
+            "test_fraction": self.test_fraction,
+        }

@@ -1,0 +1,68 @@
+"""What a site runs: ``--app`` (its own install), ``--node key=value`` and ``--state-dir``.
+
+The built-in app takes its data from ``--dataset``/``--part`` or ``--csv``/``--label``; any other app
+reads its site settings from ``ctx.node``, which ``--node`` fills.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from fedhive.app.loader import BUILTIN, load_app
+from fedhive.cli.key_values import parse_pairs
+from fedhive.errors import ConfigError
+from fedhive.learning.local_data import LocalData
+from fedhive.runtime.site_app import SiteApp
+
+AppOption = Annotated[
+    str,
+    typer.Option(help="the app this site runs: module:attr, file.py:attr, a project folder, or builtin"),
+]
+NodeOption = Annotated[
+    list[str] | None, typer.Option("--node", help="a site setting for the app's ctx.node, key=value; repeatable")
+]
+StateDirOption = Annotated[
+    Path | None,
+    typer.Option(help="where ctx.state is kept across restarts [default: ~/.fedhive/state/ID]"),
+]
+
+
+def build_site(
+    client_id: str,
+    app: str,
+    node: list[str] | None,
+    data: LocalData,
+    *,
+    seed: int = 0,
+    state_dir: Path | None = None,
+    persist_state: bool = True,
+) -> SiteApp:
+    """The site's app, its settings, and (built-in app) what it announces at registration."""
+    settings = parse_pairs(node, "--node")
+    loaded = load_app(app)
+    if state_dir is None and persist_state:
+        state_dir = Path.home() / ".fedhive" / "state" / _safe(client_id) / _safe(loaded.name)
+    if app != BUILTIN:
+        if data.csv is not None or data.dataset is not None or data.part is not None:
+            raise ConfigError(
+                "--csv, --dataset and --part are the built-in app's data options; give your app's settings with "
+                "--node key=value (it reads them from ctx.node)"
+            )
+        return SiteApp(loaded, client_id, settings, state_dir)
+    data.check()
+    shard = data.shard(seed)
+    return SiteApp(
+        loaded,
+        client_id,
+        {**data.node_settings(), **settings},
+        state_dir,
+        num_examples=len(shard),
+        label_counts=data.label_counts(seed),
+    )
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name) or "_"

@@ -1,0 +1,135 @@
+"""fedhive's model zoo and demo data sets, written as an app on the public API.
+
+It is what ``fedhive simulate --dataset digits`` and a client started with ``--dataset``/``--csv``
+run; nothing in the runtime knows it apart from any user's app. Its site settings (``ctx.node``):
+
+- ``dataset`` (``digits``, ``iris``, ``wine``, ``breast-cancer``, ``mnist5k``), ``partition`` and
+  ``test_fraction``, and which part this client holds: ``part`` = ``"I/N"``, or in simulation
+  ``partition_id`` (0-based) and ``num_partitions``;
+- or ``csv`` and ``label``: the site's own CSV file;
+- neither part nor CSV: the server side, which evaluates on the held-out test split
+  (``central_evaluate``) and draws the initial model.
+
+Its run config: ``model`` (a zoo spec such as ``simple-dnn:128,64`` or ``logreg-np``), the local
+SGD settings (``epochs``, ``batch_size``, ``lr``, ``momentum``, ``proximal_mu``, ``local_steps``),
+``seed`` and ``session_seed`` (the shard a demo part holds depends on the session's seed).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping
+from typing import Any
+
+from fedhive.app.contract import Context, EvalResult, TrainResult
+from fedhive.app.learner import EpochProgress, FitConfig, Trainer
+from fedhive.core.params import Params
+from fedhive.errors import ConfigError
+from fedhive.learning.datasets import Dataset, load_dataset, split_train_test, standardize
+from fedhive.learning.factory import build_trainer
+from fedhive.learning.federation_data import DataSpec, prepare
+
+SERVER_SIDE = "server"
+
+
+class BuiltinApp:
+    """The model zoo on the app contract. One instance serves every client of a process: it keeps
+    one trainer per client id (a trainer holds that client's rows and model)."""
+
+    def __init__(self) -> None:
+        self._trainers: dict[str, tuple[tuple[object, ...], Trainer]] = {}
+        self._lock = threading.Lock()
+
+    def init(self, weights: Params, config: Mapping[str, Any], ctx: Context) -> Params:
+        return self._trainer(config, ctx).initial_params(int(config["seed"]))
+
+    def train(self, weights: Params, config: Mapping[str, Any], ctx: Context) -> TrainResult:
+        steps = config.get("local_steps")
+        fit = FitConfig(
+            epochs=int(config["epochs"]),
+            batch_size=int(config["batch_size"]),
+            lr=float(config["lr"]),
+            momentum=float(config["momentum"]),
+            seed=int(config["seed"]),
+            proximal_mu=float(config.get("proximal_mu", 0.0)),
+            max_steps=None if steps is None else int(steps),
+        )
+
+        def progress(p: EpochProgress) -> None:
+            ctx.progress(p.epoch, p.epochs, **{k: v for k, v in (("loss", p.loss), ("accuracy", p.accuracy)) if v})
+
+        result = self._trainer(config, ctx).fit(weights, fit, progress)
+        return TrainResult(result.params, result.num_examples, result.metrics)
+
+    def evaluate(self, weights: Params, config: Mapping[str, Any], ctx: Context) -> EvalResult:
+        return self._trainer(config, ctx).evaluate(weights)
+
+    def central_evaluate(self, weights: Params, config: Mapping[str, Any], ctx: Context) -> EvalResult:
+        return self._trainer(config, ctx, server=True).evaluate(weights)
+
+    def _trainer(self, config: Mapping[str, Any], ctx: Context, *, server: bool = False) -> Trainer:
+        node = dict(ctx.node)
+        seed = int(config.get("session_seed", config.get("seed", 0)))
+        model = str(config.get("model", "simple-dnn"))
+        who = SERVER_SIDE if server else ctx.client_id
+        key = (model, seed, tuple(sorted(node.items())), server)
+        with self._lock:
+            cached = self._trainers.get(who)
+            if cached is not None and cached[0] == key:
+                return cached[1]
+        _check_matches(node, config.get("data"))
+        ds = _server_data(node, seed) if server else _client_data(node, seed)
+        trainer = build_trainer(model, ds.x, ds.y, ds.num_classes)
+        with self._lock:
+            self._trainers[who] = (key, trainer)
+        return trainer
+
+
+def data_spec(node: Mapping[str, Any]) -> DataSpec:
+    csv = node.get("csv")
+    return DataSpec(
+        dataset="csv" if csv else str(node.get("dataset", "digits")),
+        csv=str(csv) if csv else None,
+        label=node.get("label"),
+        partition=str(node.get("partition", "iid")),
+        test_fraction=float(node.get("test_fraction", 0.2)),
+    )
+
+
+def _client_data(node: Mapping[str, Any], seed: int) -> Dataset:
+    """This client's training rows."""
+    if "partition_id" in node:  # simulation: every client's shard comes from one cached split
+        fed = prepare(data_spec(node), int(node["num_partitions"]), seed)
+        return fed.shards[int(node["partition_id"])]
+    if "part" in node:
+        i, n = (int(p) for p in str(node["part"]).split("/"))
+        return prepare(data_spec(node), n, seed).shards[i - 1]
+    if node.get("csv"):
+        # The site's own rows, standardised with their own statistics: nothing else is known here.
+        ds = load_dataset("csv", csv_path=str(node["csv"]), label=node.get("label"))
+        return standardize(ds, ds)[0]
+    return _server_data(node, seed)  # the server side: init needs features and classes only
+
+
+def _server_data(node: Mapping[str, Any], seed: int) -> Dataset:
+    """The held-out test split, the same rows every client leaves out (from the seed alone)."""
+    spec = data_spec(node)
+    if "num_partitions" in node:
+        return prepare(spec, int(node["num_partitions"]), seed).test
+    ds = load_dataset(spec.dataset, csv_path=spec.csv, label=spec.label)
+    return split_train_test(ds, spec.test_fraction, seed)[1]
+
+
+def _check_matches(node: Mapping[str, Any], session: object) -> None:
+    if node.get("csv") or not isinstance(session, Mapping) or not session:
+        return
+    mine = data_spec(node)
+    for key in ("dataset", "partition", "test_fraction"):
+        theirs = session.get(key)
+        if theirs is not None and key in node and theirs != getattr(mine, key):
+            # Different partitions would give overlapping shards: the federation would be wrong
+            # without any error, so refuse.
+            raise ConfigError(f"this client's {key} is {getattr(mine, key)!r} but the session's is {theirs!r}")
+
+
+app = BuiltinApp()
