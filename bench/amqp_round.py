@@ -42,9 +42,9 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from fedhive.app.learner import EvalResult, FitConfig, FitResult, ProgressFn, Trainer
 from fedhive.core.params import Params
 from fedhive.core.wire import MAX_ENVELOPE_BYTES
-from fedhive.app.learner import EvalResult, FitConfig, FitResult, ProgressFn, Trainer
 from fedhive.runtime import events as ev
 from fedhive.runtime.bus import EventBus
 from fedhive.runtime.client import ClientNode

@@ -19,9 +19,10 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from fedhive.cli.site_options import plan_builtin
 from fedhive.learning.federation_data import DataSpec
 from fedhive.runtime.session_config import make_config
-from fedhive.runtime.simulation import plan_simulation, run_federation
+from fedhive.runtime.simulation import run_federation
 
 DELTA = 1e-5
 
@@ -38,7 +39,7 @@ def run(strategy: str, clients: int, rounds: int) -> dict[str, Any]:
         seed=0,
         strategy=strategy,
     )
-    plan = plan_simulation(config, DataSpec(dataset="digits", partition="iid"), clients)
+    plan = plan_builtin(config, DataSpec(dataset="digits", partition="iid"), clients)
     started = time.perf_counter()
     result = asyncio.run(
         run_federation(plan.config, plan.trainers, plan.num_examples, plan.initial_params, evaluator=plan.evaluator)

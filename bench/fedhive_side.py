@@ -24,13 +24,14 @@ import time
 import numpy as np
 
 import workload
+from fedhive.app.learner import EvalResult, FitConfig, FitResult, ProgressFn, Trainer
+from fedhive.cli.site_options import plan_builtin
 from fedhive.core.params import Params
 from fedhive.learning.federation_data import DataSpec, prepare
-from fedhive.app.learner import EvalResult, FitConfig, FitResult, ProgressFn, Trainer
 from fedhive.runtime import events as ev
 from fedhive.runtime.bus import EventBus
 from fedhive.runtime.session_config import SessionConfig
-from fedhive.runtime.simulation import plan_simulation, run_federation
+from fedhive.runtime.simulation import run_federation
 
 
 class SyntheticLogReg:
@@ -78,7 +79,7 @@ def session(kind: str, clients: int, rounds: int) -> SessionConfig:
 def export_shards(path: str, clients: int, spec: DataSpec) -> None:
     cfg = session("shards", clients, 1)
     fed = prepare(spec, clients, cfg.seed)
-    init = plan_simulation(cfg, spec, clients).initial_params
+    init = plan_builtin(cfg, spec, clients).initial_params
     arrays = {f"x{i}": s.x for i, s in enumerate(fed.shards)} | {f"y{i}": s.y for i, s in enumerate(fed.shards)}
     np.savez(path, test_x=fed.test.x, test_y=fed.test.y, init_weight=init["weight"], init_bias=init["bias"], **arrays)
 
@@ -112,7 +113,7 @@ def main() -> None:
         trainers = [CopyTrainer() for _ in range(args.clients)]
         counts, initial = [workload.SAMPLES] * args.clients, trainers[0].initial_params(cfg.seed)
     else:
-        plan = plan_simulation(cfg, spec, args.clients)
+        plan = plan_builtin(cfg, spec, args.clients)
         trainers, counts, initial, evaluator = plan.trainers, plan.num_examples, plan.initial_params, plan.evaluator
 
     stamps: list[float] = []

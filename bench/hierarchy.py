@@ -21,9 +21,9 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from fedhive.app.learner import EvalResult, FitConfig, FitResult, ProgressFn
 from fedhive.core.params import Params
 from fedhive.core.signing import Verifier
-from fedhive.app.learner import EvalResult, FitConfig, FitResult, ProgressFn
 from fedhive.runtime import events as ev
 from fedhive.runtime.bus import EventBus
 from fedhive.runtime.coordinator import COORDINATOR_ID

@@ -18,9 +18,10 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from fedhive.cli.site_options import plan_builtin
 from fedhive.learning.federation_data import DataSpec
 from fedhive.runtime.session_config import make_config
-from fedhive.runtime.simulation import plan_simulation, run_federation
+from fedhive.runtime.simulation import run_federation
 
 STRATEGIES = {
     "FedAvg": "fedavg",
@@ -43,7 +44,7 @@ def curve(strategy: str, a: argparse.Namespace) -> list[float]:
         seed=a.seed,
         strategy=strategy,
     )
-    plan = plan_simulation(config, DataSpec(dataset="digits", partition=a.partition), a.clients)
+    plan = plan_builtin(config, DataSpec(dataset="digits", partition=a.partition), a.clients)
     result = asyncio.run(
         run_federation(plan.config, plan.trainers, plan.num_examples, plan.initial_params, evaluator=plan.evaluator)
     )

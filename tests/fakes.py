@@ -7,8 +7,8 @@ import time
 
 import numpy as np
 
-from fedhive.core.params import Params
 from fedhive.app.learner import EpochProgress, EvalResult, FitConfig, FitResult, ProgressFn
+from fedhive.core.params import Params
 
 
 class ShiftTrainer:

@@ -13,10 +13,11 @@ import numpy as np
 import pytest
 from api_harness import Api, make_settings, one_line_detail
 
+from fedhive.cli.site_options import plan_builtin
 from fedhive.core.params import Params
 from fedhive.learning.federation_data import DataSpec
 from fedhive.runtime.session_config import make_config
-from fedhive.runtime.simulation import plan_simulation, run_federation
+from fedhive.runtime.simulation import run_federation
 from fedhive.service.settings import Settings
 from tracking.conftest import free_port, mlflow_server  # noqa: F401  (fixture, found by name)
 
@@ -29,7 +30,7 @@ def registered(mlflow_server: str) -> Params:  # noqa: F811
     from fedhive.tracking.mlflow_tracker import MlflowTracker
 
     config = make_config(rounds=1, min_clients=2, epochs=2, model="simple-dnn:8", seed=0, data={"dataset": "iris"})
-    plan = plan_simulation(config, DataSpec(dataset="iris"), 2)
+    plan = plan_builtin(config, DataSpec(dataset="iris"), 2)
     tracker = MlflowTracker(mlflow_server, register_as="iris_model", tags={"use_case": "iris"})
     run = run_federation(
         plan.config, plan.trainers, plan.num_examples, plan.initial_params, evaluator=plan.evaluator,

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from fedhive.app.learner import EpochProgress, FitConfig
 from fedhive.core.params import Params
 from fedhive.errors import ConfigError, PayloadError
 from fedhive.learning.datasets import load_dataset, split_train_test
@@ -13,7 +14,6 @@ from fedhive.learning.factory import build_trainer
 from fedhive.learning.models import parse_model_spec
 from fedhive.learning.numpy_trainer import NumpyLogRegTrainer
 from fedhive.learning.torch_trainer import TorchTrainer
-from fedhive.app.learner import EpochProgress, FitConfig
 
 DNN = parse_model_spec("simple-dnn")
 
@@ -31,9 +31,9 @@ def test_simple_dnn_learns_digits_and_reports_each_epoch(digits: tuple[TorchTrai
     result = trainer.fit(start, FitConfig(epochs=5, batch_size=32, lr=0.05, seed=1), seen.append)
     assert [p.epoch for p in seen] == [1, 2, 3, 4, 5] and all(p.epochs == 5 for p in seen)
     assert seen[-1].loss < seen[0].loss
-    assert tester.evaluate(start).accuracy < 0.3
+    assert tester.evaluate(start).metrics["accuracy"] < 0.3
     after = tester.evaluate(result.params)
-    assert after.accuracy > 0.9 and after.num_examples == 359
+    assert after.metrics["accuracy"] > 0.9 and after.num_examples == 359
     assert result.num_examples == 1438 and result.metrics["steps"] == 5 * 45
 
 
@@ -96,7 +96,7 @@ def test_evaluate_is_stable_and_matches_the_numpy_logreg() -> None:
     as_torch = Params({"linear.weight": np.ascontiguousarray(weight.T), "linear.bias": bias})
     got = torch_trainer.evaluate(as_torch)
     want = numpy_trainer.evaluate(Params({"weight": weight, "bias": bias}))
-    assert got.accuracy == want.accuracy and got.loss == pytest.approx(want.loss, rel=1e-5)
+    assert got.metrics["accuracy"] == want.metrics["accuracy"] and got.metrics["loss"] == pytest.approx(want.metrics["loss"], rel=1e-5)
     assert torch_trainer.evaluate(as_torch) == got
 
 

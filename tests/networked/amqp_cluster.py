@@ -19,10 +19,12 @@ from uuid import uuid4
 
 import pytest
 
+from fedhive.app.loader import BUILTIN
+from fedhive.cli.site_options import build_site
 from fedhive.errors import TransportError
+from fedhive.learning.local_data import LocalData
 from fedhive.runtime.coordinator import COORDINATOR_ID, SessionResult
 from fedhive.runtime.credentials import CredentialStore, parse_secret
-from fedhive.runtime.local_data import LocalData
 from fedhive.runtime.networked import BrokerSettings, ClientSettings, Observer, run_client, run_coordinator
 from fedhive.runtime.session_file import parse_session
 from fedhive.transports.amqp import delete_namespace
@@ -208,5 +210,5 @@ class Net:
     def honest(
         self, ident: tuple[str, bytes], part: str, settings: ClientSettings = ClientSettings(register_timeout_s=30)
     ) -> asyncio.Task[int]:
-        data = LocalData(dataset="digits", part=part)
-        return asyncio.create_task(run_client(*ident, data, self.broker, settings))
+        site = build_site(ident[0], BUILTIN, None, LocalData(dataset="digits", part=part))
+        return asyncio.create_task(run_client(ident[1], site, self.broker, settings))

@@ -12,11 +12,11 @@ from amqp_cluster import Net
 from fedhive.core.compression import UpdateCompressor
 from fedhive.core.envelope import Message
 from fedhive.core.params import Params
+from fedhive.learning.local_data import LocalData
 from fedhive.learning.numpy_trainer import NumpyLogRegTrainer
 from fedhive.runtime import events as ev
 from fedhive.runtime.bus import EventBus
 from fedhive.runtime.client import ClientNode
-from fedhive.runtime.local_data import LocalData
 from fedhive.runtime.networked import client_codec
 from fedhive.runtime.session_config import SessionConfig
 

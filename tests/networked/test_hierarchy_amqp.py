@@ -14,15 +14,17 @@ from uuid import uuid4
 import pytest
 from amqp_cluster import session_toml
 
+from fedhive.app.loader import BUILTIN
+from fedhive.cli.site_options import build_site, plan_builtin
 from fedhive.learning.federation_data import DataSpec
+from fedhive.learning.local_data import LocalData
 from fedhive.runtime import events as ev
 from fedhive.runtime.coordinator import COORDINATOR_ID, SessionResult
 from fedhive.runtime.credentials import CredentialStore, parse_secret
 from fedhive.runtime.hierarchy_networked import run_combiner, run_hierarchical_client, run_hierarchical_coordinator
-from fedhive.runtime.local_data import LocalData
 from fedhive.runtime.networked import BrokerSettings, ClientSettings
 from fedhive.runtime.session_file import SessionFile, load_session_file
-from fedhive.runtime.simulation import plan_simulation, run_federation
+from fedhive.runtime.simulation import run_federation
 from fedhive.transports.amqp import delete_namespace
 
 pytestmark = [pytest.mark.amqp, pytest.mark.slow]
@@ -48,7 +50,7 @@ async def run_all(
 ) -> tuple[SessionResult, list[ev.RoundCompleted]]:
     idents = {cid: parse_secret(secret) for cid, secret in (store.add(n) for n in ["comb1", "comb2"])}
     clients = [store.add(f"cl{i}") for i in range(1, N_CLIENTS + 1)]
-    options = ClientSettings(seed=0, register_timeout_s=60, coordinator_timeout_s=2.0)
+    options = ClientSettings(register_timeout_s=60, coordinator_timeout_s=2.0)
     combiners = {
         cid: asyncio.create_task(
             run_combiner(cid, key, store, broker, heartbeat_interval_s=0.5, heartbeat_timeout_s=2.0)
@@ -58,9 +60,10 @@ async def run_all(
     client_tasks = [
         asyncio.create_task(
             run_hierarchical_client(
-                cid,
                 parse_secret(secret),
-                LocalData(dataset="digits", partition="dirichlet:0.5", part=f"{i}/{N_CLIENTS}"),
+                build_site(
+                    cid, BUILTIN, None, LocalData(dataset="digits", partition="dirichlet:0.5", part=f"{i}/{N_CLIENTS}")
+                ),
                 broker,
                 options,
             )
@@ -89,7 +92,7 @@ async def run_all(
 
 
 async def flat_accuracy(session: SessionFile) -> float:
-    plan = plan_simulation(session.config, DataSpec(dataset="digits", partition="dirichlet:0.5"), N_CLIENTS)
+    plan = plan_builtin(session.config, DataSpec(dataset="digits", partition="dirichlet:0.5"), N_CLIENTS)
     result = await run_federation(
         plan.config, plan.trainers, plan.num_examples, plan.initial_params, evaluator=plan.evaluator
     )

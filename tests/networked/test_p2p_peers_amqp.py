@@ -12,9 +12,10 @@ from uuid import uuid4
 import pytest
 from amqp_cluster import Proc
 
+from fedhive.cli.site_options import plan_builtin
 from fedhive.learning.federation_data import DataSpec
 from fedhive.runtime.session_config import SessionConfig
-from fedhive.runtime.simulation import plan_simulation, run_federation
+from fedhive.runtime.simulation import run_federation
 from fedhive.transports.amqp import delete_namespace
 
 pytestmark = [pytest.mark.amqp, pytest.mark.slow]
@@ -67,7 +68,7 @@ def peers(rabbitmq_url: str) -> Iterator[Peers]:
 
 async def star_accuracy(n: int, rounds: int) -> float:
     config = SessionConfig(rounds=rounds, min_clients=n, **SETTINGS)  # type: ignore[arg-type]
-    plan = plan_simulation(config, DataSpec(dataset="digits", partition="dirichlet:0.5"), n)
+    plan = plan_builtin(config, DataSpec(dataset="digits", partition="dirichlet:0.5"), n)
     result = await run_federation(
         plan.config, plan.trainers, plan.num_examples, plan.initial_params, evaluator=plan.evaluator
     )

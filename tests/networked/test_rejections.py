@@ -16,17 +16,17 @@ import numpy as np
 import pytest
 from amqp_cluster import Cluster, Net, demo_part, session_toml
 
+from fedhive.app.learner import FitConfig, FitResult, ProgressFn
 from fedhive.core import wire
 from fedhive.core.envelope import Kind, Message, make
 from fedhive.core.params import Params
 from fedhive.core.signing import Verifier, sign
+from fedhive.learning.local_data import LocalData
 from fedhive.learning.numpy_trainer import NumpyLogRegTrainer
-from fedhive.app.learner import FitConfig, FitResult, ProgressFn
 from fedhive.runtime import events as ev
 from fedhive.runtime.bus import EventBus
 from fedhive.runtime.client import ClientNode
 from fedhive.runtime.coordinator import COORDINATOR_ID
-from fedhive.runtime.local_data import LocalData
 from fedhive.runtime.networked import client_codec
 from fedhive.runtime.session_config import SessionConfig
 from fedhive.transports.wire_codec import WireCodec

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from fedhive.cli.site_options import plan_builtin
 from fedhive.core import compression
 from fedhive.core.params import Params
 from fedhive.learning.federation_data import DataSpec
@@ -18,7 +19,7 @@ from fedhive.runtime import client as client_module
 from fedhive.runtime import events as ev
 from fedhive.runtime.bus import EventBus
 from fedhive.runtime.session_config import make_config
-from fedhive.runtime.simulation import plan_simulation, run_federation
+from fedhive.runtime.simulation import run_federation
 from fedhive.tracking.run_directory import RunDirectory
 
 
@@ -35,7 +36,7 @@ def run(method: str, *, rounds: int = 10, out: Path | None = None) -> tuple[floa
         seed=0,
         compression=method,
     )
-    plan = plan_simulation(config, DataSpec(dataset="digits", partition="iid"), 10)
+    plan = plan_builtin(config, DataSpec(dataset="digits", partition="iid"), 10)
     sizes: list[int] = []
     rejected: list[str] = []
 

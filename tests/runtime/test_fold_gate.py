@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from fakes import BadTrainer, ShiftTrainer
+from fedhive.app.learner import FitConfig, FitResult, ProgressFn
 from fedhive.core.params import Params
 from fedhive.errors import DataError
-from fedhive.app.learner import FitConfig, FitResult, ProgressFn
 from fedhive.runtime import client_host
 from fedhive.runtime import events as ev
 from fedhive.runtime.bus import EventBus

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from fakes import ShiftTrainer, SlowShift
+from fedhive.app.learner import FitConfig, FitResult, ProgressFn
 from fedhive.core.params import Params
 from fedhive.errors import SessionFailed
-from fedhive.app.learner import FitConfig, FitResult, ProgressFn
 from fedhive.runtime import events as ev
 from fedhive.runtime.assigned_client import run_assigned_client
 from fedhive.runtime.combiner import Combiner

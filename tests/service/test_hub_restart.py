@@ -8,8 +8,8 @@ import asyncio
 import contextlib
 from collections.abc import Callable
 
-from fedhive.core.envelope import Kind
 from fedhive.app.learner import Trainer
+from fedhive.core.envelope import Kind
 from fedhive.runtime.client import ClientNode
 from fedhive.runtime.coordinator import COORDINATOR_ID
 from fedhive.runtime.hub import Hub

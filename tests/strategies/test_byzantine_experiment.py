@@ -7,11 +7,12 @@ import asyncio
 
 import pytest
 
+from fedhive.app.learner import EvalResult, FitConfig, FitResult, ProgressFn, Trainer
+from fedhive.cli.site_options import plan_builtin
 from fedhive.core.params import Params
 from fedhive.learning.federation_data import DataSpec
-from fedhive.app.learner import EvalResult, FitConfig, FitResult, ProgressFn, Trainer
 from fedhive.runtime.session_config import make_config
-from fedhive.runtime.simulation import plan_simulation, run_federation
+from fedhive.runtime.simulation import run_federation
 
 
 class SignFlipped:
@@ -44,7 +45,7 @@ def accuracy_under_attack(strategy: str) -> float:
         seed=0,
         strategy=strategy,
     )
-    plan = plan_simulation(config, DataSpec(dataset="digits", partition="iid"), 10)
+    plan = plan_builtin(config, DataSpec(dataset="digits", partition="iid"), 10)
     trainers = list(plan.trainers)
     trainers[3], trainers[7] = SignFlipped(trainers[3]), SignFlipped(trainers[7])
     result = asyncio.run(

@@ -7,9 +7,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from fedhive.cli.site_options import plan_builtin
 from fedhive.learning.federation_data import DataSpec
 from fedhive.runtime.session_config import make_config
-from fedhive.runtime.simulation import plan_simulation, run_federation
+from fedhive.runtime.simulation import run_federation
 
 pytestmark = [pytest.mark.mlflow, pytest.mark.slow, pytest.mark.timeout(240)]
 ROUNDS, CLIENTS = 3, 3
@@ -30,7 +31,7 @@ async def test_session_tracked_and_model_registered(mlflow_server: str) -> None:
         data={"dataset": "iris", "partition": "iid"},
     )
     data = DataSpec(dataset="iris", partition="iid")
-    plan = plan_simulation(config, data, CLIENTS)
+    plan = plan_builtin(config, data, CLIENTS)
     tracker = MlflowTracker(mlflow_server, experiment="test-iris", register_as="iris_model", tags={"use_case": "iris"})
     result = await run_federation(
         plan.config,

@@ -141,7 +141,9 @@ def _app_from(module: Any, attr: str, given: str) -> ClientApp:
         except Exception as exc:
             raise AppError(f"app {given!r}: {attr}() raised {type(exc).__name__}: {exc}") from None
     if not isinstance(obj, ClientApp) and not callable(getattr(obj, "train", None)):
-        raise AppError(f"app {given!r}: {attr} is a {type(obj).__name__}, not a fedhive.ClientApp or a class with train")
+        raise AppError(
+            f"app {given!r}: {attr} is a {type(obj).__name__}, not a fedhive.ClientApp or a class with train"
+        )
     app = ClientApp.from_object(obj)
     app.check_complete(f"app {given!r}")
     return app

@@ -14,6 +14,7 @@ from typing import Annotated, NoReturn
 
 import typer
 
+from fedhive.app.loader import BUILTIN
 from fedhive.cli.coordinator_cmd import (
     ArtifactsOption,
     BrokerOption,
@@ -22,7 +23,6 @@ from fedhive.cli.coordinator_cmd import (
     broker_settings,
     service_logging,
 )
-from fedhive.app.loader import BUILTIN
 from fedhive.cli.site_options import AppOption, NodeOption, StateDirOption, build_site
 from fedhive.errors import ConfigError, FedhiveError, SessionFailed
 from fedhive.learning.local_data import LocalData

@@ -15,6 +15,7 @@ from fedhive.cli import clients_cmd
 from fedhive.cli.client_cmd import client
 from fedhive.cli.combiner_cmd import combiner
 from fedhive.cli.coordinator_cmd import coordinator
+from fedhive.cli.new_cmd import new
 from fedhive.cli.peer_cmd import peer
 from fedhive.cli.serve_cmd import serve_cmd
 from fedhive.cli.simulate_cmd import simulate
@@ -35,6 +36,7 @@ app.command(help="Combine a share of the clients for the coordinator (hierarchic
     combiner
 )
 app.command(help="Take part in a decentralised federation (no coordinator) as one peer over a broker.")(peer)
+app.command(name="new", help="Create a runnable app project from a template (numpy, torch or sklearn).")(new)
 app.add_typer(clients_cmd.app, name="clients")
 
 

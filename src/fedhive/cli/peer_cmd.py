@@ -15,9 +15,9 @@ from typing import Annotated
 
 import typer
 
-from fedhive.cli.coordinator_cmd import BrokerOption, CaFileOption, NamespaceOption, broker_settings, service_logging
 from fedhive.app.learner import Evaluator
 from fedhive.app.loader import BUILTIN, load_app
+from fedhive.cli.coordinator_cmd import BrokerOption, CaFileOption, NamespaceOption, broker_settings, service_logging
 from fedhive.cli.site_options import AppOption, NodeOption, StateDirOption, build_site
 from fedhive.errors import ConfigError
 from fedhive.learning.federation_data import parse_part

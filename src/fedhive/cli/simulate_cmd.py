@@ -115,7 +115,11 @@ def simulate(
         else _bad_fraction(test_fraction)
     )
     data.check()
-    site = {**data.model_dump(exclude_none=True), **parse_pairs(node, "--node")} if builtin else parse_pairs(node, "--node")
+    site = (
+        {**data.model_dump(exclude_none=True), **parse_pairs(node, "--node")}
+        if builtin
+        else parse_pairs(node, "--node")
+    )
     plan = plan_simulation(config, loaded, clients, node=site, evaluate=evaluate)
     initial, ml_summary = plan.initial_params, dict[str, object]()
     if start is not None:

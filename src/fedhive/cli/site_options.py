@@ -14,7 +14,10 @@ import typer
 from fedhive.app.loader import BUILTIN, load_app
 from fedhive.cli.key_values import parse_pairs
 from fedhive.errors import ConfigError
+from fedhive.learning.federation_data import DataSpec
 from fedhive.learning.local_data import LocalData
+from fedhive.runtime.session_config import SessionConfig
+from fedhive.runtime.simulation import SimulationPlan, plan_simulation
 from fedhive.runtime.site_app import SiteApp
 
 AppOption = Annotated[
@@ -66,3 +69,11 @@ def build_site(
 
 def _safe(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in name) or "_"
+
+
+def plan_builtin(config: SessionConfig, data: DataSpec, clients: int, *, evaluate: str = "auto") -> SimulationPlan:
+    """A simulation of the built-in app on a demo data set or CSV (``fedhive simulate --dataset``)."""
+    data.check()
+    return plan_simulation(
+        config, load_app(BUILTIN), clients, node=data.model_dump(exclude_none=True), evaluate=evaluate
+    )

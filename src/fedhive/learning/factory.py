@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from fedhive.app.learner import Trainer
 from fedhive.learning.models import ModelSpec, parse_model_spec
 from fedhive.learning.numpy_trainer import NumpyLogRegTrainer
-from fedhive.app.learner import Trainer
 
 
 def build_trainer(model_spec: str | ModelSpec, x: np.ndarray, y: np.ndarray, num_classes: int) -> Trainer:

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from fedhive.core.params import Params, ParamSpec, TensorSpec, check_against_spec
 from fedhive.app.learner import EpochProgress, EvalResult, FitConfig, FitResult, ProgressFn
+from fedhive.core.params import Params, ParamSpec, TensorSpec, check_against_spec
 from fedhive.learning.trainer_checks import check_fit_config, check_training_data
 
 _INIT_SCALE = np.float32(0.01)  # small random weights: symmetric start, yet not all-equal logits

@@ -15,9 +15,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from fedhive.app.learner import EpochProgress, EvalResult, FitConfig, FitResult, ProgressFn
 from fedhive.core.params import Params, ParamSpec, TensorSpec, check_against_spec
 from fedhive.learning.models import ModelSpec, build_model
-from fedhive.app.learner import EpochProgress, EvalResult, FitConfig, FitResult, ProgressFn
 from fedhive.learning.trainer_checks import check_fit_config, check_training_data
 
 _EVAL_BATCH = 1024  # rows per forward pass in evaluate: bounds activation memory on large sets

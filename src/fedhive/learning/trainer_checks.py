@@ -11,8 +11,8 @@ import math
 
 import numpy as np
 
-from fedhive.errors import ConfigError, DataError
 from fedhive.app.learner import FitConfig
+from fedhive.errors import ConfigError, DataError
 
 
 def check_training_data(x: np.ndarray, y: np.ndarray, num_classes: int) -> tuple[np.ndarray, np.ndarray]:

@@ -21,11 +21,11 @@ from typing import Protocol
 
 from pydantic import ValidationError
 
+from fedhive.app.learner import EpochProgress, FitConfig, Trainer
 from fedhive.core.compression import UpdateCompressor
 from fedhive.core.envelope import Kind, Message, make
 from fedhive.core.params import ParamSpec
 from fedhive.errors import ConfigError, DataError, FedhiveError, ProtocolError, SessionFailed, TransportError
-from fedhive.app.learner import EpochProgress, FitConfig, Trainer
 from fedhive.runtime import events as ev
 from fedhive.runtime.bus import BusStopped, EventBus
 from fedhive.runtime.coordinator import COORDINATOR_ID

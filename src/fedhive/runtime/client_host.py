@@ -28,10 +28,10 @@ from collections.abc import Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
 
+from fedhive.app.learner import FitConfig, Trainer
 from fedhive.core.envelope import Kind, Message, make
 from fedhive.core.params import Params, ParamSpec, check_against_spec
 from fedhive.errors import FedhiveError, ProtocolError, SessionFailed, TransportError
-from fedhive.app.learner import FitConfig, Trainer
 from fedhive.runtime.client import read_enable
 from fedhive.runtime.coordinator import COORDINATOR_ID
 from fedhive.runtime.hosted import Member, members_body, train_items

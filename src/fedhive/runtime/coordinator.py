@@ -19,10 +19,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from fedhive.app.learner import Evaluator
 from fedhive.core.envelope import Deferred, Kind, Message, make
 from fedhive.core.params import Params
 from fedhive.errors import FedhiveError, ProtocolError, SessionFailed, TransportError
-from fedhive.app.learner import Evaluator
 from fedhive.runtime import events as ev
 from fedhive.runtime.bus import BusStopped, EventBus
 from fedhive.runtime.claim_keeper import give_back

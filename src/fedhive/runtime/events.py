@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from fedhive.app.learner import EvalResult, FitResult
 from fedhive.core.envelope import Message
 from fedhive.core.params import Params
-from fedhive.app.learner import EvalResult, FitResult
 from fedhive.strategies.base import AggregateResult
 
 

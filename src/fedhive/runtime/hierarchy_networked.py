@@ -24,10 +24,10 @@ from fedhive.runtime.combiner import Combiner
 from fedhive.runtime.coordinator import COORDINATOR_ID, SessionResult
 from fedhive.runtime.credentials import CredentialStore
 from fedhive.runtime.hierarchy import HierarchicalCoordinator
-from fedhive.runtime.site_app import SiteApp
 from fedhive.runtime.networked import BrokerSettings, ClientSettings, coordinator_codec, plan_coordinator
 from fedhive.runtime.resume import Checkpoint, coordinator_kwargs
 from fedhive.runtime.session_file import SessionFile
+from fedhive.runtime.site_app import SiteApp
 from fedhive.strategies.base import Strategy
 from fedhive.transports.wire_codec import WireCodec
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Sequence
 
-from fedhive.core.params import Params
 from fedhive.app.learner import Evaluator, Trainer
+from fedhive.core.params import Params
 from fedhive.runtime.assigned_client import run_assigned_client
 from fedhive.runtime.bus import EventBus
 from fedhive.runtime.combiner import Combiner

@@ -26,10 +26,10 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from fedhive.app.learner import FitConfig
 from fedhive.core.envelope import Message
 from fedhive.core.params import ParamSpec
 from fedhive.errors import ProtocolError
-from fedhive.app.learner import FitConfig
 from fedhive.runtime.partials import MAX_RAW_UPDATES, read_partial
 from fedhive.runtime.payloads import body_int, body_metrics
 from fedhive.strategies.base import Aggregator, Partial

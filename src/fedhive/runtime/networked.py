@@ -22,12 +22,12 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 
+from fedhive.app.learner import Evaluator
 from fedhive.core.envelope import Kind, Message, make
 from fedhive.core.params import Params
 from fedhive.core.signing import Verifier
 from fedhive.core.wire import MAX_ENVELOPE_BYTES
 from fedhive.errors import ConfigError, FedhiveError, TransportError
-from fedhive.app.learner import Evaluator
 from fedhive.runtime.bus import EventBus
 from fedhive.runtime.client import ClientNode
 from fedhive.runtime.coordinator import COORDINATOR_ID, Coordinator, SessionResult
@@ -264,10 +264,7 @@ async def run_virtual_clients(
     pool = ThreadPoolExecutor(1, thread_name_prefix="fedhive-virtual-clients")
     try:
         results = await asyncio.gather(
-            *(
-                run_client(key, site, broker, settings, observers=observers, executor=pool)
-                for key, site in clients
-            ),
+            *(run_client(key, site, broker, settings, observers=observers, executor=pool) for key, site in clients),
             return_exceptions=True,
         )
     finally:

@@ -21,11 +21,11 @@ import time
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 
+from fedhive.app.learner import Evaluator, FitResult, Trainer
 from fedhive.core.compression import UpdateCompressor, decode_update
 from fedhive.core.envelope import Kind, Message, make
 from fedhive.core.params import Params
 from fedhive.errors import FedhiveError, SessionFailed, TransportError
-from fedhive.app.learner import Evaluator, FitResult, Trainer
 from fedhive.runtime import events as ev
 from fedhive.runtime.bus import BusStopped, EventBus
 from fedhive.runtime.payloads import body_int, body_metrics, payload_params

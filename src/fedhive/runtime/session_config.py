@@ -8,9 +8,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from fedhive.app.learner import FitConfig
 from fedhive.core.compression import parse_compression
 from fedhive.errors import ConfigError
-from fedhive.app.learner import FitConfig
 
 RunValue = str | int | float | bool
 

@@ -18,11 +18,11 @@ from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from fedhive.core.params import Params
-from fedhive.errors import ConfigError, FedhiveError
 from fedhive.app.contract import EvalResult
 from fedhive.app.learner import Evaluator, Trainer
 from fedhive.app.loader import LoadedApp
+from fedhive.core.params import Params
+from fedhive.errors import ConfigError, FedhiveError
 from fedhive.runtime import events as ev
 from fedhive.runtime.bus import EventBus
 from fedhive.runtime.client import ClientNode

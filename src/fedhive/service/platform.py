@@ -19,9 +19,9 @@ from datetime import UTC, datetime, timedelta
 import uvicorn
 
 from fedhive.api.app import create_app
+from fedhive.app.learner import Trainer
 from fedhive.core.signing import Verifier
 from fedhive.learning.factory import build_trainer
-from fedhive.app.learner import Trainer
 from fedhive.runtime.bus import EventBus
 from fedhive.runtime.client import ClientNode
 from fedhive.runtime.coordinator import COORDINATOR_ID
