@@ -31,9 +31,7 @@ def fedhive(*args: str, cwd: Path | None = None, timeout: float = 180) -> subpro
 
 
 def simulate(project: Path, out: Path) -> dict[str, object]:
-    proc = fedhive(
-        "simulate", "--app", str(project), "--clients", "3", "--rounds", "3", "--out", str(out), "--json"
-    )
+    proc = fedhive("simulate", "--app", str(project), "--clients", "3", "--rounds", "3", "--out", str(out), "--json")
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout.strip().splitlines()[-1])
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 import numpy as np
@@ -42,13 +42,16 @@ class AppTrainer:
         *,
         name: str = "app",
         state_store: StateStore | None = None,
+        pinned: Collection[str] = (),
     ) -> None:
+        """``pinned``: keys the run config sets itself, which the round's settings never override."""
         self.app = app
         self.ctx = ctx
         self.name = name
         self._run_config = dict(run_config)
         self._store = state_store
         self._spec: ParamSpec | None = None
+        self._pinned = frozenset(pinned)
 
     @property
     def param_spec(self) -> ParamSpec:
@@ -72,15 +75,18 @@ class AppTrainer:
         fn = self.app.hook("train")
         if fn is None:
             raise AppError(f"{self.name} has no train: an app needs @app.train")
+        # The round's settings (a strategy may set some: FedProx's mu) over the session's, unless
+        # the run config pins a key; this call's round and seed always.
+        settings = {
+            "epochs": config.epochs,
+            "batch_size": config.batch_size,
+            "lr": config.lr,
+            "momentum": config.momentum,
+            "proximal_mu": config.proximal_mu,
+            "local_steps": config.max_steps,
+        }
         run = self.config(
-            round=config.round,
-            seed=config.seed,
-            epochs=config.epochs,
-            batch_size=config.batch_size,
-            lr=config.lr,
-            momentum=config.momentum,
-            proximal_mu=config.proximal_mu,
-            local_steps=config.max_steps,
+            **{k: v for k, v in settings.items() if k not in self._pinned}, round=config.round, seed=config.seed
         )
         self.ctx._progress = _progress_sink(progress) if progress is not None else None
         try:

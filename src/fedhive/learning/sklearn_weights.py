@@ -49,11 +49,9 @@ _NATIVE_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))  # what sklearn co
 def get_weights(model: Any) -> Params:
     """A copy of the fitted model's weights (see the module docstring for the names)."""
     mlp = _is_mlp(model, "get_weights")
-    current = _current(model, mlp)
+    current = _current(model, mlp, "get_weights")
     if current is None:
-        raise AppError(
-            f"get_weights: the {_name(model)} is not fitted yet; fit it, set_weights it, or use init_weights"
-        )
+        raise AppError(f"get_weights: the {_name(model)} is not fitted; fit it, set_weights it, or use init_weights")
     return Params({name: arr.copy() for name, arr in current.items()})
 
 
@@ -62,16 +60,16 @@ def set_weights(model: Any, weights: Mapping[str, np.ndarray], *, classes: Array
     ``classes`` is needed for a classifier without ``classes_``; given, it must match them."""
     mlp = _is_mlp(model, "set_weights")
     labels = _labels(model, classes, "set_weights")
-    current = _current(model, mlp)
+    current = _current(model, mlp, "set_weights")
     if current is not None:
         shapes = {name: arr.shape for name, arr in current.items()}
+        _check(weights, shapes)
         dtypes = {name: arr.dtype for name, arr in current.items()}
     else:
         n_features, outputs = _infer(model, mlp, weights, labels)
         shapes = _shapes(model, mlp, n_features, outputs)
-    _check(weights, shapes)
-    if current is None:
-        dtypes = {n: weights[n].dtype if weights[n].dtype in _NATIVE_FLOATS else np.dtype(np.float64) for n in shapes}
+        _check(weights, shapes)
+        dtypes = {n: _fresh_dtype(weights[n]) for n in shapes}
     new = {name: np.array(weights[name], dtype=dtypes[name], order="C", copy=True) for name in shapes}
     if mlp:
         _set_mlp(model, new, labels, fitted=current is not None)
@@ -114,7 +112,7 @@ def _is_mlp(model: Any, what: str) -> bool:
     )
 
 
-def _current(model: Any, mlp: bool) -> dict[str, np.ndarray] | None:
+def _current(model: Any, mlp: bool, what: str) -> dict[str, np.ndarray] | None:
     """The model's arrays under fedhive's names (not copies), or None when it is not fitted."""
     if mlp:
         coefs, intercepts = getattr(model, "coefs_", None), getattr(model, "intercepts_", None)
@@ -126,7 +124,7 @@ def _current(model: Any, mlp: bool) -> dict[str, np.ndarray] | None:
     if coef is None:  # SGD's fit sets coef_ = None before it starts
         return None
     if not isinstance(coef, np.ndarray):  # after sparsify(): a scipy matrix
-        raise AppError(f"the {_name(model)}'s coef_ is a {type(coef).__name__}, not an array; call densify() first")
+        raise AppError(f"{what}: the {_name(model)}'s coef_ is a {type(coef).__name__}; call densify() first")
     # LinearRegression and friends hold a float intercept for one target: ship it as shape (1,).
     return {"coef": coef, "intercept": np.atleast_1d(np.asarray(getattr(model, "intercept_", 0.0)))}
 
@@ -186,6 +184,12 @@ def _tensor(weights: Mapping[str, np.ndarray], name: str, ndims: tuple[int, ...]
         got = f"shape {arr.shape}" if isinstance(arr, np.ndarray) else f"a {type(arr).__name__}"
         raise AppError(f"set_weights: tensor {name!r} has {got}, expected {' or '.join(map(str, ndims))} dimensions")
     return arr
+
+
+def _fresh_dtype(arr: np.ndarray) -> np.dtype[Any]:
+    # An unfitted model takes the federation's dtype, so get_weights hands back what it was given;
+    # float16 and wider floats become float64, which sklearn computes in.
+    return arr.dtype if arr.dtype in _NATIVE_FLOATS else np.dtype(np.float64)
 
 
 def _check(weights: Mapping[str, np.ndarray], shapes: Shapes) -> None:

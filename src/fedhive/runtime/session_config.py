@@ -78,10 +78,9 @@ class SessionConfig(BaseModel):
         return v
 
     def app_config(self) -> dict[str, Any]:
-        """What an app's ``config`` holds besides ``round``: the run config and the session's
-        training settings (the session's keys win over the run config's)."""
+        """What an app's ``config`` holds besides ``round``: the session's training settings and,
+        over them, the run config (an app's own ``lr`` in its run config is the one it gets)."""
         return {
-            **self.run_config,
             "session_id": self.session_id,
             "model": self.model,
             "epochs": self.epochs,
@@ -93,6 +92,7 @@ class SessionConfig(BaseModel):
             "seed": self.seed,
             "session_seed": self.seed,
             "data": dict(self.data),
+            **self.run_config,
         }
 
     def fit_config(self, round: int, client_index: int) -> FitConfig:

@@ -51,7 +51,14 @@ class SiteApp:
     def trainer_for(self, config: SessionConfig) -> Trainer:
         check_same_app(self.loaded, config, self.client_id)
         store = StateStore(self.state_dir) if self.state_dir is not None else None
-        return AppTrainer(self.loaded.app, self.ctx, config.app_config(), name=self.loaded.name, state_store=store)
+        return AppTrainer(
+            self.loaded.app,
+            self.ctx,
+            config.app_config(),
+            name=self.loaded.name,
+            state_store=store,
+            pinned=config.run_config.keys(),
+        )
 
 
 def check_same_app(loaded: LoadedApp, config: SessionConfig, who: str) -> None:

@@ -2,6 +2,11 @@
 
 An observer: it subscribes to coordinator events and never touches the coordinator. Rows are
 appended and flushed per round, so a crashed run keeps everything up to its last round.
+
+Metrics are open (an app reports any names): every metric gets its own column, the global ones
+under their names in rounds.csv (``r2``), the client-weighted training ones as ``train_<name>``,
+and each client's in clients.csv. A name first seen in a later round adds its column then: the file
+is rewritten once with the wider header (earlier rows have the cell empty).
 """
 
 from __future__ import annotations
@@ -39,8 +44,8 @@ class RunDirectory:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         (self.root / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-        self._rounds, self._rounds_w = _open_csv(self.root / "rounds.csv", ROUND_FIELDS, resume_after)
-        self._clients, self._clients_w = _open_csv(self.root / "clients.csv", CLIENT_FIELDS, resume_after)
+        self._rounds_w = GrowingCsv(self.root / "rounds.csv", ROUND_FIELDS, resume_after)
+        self._clients_w = GrowingCsv(self.root / "clients.csv", CLIENT_FIELDS, resume_after)
         self._round_bytes: dict[int, tuple[int, int]] = {}  # round -> (updates accepted, bytes)
         self.bytes_received = 0  # over the whole session
         self.float32_bytes = 0  # what the same updates weigh as dense float32
@@ -63,8 +68,7 @@ class RunDirectory:
                 "round": e.round,
                 "client": e.client_id,
                 "num_examples": e.num_examples,
-                "loss": _f(e.metrics.get("loss")),
-                "accuracy": _f(e.metrics.get("accuracy")),
+                **{name: _f(value) for name, value in e.metrics.items()},
                 "bytes": e.nbytes,
                 "status": "accepted",
             }
@@ -81,10 +85,8 @@ class RunDirectory:
         self._rounds_w.writerow(
             {
                 "round": e.round,
-                "loss": _f(e.metrics.get("loss")),
-                "accuracy": _f(e.metrics.get("accuracy")),
-                "train_loss": _f(e.train_metrics.get("loss")),
-                "train_accuracy": _f(e.train_metrics.get("accuracy")),
+                **{name: _f(value) for name, value in e.metrics.items()},
+                **{f"train_{name}": _f(value) for name, value in e.train_metrics.items()},
                 "updates": e.num_updates,
                 "selected": e.num_selected,
                 "examples": e.num_examples,
@@ -94,16 +96,16 @@ class RunDirectory:
                 "compression_ratio": f"{dense / nbytes:.3f}" if nbytes else "",
             }
         )
-        self._rounds.flush()
-        self._clients.flush()
+        self._rounds_w.flush()
+        self._clients_w.flush()
 
     def _on_completed(self, e: ev.SessionCompleted) -> None:
         write_model(self.model_path, e.params, {"rounds": str(e.rounds)})
         self.close()
 
     def close(self) -> None:
-        self._rounds.close()
-        self._clients.close()
+        self._rounds_w.close()
+        self._clients_w.close()
 
 
 def write_model(path: Path, params: Any, metadata: dict[str, str] | None = None) -> None:
@@ -113,24 +115,47 @@ def write_model(path: Path, params: Any, metadata: dict[str, str] | None = None)
     os.replace(tmp, path)
 
 
-def _open_csv(path: Path, fields: list[str], keep_through: int = 0) -> tuple[IO[str], csv.DictWriter[str]]:
-    if keep_through > 0 and path.exists():
-        # Rows of rounds after the checkpoint are dropped (they run again); a temporary file and a
-        # rename, so that a crash right now loses nothing.
-        with path.open(newline="") as old:
-            kept = [r for r in csv.DictReader(old) if r.get("round", "").isdigit() and int(r["round"]) <= keep_through]
-        tmp = path.with_suffix(".tmp")
+class GrowingCsv:
+    """A CSV file whose header grows when a row brings a column it has not seen."""
+
+    def __init__(self, path: Path, fields: list[str], keep_through: int = 0) -> None:
+        self.path = path
+        kept: list[dict[str, str]] = []
+        if keep_through > 0 and path.exists():
+            # Rows of rounds after the checkpoint are dropped (they run again).
+            with path.open(newline="") as old:
+                reader = csv.DictReader(old)
+                fields = [*fields, *(f for f in reader.fieldnames or [] if f not in fields)]
+                kept = [r for r in reader if r.get("round", "").isdigit() and int(r["round"]) <= keep_through]
+        self.fields = list(fields)
+        self._rewrite(kept)
+
+    def writerow(self, row: dict[str, Any]) -> None:
+        new = [k for k in row if k not in self.fields]
+        if new:
+            self._file.close()
+            with self.path.open(newline="") as old:
+                rows = list(csv.DictReader(old))
+            self.fields += new
+            self._rewrite(rows)
+        self._writer.writerow(row)
+
+    def _rewrite(self, rows: list[dict[str, str]]) -> None:
+        # A temporary file and a rename: a crash right now loses nothing.
+        tmp = self.path.with_suffix(".tmp")
         with tmp.open("w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
+            w = csv.DictWriter(f, fieldnames=self.fields, extrasaction="ignore")
             w.writeheader()
-            w.writerows(kept)
-        os.replace(tmp, path)
-        f = path.open("a", newline="")
-        return f, csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
-    f = path.open("w", newline="")
-    w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
-    w.writeheader()
-    return f, w
+            w.writerows(rows)
+        os.replace(tmp, self.path)
+        self._file: IO[str] = self.path.open("a", newline="")
+        self._writer = csv.DictWriter(self._file, fieldnames=self.fields, extrasaction="ignore")
+
+    def flush(self) -> None:
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
 
 
 def _f(v: float | None) -> str:

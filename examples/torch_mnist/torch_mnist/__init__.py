@@ -1,0 +1,1 @@
+"""A federated MNIST example: your own CNN and training loop, run by fedhive."""
