@@ -19,7 +19,7 @@ import fedhive.sklearn
 
 PROJECT = Path(__file__).resolve().parents[2] / "examples" / "sklearn_diabetes"
 FEDHIVE = [sys.executable, "-m", "fedhive.cli.main"]
-CLIENTS, ROUNDS, EPOCHS, LR, SEED = 5, 20, 1, 0.01, 0
+CLIENTS, ROUNDS, EPOCHS, SEED = 5, 20, 1, 0
 
 
 def test_the_app_loads_without_loading_data() -> None:
@@ -36,12 +36,12 @@ def test_the_app_loads_without_loading_data() -> None:
     assert proc.stdout.split() == ["sklearn-diabetes"]
     loaded = fedhive.load_app(str(PROJECT))
     assert all(loaded.app.has(hook) for hook in ("init", "train", "evaluate", "central_evaluate"))
-    assert loaded.run_config == {"test_fraction": 0.2, "data_seed": 42}
+    assert loaded.run_config == {"lr": 0.01, "test_fraction": 0.2, "data_seed": 42}
 
 
 def test_federated_r2_is_within_005_of_centralised(tmp_path: Path) -> None:
     out = tmp_path / "run"
-    args = ["--clients", str(CLIENTS), "--rounds", str(ROUNDS), "--epochs", str(EPOCHS), "--lr", str(LR)]
+    args = ["--clients", str(CLIENTS), "--rounds", str(ROUNDS), "--epochs", str(EPOCHS)]  # lr: the project's
     proc = subprocess.run(
         [*FEDHIVE, "simulate", "--app", str(PROJECT), *args, "--seed", str(SEED), "--out", str(out), "--json"],
         capture_output=True,
@@ -82,7 +82,7 @@ def _fit_centrally(run_config: dict[str, Any]) -> float:
     parts = [task.partition(n, i, CLIENTS, int(run_config["data_seed"])) for i in range(CLIENTS)]
     union = np.sort(np.concatenate(parts))
     assert np.array_equal(union, np.arange(n))  # the clients' parts cover the training split exactly once
-    model = task.make_model(LR, SEED)
+    model = task.make_model(float(run_config["lr"]), SEED)
     fedhive.sklearn.set_weights(model, fedhive.sklearn.init_weights(model, n_features=split.x_train.shape[1]))
     task.fit(model, split, split.x_train[union], split.y_train[union], epochs=ROUNDS * EPOCHS, seed=SEED)
     return task.scores(model, split, split.x_test, split.y_test)["r2"]

@@ -1,6 +1,6 @@
 """The fedhive app: the SGDRegressor of ``task.py``, trained federated with ``fedhive.sklearn``.
 
-    fedhive simulate --app examples/sklearn_diabetes --clients 5 --rounds 20 --lr 0.01
+    fedhive simulate --app examples/sklearn_diabetes --clients 5 --rounds 20
 
 Each virtual client holds one IID part (``ctx.node["partition_id"]`` of ``num_partitions``) of the
 training split and the same part of the held-out split; the server side scores the global model on

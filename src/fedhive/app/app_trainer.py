@@ -130,15 +130,25 @@ class AppTrainer:
         return result
 
 
+_last_views: tuple[Params, Params] | None = None  # (params, its views): one round's model, many clients
+
+
 def read_only(params: Params) -> Params:
     """Views of ``params`` that refuse writes: the global model is shared by every virtual client
-    of a process, and one app changing it in place would change what the others train on."""
+    of a process, and one app changing it in place would change what the others train on. The
+    views of the last model asked for are kept (by identity): every client of a round shares them."""
+    global _last_views
+    last = _last_views
+    if last is not None and last[0] is params:
+        return last[1]
     views = {}
     for name, arr in params.items():
         view = arr.view()
         view.flags.writeable = False
         views[name] = view
-    return Params(views)
+    result = Params(views)
+    _last_views = (params, result)
+    return result
 
 
 def as_params(weights: object, *, where: str) -> Params:

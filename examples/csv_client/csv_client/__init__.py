@@ -1,0 +1,1 @@
+"""A fedhive client that trains on its own CSV file (``--node data=PATH``)."""
