@@ -11,6 +11,7 @@ import functools
 import math
 import os
 from pathlib import Path
+from typing import TextIO
 
 import numpy as np
 
@@ -19,9 +20,17 @@ import fedhive
 MAX_BYTES = 256 * 1024 * 1024
 
 
-def read_csv(path: str | os.PathLike[str], label: str = "label") -> tuple[np.ndarray, np.ndarray, list[str]]:
+def read_csv(
+    path: str | os.PathLike[str],
+    label: str = "label",
+    *,
+    num_features: int | None = None,
+    num_classes: int | None = None,
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """(features float32 (n, f), labels int64 (n,), feature column names) of the CSV at ``path``:
-    a header row, numeric features and a whole-number label in column ``label``."""
+    a header row, numeric features and a whole-number label in column ``label``. With
+    ``num_features``/``num_classes``, the file must fit a model of that shape: that many feature
+    columns, every label below ``num_classes``."""
     path = Path(path)
     try:
         stat = path.stat()
@@ -29,14 +38,16 @@ def read_csv(path: str | os.PathLike[str], label: str = "label") -> tuple[np.nda
         raise fedhive.DataError(f"cannot read CSV file {path}: {exc.strerror or exc}") from None
     if stat.st_size > MAX_BYTES:
         raise fedhive.DataError(f"CSV file {path} is {stat.st_size} bytes, over the limit of {MAX_BYTES}")
-    return _read(str(path.resolve()), label, stat.st_mtime_ns, stat.st_size)
+    return _read(str(path), label, num_features, num_classes, stat.st_mtime_ns, stat.st_size)
 
 
 @functools.lru_cache(maxsize=4)  # keyed on the file's mtime and size too: a changed file is read again
-def _read(path: str, label: str, _mtime_ns: int, _size: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
+def _read(
+    path: str, label: str, num_features: int | None, num_classes: int | None, _mtime_ns: int, _size: int
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
     try:
         with open(path, newline="", encoding="utf-8") as f:
-            return _parse(csv.reader(f), path, label)
+            return _parse(f, path, label, num_features, num_classes)
     except UnicodeDecodeError as exc:
         raise fedhive.DataError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     except csv.Error as exc:
@@ -45,7 +56,10 @@ def _read(path: str, label: str, _mtime_ns: int, _size: int) -> tuple[np.ndarray
         raise fedhive.DataError(f"cannot read CSV file {path}: {exc.strerror or exc}") from None
 
 
-def _parse(reader: csv.reader, path: str, label: str) -> tuple[np.ndarray, np.ndarray, list[str]]:  # type: ignore[valid-type]
+def _parse(
+    f: TextIO, path: str, label: str, num_features: int | None, num_classes: int | None
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    reader = csv.reader(f)
     header = next(reader, None)
     if not header or not any(h.strip() for h in header):
         raise fedhive.DataError(f"{path}: row 1: the file is empty; it needs a header row")
@@ -56,6 +70,10 @@ def _parse(reader: csv.reader, path: str, label: str) -> tuple[np.ndarray, np.nd
     features = [i for i in range(len(header)) if i != target]
     if not features:
         raise fedhive.DataError(f"{path}: row 1: no feature columns besides the label {label!r}")
+    if num_features is not None and len(features) != num_features:
+        raise fedhive.DataError(
+            f"{path}: row 1: {len(features)} feature columns, the session's model takes num_features={num_features}"
+        )
     xs: list[list[float]] = []
     ys: list[int] = []
     for row in reader:
@@ -65,7 +83,7 @@ def _parse(reader: csv.reader, path: str, label: str) -> tuple[np.ndarray, np.nd
         if len(row) != len(header):
             raise fedhive.DataError(f"{path}: row {line} has {len(row)} values, the header has {len(header)} columns")
         xs.append([_number(row[i], path, line, header[i]) for i in features])
-        ys.append(_label(row[target], path, line, label))
+        ys.append(_label(row[target], path, line, label, num_classes))
     if not ys:
         raise fedhive.DataError(f"{path}: no data rows after the header")
     x = np.asarray(xs, dtype=np.float32)
@@ -85,24 +103,16 @@ def _number(cell: str, path: str, line: int, column: str) -> float:
     return value
 
 
-def _label(cell: str, path: str, line: int, column: str) -> int:
+def _label(cell: str, path: str, line: int, column: str, num_classes: int | None) -> int:
     value = _number(cell, path, line, column)
     if value != int(value) or value < 0:
         raise fedhive.DataError(f"{path}: row {line}, column {column!r}: {cell!r} is not a class id (0, 1, 2, ...)")
+    if num_classes is not None and value >= num_classes:
+        raise fedhive.DataError(
+            f"{path}: row {line}, column {column!r}: class {cell!r} is not below the session's "
+            f"num_classes={num_classes}"
+        )
     return int(value)
-
-
-def check_shape(x: np.ndarray, y: np.ndarray, path: str, num_features: int, num_classes: int) -> None:
-    """The file fits the session's model: its feature count and every label below ``num_classes``."""
-    if x.shape[1] != num_features:
-        raise fedhive.DataError(
-            f"{path}: {x.shape[1]} feature columns, the session's model takes num_features={num_features}"
-        )
-    bad = np.flatnonzero(y >= num_classes)
-    if len(bad):
-        raise fedhive.DataError(
-            f"{path}: data row {bad[0] + 1}: label {y[bad[0]]} is not below the session's num_classes={num_classes}"
-        )
 
 
 def split(n: int, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -25,7 +25,7 @@ from fedhive.app.learner import EpochProgress, FitConfig, Trainer
 from fedhive.core.compression import UpdateCompressor
 from fedhive.core.envelope import Kind, Message, make
 from fedhive.core.params import ParamSpec
-from fedhive.errors import ConfigError, DataError, FedhiveError, ProtocolError, SessionFailed, TransportError
+from fedhive.errors import AppError, ConfigError, DataError, FedhiveError, ProtocolError, SessionFailed, TransportError
 from fedhive.runtime import events as ev
 from fedhive.runtime.bus import BusStopped, EventBus
 from fedhive.runtime.coordinator import COORDINATOR_ID
@@ -269,7 +269,7 @@ class ClientNode:
                     body={"reason": str(exc)[:500], "attempt": msg.envelope.body.get("attempt", 0)},
                 )
             )
-            if msg.kind is Kind.ENABLE and isinstance(exc, ConfigError | DataError) and not self._persistent:
+            if msg.kind is Kind.ENABLE and isinstance(exc, ConfigError | DataError | AppError) and not self._persistent:
                 self.bus.stop(exc)  # this client cannot train the session's model: no use staying
 
     def _enable(self, msg: Message) -> None:
