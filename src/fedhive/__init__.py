@@ -46,3 +46,13 @@ __all__ = [
     "__version__",
     "load_app",
 ]
+
+
+def __getattr__(name: str) -> object:
+    # ``fedhive.torch`` and ``fedhive.sklearn`` on first use: importing torch takes seconds, and a
+    # numpy app should not pay for it.
+    if name in ("torch", "sklearn"):
+        import importlib
+
+        return importlib.import_module(f"fedhive.{name}")
+    raise AttributeError(f"module 'fedhive' has no attribute {name!r}")

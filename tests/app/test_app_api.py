@@ -47,7 +47,12 @@ async def simulate(
     if out is not None:
         observers.append(RunDirectory(out, {}).attach)
     result = await run_federation(
-        plan.config, plan.trainers, plan.num_examples, plan.initial_params, evaluator=plan.evaluator, observers=observers
+        plan.config,
+        plan.trainers,
+        plan.num_examples,
+        plan.initial_params,
+        evaluator=plan.evaluator,
+        observers=observers,
     )
     return result, seen
 

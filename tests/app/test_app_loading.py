@@ -15,7 +15,7 @@ import fedhive
 from fedhive.app.loader import load_app
 
 FEDHIVE = [sys.executable, "-m", "fedhive.cli.main"]
-APP = '''
+APP = """
 import numpy as np
 import fedhive
 
@@ -28,7 +28,7 @@ def init(weights, config, ctx):
 @app.train
 def train(weights, config, ctx):
     return fedhive.TrainResult({"w": weights["w"] + np.float32(config["step"])}, 10, {"step": config["step"]})
-'''
+"""
 
 
 def write(path: Path, text: str) -> Path:
@@ -43,8 +43,10 @@ def test_a_file_a_module_and_a_project_folder_load(tmp_path: Path) -> None:
     project = tmp_path / "proj"
     write(project / "proj_pkg" / "__init__.py", "")
     write(project / "proj_pkg" / "client.py", APP)
-    write(project / "pyproject.toml", '[project]\nname = "proj"\n[tool.fedhive]\napp = "proj_pkg.client:app"\n'
-          "[tool.fedhive.config]\nstep = 0.5\n")
+    write(
+        project / "pyproject.toml",
+        '[project]\nname = "proj"\n[tool.fedhive]\napp = "proj_pkg.client:app"\n[tool.fedhive.config]\nstep = 0.5\n',
+    )
     folder_app = load_app(str(project))
     assert folder_app.name == "proj" and folder_app.run_config == {"step": 0.5}
     assert load_app("builtin").name == "builtin"

@@ -11,11 +11,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+from fedhive.cli.session_file import load_session_file
 from fedhive.core import codec
 from fedhive.runtime import events as ev
 from fedhive.runtime.networked import BrokerSettings, plan_coordinator
 from fedhive.runtime.resume import strategy_for
-from fedhive.runtime.session_file import load_session_file
 from fedhive.tracking.run_checkpoint import CHECKPOINT_FILE, RunCheckpoint, fingerprint
 
 NOBODY = "amqp://guest:guest@127.0.0.1:1/"  # nothing listens on port 1

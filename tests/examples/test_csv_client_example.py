@@ -215,6 +215,16 @@ GOOD = "a,b,c,d,label\n1,2,3,4,0\n5,6,7,8,1\n"
         ("a,b,c,d,label\n1,2,nan,4,0\n", ["row 2", "column 'c'", "not a finite number"]),
         ("", ["row 1", "empty"]),
     ],
+    ids=[
+        "not-a-number",
+        "ragged-row",
+        "no-label-column",
+        "fractional-label",
+        "label-too-big",
+        "too-few-features",
+        "nan",
+        "empty-file",
+    ],
 )
 def test_a_malformed_file_is_one_data_error_line_naming_row_and_column(
     tmp_path: Path, text: str, expected: list[str]

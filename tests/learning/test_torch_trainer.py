@@ -96,7 +96,9 @@ def test_evaluate_is_stable_and_matches_the_numpy_logreg() -> None:
     as_torch = Params({"linear.weight": np.ascontiguousarray(weight.T), "linear.bias": bias})
     got = torch_trainer.evaluate(as_torch)
     want = numpy_trainer.evaluate(Params({"weight": weight, "bias": bias}))
-    assert got.metrics["accuracy"] == want.metrics["accuracy"] and got.metrics["loss"] == pytest.approx(want.metrics["loss"], rel=1e-5)
+    assert got.metrics["accuracy"] == want.metrics["accuracy"] and got.metrics["loss"] == pytest.approx(
+        want.metrics["loss"], rel=1e-5
+    )
     assert torch_trainer.evaluate(as_torch) == got
 
 

@@ -20,13 +20,13 @@ from uuid import uuid4
 import pytest
 
 from fedhive.app.loader import BUILTIN
+from fedhive.cli.session_file import parse_session
 from fedhive.cli.site_options import build_site
 from fedhive.errors import TransportError
 from fedhive.learning.local_data import LocalData
 from fedhive.runtime.coordinator import COORDINATOR_ID, SessionResult
 from fedhive.runtime.credentials import CredentialStore, parse_secret
 from fedhive.runtime.networked import BrokerSettings, ClientSettings, Observer, run_client, run_coordinator
-from fedhive.runtime.session_file import parse_session
 from fedhive.transports.amqp import delete_namespace
 
 FEDHIVE = [sys.executable, "-m", "fedhive.cli.main"]

@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 from amqp_cluster import Net
 
+from fedhive.cli.session_file import parse_session
 from fedhive.learning.local_data import LocalData
 from fedhive.runtime import events as ev
 from fedhive.runtime.coordinator import COORDINATOR_ID, Coordinator
 from fedhive.runtime.networked import ClientSettings, coordinator_codec, plan_coordinator
-from fedhive.runtime.session_file import parse_session
 
 pytestmark = pytest.mark.amqp
 

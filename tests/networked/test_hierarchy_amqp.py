@@ -15,6 +15,7 @@ import pytest
 from amqp_cluster import session_toml
 
 from fedhive.app.loader import BUILTIN
+from fedhive.cli.session_file import load_session_file
 from fedhive.cli.site_options import build_site, plan_builtin
 from fedhive.learning.federation_data import DataSpec
 from fedhive.learning.local_data import LocalData
@@ -23,7 +24,7 @@ from fedhive.runtime.coordinator import COORDINATOR_ID, SessionResult
 from fedhive.runtime.credentials import CredentialStore, parse_secret
 from fedhive.runtime.hierarchy_networked import run_combiner, run_hierarchical_client, run_hierarchical_coordinator
 from fedhive.runtime.networked import BrokerSettings, ClientSettings
-from fedhive.runtime.session_file import SessionFile, load_session_file
+from fedhive.runtime.session_plan import SessionFile
 from fedhive.runtime.simulation import run_federation
 from fedhive.transports.amqp import delete_namespace
 

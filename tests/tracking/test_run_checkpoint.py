@@ -11,11 +11,12 @@ from typing import Any
 import numpy as np
 import pytest
 
+from fedhive.cli.session_file import parse_session
 from fedhive.core.params import Params
 from fedhive.errors import ConfigError
 from fedhive.runtime import events as ev
 from fedhive.runtime.resume import coordinator_kwargs, strategy_for
-from fedhive.runtime.session_file import SessionFile, parse_session
+from fedhive.runtime.session_plan import SessionFile
 from fedhive.tracking.run_checkpoint import CHECKPOINT_FILE, RunCheckpoint, fingerprint, load_run_checkpoint
 from fedhive.tracking.run_directory import RunDirectory
 

@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from fedhive.cli.progress import SessionProgress
+from fedhive.cli.session_file import load_session_file
 from fedhive.errors import ConfigError
 from fedhive.runtime import events as ev
 from fedhive.runtime.bus import EventBus
@@ -23,7 +24,6 @@ from fedhive.runtime.credentials import DEFAULT_STORE, CredentialStore
 from fedhive.runtime.hierarchy_networked import run_hierarchical_coordinator
 from fedhive.runtime.networked import BrokerSettings, plan_coordinator, run_coordinator
 from fedhive.runtime.resume import Checkpoint, strategy_for
-from fedhive.runtime.session_file import load_session_file
 from fedhive.storage.artifacts import artifact_store_from_url
 from fedhive.tracking.run_checkpoint import CHECKPOINT_FILE, RunCheckpoint, fingerprint, load_run_checkpoint
 from fedhive.tracking.run_directory import RunDirectory, write_model

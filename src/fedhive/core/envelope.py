@@ -1,4 +1,4 @@
-"""The wire envelope (DESIGN.md section 4) and the message that carries it inside a process."""
+"""The wire envelope (docs/architecture.md, "Wire protocol") and the message that carries it inside a process."""
 
 from __future__ import annotations
 
@@ -62,7 +62,7 @@ class Envelope(BaseModel):
 
 
 class Deferred:
-    """A payload not fetched yet: a claim check (DESIGN.md section 4) whose bytes stay in the
+    """A payload not fetched yet: a claim check (docs/architecture.md, "Wire protocol") whose bytes stay in the
     artifact store until the node is ready to use them.
 
     Why: a coordinator's inbox may hold many updates at once (the broker delivers faster than it

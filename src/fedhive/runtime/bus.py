@@ -1,4 +1,4 @@
-"""The event bus of a node (DESIGN.md section 3).
+"""The event bus of a node (docs/architecture.md, "The event runtime").
 
 Handlers are registered per event type and run one at a time on the node's event loop, so they
 are the single writer of the node's state and need no locks. Events emitted by handlers (or by

@@ -1,7 +1,7 @@
 """Claim-checked payloads that a node has received go back to the artifact store once read.
 
-Without this the store would grow by every update of every round (DESIGN.md section 4: large
-payloads travel as references). A node holds a round's claims until the round is aggregated and
+Without this the store would grow by every update of every round (large payloads travel as
+references: docs/architecture.md, "Wire protocol"). A node holds a round's claims until the round is aggregated and
 then discards them in its aggregation executor, after any fold still queued there (one worker),
 so nothing still reads them, and off the event loop (store I/O).
 """

@@ -1,4 +1,4 @@
-"""The coordinator of one session: registration, rounds, quorum and deadlines (DESIGN.md section 5).
+"""The coordinator of one session: registration, rounds, quorum and deadlines (docs/architecture.md, "Rounds").
 
 It speaks only to its ``Transport`` and its ``EventBus``: it never knows whether its clients are
 coroutines in the same process or processes on other continents. All state changes happen in bus

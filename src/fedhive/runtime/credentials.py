@@ -1,6 +1,6 @@
 """Client identities: a client id and an HMAC secret per client, kept by the coordinator.
 
-Messages are signed with HMAC-SHA256 (DESIGN.md section 4), a symmetric scheme: the coordinator
+Messages are signed with HMAC-SHA256 (docs/architecture.md, "Wire protocol"), a symmetric scheme: the coordinator
 needs each client's secret to check that client's messages and to sign the messages it sends to
 it, so the secrets are stored, not hashes of them. The store is a JSON file that only its owner
 may read (mode 0600), written atomically (temp file + rename) under an exclusive lock, so a

@@ -26,7 +26,7 @@ from fedhive.runtime.credentials import CredentialStore
 from fedhive.runtime.hierarchy import HierarchicalCoordinator
 from fedhive.runtime.networked import BrokerSettings, ClientSettings, coordinator_codec, plan_coordinator
 from fedhive.runtime.resume import Checkpoint, coordinator_kwargs
-from fedhive.runtime.session_file import SessionFile
+from fedhive.runtime.session_plan import SessionFile
 from fedhive.runtime.site_app import SiteApp
 from fedhive.strategies.base import Strategy
 from fedhive.transports.wire_codec import WireCodec

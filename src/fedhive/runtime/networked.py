@@ -33,7 +33,7 @@ from fedhive.runtime.client import ClientNode
 from fedhive.runtime.coordinator import COORDINATOR_ID, Coordinator, SessionResult
 from fedhive.runtime.credentials import CredentialStore
 from fedhive.runtime.resume import Checkpoint, coordinator_kwargs
-from fedhive.runtime.session_file import SessionFile
+from fedhive.runtime.session_plan import SessionFile
 from fedhive.runtime.site_app import ServerApp, SiteApp
 from fedhive.storage.artifacts import ArtifactStore
 from fedhive.strategies.base import Strategy

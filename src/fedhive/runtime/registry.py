@@ -1,4 +1,4 @@
-"""Which clients exist, and whether they are ONLINE, TRAINING or OFFLINE (DESIGN.md section 5).
+"""Which clients exist, and whether they are ONLINE, TRAINING or OFFLINE (docs/architecture.md, "Rounds").
 
 Pure state with an injected clock: the coordinator feeds it registrations and heartbeats, and asks
 it which clients have gone quiet. No I/O, so it is tested without a loop.

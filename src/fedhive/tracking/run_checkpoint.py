@@ -30,7 +30,7 @@ from fedhive.errors import ConfigError, FedhiveError
 from fedhive.runtime import events as ev
 from fedhive.runtime.bus import EventBus
 from fedhive.runtime.resume import Checkpoint
-from fedhive.runtime.session_file import SessionFile
+from fedhive.runtime.session_plan import SessionFile
 from fedhive.strategies.base import Strategy
 
 log = logging.getLogger("fedhive.checkpoint")

@@ -1,6 +1,6 @@
 """Fan-out of bus events to browsers: the dashboard's live feed.
 
-An observer like any other (DESIGN.md section 3): ``attach_session`` and ``attach_hub`` register
+An observer like any other (docs/architecture.md, "The event runtime"): ``attach_session`` and ``attach_hub`` register
 handlers on a coordinator's or the hub's bus. The handlers only turn an event into a small JSON
 dict and append it to each subscriber's queue, so a browser can never slow down a round: the
 queues are bounded and a slow (or stalled) browser loses its oldest events, never the node its

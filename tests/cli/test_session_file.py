@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from fedhive.cli.session_file import load_session_file
 from fedhive.errors import ConfigError
-from fedhive.runtime.session_file import load_session_file
 
 EXAMPLE = Path(__file__).parents[2] / "examples" / "session.toml"
 
@@ -21,7 +21,7 @@ def write(tmp_path: Path, text: str) -> Path:
 def test_the_example_session_file_loads() -> None:
     s = load_session_file(EXAMPLE)
     assert (s.config.rounds, s.config.min_clients, s.config.model) == (20, 5, "simple-dnn:128,64")
-    assert (s.data.dataset, s.data.partition) == ("digits", "dirichlet:0.5")
+    assert (s.data_settings["dataset"], s.data_settings["partition"]) == ("digits", "dirichlet:0.5")
     # what demo clients check their own options against, carried to them in ENABLE
     assert s.config.data == {"dataset": "digits", "partition": "dirichlet:0.5", "test_fraction": 0.2}
 
@@ -29,7 +29,7 @@ def test_the_example_session_file_loads() -> None:
 def test_csv_paths_are_relative_to_the_file_and_imply_the_csv_dataset(tmp_path: Path) -> None:
     (tmp_path / "holdout.csv").write_text("a,y\n1,0\n2,1\n")
     s = load_session_file(write(tmp_path, 'rounds = 2\n[data]\ncsv = "holdout.csv"\nlabel = "y"\n'))
-    assert s.data.dataset == "csv" and s.data.csv == str(tmp_path / "holdout.csv")
+    assert s.data_settings["dataset"] == "csv" and s.data_settings["csv"] == str(tmp_path / "holdout.csv")
 
 
 @pytest.mark.parametrize(

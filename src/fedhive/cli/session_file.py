@@ -27,36 +27,23 @@ line that names the file and the key, raised before anything connects.
 from __future__ import annotations
 
 import tomllib
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
-from fedhive.app.loader import BUILTIN, LoadedApp, load_app
+from fedhive.app.loader import BUILTIN, load_app
 from fedhive.errors import ConfigError, FedhiveError
 from fedhive.learning.federation_data import DataSpec
 from fedhive.learning.models import parse_model_spec
 from fedhive.runtime.session_config import SessionConfig, validation_message
+from fedhive.runtime.session_plan import SessionFile
 from fedhive.runtime.site_app import session_with_app
 from fedhive.strategies.registry import parse_strategy
 
 # Fields a session file cannot set: ``data`` is filled from the [data] table, the digest from the app.
 _NOT_IN_FILE = {"data", "app_digest"}
 _TABLES = {"run_config"}
-
-
-@dataclass(frozen=True)
-class SessionFile:
-    path: Path
-    config: SessionConfig  # with the app's name and digest
-    data: DataSpec | None  # the built-in app's data set; None for other apps
-    loaded: LoadedApp
-    node: dict[str, Any]  # the coordinator's site settings: its app's ctx.node
-
-    @property
-    def data_settings(self) -> dict[str, Any]:
-        return self.data.model_dump() if self.data is not None else {}
 
 
 def load_session_file(path: str | Path) -> SessionFile:
@@ -109,7 +96,8 @@ def parse_session(raw: dict[str, Any], path: Path) -> SessionFile:
     except FedhiveError as exc:
         raise type(exc)(f"{path}: {exc}") from None
     server_node = {**(data.model_dump(exclude_none=True) if data else {}), **node}
-    return SessionFile(path, session_with_app(config, loaded), data, loaded, server_node)
+    data_settings = data.model_dump() if data is not None else {}
+    return SessionFile(path, session_with_app(config, loaded), data_settings, loaded, server_node)
 
 
 def _data_spec(data_table: object, path: Path) -> DataSpec:
