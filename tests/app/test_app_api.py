@@ -3,26 +3,20 @@ and every mistake a user will make costing only that client's update, with the r
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-from linear_app import LinearClient, app
 
 import fedhive
-from fedhive.app.loader import LoadedApp
 from fedhive.core import codec
 from fedhive.runtime import events as ev
 from fedhive.runtime.bus import EventBus
 from fedhive.runtime.session_config import make_config
 from fedhive.runtime.simulation import plan_simulation, run_federation
 from fedhive.tracking.run_directory import RunDirectory
-
-
-def loaded(client_app: fedhive.ClientApp, name: str = "linear") -> LoadedApp:
-    return LoadedApp(name, name, client_app, hashlib.sha256(name.encode()).hexdigest())
+from linear_app import LinearClient, app, loaded
 
 
 class Seen:

@@ -112,12 +112,16 @@ class ClientNode:
         self._compressor = UpdateCompressor()  # per session: holds top-k's error feedback
         self._training: tuple[int, int] | None = None  # (round, attempt) in progress
         self._last_progress: EpochProgress | None = None
-        self.rounds_trained = 0
+        self._rounds_done: set[int] = set()  # a round trained twice (its TRAIN sent again) counts once
         b = self.bus
         b.on(ev.MessageIn, self._on_message)
         b.on(_Tick, self._on_tick)
         b.on(_Progress, self._on_progress)
         b.on(ev.TrainingFinished, self._on_training_finished)
+
+    @property
+    def rounds_trained(self) -> int:
+        return len(self._rounds_done)
 
     @property
     def registered(self) -> bool:
@@ -290,6 +294,7 @@ class ClientNode:
         if self._trainer is None or self._spec is None:
             raise ProtocolError("TRAIN before ENABLE")
         env = msg.envelope
+        check_app_named(env.body, self._config)
         spec, limit = self._spec, self._max_payload
         if payload_size(msg) > OFFLOAD_BYTES:  # checking a big model must not stall heartbeats
             params = await asyncio.to_thread(payload_params, msg, spec, max_bytes=limit, what="global model")
@@ -356,7 +361,7 @@ class ClientNode:
                 )
             )
             return
-        self.rounds_trained += 1
+        self._rounds_done.add(event.round)
         r = event.result
         payload, encoding = self._compressor.compress(r.params)  # the update itself unless compressed
         body = {**base, "num_examples": r.num_examples, "metrics": r.metrics, **encoding}
@@ -383,6 +388,14 @@ def read_enable(msg: Message) -> tuple[SessionConfig, ParamSpec]:
     except (ValidationError, KeyError, TypeError, ValueError) as exc:
         raise ProtocolError(f"malformed ENABLE: {exc}") from None
     return config, spec
+
+
+def check_app_named(body: dict[str, object], config: SessionConfig | None) -> None:
+    """A TRAIN names the session's app: one naming another code digest than the session this
+    client was enabled for (and checked its own app against) is refused."""
+    digest = body.get("app_digest")
+    if config is not None and digest is not None and digest != config.app_digest:
+        raise ProtocolError(f"TRAIN names app code {str(digest)[:12]}, not the session's {config.app_digest[:12]}")
 
 
 def _shapes(spec: ParamSpec) -> str:

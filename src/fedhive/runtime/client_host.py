@@ -32,7 +32,7 @@ from fedhive.app.learner import FitConfig, Trainer
 from fedhive.core.envelope import Kind, Message, make
 from fedhive.core.params import Params, ParamSpec, check_against_spec
 from fedhive.errors import FedhiveError, ProtocolError, SessionFailed, TransportError
-from fedhive.runtime.client import read_enable
+from fedhive.runtime.client import check_app_named, read_enable
 from fedhive.runtime.coordinator import COORDINATOR_ID
 from fedhive.runtime.hosted import Member, members_body, train_items
 from fedhive.runtime.inline_executor import InlineExecutor, run_job
@@ -89,7 +89,11 @@ class ClientHost:
         self._config: SessionConfig | None = None
         self._spec: ParamSpec | None = None
         self._unfit: dict[str, str] = {}  # client -> why it cannot train the session's model
-        self.rounds_trained = 0
+        self._rounds_done: set[int] = set()  # a round trained twice (its TRAIN sent again) counts once
+
+    @property
+    def rounds_trained(self) -> int:
+        return len(self._rounds_done)
 
     async def run(self) -> None:
         """Serve until the coordinator says STOP; raises ``SessionFailed`` if it never answers.
@@ -166,6 +170,7 @@ class ClientHost:
         if config is None or spec is None:
             raise ProtocolError("TRAIN before ENABLE")
         env = msg.envelope
+        check_app_named(env.body, config)
         attempt = body_int(env.body, "attempt", low=0, high=10**6) if "attempt" in env.body else 0
         items = train_items(env.body)
         params = payload_params(msg, spec, max_bytes=self._max_payload, what="global model")
@@ -183,7 +188,7 @@ class ClientHost:
             # runs in this pause (it was woken by the send), and a round's chunks of a big model
             # are then never all alive at once (ten 100 MB updates: 1 GB).
             await asyncio.sleep(0)
-        self.rounds_trained += 1
+        self._rounds_done.add(env.round)
 
     def _train_chunk(
         self,

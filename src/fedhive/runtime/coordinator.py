@@ -24,6 +24,7 @@ from fedhive.core.envelope import Deferred, Kind, Message, make
 from fedhive.core.params import Params
 from fedhive.errors import FedhiveError, ProtocolError, SessionFailed, TransportError
 from fedhive.runtime import events as ev
+from fedhive.runtime.best_round import BestRound
 from fedhive.runtime.bus import BusStopped, EventBus
 from fedhive.runtime.claim_keeper import give_back
 from fedhive.runtime.hosted import HostDirectory, fold_members
@@ -56,6 +57,9 @@ class SessionResult:
     params: Params
     rounds: int
     history: list[dict[str, float]]  # global metrics per completed round
+    best_round: int = 0  # the round whose global model was best by the key metric (0: none judged)
+    key_metric: str | None = None
+    stopped_early: bool = False
 
     @property
     def metrics(self) -> dict[str, float]:
@@ -85,6 +89,8 @@ class Coordinator:
         self.params = initial_params
         self.spec = initial_params.spec
         self._evaluator = evaluator
+        # Every TRAIN names the app (and its code digest): a site trains only the app it installed.
+        self._app = {"app": config.app, "app_digest": config.app_digest}
         self._own_executor = executor is None
         self._executor = executor or ThreadPoolExecutor(1, thread_name_prefix="fedhive-aggregate")
         self._next_round = start_round
@@ -93,7 +99,11 @@ class Coordinator:
         self._session_index: dict[str, int] | None = None  # client -> position in sorted order; lazy
         self._started = False
         self._history: list[dict[str, float]] = list(history)
-        self._timers: list[asyncio.TimerHandle] = []
+        self.best = BestRound(config.key_metric, config.mode, config.patience)
+        self._stopped_early = False
+        self.best.replay(self._history)
+        self._registration_deadline: asyncio.TimerHandle | None = None
+        self._heartbeat_timer: asyncio.TimerHandle | None = None
         self._hosts = HostDirectory()  # clients that a ClientHost answers for (runtime.hosted)
         self._reconnects_seen = transport.reconnects
         self._wire_handlers()
@@ -113,7 +123,7 @@ class Coordinator:
         """Run the session to its end; raises ``SessionFailed`` with a reason if it cannot finish."""
         if self._next_round > self.config.rounds:
             return SessionResult(self.config.session_id, self.params, self.config.rounds, self._history)
-        self._timers.append(self.bus.call_later(self.config.registration_timeout_s, ev.RegistrationDeadline()))
+        self._registration_deadline = self.bus.call_later(self.config.registration_timeout_s, ev.RegistrationDeadline())
         if self.config.heartbeat_timeout_s or self.config.heartbeat_interval_s:
             self._schedule_heartbeat_check()
         receiver = asyncio.create_task(self._receive(), name="coordinator-receive")
@@ -121,14 +131,23 @@ class Coordinator:
             await self.bus.run()
         finally:
             receiver.cancel()
-            for t in self._timers:
-                t.cancel()
+            for t in (self._registration_deadline, self._heartbeat_timer):
+                if t is not None:
+                    t.cancel()
             if self._round and self._round.deadline:
                 self._round.deadline.cancel()
             await asyncio.gather(receiver, return_exceptions=True)
             if self._own_executor:
                 self._executor.shutdown(wait=False, cancel_futures=True)
-        return SessionResult(self.config.session_id, self.params, self._next_round - 1, self._history)
+        return SessionResult(
+            self.config.session_id,
+            self.params,
+            self._next_round - 1,
+            self._history,
+            self.best.round,
+            self.best.key_metric,
+            self._stopped_early,
+        )
 
     async def _receive(self) -> None:
         async for message in self.transport:
@@ -353,8 +372,8 @@ class Coordinator:
     # -- session and rounds --------------------------------------------------------------------
     async def _start_session(self) -> None:
         self._started = True
-        for t in self._timers[:1]:
-            t.cancel()  # the registration deadline
+        if self._registration_deadline is not None:
+            self._registration_deadline.cancel()
         clients = self.registry.online()
         self.bus.emit(ev.SessionStarted(self.config.session_id, self.config.model_dump(), clients, self._next_round))
         await self._enable(clients)
@@ -404,7 +423,7 @@ class Coordinator:
         return {**self.config.fit_config(r.round, r.index[client_id]).to_json(), **self.strategy.client_config()}
 
     def _train_message(self, client_id: str, r: RoundState) -> Message:
-        body = {"fit": self._fit(client_id, r), "attempt": r.attempt}
+        body = {"fit": self._fit(client_id, r), "attempt": r.attempt, **self._app}
         return make(
             Kind.TRAIN, COORDINATOR_ID, session_id=self.config.session_id, round=r.round, body=body, payload=self.params
         )
@@ -418,7 +437,7 @@ class Coordinator:
         for host, members in hosted.items():
             # One fit config for all, and each client's own seed: what ``_fit`` would give each.
             seeds = [{"client": c, "seed": self.config.client_seed(r.round, r.index[c])} for c in members]
-            body = {"attempt": r.attempt, "fit": self._fit(members[0], r), "clients": seeds}
+            body = {"attempt": r.attempt, "fit": self._fit(members[0], r), "clients": seeds, **self._app}
             train = make(Kind.TRAIN, COORDINATOR_ID, session_id=sid, round=r.round, body=body, payload=self.params)
             if not await self._send(host, train):
                 failed += members
@@ -494,6 +513,9 @@ class Coordinator:
             metrics = {k: train[k] for k in ("loss", "accuracy") if k in train}
         metrics.update(self.strategy.round_metrics())  # e.g. DP-FedAvg's epsilon spent so far
         self._history.append(metrics)
+        if self.best.offer(r.round, metrics):
+            assert self.best.key_metric is not None and self.best.value is not None
+            self.bus.emit(ev.BestModel(r.round, self.best.key_metric, self.best.value, event.params))
         self.bus.emit(
             ev.RoundCompleted(
                 r.round,
@@ -509,12 +531,22 @@ class Coordinator:
         )
         self._round = None
         self._next_round += 1
-        if self._next_round > self.config.rounds:
+        if self.best.exhausted(r.round) and self._next_round <= self.config.rounds:
+            log.info(
+                "session %s: no better %s for %d rounds since round %d; stopping early",
+                self.config.session_id,
+                self.best.key_metric,
+                self.config.patience,
+                self.best.round,
+            )
+            self._stopped_early = True
+            await self._finish(stopped_early=True)
+        elif self._next_round > self.config.rounds:
             await self._finish()
         else:
             await self._start_round(attempt=0)
 
-    async def _finish(self) -> None:
+    async def _finish(self, *, stopped_early: bool = False) -> None:
         await self._send_all(
             list(self._session_clients), lambda c: make(Kind.STOP, COORDINATOR_ID, session_id=self.config.session_id)
         )
@@ -527,7 +559,11 @@ class Coordinator:
                 self.bus.emit(ev.ClientStatusChanged(c, PeerStatus.ONLINE, previous))
         self.bus.emit(
             ev.SessionCompleted(
-                self.config.session_id, self._next_round - 1, self.params, self._history[-1] if self._history else {}
+                self.config.session_id,
+                self._next_round - 1,
+                self.params,
+                self._history[-1] if self._history else {},
+                stopped_early,
             )
         )
         self.bus.stop()
@@ -543,10 +579,9 @@ class Coordinator:
 
     def _schedule_heartbeat_check(self) -> None:
         interval = self.config.heartbeat_interval_s or (self.config.heartbeat_timeout_s or 10.0) / 2
-        self._timers.append(self.bus.call_later(interval, ev.HeartbeatCheck()))
+        self._heartbeat_timer = self.bus.call_later(interval, ev.HeartbeatCheck())
 
     async def _on_heartbeat_check(self, _: ev.HeartbeatCheck) -> None:
-        self._timers = [t for t in self._timers if not t.cancelled()][-4:]
         self._schedule_heartbeat_check()
         if not self.transport.connected:
             return  # our own link is down (a broker restart): silence is no sign that a client is gone

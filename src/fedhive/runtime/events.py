@@ -119,6 +119,17 @@ class SessionCompleted:
     rounds: int
     params: Params
     metrics: dict[str, float]
+    stopped_early: bool = False  # patience ran out before the last round
+
+
+@dataclass(frozen=True, slots=True)
+class BestModel:
+    """``round``'s global model is the best so far by ``metric``."""
+
+    round: int
+    metric: str
+    value: float
+    params: Params
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import uuid
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -46,6 +46,11 @@ class SessionConfig(BaseModel):
     compression: str = Field(default="none", description="update compression: none, float16, int8 or topk:F")
     max_update_bytes: int = Field(default=256 * 1024 * 1024, ge=1024)
     data: dict[str, Any] = Field(default_factory=dict, description="what demo clients load (dataset, partition)")
+    key_metric: str | None = Field(
+        default=None, max_length=64, description="judges the best round: default accuracy (max), else loss (min)"
+    )
+    mode: Literal["min", "max"] | None = Field(default=None, description="best is the min or max of key_metric")
+    patience: int | None = Field(default=None, ge=1, description="stop after this many rounds without a new best")
     app: str = Field(default="builtin", max_length=200, description="the app's name (sites run their own install)")
     app_digest: str = Field(default="", max_length=64, description="sha256 of the app's code; sites must match it")
     run_config: dict[str, RunValue] = Field(

@@ -59,6 +59,7 @@ class RunDirectory:
         bus.on(ev.UpdateRejected, self._on_rejected)
         bus.on(ev.RoundCompleted, self._on_round)
         bus.on(ev.SessionCompleted, self._on_completed)
+        bus.on(ev.BestModel, self._on_best)
 
     def _on_update(self, e: ev.UpdateAccepted) -> None:
         n, b = self._round_bytes.get(e.round, (0, 0))
@@ -98,6 +99,15 @@ class RunDirectory:
         )
         self._rounds_w.flush()
         self._clients_w.flush()
+
+    @property
+    def best_path(self) -> Path:
+        return self.root / "best.safetensors"
+
+    def _on_best(self, e: ev.BestModel) -> None:
+        # Written as it improves: a crashed run keeps its best model so far.
+        meta = {"round": str(e.round), "metric": e.metric, "value": repr(e.value)}
+        write_model(self.best_path, e.params, meta)
 
     def _on_completed(self, e: ev.SessionCompleted) -> None:
         write_model(self.model_path, e.params, {"rounds": str(e.rounds)})
