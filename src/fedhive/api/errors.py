@@ -9,7 +9,7 @@ to the server log only, never to the client.
     NotFound                404
     AlreadyExists           409
     ConfigError, DataError,
-    PayloadError,
+    PayloadError, AppError,
     SessionFailed           422
     StorageError,
     TransportError          503  (logged; the detail does not name hosts or databases)
@@ -28,6 +28,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from fedhive.api.security import AuthError
 from fedhive.errors import (
+    AppError,
     ConfigError,
     DataError,
     FedhiveError,
@@ -65,7 +66,7 @@ def status_for(exc: FedhiveError) -> int:
         return 404
     if isinstance(exc, AlreadyExists):
         return 409
-    if isinstance(exc, ConfigError | DataError | PayloadError | SessionFailed):
+    if isinstance(exc, ConfigError | DataError | PayloadError | AppError | SessionFailed):
         return 422
     if isinstance(exc, StorageError | TransportError):
         return 503

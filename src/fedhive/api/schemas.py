@@ -14,6 +14,8 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
+from fedhive.app.client_app import HOOKS
+from fedhive.app.loader import BUILTIN, LoadedApp
 from fedhive.storage.models import (
     ClientResultRow,
     ClientRow,
@@ -128,6 +130,7 @@ class SessionOut(BaseModel):
     rounds_done: int
     rounds_total: int
     dataset_id: str | None
+    app: str = Field(description="the app the session runs (builtin: the model zoo on the platform's data)")
     final_model: ModelRef | None = None
     config: dict[str, Any]
 
@@ -143,6 +146,7 @@ class SessionOut(BaseModel):
             rounds_done=row.rounds_done,
             rounds_total=row.rounds_total,
             dataset_id=row.dataset_id,
+            app=str((row.config or {}).get("app") or BUILTIN),
             final_model=final_model,
             config=row.config,
         )
@@ -252,6 +256,22 @@ class ModelVersionOut(BaseModel):
             session_id=row.session_id,
             metrics=row.metrics,
             created_at=row.created_at,
+        )
+
+
+class AppOut(BaseModel):
+    name: str = Field(description="what POST /sessions/start takes as app")
+    digest: str = Field(description="the first 12 hex digits of the sha256 of the app's code")
+    hooks: list[str] = Field(description="which of init, train, evaluate, central_evaluate the app has")
+    run_config: dict[str, str | int | float | bool] = Field(description="the app's default run config")
+
+    @classmethod
+    def from_loaded(cls, loaded: LoadedApp) -> AppOut:
+        return cls(
+            name=loaded.name,
+            digest=loaded.short_digest,
+            hooks=[h for h in HOOKS if loaded.app.has(h)],
+            run_config=dict(loaded.run_config),
         )
 
 

@@ -11,12 +11,19 @@ The order is chosen so that a failure leaves nothing half made:
 4. ``launcher.start``, which creates the session row and claims the peers in one transaction,
    or raises ``NotEnoughPeers`` (400) leaving no session behind. A data set stored in step 3
    stays: it is the user's, listed, and reusable by ``dataset_id`` (see ``api.datasets``).
+
+``app`` names one of the installed apps (``GET /apps``; default ``builtin``, fedhive's model zoo)
+and ``run_config`` is a JSON object of scalar values handed to the app as its ``config`` (over
+the app's own defaults). A data set, a model spec or a registered model feed the builtin app
+only: any other app reads its own data at each site and draws its own initial model (422).
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Annotated
+import json
+import math
+from typing import Annotated, Any
 
 from fastapi import APIRouter, File, Form, HTTPException, UploadFile
 
@@ -24,8 +31,10 @@ from fedhive.api.datasets import owned_dataset, store_csv
 from fedhive.api.deps import Principal, ServicesDep, SettingsDep, UserDep, load_user
 from fedhive.api.schemas import ID_PATTERN, MAX_INT, NAME_PATTERN, SessionOut
 from fedhive.api.sessions import read_session
+from fedhive.app.loader import BUILTIN
 from fedhive.learning.models import parse_model_spec
 from fedhive.runtime.session_config import SessionConfig, make_config
+from fedhive.runtime.site_app import session_with_app
 from fedhive.service.launcher import SessionRequest
 from fedhive.service.services import Services
 from fedhive.service.settings import Settings
@@ -40,6 +49,33 @@ from fedhive.tracking.mlflow_registry import (
 )
 
 _DEFAULT_MODEL = SessionConfig.model_fields["model"].default
+_RUN_CONFIG_HINT = 'run_config: must be a JSON object of numbers, strings and booleans, e.g. {"local_epochs": 2}'
+
+
+def parse_run_config(text: str | None) -> dict[str, Any]:
+    """The run config a form field holds: a JSON object of scalars (422 otherwise)."""
+    if text is None or not text.strip():
+        return {}
+
+    def no_constant(name: str) -> Any:  # NaN, Infinity: not JSON, and not a setting
+        raise ValueError(name)
+
+    try:
+        value = json.loads(text, parse_constant=no_constant)
+    except (ValueError, RecursionError):
+        raise HTTPException(422, _RUN_CONFIG_HINT) from None
+    if not isinstance(value, dict):
+        raise HTTPException(422, _RUN_CONFIG_HINT)
+    for key, item in value.items():
+        if isinstance(item, float) and not math.isfinite(item):
+            raise HTTPException(422, _RUN_CONFIG_HINT)
+        if not isinstance(item, str | int | float | bool):
+            raise HTTPException(422, f"run_config: {key[:64]!r} is not a number, a string or a boolean")
+    return value
+
+
+# The form fields that feed the builtin app (the platform's data plan and the model zoo).
+_BUILTIN_ONLY = ("dataset", "label", "dataset_id", "model", "model_name", "model_version", "mlflow_model")
 
 
 def resolve_model(
@@ -100,7 +136,29 @@ async def start_session(
     batch_size: Annotated[int | None, Form(ge=1, le=1_000_000)] = None,
     lr: Annotated[float | None, Form(gt=0, le=1_000, allow_inf_nan=False, description="learning rate")] = None,
     min_peers: Annotated[int, Form(ge=1, le=100_000, description="ONLINE peers needed to start")] = 2,
+    app: Annotated[str, Form(min_length=1, max_length=200, description="an installed app (GET /apps)")] = BUILTIN,
+    run_config: Annotated[
+        str | None,
+        Form(max_length=16_384, description='the app\'s settings: a JSON object of scalars, e.g. {"local_epochs": 2}'),
+    ] = None,
 ) -> SessionOut:
+    loaded_app = services.apps.named(app)  # ConfigError: 422 naming the installed apps
+    settings_for_app = parse_run_config(run_config)
+    if loaded_app.name != BUILTIN:
+        given = {
+            "dataset": dataset,
+            "label": label,
+            "dataset_id": dataset_id,
+            "model": model,
+            "model_name": model_name,
+            "model_version": model_version,
+            "mlflow_model": mlflow_model,
+        }
+        field = next((f for f in _BUILTIN_ONLY if given[f] is not None), None)
+        if field is not None:
+            raise HTTPException(
+                422, f"{field}: feeds the builtin app only; app {app!r} reads its own data at each site"
+            )
     if dataset is not None and dataset_id is not None:
         raise HTTPException(422, "dataset: upload a file or name a dataset_id, not both")
     if (dataset is None) != (label is None):
@@ -130,7 +188,9 @@ async def start_session(
         strategy=strategy.strip(),
         compression=compression,
         min_clients=min_peers,
+        run_config=settings_for_app,
     )
+    config = session_with_app(config, loaded_app)
 
     if dataset is not None and label is not None:
         limit = settings.max_upload_bytes
@@ -165,7 +225,10 @@ def routes() -> APIRouter:
             501: {"description": "an MLflow model was named but MLflow is not installed on the server"},
             503: {"description": "the MLflow tracking server is unreachable"},
             413: {"description": "the upload is over the size limit"},
-            422: {"description": "malformed CSV (row and column named), unknown model or strategy"},
+            422: {
+                "description": "malformed CSV (row and column named), unknown model, strategy or app, a "
+                "malformed run_config, or data or a model given for an app other than builtin"
+            },
         },
         form_limits={"max_files": 1, "max_fields": 32},
     )

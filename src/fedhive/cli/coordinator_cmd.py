@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from fedhive.cli.progress import SessionProgress
-from fedhive.cli.session_file import load_session_file
+from fedhive.cli.session_file import load_session_file, with_initial_model
 from fedhive.errors import ConfigError
 from fedhive.runtime import events as ev
 from fedhive.runtime.bus import EventBus
@@ -75,6 +75,9 @@ def coordinator(
     combiners: Annotated[
         int, typer.Option(help="hierarchical: wait for this many 'fedhive combiner' nodes and assign clients to them")
     ] = 0,
+    initial_model: Annotated[
+        str | None, typer.Option(help="start from these weights: a file, s3://bucket/key or models:/NAME/VERSION")
+    ] = None,
     fresh: Annotated[
         bool, typer.Option("--fresh", help="start over, even if --out holds a checkpoint of this session to resume")
     ] = False,
@@ -83,6 +86,8 @@ def coordinator(
     if combiners < 0:
         raise ConfigError("--combiners must be zero or more")
     session = load_session_file(config)
+    if initial_model is not None:
+        session = with_initial_model(session, initial_model)
     settings = broker_settings(broker, namespace, ca_file, artifacts)
     plan = plan_coordinator(session, settings)  # data and model errors come before connecting
     service_logging()

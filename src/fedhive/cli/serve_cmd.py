@@ -37,6 +37,14 @@ def serve_cmd(
     mlflow_register: Annotated[
         str | None, typer.Option(help="register every session's final model in MLflow under this name")
     ] = None,
+    app: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--app",
+            help="install an app sessions may run (module:attr, file.py:attr or a project folder); repeatable; "
+            "builtin is always installed [env: FEDHIVE_APPS, comma-separated]",
+        ),
+    ] = None,
 ) -> None:
     """Serve the REST API (OpenAPI at /docs) and run the sessions it starts."""
     if local_clients < 0:
@@ -51,6 +59,7 @@ def serve_cmd(
             broker_url=broker,
             mlflow_tracking_uri=mlflow_tracking_uri,
             mlflow_register_as=mlflow_register,
+            apps=app or None,
         )
     except ValidationError as exc:
         raise ConfigError(validation_message(exc)) from None

@@ -17,6 +17,9 @@
 
     [node]                          # the coordinator's own site settings (its app's ctx.node)
 
+A top-level ``initial_model`` (a file, ``s3://bucket/key`` or ``models:/NAME/VERSION``) starts the
+session from those weights instead of the app's ``init``.
+
 Top-level keys are the fields of ``SessionConfig`` (see the README for the list); ``[data]`` holds
 the fields of ``DataSpec`` and is needed by the built-in app only. A relative ``csv`` or app path is
 read relative to the session file. Every mistake (TOML syntax, an unknown key, a value out of
@@ -26,6 +29,7 @@ line that names the file and the key, raised before anything connects.
 
 from __future__ import annotations
 
+import dataclasses
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -33,12 +37,13 @@ from typing import Any
 from pydantic import ValidationError
 
 from fedhive.app.loader import BUILTIN, load_app
+from fedhive.cli.initial_model import load_initial_model
 from fedhive.errors import ConfigError, FedhiveError
 from fedhive.learning.federation_data import DataSpec
 from fedhive.learning.models import parse_model_spec
 from fedhive.runtime.session_config import SessionConfig, validation_message
 from fedhive.runtime.session_plan import SessionFile
-from fedhive.runtime.site_app import session_with_app
+from fedhive.runtime.site_app import ServerApp, session_with_app
 from fedhive.strategies.registry import parse_strategy
 
 # Fields a session file cannot set: ``data`` is filled from the [data] table, the digest from the app.
@@ -66,6 +71,9 @@ def parse_session(raw: dict[str, Any], path: Path) -> SessionFile:
     if app_ref != BUILTIN and (path.parent / app_ref.split(":")[0]).exists():
         first, colon, rest = app_ref.partition(":")
         app_ref = str((path.parent / first).resolve()) + colon + rest
+    initial_model = raw.pop("initial_model", None)
+    if initial_model is not None and not isinstance(initial_model, str):
+        raise ConfigError(f"{path}: initial_model must be a string (a file, s3://bucket/key or models:/NAME/VERSION)")
     node = raw.pop("node", {})
     if not isinstance(node, dict) or any(isinstance(v, dict) for v in node.values()):
         raise ConfigError(f"{path}: 'node' must be a table ([node]) of plain values")
@@ -97,7 +105,18 @@ def parse_session(raw: dict[str, Any], path: Path) -> SessionFile:
         raise type(exc)(f"{path}: {exc}") from None
     server_node = {**(data.model_dump(exclude_none=True) if data else {}), **node}
     data_settings = data.model_dump() if data is not None else {}
-    return SessionFile(path, session_with_app(config, loaded), data_settings, loaded, server_node)
+    session = SessionFile(path, session_with_app(config, loaded), data_settings, loaded, server_node)
+    if initial_model is None:
+        return session
+    if not initial_model.startswith(("s3://", "models:/")) and not Path(initial_model).is_absolute():
+        initial_model = str(path.parent / initial_model)
+    return with_initial_model(session, initial_model)
+
+
+def with_initial_model(session: SessionFile, ref: str) -> SessionFile:
+    """The session starting from the weights ``ref`` names, checked against its app's model."""
+    spec = ServerApp(session.loaded, session.config, session.node).initial_params().spec
+    return dataclasses.replace(session, initial_params=load_initial_model(ref, spec))
 
 
 def _data_spec(data_table: object, path: Path) -> DataSpec:

@@ -12,6 +12,7 @@ import typer
 from rich.console import Console
 
 from fedhive.app.loader import BUILTIN, load_app
+from fedhive.cli.initial_model import load_initial_model
 from fedhive.cli.key_values import parse_pairs
 from fedhive.cli.progress import SessionProgress
 from fedhive.errors import ConfigError
@@ -77,6 +78,9 @@ def simulate(
     mlflow_model: Annotated[
         str | None, typer.Option(help="start from a registered MLflow model NAME/VERSION, e.g. iris_model/1")
     ] = None,
+    initial_model: Annotated[
+        str | None, typer.Option(help="start from these weights: a file, s3://bucket/key or models:/NAME/VERSION")
+    ] = None,
     mlflow_use_case: Annotated[
         str | None, typer.Option(help="use case: the --mlflow-model must carry it; tags runs and the new version")
     ] = None,
@@ -84,6 +88,8 @@ def simulate(
     started = time.perf_counter()
     ml = MlflowOptions(mlflow_tracking_uri, mlflow, mlflow_model, mlflow_use_case, mlflow_register, mlflow_experiment)
     start = ml.load()  # before any data is loaded: a wrong name fails in seconds
+    if initial_model is not None and mlflow_model is not None:
+        raise ConfigError("give --initial-model or --mlflow-model, not both")
     if start is not None and model is not None:
         raise ConfigError("give --model or --mlflow-model, not both: the registered model's spec decides")
     model = start.model_spec if start is not None else model or DEFAULT_MODEL
@@ -130,6 +136,9 @@ def simulate(
     )
     plan = plan_simulation(config, loaded, clients, node=site, evaluate=evaluate)
     initial, ml_summary = plan.initial_params, dict[str, object]()
+    if initial_model is not None:
+        initial = load_initial_model(initial_model, initial.spec, mlflow_uri=mlflow_tracking_uri)
+        ml_summary = {"initial_model": initial_model}
     if start is not None:
         check_fits(start, initial.spec, f"data set {dataset!r}")
         initial = start.params

@@ -98,7 +98,7 @@ def plan_coordinator(session: SessionFile, broker: BrokerSettings) -> tuple[Eval
     """The initial model from the app's ``init`` and, if the app has ``central_evaluate``, the
     evaluator of the global model (before connecting, so that app and data errors come first)."""
     server = ServerApp(session.loaded, session.config, session.node)
-    initial = server.initial_params()
+    initial = session.initial_params or server.initial_params()
     if broker.artifacts is None and initial.spec.nbytes > DEFAULT_CLAIM_CHECK_BYTES:
         raise ConfigError(
             f"the model has {initial.spec.nbytes} bytes, over the {DEFAULT_CLAIM_CHECK_BYTES} bytes a message "

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from fedhive.app.loader import LoadedApp
+from fedhive.core.params import Params
 from fedhive.runtime.session_config import SessionConfig
 
 
@@ -20,3 +21,4 @@ class SessionFile:
     data_settings: dict[str, Any]  # the built-in app's data set ([data]); empty for other apps
     loaded: LoadedApp
     node: dict[str, Any]  # the coordinator's site settings: its app's ctx.node
+    initial_params: Params | None = None  # weights to start from (checked); None: the app's init

@@ -4,6 +4,13 @@
 transport); URLs move each part out (``--db postgresql://``, ``--artifacts s3://``,
 ``--broker amqp://``) without code changes. Local peers are ordinary client nodes in this process,
 for trying the platform without starting peer processes.
+
+Sessions run the apps installed with ``--app`` (and ``builtin``), loaded once at start-up: an app
+that does not load stops the server before it listens. A local peer runs a session's app through
+``SiteApp``, as a remote site does: a builtin session on the platform's data plan
+(``PlatformDataApp``), any other app with ``ctx.node = {"partition_id": i, "num_partitions": n}``
+(``i``: the peer's place in the session's sorted peer list) and its ``ctx.state`` kept under
+``home/state/<peer>/<app>``.
 """
 
 from __future__ import annotations
@@ -15,24 +22,28 @@ from collections.abc import Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import uvicorn
 
 from fedhive.api.app import create_app
 from fedhive.app.learner import Trainer
+from fedhive.app.loader import BUILTIN
 from fedhive.core.signing import Verifier
-from fedhive.learning.factory import build_trainer
+from fedhive.errors import DataError
 from fedhive.runtime.bus import EventBus
 from fedhive.runtime.client import ClientNode
 from fedhive.runtime.coordinator import COORDINATOR_ID
 from fedhive.runtime.hub import Hub
 from fedhive.runtime.networked import BrokerSettings
 from fedhive.runtime.session_config import SessionConfig
+from fedhive.runtime.site_app import SiteApp
+from fedhive.service.apps import InstalledApps, state_folder_name
 from fedhive.service.peer_status import PeerStatusRecorder, SecretCache
+from fedhive.service.platform_data_app import PlatformDataApp, platform_builtin
 from fedhive.service.services import Services, open_stores
 from fedhive.service.session_manager import SessionManager
 from fedhive.service.settings import Settings
-from fedhive.service.shards import peer_dataset
 from fedhive.storage import users_repo
 from fedhive.storage.artifacts import ArtifactStore
 from fedhive.storage.database import Database
@@ -54,6 +65,7 @@ class ServeOptions:
 
 async def serve(settings: Settings, options: ServeOptions, *, on_ready: Callable[[str], None] | None = None) -> None:
     """Run until cancelled (Ctrl-C). ``on_ready`` gets the API's base URL once it listens."""
+    apps = await asyncio.to_thread(InstalledApps.load, settings.apps)  # AppError: nothing started yet
     db, artifacts = await asyncio.to_thread(open_stores, settings)
     async with AsyncExitStack() as stack:
         stack.callback(db.dispose)
@@ -67,8 +79,8 @@ async def serve(settings: Settings, options: ServeOptions, *, on_ready: Callable
         if settings.mlflow_tracking_uri is not None:  # every session tracked (and its model registered)
             uri, name = settings.mlflow_tracking_uri, settings.mlflow_register_as
             observers.append(await asyncio.to_thread(lambda: session_observer(uri, register_as=name)))
-        manager = SessionManager(db, artifacts, hub, observers=observers)
-        app = create_app(settings, Services(settings, db, artifacts, manager), live)
+        manager = SessionManager(db, artifacts, hub, observers=observers, apps=apps)
+        app = create_app(settings, Services(settings, db, artifacts, manager, apps), live)
         server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
         # Binding the socket before serving is the readiness signal: from here on, connections
         # wait in the listen backlog until uvicorn accepts them.
@@ -78,7 +90,10 @@ async def serve(settings: Settings, options: ServeOptions, *, on_ready: Callable
         peers = await asyncio.to_thread(_local_peer_ids, db, options.local_clients)
         async with asyncio.TaskGroup() as tg:
             hub_task = tg.create_task(hub.run(), name="hub")
-            peer_tasks = [tg.create_task(_run_local_peer(p, network, settings, db, artifacts), name=p) for p in peers]
+            sites = LocalSites(apps, artifacts, settings.home)
+            peer_tasks = [
+                tg.create_task(_run_local_peer(p, network, settings, db, artifacts, sites), name=p) for p in peers
+            ]
             resumed = await manager.resume_running()
             if resumed:
                 log.warning("resumed %d running session(s): %s", len(resumed), ", ".join(resumed))
@@ -119,13 +134,40 @@ def _local_peer_ids(db: Database, count: int) -> list[str]:
     return ids
 
 
-async def _run_local_peer(
-    peer: str, network: MemoryNetwork | None, settings: Settings, db: Database, artifacts: ArtifactStore
-) -> None:
-    def trainer_for(config: SessionConfig) -> Trainer:
-        shard = peer_dataset(config.data, peer, config.seed, artifacts)
-        return build_trainer(config.model, shard.x, shard.y, shard.num_classes)
+class LocalSites:
+    """What the local peers of this process run: the installed apps, each peer as its own site."""
 
+    def __init__(self, apps: InstalledApps, artifacts: ArtifactStore, home: Path) -> None:
+        self.apps = apps
+        self.home = home
+        # One instance for every local peer: it keeps one trainer (the peer's shard) per peer.
+        self.builtin = platform_builtin(apps.builtin, PlatformDataApp(artifacts))
+
+    def site(self, peer: str, config: SessionConfig) -> SiteApp:
+        """The peer's site for a session: the session's app, this peer's settings and state."""
+        if config.app == BUILTIN:
+            return SiteApp(self.builtin, peer)
+        loaded = self.apps.named(config.app)
+        peers = [str(p) for p in config.data.get("peers", [])]
+        if peer not in peers:
+            raise DataError(f"session {config.session_id} lists no partition for peer {peer!r}")
+        node = {"partition_id": peers.index(peer), "num_partitions": len(peers)}
+        state_dir = self.home / "state" / state_folder_name(peer) / state_folder_name(loaded.name)
+        return SiteApp(loaded, peer, node, state_dir=state_dir)
+
+    def trainer_for(self, peer: str) -> Callable[[SessionConfig], Trainer]:
+        """The peer's ``ClientNode`` trainer factory (``SiteApp`` refuses another app's session)."""
+        return lambda config: self.site(peer, config).trainer_for(config)
+
+
+async def _run_local_peer(
+    peer: str,
+    network: MemoryNetwork | None,
+    settings: Settings,
+    db: Database,
+    artifacts: ArtifactStore,
+    sites: LocalSites,
+) -> None:
     if network is not None:
         transport: Transport = network.connect(peer)
     else:
@@ -143,7 +185,7 @@ async def _run_local_peer(
         node = ClientNode(
             peer,
             transport,
-            trainer_for,
+            sites.trainer_for(peer),
             num_examples=0,
             persistent=True,
             heartbeat_interval_s=max(1.0, settings.heartbeat_timeout_s / 4),

@@ -5,6 +5,9 @@ Nothing here is global: every app (and every test) gets its own ``Services``. Th
 opened from URLs, so scaling out changes settings, not code. Opening is synchronous (migrations,
 directory creation): call it before the event loop starts, or in a worker thread.
 
+The installed apps (``settings.apps`` and ``builtin``) are loaded when ``Services`` is made,
+unless the caller hands over the ones it loaded already (``installed``).
+
 The launcher usually needs the stores itself (it creates session rows and claims peers), so
 ``open_stores`` is separate from ``from_settings``: build the stores, then the launcher on top of
 them, then ``Services(...)``.
@@ -14,6 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from fedhive.service.apps import InstalledApps
 from fedhive.service.launcher import SessionLauncher
 from fedhive.service.settings import Settings
 from fedhive.storage.artifacts import ArtifactStore, artifact_store_from_url
@@ -41,6 +45,17 @@ class Services:
     db: Database
     artifacts: ArtifactStore
     launcher: SessionLauncher
+    installed: InstalledApps | None = None  # default: loaded from settings.apps
+
+    def __post_init__(self) -> None:
+        if self.installed is None:
+            object.__setattr__(self, "installed", InstalledApps.load(self.settings.apps))
+
+    @property
+    def apps(self) -> InstalledApps:
+        """The apps sessions may run, by name (``builtin`` first)."""
+        assert self.installed is not None
+        return self.installed
 
     @classmethod
     def from_settings(cls, settings: Settings, launcher: SessionLauncher) -> Services:

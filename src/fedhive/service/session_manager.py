@@ -5,22 +5,31 @@ data plan, then a ``Coordinator`` on a hub port with the persistence observer at
 coordinator process that was killed and started again calls ``resume_running``: every RUNNING
 session continues from its last checkpoint with the peers it held, so no round is skipped or run
 twice.
+
+The coordinator's side of a session goes through the app API (``ServerApp``): the initial model
+from the app's ``init``, the evaluation after each round from its ``central_evaluate``. A builtin
+session keeps the platform's data plan (an uploaded CSV's shards, a built-in data set's parts) and
+evaluates on its held-out split (``PlatformDataApp``); any other installed app reads its own data
+at each site, and the session's ``data`` only lists its peers (``{"peers": [...]}``, sorted: a
+local peer's ``partition_id`` is its place in that list).
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import sqlalchemy as sa
+from pydantic import ValidationError
 
+from fedhive.app.loader import BUILTIN, LoadedApp
 from fedhive.core import codec
 from fedhive.core.envelope import Kind, make
 from fedhive.core.params import Params
 from fedhive.errors import ConfigError, FedhiveError, SessionFailed
-from fedhive.learning.factory import build_trainer
 from fedhive.learning.federation_data import DataSpec
 from fedhive.learning.models import parse_model_spec
 from fedhive.runtime.bus import EventBus
@@ -28,8 +37,11 @@ from fedhive.runtime.coordinator import COORDINATOR_ID, Coordinator
 from fedhive.runtime.hub import Hub
 from fedhive.runtime.resume import Checkpoint, coordinator_kwargs
 from fedhive.runtime.session_config import SessionConfig
+from fedhive.runtime.site_app import ServerApp, session_with_app
+from fedhive.service.apps import InstalledApps
 from fedhive.service.launcher import NotEnoughPeers, SessionRequest
 from fedhive.service.persistence import SessionRecorder, load_checkpoint
+from fedhive.service.platform_data_app import PlatformDataApp, platform_builtin
 from fedhive.service.shards import DataPlan, plan_builtin, plan_uploaded_csv
 from fedhive.storage import models_repo, sessions_repo, users_repo
 from fedhive.storage.artifacts import ArtifactStore
@@ -50,8 +62,10 @@ class SessionManager:
         hub: Hub,
         *,
         observers: Sequence[Callable[[str, EventBus], None]] = (),
+        apps: InstalledApps | None = None,
     ) -> None:
         self.db = db
+        self.apps = apps if apps is not None else InstalledApps.load()
         # Extra observers (the dashboard's live feed, a tracker): called with (session id, bus)
         # for every session started or resumed, after the persistence observer.
         self._observers = list(observers)
@@ -61,9 +75,14 @@ class SessionManager:
 
     # -- SessionLauncher ---------------------------------------------------------------------
     async def start(self, request: SessionRequest) -> str:
-        config = request.config
-        parse_model_spec(config.model)  # ConfigError before anything is written
+        # The session names its app and the digest of its code (ConfigError before anything is written).
+        config = session_with_app(request.config, self.apps.named(request.config.app))
+        if config.app == BUILTIN:
+            parse_model_spec(config.model)
+        elif request.dataset_id is not None or request.initial_model is not None or request.initial_params is not None:
+            raise ConfigError(f"app {config.app!r} reads its own data and draws its own initial model at each site")
         parse_strategy(config.strategy)
+        request = dataclasses.replace(request, config=config)
         peers = await asyncio.to_thread(self._create_and_claim, request)
         try:
             plan = await asyncio.to_thread(self._plan, config, peers, request.dataset_id, request.owner_id)
@@ -102,11 +121,12 @@ class SessionManager:
         for row_id, owner_id, raw in await asyncio.to_thread(self._unfinished):
             try:
                 config = SessionConfig.model_validate(raw)
+                self.apps.for_session(config)  # still installed, and the same code
                 peers = await asyncio.to_thread(self._peers_of, row_id)
                 plan = await asyncio.to_thread(self._replan, config, peers)
                 ckpt = await asyncio.to_thread(load_checkpoint, self.db, self.artifacts, row_id)
                 initial = ckpt.params if ckpt else await asyncio.to_thread(self._fresh_params, config, plan)
-            except FedhiveError as exc:
+            except (FedhiveError, ValidationError) as exc:
                 await asyncio.to_thread(self._fail_now, row_id, f"cannot resume: {exc}")
                 continue
             start_round = ckpt.next_round if ckpt else 1
@@ -137,7 +157,7 @@ class SessionManager:
         owner_id: int | None,
         checkpoint: Checkpoint | None,
     ) -> None:
-        evaluator = build_trainer(config.model, plan.test.x, plan.test.y, plan.test.num_classes)
+        evaluator = self._server_app(config, plan).evaluator()
         port = self.hub.open_session(config.session_id, peers)
         coordinator = Coordinator(config, port, initial, evaluator=evaluator, **coordinator_kwargs(config, checkpoint))
         SessionRecorder(
@@ -147,7 +167,7 @@ class SessionManager:
             coordinator.strategy,
             owner_id=owner_id,
             model_name=f"session-{config.session_id}",
-            model_spec=config.model,
+            model_spec=config.model if config.app == BUILTIN else f"app:{config.app}",
         ).attach(coordinator.bus)
         for attach in self._observers:
             attach(config.session_id, coordinator.bus)
@@ -187,6 +207,8 @@ class SessionManager:
         return peers
 
     def _plan(self, config: SessionConfig, peers: list[str], dataset_id: str | None, owner_id: str) -> DataPlan:
+        if config.app != BUILTIN:  # the app reads its own data at each site
+            return DataPlan({"peers": sorted(peers)}, None)
         if dataset_id is None:
             spec = DataSpec(**{k: v for k, v in config.data.items() if k in DataSpec.model_fields})
             return plan_builtin(spec, peers, config.seed)
@@ -203,6 +225,8 @@ class SessionManager:
 
     def _replan(self, config: SessionConfig, peers: list[str]) -> DataPlan:
         data = config.data
+        if config.app != BUILTIN:
+            return DataPlan({"peers": sorted(data.get("peers", peers))}, None)
         if "csv_ref" in data:  # deterministic: the same split and the same content-addressed shards
             plan = plan_uploaded_csv(
                 self.artifacts,
@@ -240,8 +264,16 @@ class SessionManager:
         return Params({n: a.copy() for n, a in params.items()})
 
     def _fresh_params(self, config: SessionConfig, plan: DataPlan) -> Params:
-        evaluator = build_trainer(config.model, plan.test.x, plan.test.y, plan.test.num_classes)
-        return evaluator.initial_params(config.seed)
+        return self._server_app(config, plan).initial_params()
+
+    def _server_app(self, config: SessionConfig, plan: DataPlan) -> ServerApp:
+        """The coordinator's side of the session's app: its initial model and central evaluation."""
+        loaded: LoadedApp = self.apps.for_session(config)
+        if config.app == BUILTIN:
+            if plan.test is None:
+                raise ConfigError(f"session {config.session_id} has no held-out split to evaluate on")
+            loaded = platform_builtin(loaded, PlatformDataApp(held_out=plan.test))
+        return ServerApp(loaded, config)
 
     def _store_config(self, config: SessionConfig) -> None:
         with self.db.session() as s:

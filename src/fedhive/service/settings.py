@@ -1,7 +1,8 @@
 """Settings of the platform service (``fedhive serve``): URLs and limits, embedded defaults.
 
 Scaling out changes URLs, not code: ``--db postgresql://...``, ``--artifacts s3://...``,
-``--broker amqp://...``. Every field can also come from an environment variable ``FEDHIVE_<NAME>``.
+``--broker amqp://...``. Every field can also come from an environment variable ``FEDHIVE_<NAME>``
+(``FEDHIVE_APPS``: app references separated by commas).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import secrets
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 
 class Settings(BaseModel):
@@ -32,6 +33,17 @@ class Settings(BaseModel):
         default=None, description="MLflow store or server URL: sessions are tracked there, models read from it"
     )
     mlflow_register_as: str | None = Field(default=None, description="register each final model under this name")
+    apps: list[str] = Field(
+        default_factory=list,
+        description="apps sessions may run besides builtin: module:attr, file.py:attr or a project folder",
+    )
+
+    @field_validator("apps", mode="before")
+    @classmethod
+    def _apps(cls, value: Any) -> Any:
+        if isinstance(value, str):  # FEDHIVE_APPS=pkg.app:app,./my-project
+            return [ref.strip() for ref in value.split(",") if ref.strip()]
+        return value
 
     def mlflow_uri(self) -> str:
         """The MLflow store: the configured one, else a local SQLite store under home."""

@@ -31,7 +31,7 @@ MAX_SHARD_BYTES = 1 << 31
 @dataclass(frozen=True)
 class DataPlan:
     data: dict[str, Any]  # goes into SessionConfig.data: what each peer needs to find its shard
-    test: Dataset  # the coordinator's held-out split
+    test: Dataset | None  # the coordinator's held-out split (None: the app evaluates on its own data)
 
 
 def plan_builtin(spec: DataSpec, peers: list[str], seed: int) -> DataPlan:

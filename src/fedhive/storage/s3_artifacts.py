@@ -189,6 +189,21 @@ class S3ArtifactStore:
             )
         return data
 
+    def read_key(self, key: str, *, max_bytes: int) -> bytes:
+        """An object by its full key, outside the content-addressed area (no digest to check)."""
+        where = f"s3://{self.bucket}/{key}"
+        try:
+            head = self._s3.head_object(Bucket=self.bucket, Key=key)
+            if int(head.get("ContentLength", 0)) > max_bytes:
+                raise StorageError(f"{where} is {head['ContentLength']} bytes, over the {max_bytes} bytes allowed")
+            return bytes(self._s3.get_object(Bucket=self.bucket, Key=key)["Body"].read())
+        except ClientError as exc:
+            if _code(exc) in _NOT_FOUND:
+                raise StorageError(f"{where} does not exist") from None
+            self._fail("cannot read", where, exc)
+        except _BOTO_ERRORS as exc:
+            self._fail("cannot read", where, exc)
+
     def exists(self, ref: str) -> bool:
         return self._size(ref) is not None
 
@@ -234,3 +249,9 @@ class S3ArtifactStore:
 
 def _code(exc: ClientError) -> str:
     return str(exc.response.get("Error", {}).get("Code", ""))
+
+
+def read_object(bucket: str, key: str, *, endpoint_url: str | None = None, max_bytes: int) -> bytes:
+    """Blocking. One object by its key (not a content-addressed artifact): a seed model a user put
+    in a bucket. ``StorageError`` in one line when it is missing, too large or unreadable."""
+    return S3ArtifactStore(bucket, endpoint_url=endpoint_url).read_key(key, max_bytes=max_bytes)
