@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from fedhive.cli.site_options import plan_builtin
-from fedhive.learning.federation_data import DataSpec
+from fedhive.learning.federation_data import DataSpec, prepare
 from fedhive.runtime.session_config import make_config
 from fedhive.runtime.simulation import run_federation
 
@@ -64,7 +64,7 @@ async def test_session_tracked_and_model_registered(mlflow_server: str) -> None:
     assert version.tags["use_case"] == "iris"
     mlflow.set_tracking_uri(mlflow_server)  # the fluent loader reads it; set only in this test
     model = mlflow.pyfunc.load_model("models:/iris_model/1")
-    x = plan.evaluator._x.numpy()  # the held-out rows, standardised as in training (torch tensors)
-    y = plan.evaluator._y.numpy()
+    held_out = prepare(data, CLIENTS, config.seed).test  # the rows the coordinator evaluated on
+    x, y = held_out.x.astype(np.float32), held_out.y
     accuracy = float(np.mean(model.predict(x) == y))
     assert accuracy == pytest.approx(result.metrics["accuracy"], abs=1e-6)

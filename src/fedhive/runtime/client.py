@@ -29,6 +29,8 @@ from fedhive.errors import AppError, ConfigError, DataError, FedhiveError, Proto
 from fedhive.runtime import events as ev
 from fedhive.runtime.bus import BusStopped, EventBus
 from fedhive.runtime.coordinator import COORDINATOR_ID
+from fedhive.runtime.evaluation import evaluation_body
+from fedhive.runtime.hosted import Member
 from fedhive.runtime.inline_executor import InlineExecutor
 from fedhive.runtime.payloads import OFFLOAD_BYTES, payload_params, payload_size
 from fedhive.runtime.registry import PeerStatus
@@ -44,6 +46,13 @@ TrainerFactory = Callable[[SessionConfig], Trainer]
 class _Progress:
     round: int
     progress: EpochProgress
+
+
+@dataclass(frozen=True, slots=True)
+class _Evaluated:
+    round: int
+    members: list[Member]
+    failures: list[tuple[str, str]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +127,7 @@ class ClientNode:
         b.on(_Tick, self._on_tick)
         b.on(_Progress, self._on_progress)
         b.on(ev.TrainingFinished, self._on_training_finished)
+        b.on(_Evaluated, self._on_evaluated)
 
     @property
     def rounds_trained(self) -> int:
@@ -248,6 +258,8 @@ class ClientNode:
                 self._enable(msg)
             elif msg.kind is Kind.TRAIN:
                 await self._train(msg)
+            elif msg.kind is Kind.EVALUATE:
+                await self._evaluate(msg)
             elif msg.kind is Kind.STOP and self._persistent:
                 log.info("%s: session %s over; waiting for the next", self.node_id, self._session_id)
                 await self._send(make(Kind.DONE, self.node_id, session_id=self._session_id))
@@ -334,7 +346,38 @@ class ClientNode:
         fut = asyncio.get_running_loop().run_in_executor(self._executor, job)
         fut.add_done_callback(self._training_done)
 
-    def _training_done(self, fut: asyncio.Future[ev.TrainingFinished]) -> None:
+    async def _evaluate(self, msg: Message) -> None:
+        """Judge the global model on this client's data, in the worker, and answer EVALUATION."""
+        if self._trainer is None or self._spec is None:
+            raise ProtocolError("EVALUATE before ENABLE")
+        env = msg.envelope
+        check_app_named(env.body, self._config)
+        if payload_size(msg) > OFFLOAD_BYTES:
+            params = await asyncio.to_thread(payload_params, msg, self._spec, max_bytes=self._max_payload, what="model")
+        else:
+            params = payload_params(msg, self._spec, max_bytes=self._max_payload, what="global model")
+        trainer, me = self._trainer, self.node_id
+
+        def job() -> _Evaluated:
+            try:
+                result = trainer.evaluate(params)
+                if result.num_examples < 1:
+                    return _Evaluated(env.round, [], [(me, "evaluated no examples")])
+                return _Evaluated(env.round, [Member(me, result.num_examples, dict(result.metrics))], [])
+            except FedhiveError as exc:
+                return _Evaluated(env.round, [], [(me, str(exc))])
+
+        if isinstance(self._executor, InlineExecutor):
+            await self._on_evaluated(job())
+            return
+        fut = asyncio.get_running_loop().run_in_executor(self._executor, job)
+        fut.add_done_callback(self._training_done)  # the same path back to the bus
+
+    async def _on_evaluated(self, event: _Evaluated) -> None:
+        body = evaluation_body(event.members, event.failures)
+        await self._send(make(Kind.EVALUATION, self.node_id, session_id=self._session_id, round=event.round, body=body))
+
+    def _training_done(self, fut: asyncio.Future[ev.TrainingFinished] | asyncio.Future[_Evaluated]) -> None:
         if fut.cancelled():
             return
         exc = fut.exception()

@@ -34,6 +34,7 @@ from fedhive.core.params import Params, ParamSpec, check_against_spec
 from fedhive.errors import FedhiveError, ProtocolError, SessionFailed, TransportError
 from fedhive.runtime.client import check_app_named, read_enable
 from fedhive.runtime.coordinator import COORDINATOR_ID
+from fedhive.runtime.evaluation import evaluation_body
 from fedhive.runtime.hosted import Member, members_body, train_items
 from fedhive.runtime.inline_executor import InlineExecutor, run_job
 from fedhive.runtime.partials import partial_message, raw_message
@@ -141,6 +142,8 @@ class ClientHost:
             self._enable(msg)
         elif msg.kind is Kind.TRAIN:
             await self._train(msg)
+        elif msg.kind is Kind.EVALUATE:
+            await self._evaluate(msg)
         elif msg.kind is Kind.STOP and "reason" in msg.envelope.body:
             reason = str(msg.envelope.body["reason"])[:1000]
             raise SessionFailed(f"the coordinator ended the session: {reason}")
@@ -189,6 +192,43 @@ class ClientHost:
             # are then never all alive at once (ten 100 MB updates: 1 GB).
             await asyncio.sleep(0)
         self._rounds_done.add(env.round)
+
+    async def _evaluate(self, msg: Message) -> None:
+        """Each named client judges the global model on its own data; one EVALUATION for all."""
+        spec = self._spec
+        if self._config is None or spec is None:
+            raise ProtocolError("EVALUATE before ENABLE")
+        env = msg.envelope
+        check_app_named(env.body, self._config)
+        named = env.body.get("clients")
+        if not isinstance(named, list) or not all(isinstance(c, str) for c in named):
+            raise ProtocolError("a host's EVALUATE must list its clients")
+        params = payload_params(msg, spec, max_bytes=self._max_payload, what="global model")
+        members, failures = await run_job(self._executor, self._evaluate_clients, params, named)
+        body = evaluation_body(members, failures)
+        await self._send(make(Kind.EVALUATION, self.host_id, session_id=self._session_id, round=env.round, body=body))
+
+    def _evaluate_clients(self, params: Params, named: list[str]) -> tuple[list[Member], list[tuple[str, str]]]:
+        members: list[Member] = []
+        failures: list[tuple[str, str]] = []
+        for cid in named:
+            client = self._clients.get(cid)
+            if client is None:
+                continue  # not ours to answer for
+            try:
+                result = client.trainer.evaluate(params)
+            except FedhiveError as exc:
+                failures.append((cid, str(exc)))
+                continue
+            except Exception as exc:  # a bug in one client's app must not take the others down
+                log.warning("%s: the evaluation of %s raised", self.host_id, cid, exc_info=True)
+                failures.append((cid, f"its evaluation raised {type(exc).__name__}: {exc}"))
+                continue
+            if result.num_examples < 1:
+                failures.append((cid, "evaluated no examples"))
+            else:
+                members.append(Member(cid, result.num_examples, dict(result.metrics)))
+        return members, failures
 
     def _train_chunk(
         self,

@@ -123,6 +123,26 @@ class SessionCompleted:
 
 
 @dataclass(frozen=True, slots=True)
+class ClientEvaluated:
+    """A client's figures for the global model of ``round``, on its own data."""
+
+    round: int
+    client_id: str
+    num_examples: int
+    metrics: dict[str, float]
+
+
+@dataclass(frozen=True, slots=True)
+class EvaluationCompleted:
+    """The clients' figures for ``round``'s global model, aggregated by the session's rules."""
+
+    round: int
+    metrics: dict[str, float]
+    clients: int  # that evaluated
+    failed: dict[str, str]  # client -> why it gave no figures
+
+
+@dataclass(frozen=True, slots=True)
 class BestModel:
     """``round``'s global model is the best so far by ``metric``."""
 

@@ -119,6 +119,9 @@ class HostDirectory:
         else:
             self._host_of[client_id] = host
 
+    def host_of(self, client_id: str) -> str | None:
+        return self._host_of.get(client_id)
+
     def split(self, clients: Sequence[str]) -> tuple[list[str], dict[str, list[str]]]:
         """(clients addressed directly, {host: its clients}), each in the given order."""
         direct: list[str] = []

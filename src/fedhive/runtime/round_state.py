@@ -18,7 +18,6 @@ class RoundState:
     selected: list[str]
     started: float
     aggregator: Aggregator
-    deadline: asyncio.TimerHandle | None = None
     index: dict[str, int] = field(default_factory=dict)  # client -> position, for its training seed
     accepted: set[str] = field(default_factory=set)
     failed: dict[str, str] = field(default_factory=dict)
@@ -28,17 +27,24 @@ class RoundState:
     claims: list[Deferred] = field(default_factory=list)
     # Membership is asked once per message: a set, not a scan of 1000 selected ids each time.
     chosen: frozenset[str] = field(init=False)
+    done: asyncio.Event = field(init=False)  # every selected participant has answered or failed
 
     def __post_init__(self) -> None:
         self.chosen = frozenset(self.selected)
+        self.done = asyncio.Event()
 
     def answered(self) -> int:
         return len(self.accepted) + len(self.failed)
 
+    def answered_by(self, participant: str) -> bool:
+        return participant in self.accepted or participant in self.failed
 
-@dataclass(frozen=True, slots=True)
-class RetryRound:
-    attempt: int
+    def check_done(self) -> None:
+        if self.answered() >= len(self.selected):
+            self.done.set()
+
+    def missing(self) -> list[str]:
+        return [c for c in self.selected if not self.answered_by(c)]
 
 
 def shortfall_reason(r: RoundState, need: int, missing: list[str], timeout: float) -> str:

@@ -46,6 +46,16 @@ class SessionConfig(BaseModel):
     compression: str = Field(default="none", description="update compression: none, float16, int8 or topk:F")
     max_update_bytes: int = Field(default=256 * 1024 * 1024, ge=1024)
     data: dict[str, Any] = Field(default_factory=dict, description="what demo clients load (dataset, partition)")
+    evaluate_every: int | None = Field(
+        default=None,
+        ge=0,
+        description="federated evaluation every N rounds (and after the last); 0 never; default: every round for "
+        "an app with evaluate and no central_evaluate",
+    )
+    fraction_evaluate: float = Field(default=1.0, gt=0, le=1, description="share of clients that evaluate")
+    metric_rules: dict[str, Literal["mean", "sum", "min", "max"]] = Field(
+        default_factory=dict, description="how each evaluation metric is aggregated (default: weighted mean)"
+    )
     key_metric: str | None = Field(
         default=None, max_length=64, description="judges the best round: default accuracy (max), else loss (min)"
     )
@@ -99,6 +109,11 @@ class SessionConfig(BaseModel):
             "data": dict(self.data),
             **self.run_config,
         }
+
+    def evaluates(self, round: int) -> bool:
+        """Whether clients evaluate the global model after ``round`` (federated evaluation)."""
+        every = self.evaluate_every or 0
+        return every > 0 and (round % every == 0 or round == self.rounds)
 
     def fit_config(self, round: int, client_index: int) -> FitConfig:
         return FitConfig(

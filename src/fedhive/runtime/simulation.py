@@ -18,7 +18,6 @@ from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from fedhive.app.contract import EvalResult
 from fedhive.app.learner import Evaluator, Trainer
 from fedhive.app.loader import LoadedApp
 from fedhive.core.params import Params
@@ -249,11 +248,11 @@ def plan_simulation(
 ) -> SimulationPlan:
     """One ``SiteApp`` per virtual client (``ctx.node`` = ``node`` plus ``partition_id`` and
     ``num_partitions``, as Flower apps expect), the initial model from the app's ``init`` and
-    the evaluator of the global model after each round:
+    how the global model is evaluated after each round:
 
     - ``central``: the app's ``central_evaluate`` on data the server side holds;
-    - ``clients``: every client's ``evaluate`` on its own data, weighted by examples (all clients
-      live in this process, so this costs no messages);
+    - ``clients``: federated evaluation, every client's ``evaluate`` on its own data, weighted by
+      examples (``runtime.evaluation``: EVALUATE and EVALUATION messages, as over a broker);
     - ``auto``: ``central`` if the app has it, else ``clients`` if it has ``evaluate``, else none
       (the round's client-weighted training metrics are reported instead).
 
@@ -262,19 +261,23 @@ def plan_simulation(
     if clients < 1:
         raise ConfigError(f"--clients must be at least 1, got {clients}")
     parse_strategy(config.strategy)
-    config = session_with_app(config, loaded)
     base = dict(node or {})
+    server = ServerApp(loaded, config, {**base, "num_partitions": clients})
+    evaluator, every = _evaluation(evaluate, server)
+    if config.evaluate_every is None:
+        config = config.model_copy(update={"evaluate_every": every})
+    config = session_with_app(config, loaded)
     sites = [
         SiteApp(loaded, client_id(i, clients), {**base, "partition_id": i, "num_partitions": clients})
         for i in range(clients)
     ]
     trainers = [site.trainer_for(config) for site in sites]
-    server = ServerApp(loaded, config, {**base, "num_partitions": clients})
-    initial = server.initial_params()
-    return SimulationPlan(config, trainers, [0] * clients, _evaluator(evaluate, server, trainers), initial)
+    initial = ServerApp(loaded, config, {**base, "num_partitions": clients}).initial_params()
+    return SimulationPlan(config, trainers, [0] * clients, evaluator, initial)
 
 
-def _evaluator(mode: str, server: ServerApp, trainers: list[Trainer]) -> Evaluator | None:
+def _evaluation(mode: str, server: ServerApp) -> tuple[Evaluator | None, int]:
+    """(the central evaluator, or None; how often clients evaluate: 0 never) for ``mode``."""
     app = server.loaded.app
     if mode == "auto":
         mode = "central" if app.has("central_evaluate") else "clients" if app.has("evaluate") else "none"
@@ -282,33 +285,11 @@ def _evaluator(mode: str, server: ServerApp, trainers: list[Trainer]) -> Evaluat
         central = server.evaluator()
         if central is None:
             raise ConfigError(f"app {server.loaded.name!r} has no central_evaluate: use --evaluate clients or none")
-        return central
+        return central, 0
     if mode == "clients":
         if not app.has("evaluate"):
             raise ConfigError(f"app {server.loaded.name!r} has no evaluate: use --evaluate central or none")
-        return ClientsEvaluator(trainers)
+        return None, 1
     if mode == "none":
-        return None
+        return None, 0
     raise ConfigError(f"--evaluate must be auto, central, clients or none, got {mode!r}")
-
-
-class ClientsEvaluator:
-    """The global model evaluated by every virtual client on its own data; each metric is the
-    mean over clients weighted by the examples each evaluated."""
-
-    def __init__(self, trainers: Sequence[Trainer]) -> None:
-        self._trainers = trainers
-
-    def evaluate(self, params: Params) -> EvalResult:
-        sums: dict[str, float] = {}
-        total = 0
-        for trainer in self._trainers:
-            try:
-                result = trainer.evaluate(params)
-            except FedhiveError as exc:  # one client's broken evaluate costs only its own figures
-                log.warning("evaluation on one client failed: %s", exc)
-                continue
-            total += result.num_examples
-            for name, value in result.metrics.items():
-                sums[name] = sums.get(name, 0.0) + value * result.num_examples
-        return EvalResult(total, {k: v / total for k, v in sums.items()} if total else {})

@@ -73,7 +73,12 @@ def session_with_app(config: SessionConfig, loaded: LoadedApp) -> SessionConfig:
     """The session as the coordinator announces it: its app's name and digest, and the app's
     default run config under the session's own keys."""
     run_config = {**loaded.run_config, **config.run_config}
-    return config.model_copy(update={"app": loaded.name, "app_digest": loaded.digest, "run_config": run_config})
+    update: dict[str, object] = {"app": loaded.name, "app_digest": loaded.digest, "run_config": run_config}
+    if config.evaluate_every is None:
+        # Clients judge the global model when the app can and nothing on the server side does.
+        app = loaded.app
+        update["evaluate_every"] = 1 if app.has("evaluate") and not app.has("central_evaluate") else 0
+    return config.model_copy(update=update)
 
 
 @dataclass

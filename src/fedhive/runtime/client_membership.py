@@ -1,0 +1,125 @@
+"""Clients as a node's participants: they register, are enabled, get TRAIN, answer with updates.
+
+The ``Membership`` of a flat coordinator and of a combiner. A client registers with its example
+count (and, behind a ``ClientHost``, the host that answers for it); it is answered with the
+heartbeat interval the node expects. A client that registers while the session runs is enabled at
+once and, if the round in progress selected it (it restarted and lost its TRAIN), sent that TRAIN
+again, so that it can still count in the round.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+from fedhive.core.envelope import Kind, Message, make
+from fedhive.runtime import events as ev
+from fedhive.runtime.collect import MAX_EXAMPLES
+from fedhive.runtime.downstream import Downstream
+from fedhive.runtime.evaluation import EvalRound
+from fedhive.runtime.payloads import body_int
+from fedhive.runtime.registry import PeerStatus
+from fedhive.runtime.round_state import RoundState
+
+
+class ClientMembership:
+    def __init__(
+        self,
+        down: Downstream,
+        *,
+        on_late_joiner: Callable[[str], Awaitable[None]],
+        on_ready: Callable[[], Awaitable[None]],
+    ) -> None:
+        self.down = down
+        self._late_joiner = on_late_joiner  # enable it (the node knows what ENABLE carries)
+        self._on_ready = on_ready  # start the session
+        self._train_body: Callable[[str], dict[str, object]] | None = None  # of the round in progress
+
+    async def on_message(self, msg: Message) -> bool:
+        down, settings = self.down, self.down.collect_settings()
+        if msg.kind is Kind.REGISTER:
+            await self._on_register(msg)
+        elif msg.kind is Kind.UPDATE:
+            await down.collector.on_update(msg, settings)
+        elif msg.kind is Kind.PARTIAL:
+            await down.collector.on_hosted_partial(msg, settings)
+        elif msg.kind is Kind.EVALUATION:
+            down.on_evaluation(msg, self)
+        else:
+            return False
+        return True
+
+    def ready(self) -> bool:
+        return self.down.registry.online_count() >= self.down.config.min_clients
+
+    def not_ready_reason(self) -> str:
+        config = self.down.config
+        return (
+            f"only {self.down.registry.online_count()} of the {config.min_clients} required clients registered "
+            f"within {config.registration_timeout_s:.0f} s"
+        )
+
+    async def _on_register(self, msg: Message) -> None:
+        down = self.down
+        num_examples = body_int(msg.envelope.body, "num_examples", low=0, high=MAX_EXAMPLES)
+        labels = msg.envelope.body.get("label_counts") or {}
+        down.hosts.note_registration(msg.sender, msg.envelope.body)
+        previous = down.registry.register(msg.sender, num_examples, labels if isinstance(labels, dict) else {})
+        if previous is not PeerStatus.ONLINE:
+            down.bus.emit(ev.ClientStatusChanged(msg.sender, PeerStatus.ONLINE, previous))
+        # The interval tells a networked client how often to beat, and how long a silence from us
+        # means that we are gone.
+        body = {"heartbeat_interval_s": down.config.heartbeat_interval_s}
+        await down.send(msg.sender, down.message(Kind.REGISTERED, body=body))
+        if down.started:
+            await self._late_joiner(msg.sender)  # takes part from the next round
+            r = down.collector.current
+            if r and not r.closing and msg.sender in r.chosen and not r.answered_by(msg.sender) and self._train_body:
+                await self.send_train([msg.sender], r, self._train_body)
+        elif self.ready():
+            await self._on_ready()
+
+    async def send_train(
+        self, selected: list[str], r: RoundState, body: Callable[[str], dict[str, object]]
+    ) -> list[str]:
+        """TRAIN to each client, or one TRAIN per host for its hosted clients."""
+        down = self.down
+        self._train_body = body
+        direct, hosted = down.hosts.split(selected)
+        failed = await down.send_all(direct, lambda c: self._train(c, r, body(c))) if direct else []
+        for host, members in hosted.items():
+            # One fit config for all, and each client's own seed: what ``body`` would give each.
+            seeds = [{"client": c, "seed": down.config.client_seed(r.round, r.index[c])} for c in members]
+            train = self._train(host, r, {**body(members[0]), "clients": seeds})
+            if not await down.send(host, train):
+                failed += members
+        return failed
+
+    async def send_evaluate(self, selected: list[str], e: EvalRound, body: dict[str, object]) -> list[str]:
+        """EVALUATE to each client, or one per host naming its selected clients."""
+        down = self.down
+        direct, hosted = down.hosts.split(selected)
+        failed = await down.send_all(direct, lambda c: self._evaluate(e, body)) if direct else []
+        for host, members in hosted.items():
+            if not await down.send(host, self._evaluate(e, {**body, "clients": members})):
+                failed += members
+        return failed
+
+    def _evaluate(self, e: EvalRound, body: dict[str, object]) -> Message:
+        down = self.down
+        return make(
+            Kind.EVALUATE, down.sender_id, session_id=down.session_id, round=e.round, body=body, payload=down.params
+        )
+
+    def vouches(self, sender: str, client: str) -> bool:
+        return client == sender or self.down.hosts.host_of(client) == sender
+
+    def _train(self, to: str, r: RoundState, body: dict[str, object]) -> Message:
+        down = self.down
+        return make(
+            Kind.TRAIN,
+            down.sender_id,
+            session_id=down.session_id,
+            round=r.round,
+            body={**body, "attempt": r.attempt},
+            payload=down.params,
+        )
