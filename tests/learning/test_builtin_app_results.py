@@ -4,6 +4,7 @@ digests were recorded from ``fedhive simulate`` before the rewrite (same command
 from __future__ import annotations
 
 import hashlib
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -49,3 +50,16 @@ def test_momentum_is_passed_on(tmp_path: Path) -> None:
         assert f'"momentum": {momentum}' in (out / "config.json").read_text()
         models.append((out / "model.safetensors").read_bytes())
     assert models[0] != models[1]
+
+
+def test_federated_evaluation_on_the_clients_shares_equals_the_central_figure(tmp_path: Path) -> None:
+    """Each client evaluates on its share of the held-out rows (partitioned like its training
+    rows): the example-weighted mean over the clients is the held-out accuracy itself."""
+    figures = {}
+    for mode in ("central", "clients"):
+        args = "--dataset digits --clients 10 --rounds 4 --partition dirichlet:0.5 --seed 0 --json".split()
+        cmd = [sys.executable, "-m", "fedhive.cli.main", "simulate", *args, "--evaluate", mode]
+        proc = subprocess.run([*cmd, "--out", str(tmp_path / mode)], capture_output=True, text=True, timeout=180)
+        assert proc.returncode == 0, proc.stderr
+        figures[mode] = json.loads(proc.stdout.splitlines()[-1])["accuracy"]
+    assert figures["clients"] == pytest.approx(figures["central"], abs=1e-9), figures

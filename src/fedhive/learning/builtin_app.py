@@ -17,17 +17,21 @@ SGD settings (``epochs``, ``batch_size``, ``lr``, ``momentum``, ``proximal_mu``,
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
+
 from fedhive.app.contract import Context, EvalResult, TrainResult
 from fedhive.app.learner import EpochProgress, FitConfig, Trainer
 from fedhive.core.params import Params
-from fedhive.errors import ConfigError
+from fedhive.errors import ConfigError, DataError
 from fedhive.learning.datasets import Dataset, load_dataset, split_train_test, standardize
 from fedhive.learning.factory import build_trainer
 from fedhive.learning.federation_data import DataSpec, prepare
+from fedhive.learning.partition import partition
 
 SERVER_SIDE = "server"
 
@@ -62,23 +66,34 @@ class BuiltinApp:
         return TrainResult(result.params, result.num_examples, result.metrics)
 
     def evaluate(self, weights: Params, config: Mapping[str, Any], ctx: Context) -> EvalResult:
-        return self._trainer(config, ctx).evaluate(weights)
+        """The global model on this client's share of the held-out rows: the held-out split is
+        partitioned like the training rows, so the clients' shares together are the held-out split
+        and their example-weighted accuracy is the central one."""
+        return self._trainer(config, ctx, validation=True).evaluate(weights)
 
     def central_evaluate(self, weights: Params, config: Mapping[str, Any], ctx: Context) -> EvalResult:
         return self._trainer(config, ctx, server=True).evaluate(weights)
 
-    def _trainer(self, config: Mapping[str, Any], ctx: Context, *, server: bool = False) -> Trainer:
+    def _trainer(
+        self, config: Mapping[str, Any], ctx: Context, *, server: bool = False, validation: bool = False
+    ) -> Trainer:
         node = dict(ctx.node)
         seed = int(config.get("session_seed", config.get("seed", 0)))
         model = str(config.get("model", "simple-dnn"))
-        who = SERVER_SIDE if server else ctx.client_id
+        who = SERVER_SIDE if server else f"{ctx.client_id}/validation" if validation else ctx.client_id
         key = (model, seed, tuple(sorted(node.items())), server)
         with self._lock:
             cached = self._trainers.get(who)
             if cached is not None and cached[0] == key:
                 return cached[1]
         _check_matches(node, config.get("data"))
-        ds = _server_data(node, seed) if server else _client_data(node, seed)
+        ds = (
+            _server_data(node, seed)
+            if server
+            else _validation_data(node, seed)
+            if validation
+            else _client_data(node, seed)
+        )
         trainer = build_trainer(model, ds.x, ds.y, ds.num_classes)
         with self._lock:
             self._trainers[who] = (key, trainer)
@@ -109,6 +124,38 @@ def _client_data(node: Mapping[str, Any], seed: int) -> Dataset:
         ds = load_dataset("csv", csv_path=str(node["csv"]), label=node.get("label"))
         return standardize(ds, ds)[0]
     return _server_data(node, seed)  # the server side: init needs features and classes only
+
+
+def _validation_data(node: Mapping[str, Any], seed: int) -> Dataset:
+    """This client's share of the held-out rows (a site with its own CSV: a fifth of its rows)."""
+    if "partition_id" in node or "part" in node:
+        if "partition_id" in node:
+            i, n = int(node["partition_id"]), int(node["num_partitions"])
+        else:
+            one_based, n = (int(p) for p in str(node["part"]).split("/"))
+            i = one_based - 1
+        test = _server_data(
+            {k: v for k, v in node.items() if k not in ("part", "partition_id")} | {"num_partitions": n}, seed
+        )
+        rows = _held_out_shares(data_spec(node).model_dump_json(), n, seed)[i]
+    elif node.get("csv"):
+        test = _client_data(node, seed)
+        rows = np.random.default_rng(seed).permutation(len(test))[: max(1, len(test) // 5)]
+    else:
+        raise DataError("the built-in app evaluates on a client's share of a data set: give --dataset and --part")
+    if len(rows) == 0:
+        raise DataError("this client holds no held-out rows to evaluate on")
+    return test.take(np.sort(rows))
+
+
+@functools.lru_cache(maxsize=8)
+def _held_out_shares(spec_json: str, num_clients: int, seed: int) -> list[np.ndarray]:
+    spec = DataSpec.model_validate_json(spec_json)
+    test = prepare(spec, num_clients, seed).test
+    if num_clients <= len(test):
+        return partition(test.y, num_clients, spec.partition, seed)
+    # More clients than held-out rows: one row each for the first, none for the rest.
+    return np.array_split(np.random.default_rng(seed).permutation(len(test)), num_clients)
 
 
 def _server_data(node: Mapping[str, Any], seed: int) -> Dataset:

@@ -60,6 +60,7 @@ class RunDirectory:
         bus.on(ev.RoundCompleted, self._on_round)
         bus.on(ev.SessionCompleted, self._on_completed)
         bus.on(ev.BestModel, self._on_best)
+        bus.on(ev.ClientEvaluated, self._on_evaluated)
 
     def _on_update(self, e: ev.UpdateAccepted) -> None:
         n, b = self._round_bytes.get(e.round, (0, 0))
@@ -74,6 +75,11 @@ class RunDirectory:
                 "status": "accepted",
             }
         )
+
+    def _on_evaluated(self, e: ev.ClientEvaluated) -> None:
+        # The client's figures for the round's global model, on its own data: a row of its own.
+        row = {"round": e.round, "client": e.client_id, "num_examples": e.num_examples, "status": "evaluated"}
+        self._clients_w.writerow({**row, **{name: _f(value) for name, value in e.metrics.items()}})
 
     def _on_rejected(self, e: ev.UpdateRejected) -> None:
         self._clients_w.writerow({"round": e.round, "client": e.client_id, "status": f"rejected: {e.reason}"})
