@@ -68,3 +68,26 @@ async def test_session_tracked_and_model_registered(mlflow_server: str) -> None:
     x, y = held_out.x.astype(np.float32), held_out.y
     accuracy = float(np.mean(model.predict(x) == y))
     assert accuracy == pytest.approx(result.metrics["accuracy"], abs=1e-6)
+
+
+async def test_the_best_rounds_model_is_a_version_tagged_best(mlflow_server: str) -> None:
+    import mlflow
+
+    from fedhive.tracking.mlflow_tracker import MlflowTracker
+
+    rounds = 3
+    config = make_config(rounds=rounds, min_clients=2, epochs=1, model="logreg", seed=0, key_metric="loss", mode="max")
+    plan = plan_builtin(config, DataSpec(dataset="iris"), 2)
+    # mode=max on the loss: the first round is the "best", not the last one.
+    tracker = MlflowTracker(mlflow_server, experiment="test-best", register_as="best_model_test")
+    result = await run_federation(
+        plan.config, plan.trainers, plan.num_examples, plan.initial_params, evaluator=plan.evaluator,
+        observers=[tracker.attach],
+    )  # fmt: skip
+    assert result.best_round == 1
+    client = mlflow.MlflowClient(tracking_uri=mlflow_server)
+    run = client.get_run(tracker.parent_run_id)
+    assert run.data.tags["fedhive.best_round"] == "1"
+    assert tracker.best_version is not None and tracker.best_version != tracker.model_version
+    best = client.get_model_version("best_model_test", tracker.best_version)
+    assert best.tags["fedhive.best"] == "true" and best.tags["fedhive.best_round"] == "1"

@@ -77,6 +77,8 @@ class MlflowTracker:
         self.parent_run_id: str | None = None
         self.child_runs: dict[str, str] = {}  # client id -> run id
         self.model_version: str | None = None
+        self.best_version: str | None = None  # the registered version of the best round's model
+        self._best: ev.BestModel | None = None
         self.failure: str | None = None
         prefix = "sqlite:///"
         if tracking_uri.startswith(prefix):  # SQLite creates the file, not its directory
@@ -88,6 +90,7 @@ class MlflowTracker:
         bus.on(ev.RoundCompleted, self._on_round)
         bus.on(ev.SessionCompleted, self._on_completed)
         bus.on(ev.SessionFailedEvent, self._on_failed)
+        bus.on(ev.BestModel, self._on_best)
 
     # -- handlers: each hands its blocking part to a thread ------------------------------------
     async def _guarded(self, fn: Callable[..., None], *args: Any) -> None:
@@ -114,6 +117,9 @@ class MlflowTracker:
             "duration_s": e.duration_s,
         }
         await self._guarded(self._log, self.parent_run_id, e.round, metrics)
+
+    def _on_best(self, e: ev.BestModel) -> None:
+        self._best = e  # logged (and registered, tagged best) when the session completes
 
     async def _on_completed(self, e: ev.SessionCompleted) -> None:
         await self._guarded(self._finish_with_model, e)
@@ -206,7 +212,33 @@ class MlflowTracker:
             version = self._client.create_model_version(name, source, run_id=run_id, tags=self._tags)
             self.model_version = str(version.version)
             log.info("registered MLflow model %s version %s", name, version.version)
+        self._log_best(run_id, e)
         self._end_all("FINISHED", None)
+
+    def _log_best(self, run_id: str, e: ev.SessionCompleted) -> None:
+        """The best round's model: tags on the run and, when models are registered, a version
+        tagged ``fedhive.best`` (the final version itself if the last round was the best)."""
+        best = self._best
+        if best is None:
+            return
+        self._client.set_tag(run_id, "fedhive.best_round", str(best.round))
+        self._client.set_tag(run_id, f"fedhive.best_{best.metric}", repr(best.value))
+        if not self._register_as:
+            return
+        name, tags = self._register_as, {"fedhive.best": "true", "fedhive.best_round": str(best.round)}
+        if best.round == e.rounds and self.model_version is not None:
+            for key, value in tags.items():
+                self._client.set_model_version_tag(name, self.model_version, key, value)
+            self.best_version = self.model_version
+            return
+        with tempfile.TemporaryDirectory(prefix="fedhive-mlflow-") as tmp:
+            meta = {"session_id": e.session_id, "rounds": str(best.round)}
+            self._client.log_artifacts(
+                run_id, str(save_pyfunc(Path(tmp), best.params, self._model_spec, meta)), "best_model"
+            )
+        source = f"{self._client.get_run(run_id).info.artifact_uri}/best_model"
+        version = self._client.create_model_version(name, source, run_id=run_id, tags={**self._tags, **tags})
+        self.best_version = str(version.version)
 
     def _end_all(self, status: str, reason: str | None) -> None:
         for run_id in self.child_runs.values():
