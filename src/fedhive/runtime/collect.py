@@ -32,7 +32,7 @@ from fedhive.runtime.payloads import OFFLOAD_BYTES, body_int, body_metrics, payl
 from fedhive.runtime.round_state import RoundState
 from fedhive.strategies.base import Partial, Update
 
-log = logging.getLogger("fedhive.rounds")
+log = logging.getLogger("fedhive.coordinator")  # the node that runs rounds
 
 MAX_EXAMPLES = 10**9
 

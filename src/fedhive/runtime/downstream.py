@@ -38,7 +38,7 @@ from fedhive.runtime.session_config import SessionConfig
 from fedhive.strategies.base import Aggregator
 from fedhive.transports.base import Transport
 
-log = logging.getLogger("fedhive.rounds")
+log = logging.getLogger("fedhive.coordinator")  # the node that runs rounds
 
 COORDINATOR_ID = "coordinator"
 
