@@ -4,7 +4,9 @@ and combiners pass their clients' figures up exactly."""
 
 from __future__ import annotations
 
+import csv
 import math
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,6 +17,7 @@ from fedhive.runtime.bus import EventBus
 from fedhive.runtime.hierarchy_simulation import run_hierarchy
 from fedhive.runtime.session_config import make_config
 from fedhive.runtime.simulation import plan_simulation, run_federation
+from fedhive.tracking.run_directory import RunDirectory
 from linear_app import app, loaded
 
 
@@ -88,3 +91,16 @@ async def test_combiners_pass_their_clients_figures_up_exactly() -> None:
         evaluated = seen.of(ev.ClientEvaluated, rnd)
         assert sorted(e.client_id for e in evaluated) == [f"client-{i}" for i in range(6)]  # clients, not combiners
         assert result.history[rnd - 1]["mse"] == by_hand(evaluated, "mse")
+
+
+async def test_clients_csv_names_the_clients_behind_the_combiners(tmp_path: Path) -> None:
+    p = plan(app, 4)
+    run_dir = RunDirectory(tmp_path, {})
+    await run_hierarchy(
+        p.config, p.trainers, [10] * 4, p.initial_params, combiners=2, observers=[run_dir.attach], heartbeat_s=0.5
+    )
+    with (tmp_path / "clients.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    via = {(r["round"], r["client"]) for r in rows if r["status"].startswith("accepted via combiner-")}
+    assert via == {(str(rnd), f"client-{i}") for rnd in (1, 2, 3) for i in range(4)}
+    assert all(r["mse"] for r in rows if r["status"].startswith("accepted via"))

@@ -25,7 +25,7 @@ from fedhive.errors import FedhiveError, ProtocolError
 from fedhive.runtime import events as ev
 from fedhive.runtime.bus import EventBus
 from fedhive.runtime.claim_keeper import give_back
-from fedhive.runtime.hosted import HostDirectory, fold_members
+from fedhive.runtime.hosted import HostDirectory, fold_members, members_of
 from fedhive.runtime.inline_executor import run_job
 from fedhive.runtime.partials import partial_size, read_partial
 from fedhive.runtime.payloads import OFFLOAD_BYTES, body_int, body_metrics, payload_params, payload_size
@@ -143,6 +143,7 @@ class Collector:
         if r.closing:  # the round moved on while we folded
             return
         r.accepted.add(msg.sender)
+        r.reports[msg.sender] = (num_examples, metrics)
         self.bus.emit(ev.UpdateAccepted(r.round, msg.sender, num_examples, metrics, nbytes))
         r.check_done()
 
@@ -182,11 +183,15 @@ class Collector:
             size = settings.spec.nbytes
             for m in members:
                 r.accepted.add(m.client_id)
+                r.reports[m.client_id] = (m.num_examples, m.metrics)
                 self.bus.emit(ev.UpdateAccepted(r.round, m.client_id, m.num_examples, m.metrics, size))
         r.check_done()
 
-    async def on_combiner_partial(self, msg: Message, settings: CollectSettings) -> None:
-        """A combiner's one answer for its clients: merged sums (FedAvg) or its clients' raw updates."""
+    async def on_combiner_partial(
+        self, msg: Message, settings: CollectSettings, vouches: Callable[[str, str], bool]
+    ) -> None:
+        """A combiner's one answer for its clients: merged sums (FedAvg) or its clients' raw updates;
+        ``members`` names each client behind it (its examples and metrics: rows of their own)."""
         settings.seen(msg.sender)
         r = self._open_round_for(msg, [msg.sender])
         if r is None:
@@ -204,6 +209,12 @@ class Collector:
         _count, examples, metrics = partial_size(part)
         r.accepted.add(msg.sender)
         self.bus.emit(ev.UpdateAccepted(r.round, msg.sender, examples, metrics, nbytes))
+        if "members" in msg.envelope.body:
+            members, _failures = members_of(msg.envelope.body)
+            if any(not vouches(msg.sender, m.client_id) for m in members):
+                raise ProtocolError(f"{msg.sender} reports clients that are not assigned to it")
+            for m in members:
+                self.bus.emit(ev.UpdateAcceptedVia(r.round, m.client_id, m.num_examples, m.metrics, msg.sender))
         r.check_done()
 
     # -- claim checks -------------------------------------------------------------------------------

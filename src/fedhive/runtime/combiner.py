@@ -31,6 +31,7 @@ from fedhive.runtime.client_membership import ClientMembership
 from fedhive.runtime.coordinator import SessionResult
 from fedhive.runtime.downstream import COORDINATOR_ID, Downstream
 from fedhive.runtime.evaluation import evaluation_body
+from fedhive.runtime.hosted import Member, members_body
 from fedhive.runtime.partials import partial_message, raw_message
 from fedhive.runtime.payloads import body_int, payload_params
 from fedhive.runtime.round_state import RoundState, shortfall_reason
@@ -127,11 +128,16 @@ class Combiner:
     def _partial(self, r: RoundState) -> Message:
         agg = r.aggregator
         if isinstance(agg, _Collect):
-            return raw_message(self.node_id, self.config.session_id, r.round, r.attempt, agg.updates)
-        return partial_message(
-            self.node_id, self.config.session_id, r.round, r.attempt, agg.partial(), sorted(r.accepted),
-            spec=self.down.params.spec, exact=self.exact_partials,
-        )  # fmt: skip
+            msg = raw_message(self.node_id, self.config.session_id, r.round, r.attempt, agg.updates)
+        else:
+            msg = partial_message(
+                self.node_id, self.config.session_id, r.round, r.attempt, agg.partial(), sorted(r.accepted),
+                spec=self.down.params.spec, exact=self.exact_partials,
+            )  # fmt: skip
+        # Each client behind us, so that the coordinator's records name clients, not only combiners.
+        members = [Member(c, n, m) for c, (n, m) in sorted(r.reports.items())]
+        msg.envelope.body["members"] = members_body(members, [])["members"]
+        return msg
 
     def _fit(self, client_id: str, r: RoundState) -> dict[str, object]:
         fit = {**self.config.fit_config(r.round, r.index[client_id]).to_json(), **self.strategy.client_config()}

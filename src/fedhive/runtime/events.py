@@ -76,6 +76,17 @@ class UpdateAccepted:
 
 
 @dataclass(frozen=True, slots=True)
+class UpdateAcceptedVia:
+    """A client's update, accepted as part of its combiner's partial (hierarchical sessions)."""
+
+    round: int
+    client_id: str
+    num_examples: int
+    metrics: dict[str, float]
+    via: str
+
+
+@dataclass(frozen=True, slots=True)
 class UpdateRejected:
     round: int
     client_id: str

@@ -89,7 +89,7 @@ class CombinerMembership:
             raise ProtocolError("in a hierarchical session, register with role 'client' or 'combiner'")
         elif msg.kind is Kind.PARTIAL:
             try:
-                await self.down.collector.on_combiner_partial(msg, self.down.collect_settings())
+                await self.down.collector.on_combiner_partial(msg, self.down.collect_settings(), self.vouches)
             except FedhiveError as exc:
                 self.down.collector.reject(msg, str(exc))  # the combiner's whole answer counts as failed
         elif msg.kind is Kind.EVALUATION:

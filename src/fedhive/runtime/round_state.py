@@ -20,6 +20,8 @@ class RoundState:
     aggregator: Aggregator
     index: dict[str, int] = field(default_factory=dict)  # client -> position, for its training seed
     accepted: set[str] = field(default_factory=set)
+    # participant -> (examples, metrics) of its accepted update: what a combiner reports upstream
+    reports: dict[str, tuple[int, dict[str, float]]] = field(default_factory=dict)
     failed: dict[str, str] = field(default_factory=dict)
     closing: bool = False
     # Claim-checked payloads received for this round: given back to the store once the round's

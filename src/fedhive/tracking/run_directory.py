@@ -61,6 +61,7 @@ class RunDirectory:
         bus.on(ev.SessionCompleted, self._on_completed)
         bus.on(ev.BestModel, self._on_best)
         bus.on(ev.ClientEvaluated, self._on_evaluated)
+        bus.on(ev.UpdateAcceptedVia, self._on_update_via)
 
     def _on_update(self, e: ev.UpdateAccepted) -> None:
         n, b = self._round_bytes.get(e.round, (0, 0))
@@ -75,6 +76,17 @@ class RunDirectory:
                 "status": "accepted",
             }
         )
+
+    def _on_update_via(self, e: ev.UpdateAcceptedVia) -> None:
+        # A client behind a combiner: its update came folded into the combiner's partial (whose own
+        # row carries the bytes).
+        row = {
+            "round": e.round,
+            "client": e.client_id,
+            "num_examples": e.num_examples,
+            "status": f"accepted via {e.via}",
+        }
+        self._clients_w.writerow({**row, **{name: _f(value) for name, value in e.metrics.items()}})
 
     def _on_evaluated(self, e: ev.ClientEvaluated) -> None:
         # The client's figures for the round's global model, on its own data: a row of its own.
