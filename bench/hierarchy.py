@@ -48,7 +48,7 @@ class Shift:
         return FitResult(Params({"w": params["w"] + self.delta}), self.num_examples, {"loss": 1.0})
 
     def evaluate(self, params: Params) -> EvalResult:
-        return EvalResult(loss=0.0, accuracy=0.0, num_examples=1)
+        return EvalResult(1, {"loss": 0.0, "accuracy": 0.0})
 
 
 class CountingNetwork(MemoryNetwork):
