@@ -17,7 +17,9 @@ with all eleven nodes in one process, their protocol work would share one core a
   The coordinator's peak RSS (VmHWM) minus its RSS after imports and connecting, before the model
   exists, is reported in model copies (target: <= 4).
 
-``--quick`` runs case a) only. The round time is the median of rounds 2..R, from the coordinator's
+``--quick`` runs case a) only. ``--evaluate-every N``: the clients also evaluate the global model
+every N rounds (federated evaluation: one EVALUATE broadcast and the answers per evaluated round),
+on both transports. The round time is the median of rounds 2..R, from the coordinator's
 RoundStarted (round 1) and RoundCompleted timestamps. Prints a table and, last, one JSON line.
 """
 
@@ -28,6 +30,7 @@ import asyncio
 import contextlib
 import itertools
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -88,9 +91,14 @@ def big_params() -> Params:
     return Params({"w": np.zeros(BIG_PARAMS, np.float32)})
 
 
+EVALUATE_EVERY = "FEDHIVE_BENCH_EVALUATE_EVERY"  # also read by the coordinator child
+
+
 def config(rounds: int, clients: int) -> SessionConfig:
     """simulate_overhead's session, with deadlines that fit a broker run."""
-    return overhead_config(rounds, clients).model_copy(update={"round_timeout_s": 120, "registration_timeout_s": 120})
+    every = int(os.environ.get(EVALUATE_EVERY, "0"))
+    update = {"round_timeout_s": 120, "registration_timeout_s": 120, "evaluate_every": every}
+    return overhead_config(rounds, clients).model_copy(update=update)
 
 
 # -- timing --------------------------------------------------------------------------------------------
@@ -291,12 +299,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--url", default="amqp://guest:guest@127.0.0.1:5672/")
     ap.add_argument("--quick", action="store_true", help="case a) only")
+    ap.add_argument("--evaluate-every", type=int, default=0, help="federated evaluation every N rounds (0: none)")
     ap.add_argument("--coordinator-child", nargs=6, metavar="ARG", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.coordinator_child:
         workload, ns, store, artifacts, rounds, n = a.coordinator_child
         asyncio.run(coordinator_child(a.url, workload, ns, store, artifacts, int(rounds), int(n)))
         return
+    os.environ[EVALUATE_EVERY] = str(a.evaluate_every)
     out = asyncio.run(bench(a.url, a.quick))
     t = Table(title="RabbitMQ versus memory transport: median round of rounds 2..R (shared machine: noisy)")
     for col in ("case", "clients", "params", "memory s/round", "RabbitMQ s/round", "added ms/round"):
@@ -313,7 +323,7 @@ def main() -> None:
     Console().print(t)
     if out["coordinator_peak_copies_c"] is not None:
         print(f"case c coordinator peak memory growth: {out['coordinator_peak_copies_c']} model copies")
-    print(json.dumps({"bench": "amqp_round"} | out))
+    print(json.dumps({"bench": "amqp_round", "evaluate_every": a.evaluate_every} | out))
 
 
 if __name__ == "__main__":
