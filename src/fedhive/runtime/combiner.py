@@ -168,19 +168,7 @@ class Combiner:
             await self._upstream(Kind.ERROR, msg.envelope.round, {"reason": str(exc)[:500], "attempt": 0})
 
     async def _from_client(self, msg: Message) -> None:
-        try:
-            if await self.membership.on_message(msg):
-                pass
-            elif msg.kind is Kind.HEARTBEAT:
-                self.down.on_heartbeat(msg)
-            elif msg.kind is Kind.ERROR:
-                self.down.collector.on_error(msg)
-            elif msg.kind is Kind.DONE:
-                log.info("%s: client %s is done", self.node_id, msg.sender)
-        except FedhiveError as exc:
-            log.warning("%s: rejected %s from %s: %s", self.node_id, msg.kind, msg.sender, exc)
-            if msg.kind is Kind.UPDATE:
-                self.down.collector.reject(msg, str(exc))
+        await self.down.on_message(msg, self.membership)
         if msg.kind is Kind.REGISTER:
             await self._report()
 
@@ -263,8 +251,7 @@ class Combiner:
 
     # -- the end -------------------------------------------------------------------------------------
     async def _finish(self) -> None:
-        await self.down.send_all(list(self.down.members), lambda _c: self.down.message(Kind.STOP))
-        self.down.release()
+        await self.down.stop_all()
         self.bus.stop()
 
     def _fail(self, reason: str) -> None:
@@ -273,8 +260,7 @@ class Combiner:
         self.bus.stop(SessionFailed(reason))
 
     async def _on_failed(self, event: ev.SessionFailedEvent) -> None:
-        body = {"reason": event.reason[:1000]}
-        await self.down.send_all(self.down.alive(), lambda _c: self.down.message(Kind.STOP, body=body))
+        await self.down.stop_all(event.reason)
 
     # -- upstream liveness -------------------------------------------------------------------------
     async def _report(self) -> None:

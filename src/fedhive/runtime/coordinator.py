@@ -21,9 +21,8 @@ from typing import Any
 
 from fedhive.app.contract import EvalResult
 from fedhive.app.learner import Evaluator
-from fedhive.core.envelope import Kind
 from fedhive.core.params import Params
-from fedhive.errors import FedhiveError, SessionFailed
+from fedhive.errors import SessionFailed
 from fedhive.runtime import events as ev
 from fedhive.runtime.best_round import BestRound
 from fedhive.runtime.bus import BusStopped, EventBus
@@ -259,22 +258,7 @@ class Coordinator:
                 return
 
     async def _on_message(self, event: ev.MessageIn) -> None:
-        msg = event.message
-        try:
-            if await self.membership.on_message(msg):
-                return
-            if msg.kind is Kind.HEARTBEAT:
-                self.down.on_heartbeat(msg)
-            elif msg.kind is Kind.ERROR:
-                self.down.collector.on_error(msg)
-            elif msg.kind is Kind.DONE:
-                log.info("client %s is done", msg.sender)
-            else:
-                log.warning("ignored unexpected %s from %s", msg.kind, msg.sender)
-        except FedhiveError as exc:
-            log.warning("rejected %s from %s: %s", msg.kind, msg.sender, exc)
-            if msg.kind is Kind.UPDATE:
-                self.down.collector.reject(msg, str(exc))
+        await self.down.on_message(event.message, self.membership)
 
     def _fail(self, reason: str) -> None:
         log.error("session %s failed: %s", self.config.session_id, reason)
@@ -284,12 +268,10 @@ class Coordinator:
     async def _on_failed(self, event: ev.SessionFailedEvent) -> None:
         # Handled in the bus's final drain: tell every client now, so that none waits for a
         # session that is over (a networked client would otherwise wait out its own timeout).
-        body = {"reason": event.reason[:1000]}
-        await self.down.send_all(self.down.alive(), lambda _c: self.down.message(Kind.STOP, body=body))
+        await self.down.stop_all(event.reason)
 
     async def _finish(self) -> None:
-        await self.down.send_all(list(self.down.members), lambda _c: self.down.message(Kind.STOP))
-        self.down.release()
+        await self.down.stop_all()
         last = self._history[-1] if self._history else {}
         rounds = self._next_round - 1
         self.bus.emit(ev.SessionCompleted(self.config.session_id, rounds, self.params, last, self._stopped_early))

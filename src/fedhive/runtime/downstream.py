@@ -25,7 +25,7 @@ import numpy as np
 
 from fedhive.core.envelope import Kind, Message, make
 from fedhive.core.params import Params
-from fedhive.errors import ProtocolError, TransportError
+from fedhive.errors import FedhiveError, ProtocolError, TransportError
 from fedhive.runtime import events as ev
 from fedhive.runtime.bus import EventBus
 from fedhive.runtime.collect import Collector, CollectSettings
@@ -179,6 +179,34 @@ class Downstream:
             e.failed[c] = reason
         for who in (msg.sender, *named):
             e.answered(who)
+
+    async def on_message(self, msg: Message, membership: Membership) -> None:
+        """A message from a participant: its membership's (registrations, answers), or liveness."""
+        try:
+            if await membership.on_message(msg):
+                return
+            if msg.kind is Kind.HEARTBEAT:
+                self.on_heartbeat(msg)
+            elif msg.kind is Kind.ERROR:
+                self.collector.on_error(msg)
+            elif msg.kind is Kind.DONE:
+                log.info("%s: %s is done", self.sender_id, msg.sender)
+            else:
+                log.warning("%s: ignored unexpected %s from %s", self.sender_id, msg.kind, msg.sender)
+        except FedhiveError as exc:
+            log.warning("%s: rejected %s from %s: %s", self.sender_id, msg.kind, msg.sender, exc)
+            if msg.kind is Kind.UPDATE:
+                self.collector.reject(msg, str(exc))
+
+    async def stop_all(self, reason: str | None = None) -> None:
+        """STOP to the session's participants (the session is over), or, with the reason it failed,
+        to every participant still alive (so that none waits out its own timeout)."""
+        if reason is None:
+            await self.send_all(list(self.members), lambda _c: self.message(Kind.STOP))
+            self.release()
+        else:
+            body = {"reason": reason[:1000]}
+            await self.send_all(self.alive(), lambda _c: self.message(Kind.STOP, body=body))
 
     def index(self) -> dict[str, int]:
         if self._index is None:  # built once per change of membership, not every round

@@ -103,30 +103,20 @@ class CombinerMembership:
     async def send_train(
         self, selected: list[str], r: RoundState, body: Callable[[str], dict[str, object]]
     ) -> list[str]:
-        down = self.down
-        return await down.send_all(
-            selected,
-            lambda c: make(
-                Kind.TRAIN,
-                down.sender_id,
-                session_id=down.session_id,
-                round=r.round,
-                body={**body(c), "attempt": r.attempt},
-                payload=down.params,
-            ),
-        )
+        return await self._send(selected, Kind.TRAIN, r.round, lambda c: {**body(c), "attempt": r.attempt})
 
     async def send_evaluate(self, selected: list[str], e: EvalRound, body: dict[str, object]) -> list[str]:
+        return await self._send(selected, Kind.EVALUATE, e.round, lambda _c: body)
+
+    async def _send(
+        self, combiners: list[str], kind: Kind, rnd: int, body: Callable[[str], dict[str, object]]
+    ) -> list[str]:
+        """The round's model to each combiner; returns those that could not be reached."""
         down = self.down
         return await down.send_all(
-            selected,
+            combiners,
             lambda c: make(
-                Kind.EVALUATE,
-                down.sender_id,
-                session_id=down.session_id,
-                round=e.round,
-                body=body,
-                payload=down.params,
+                kind, down.sender_id, session_id=down.session_id, round=rnd, body=body(c), payload=down.params
             ),
         )
 
