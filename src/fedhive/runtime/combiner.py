@@ -32,11 +32,11 @@ from fedhive.runtime.coordinator import SessionResult
 from fedhive.runtime.downstream import COORDINATOR_ID, Downstream
 from fedhive.runtime.evaluation import evaluation_body
 from fedhive.runtime.hosted import Member, members_body
-from fedhive.runtime.partials import partial_message, raw_message
+from fedhive.runtime.partials import CollectRaw, ForwardRaw, partial_message, raw_message
 from fedhive.runtime.payloads import body_int, payload_params
 from fedhive.runtime.round_state import RoundState, shortfall_reason
 from fedhive.runtime.session_config import SessionConfig
-from fedhive.strategies.base import AggregateResult, Aggregator, Strategy, Update
+from fedhive.strategies.base import Strategy
 from fedhive.strategies.registry import parse_strategy
 from fedhive.transports.base import Transport
 
@@ -127,7 +127,7 @@ class Combiner:
 
     def _partial(self, r: RoundState) -> Message:
         agg = r.aggregator
-        if isinstance(agg, _Collect):
+        if isinstance(agg, CollectRaw):
             msg = raw_message(self.node_id, self.config.session_id, r.round, r.attempt, agg.updates)
         else:
             msg = partial_message(
@@ -194,7 +194,7 @@ class Combiner:
         )
         self.down.config = self.config
         upstream_strategy = parse_strategy(upstream.strategy)
-        self.strategy = upstream_strategy if upstream_strategy.mergeable else _Forward()
+        self.strategy = upstream_strategy if upstream_strategy.mergeable else ForwardRaw()
         self._enabled = True
 
     async def _on_train(self, msg: Message) -> None:
@@ -296,29 +296,3 @@ class Combiner:
         session = self.config.session_id if self._enabled else ""
         message = make(kind, self.node_id, session_id=session, round=round, body=dict(body))
         await self.down.send(self.upstream_id, message)
-
-
-class _Collect(Aggregator):
-    """Keeps the updates as they are, for a strategy that must see every one of them upstream."""
-
-    mergeable = False
-
-    def __init__(self) -> None:
-        self.updates: list[Update] = []
-
-    def add(self, update: Update) -> None:
-        self.updates.append(update)
-
-    @property
-    def count(self) -> int:
-        return len(self.updates)
-
-    def result(self) -> AggregateResult:
-        raise NotImplementedError("a combiner forwards raw updates; it never aggregates them itself")
-
-
-class _Forward(Strategy):
-    name = "forward"
-
-    def aggregator(self, global_params: Params) -> Aggregator:
-        return _Collect()

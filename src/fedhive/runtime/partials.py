@@ -26,7 +26,7 @@ from fedhive.core.envelope import Kind, Message, make
 from fedhive.core.params import Params, ParamSpec, TensorSpec
 from fedhive.errors import ProtocolError
 from fedhive.runtime.payloads import body_int, body_metrics, payload_params
-from fedhive.strategies.base import Partial, Update
+from fedhive.strategies.base import AggregateResult, Aggregator, Partial, Strategy, Update
 
 MAX_EXAMPLES = 10**9
 MAX_RAW_UPDATES = 10_000
@@ -126,3 +126,30 @@ def _finite(v: object, key: str) -> float:
     if not isinstance(v, int | float) or isinstance(v, bool) or not math.isfinite(v):
         raise ProtocolError(f"body field {key!r} must be a finite number, got {v!r}")
     return float(v)
+
+
+class CollectRaw(Aggregator):
+    """A combiner's aggregator for a strategy that cannot merge: keeps the updates as they are,
+    to be forwarded upstream in one ``raw`` partial."""
+
+    mergeable = False
+
+    def __init__(self) -> None:
+        self.updates: list[Update] = []
+
+    def add(self, update: Update) -> None:
+        self.updates.append(update)
+
+    @property
+    def count(self) -> int:
+        return len(self.updates)
+
+    def result(self) -> AggregateResult:
+        raise NotImplementedError("a combiner forwards raw updates; it never aggregates them itself")
+
+
+class ForwardRaw(Strategy):
+    name = "forward"
+
+    def aggregator(self, global_params: Params) -> Aggregator:
+        return CollectRaw()
