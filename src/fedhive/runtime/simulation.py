@@ -262,34 +262,29 @@ def plan_simulation(
         raise ConfigError(f"--clients must be at least 1, got {clients}")
     parse_strategy(config.strategy)
     base = dict(node or {})
-    server = ServerApp(loaded, config, {**base, "num_partitions": clients})
-    evaluator, every = _evaluation(evaluate, server)
+    mode, every = _evaluation(evaluate, loaded)
     if config.evaluate_every is None:
         config = config.model_copy(update={"evaluate_every": every})
     config = session_with_app(config, loaded)
+    server = ServerApp(loaded, config, {**base, "num_partitions": clients})
     sites = [
         SiteApp(loaded, client_id(i, clients), {**base, "partition_id": i, "num_partitions": clients})
         for i in range(clients)
     ]
     trainers = [site.trainer_for(config) for site in sites]
-    initial = ServerApp(loaded, config, {**base, "num_partitions": clients}).initial_params()
-    return SimulationPlan(config, trainers, [0] * clients, evaluator, initial)
+    evaluator = server.evaluator() if mode == "central" else None
+    return SimulationPlan(config, trainers, [0] * clients, evaluator, server.initial_params())
 
 
-def _evaluation(mode: str, server: ServerApp) -> tuple[Evaluator | None, int]:
-    """(the central evaluator, or None; how often clients evaluate: 0 never) for ``mode``."""
-    app = server.loaded.app
+def _evaluation(mode: str, loaded: LoadedApp) -> tuple[str, int]:
+    """(``central``, ``clients`` or ``none``; how often clients evaluate: 0 never) for ``mode``."""
+    app = loaded.app
     if mode == "auto":
         mode = "central" if app.has("central_evaluate") else "clients" if app.has("evaluate") else "none"
-    if mode == "central":
-        central = server.evaluator()
-        if central is None:
-            raise ConfigError(f"app {server.loaded.name!r} has no central_evaluate: use --evaluate clients or none")
-        return central, 0
-    if mode == "clients":
-        if not app.has("evaluate"):
-            raise ConfigError(f"app {server.loaded.name!r} has no evaluate: use --evaluate central or none")
-        return None, 1
-    if mode == "none":
-        return None, 0
-    raise ConfigError(f"--evaluate must be auto, central, clients or none, got {mode!r}")
+    if mode == "central" and not app.has("central_evaluate"):
+        raise ConfigError(f"app {loaded.name!r} has no central_evaluate: use --evaluate clients or none")
+    if mode == "clients" and not app.has("evaluate"):
+        raise ConfigError(f"app {loaded.name!r} has no evaluate: use --evaluate central or none")
+    if mode not in ("central", "clients", "none"):
+        raise ConfigError(f"--evaluate must be auto, central, clients or none, got {mode!r}")
+    return mode, 1 if mode == "clients" else 0
