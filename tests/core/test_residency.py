@@ -95,8 +95,8 @@ def test_result_consumes_the_aggregator() -> None:
     agg = WeightedMeanAggregator(Params({"w": a}))
     agg.add(Update("a", Params({"w": a}), 1, {"loss": 1.0}))
     agg.add(Update("b", Params({"w": b}), 3, {"loss": 3.0}))
-    # float32 products (numpy's rule for a float32 array times a Python float), a float64 sum
-    expected = (((a * 1.0).astype(np.float64) + (b * 3.0).astype(np.float64)) / 4).astype(np.float32)
+    # float64 products and sum (exact FedAvg sums), cast once at the end
+    expected = ((a.astype(np.float64) * 1.0 + b.astype(np.float64) * 3.0) / 4).astype(np.float32)
     first = agg.result()
     assert np.array_equal(first.params["w"], expected) and first.metrics == {"loss": 2.5}
     assert agg.result() is first  # the accumulator is gone; the result stays

@@ -9,7 +9,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TypeVar
 
@@ -29,11 +29,13 @@ def serve_args(deployment: dict[str, str]) -> tuple[list[str], dict[str, str]]:
 class Server:
     """``fedhive serve`` in a subprocess; the API's URL is read from its ready line."""
 
-    def __init__(self, home: Path, deployment: dict[str, str], *, local_clients: int = 3) -> None:
+    def __init__(
+        self, home: Path, deployment: dict[str, str], *, local_clients: int = 3, extra: Sequence[str] = ()
+    ) -> None:
         args, env = serve_args(deployment)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "fedhive.cli.main", "-v", "serve", "--port", "0", "--home", str(home),
-             "--local-clients", str(local_clients), *args],
+             "--local-clients", str(local_clients), *args, *extra],
             stderr=subprocess.PIPE,
             text=True,
             env={**os.environ, "FEDHIVE_BCRYPT_ROUNDS": "4", **env},

@@ -8,6 +8,7 @@ import contextlib
 import io
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -29,7 +30,8 @@ def csv_bytes(rows: int = 300, seed: int = 0) -> bytes:
 
 
 @contextlib.asynccontextmanager
-async def platform(tmp_path: Path, local_clients: int = 3, **urls: str) -> AsyncIterator[httpx.AsyncClient]:
+async def platform(tmp_path: Path, local_clients: int = 3, **urls: Any) -> AsyncIterator[httpx.AsyncClient]:
+    """The platform in this process; ``urls``: more ``Settings`` fields (URLs, ``apps``)."""
     settings = Settings(home=tmp_path, bcrypt_rounds=4, heartbeat_timeout_s=10, **urls)
     ready: asyncio.Future[str] = asyncio.get_running_loop().create_future()
     task = asyncio.create_task(

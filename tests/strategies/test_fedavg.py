@@ -6,7 +6,8 @@ from hypothesis import strategies as st
 
 from fedhive.core.params import Params
 from fedhive.strategies.base import Update
-from fedhive.strategies.fedavg import WeightedMeanAggregator
+from fedhive.strategies.fedavg import _CHUNK, WeightedMeanAggregator
+from fedhive.strategies.server_optimizers import float64_template
 
 SHAPES = {"w": (3, 5), "b": (5,)}
 
@@ -70,3 +71,37 @@ def test_large_tensors_are_folded_in_chunks_exactly() -> None:
     agg.add(Update("a", Params({"w": x}), 2))
     agg.add(Update("b", Params({"w": -x}), 1))
     np.testing.assert_allclose(agg.result().params["w"], x / 3, rtol=1e-6, atol=1e-8)
+
+
+def float64_reference(xs: list[np.ndarray], ws: list[float]) -> np.ndarray:
+    """The weighted mean with numpy in float64 throughout, summed in arrival order."""
+    acc = np.zeros(xs[0].shape, np.float64)
+    for x, w in zip(xs, ws, strict=True):
+        acc += x.astype(np.float64) * w
+    return acc / sum(ws)
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    n=st.integers(1, 8),
+    size=st.sampled_from([1, 7, 1000, _CHUNK + 3]),
+    scale=st.integers(-20, 20),
+    weights=st.lists(st.integers(1, 10**6), min_size=8, max_size=8),
+    seed=st.integers(0, 2**16),
+)
+def test_fedavg_of_float32_updates_is_the_float64_mean(
+    n: int, size: int, scale: int, weights: list[int], seed: int
+) -> None:
+    rng = np.random.default_rng(seed)
+    xs = [(rng.standard_normal(size) * 2.0**scale + rng.integers(-3, 4)).astype(np.float32) for _ in range(n)]
+    ref = float64_reference(xs, [float(w) for w in weights[:n]])
+    tmpl = Params({"w": np.zeros(size, np.float32)})
+    full = WeightedMeanAggregator(float64_template(tmpl))  # result in float64 (server optimisers)
+    plain = WeightedMeanAggregator(tmpl)  # result rounded to the model's float32
+    for i, x in enumerate(xs):
+        for agg in (full, plain):
+            agg.add(Update(f"c{i}", Params({"w": x}), weights[i]))
+    got = full.result().params["w"]
+    assert got.dtype == np.float64
+    np.testing.assert_allclose(got, ref, rtol=1e-12, atol=0)
+    np.testing.assert_array_equal(plain.result().params["w"], ref.astype(np.float32))

@@ -2,64 +2,86 @@ from __future__ import annotations
 
 import math
 
+import dp_accounting
 import pytest
+from dp_accounting import pld, rdp
 
-from fedhive.strategies.privacy_accountant import (
-    RdpAccountant,
-    gaussian_rdp,
-    rdp_to_epsilon,
-    sampled_gaussian_rdp,
-)
+from fedhive.strategies.dp_fedavg import DPFedAvg
+from fedhive.strategies.privacy_accountant import PrivacyAccountant, RdpAccountant
 
-
-def test_one_unsampled_round_matches_the_closed_form() -> None:
-    # eps(a) = a / (2 z^2) + log(1/delta) / (a - 1); over real a the minimum is at
-    # a* = 1 + z sqrt(2 log(1/delta)) with eps* = 1/(2 z^2) + sqrt(2 log(1/delta)) / z.
-    log_inv_delta = math.log(1e5)
-    closed = 0.5 + math.sqrt(2 * log_inv_delta)  # 5.2985
-    eps = RdpAccountant(1.0).epsilon(1, 1e-5)
-    assert closed <= eps <= closed + 0.01
-    assert eps == pytest.approx(6 / 2 + log_inv_delta / 5)  # the best grid order is a = 6
+DELTA = 1e-5  # DPFedAvg's default delta
 
 
-def test_gaussian_rdp_is_alpha_over_2_z_squared() -> None:
-    assert gaussian_rdp(10.0, 20.0) == 0.1
-    assert sampled_gaussian_rdp(1.0, 10.0, 20) == 0.1
-    assert gaussian_rdp(0.0, 2.0) == math.inf
+def reference(noise: float, q: float, rounds: int, delta: float) -> tuple[float, float]:
+    """(RDP, PLD) epsilons computed with dp-accounting directly, from the event built by hand."""
+    one: dp_accounting.DpEvent = dp_accounting.GaussianDpEvent(noise)
+    if q < 1:
+        one = dp_accounting.PoissonSampledDpEvent(q, one)
+    event = dp_accounting.SelfComposedDpEvent(one, rounds)
+    r = rdp.RdpAccountant()
+    r.compose(event)
+    p = pld.PLDAccountant()
+    p.compose(event)
+    return float(r.get_epsilon(delta)), float(p.get_epsilon(delta))
 
 
-def test_sampled_gaussian_matches_published_values() -> None:
-    # Reference values from the TensorFlow Privacy RDP accountant tests.
-    assert 10 * sampled_gaussian_rdp(0.1, 2.0, 5) == pytest.approx(0.07737, abs=1e-5)
-    assert 50 * sampled_gaussian_rdp(0.01, 2.5, 5) == pytest.approx(0.00218075, abs=1e-7)
-    assert 50 * sampled_gaussian_rdp(0.01, 2.5, 50) == pytest.approx(0.023846, abs=1e-6)
-    orders = list(range(2, 33))
-    rdp = [10000 * sampled_gaussian_rdp(0.01, 4.0, a) for a in orders]
-    eps, order = rdp_to_epsilon(orders, rdp, 1e-5)
-    assert eps == pytest.approx(1.258575, abs=1e-6) and order == 20
+def test_the_issue_case_is_dp_accounting_and_reports_the_smaller() -> None:
+    # Noise 0.5, q = 0.1, 100 rounds: the hand-written accountant said 54.4.
+    assert DPFedAvg().delta == DELTA
+    spent = PrivacyAccountant(0.5, 0.1).spent(100, DELTA)
+    ref_rdp, ref_pld = reference(0.5, 0.1, 100, DELTA)
+    assert spent.epsilon_rdp == ref_rdp and spent.epsilon_pld == ref_pld
+    assert ref_rdp == pytest.approx(37.0, abs=0.05) and ref_pld == pytest.approx(31.4, abs=0.05)
+    assert spent.epsilon == min(ref_rdp, ref_pld) == ref_pld and spent.tightest == "pld"
 
 
-def test_sampling_amplifies_privacy() -> None:
-    assert sampled_gaussian_rdp(0.0, 1.0, 8) == 0.0
-    assert sampled_gaussian_rdp(0.1, 1.0, 8) < gaussian_rdp(1.0, 8)
-    assert RdpAccountant(1.0, 0.1).epsilon(10, 1e-5) < RdpAccountant(1.0).epsilon(10, 1e-5)
+def test_every_client_every_round_is_plain_composition() -> None:
+    acc = PrivacyAccountant(1.0, 1.0)
+    spent = acc.spent(3, DELTA)
+    assert (spent.epsilon_rdp, spent.epsilon_pld) == reference(1.0, 1.0, 3, DELTA)
+    # Three Gaussian mechanisms of multiplier z compose to one of multiplier z / sqrt(3) (exactly).
+    one = PrivacyAccountant(1.0 / math.sqrt(3)).spent(1, DELTA)
+    assert spent.epsilon_rdp == pytest.approx(one.epsilon_rdp, rel=1e-9)
+    assert spent.epsilon_pld == pytest.approx(one.epsilon_pld, rel=1e-6)
+    assert spent.epsilon == min(spent.epsilon_rdp, spent.epsilon_pld)
 
 
-def test_epsilon_grows_with_rounds_and_falls_with_noise() -> None:
+def test_epsilon_is_monotone_in_rounds_and_noise() -> None:
     for q in (1.0, 0.05):
-        acc = RdpAccountant(1.1, q)
-        eps = [acc.epsilon(t, 1e-5) for t in (0, 1, 10, 100)]
-        assert eps[0] == 0.0 and eps == sorted(eps) and len(set(eps)) == 4
-        by_noise = [RdpAccountant(z, q).epsilon(10, 1e-5) for z in (0.5, 1.0, 2.0, 4.0)]
+        acc = PrivacyAccountant(1.1, q)
+        for get in (acc.epsilon, acc.epsilon_rdp, acc.epsilon_pld):
+            eps = [get(t, DELTA) for t in (0, 1, 5, 30)]
+            assert eps[0] == 0.0 and eps == sorted(eps) and len(set(eps)) == 4
+        by_noise = [PrivacyAccountant(z, q).epsilon(5, DELTA) for z in (1.0, 2.0, 4.0, 8.0)]
         assert by_noise == sorted(by_noise, reverse=True) and len(set(by_noise)) == 4
 
 
+def test_sampling_amplifies_privacy() -> None:
+    assert PrivacyAccountant(1.0, 0.1).epsilon(10, DELTA) < PrivacyAccountant(1.0).epsilon(10, DELTA)
+    assert PrivacyAccountant(1.0, 0.0).epsilon(10, DELTA) == 0.0
+
+
+def test_results_are_cached_per_rounds_and_delta() -> None:
+    acc = PrivacyAccountant(2.0, 0.2)
+    a = acc.spent(5, DELTA)
+    assert acc.spent(5, DELTA) is a
+    assert acc.spent(5, 1e-3) is not a and acc.epsilon(5, 1e-3) < a.epsilon
+
+
 def test_no_noise_means_no_privacy() -> None:
-    assert RdpAccountant(0.0).epsilon(1, 1e-5) == math.inf
+    assert PrivacyAccountant(0.0).epsilon(1, DELTA) == math.inf
+    assert PrivacyAccountant(0.0, 0.5).epsilon(1, DELTA) == math.inf
 
 
 def test_bad_parameters_are_refused() -> None:
     with pytest.raises(ValueError, match="delta"):
-        RdpAccountant(1.0).epsilon(1, 0.0)
+        PrivacyAccountant(1.0).epsilon(1, 0.0)
     with pytest.raises(ValueError, match="sample rate"):
-        RdpAccountant(1.0, 1.5)
+        PrivacyAccountant(1.0, 1.5)
+    with pytest.raises(ValueError, match="noise"):
+        PrivacyAccountant(-1.0)
+
+
+def test_the_former_name_still_works_and_says_poisson() -> None:
+    assert RdpAccountant is PrivacyAccountant
+    assert PrivacyAccountant(1.0, 0.1).sampling == "poisson"

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from service.platform_user_app import NAME, write_app
 from service.test_platform_flow import csv_bytes, platform, sign_up_and_in, wait_for
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.timeout(180)]
@@ -48,7 +49,8 @@ async def test_sign_in_start_session_and_watch_it_train(tmp_path: Path) -> None:
     async_api = pytest.importorskip("playwright.async_api")
     data = tmp_path / "upload.csv"
     data.write_bytes(csv_bytes(rows=300))
-    async with platform(tmp_path / "home") as http, async_api.async_playwright() as pw:
+    installed = [str(write_app(tmp_path / "apps"))]  # fedhive serve --app FOLDER
+    async with platform(tmp_path / "home", apps=installed) as http, async_api.async_playwright() as pw:
         auth = await sign_up_and_in(http, "grace@example.org")
 
         async def three_online() -> bool:
@@ -71,6 +73,22 @@ async def test_sign_in_start_session_and_watch_it_train(tmp_path: Path) -> None:
             await page.wait_for_url(f"{base}/ui")
 
             await page.click("text=New session")
+            # The form lists the installed apps, builtin first; another app hides the data and
+            # model fields (it reads its own data at each site) and shows its run config instead.
+            await page.wait_for_selector(f"#app option[value='{NAME}']", state="attached")
+            assert await page.locator("#app option").all_inner_texts() == ["builtin", NAME]
+            assert await page.is_hidden("#run-config-field")
+            await page.select_option("#app", NAME)
+            assert await page.is_hidden("#data-fields") and await page.is_hidden("input[name=model]")
+            assert await page.is_visible("#run-config") and await page.is_disabled("input[name=dataset]")
+            assert "marker" in (await page.get_attribute("#run-config", "placeholder") or "")
+            await page.set_viewport_size({"width": 390, "height": 844})  # a phone: the form still fits
+            assert await page.evaluate("document.documentElement.scrollWidth") <= 390
+            box = await page.locator("#run-config").bounding_box()
+            assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= 390
+            await page.set_viewport_size({"width": 1280, "height": 1000})
+            await page.select_option("#app", "builtin")
+            assert await page.is_visible("#data-fields") and await page.is_hidden("#run-config-field")
             await page.set_input_files("input[name=dataset]", str(data))
             await page.fill("input[name=label]", "kind")
             await page.fill("input[name=rounds]", str(ROUNDS))
@@ -83,6 +101,7 @@ async def test_sign_in_start_session_and_watch_it_train(tmp_path: Path) -> None:
             # The chart is redrawn on each RoundCompleted event; its data-last-round says how far.
             await page.wait_for_selector(f"#accuracy-chart[data-last-round='{ROUNDS}']", timeout=120_000)
             await page.wait_for_selector("#status.COMPLETED", timeout=30_000)
+            assert await page.inner_text("#app") == "builtin"
             assert await page.locator("#clients tbody tr").count() == 3
             assert await page.locator("#accuracy-boxes g").count() == ROUNDS
             await page.wait_for_timeout(300)  # let uPlot finish its paint before the picture

@@ -29,7 +29,7 @@ from fastapi import APIRouter, File, Form, HTTPException, UploadFile
 
 from fedhive.api.datasets import owned_dataset, store_csv
 from fedhive.api.deps import Principal, ServicesDep, SettingsDep, UserDep, load_user
-from fedhive.api.schemas import ID_PATTERN, MAX_INT, NAME_PATTERN, SessionOut
+from fedhive.api.schemas import ID_PATTERN, MAX_INT, NAME_PATTERN, SessionOut, clean_text
 from fedhive.api.sessions import read_session
 from fedhive.app.loader import BUILTIN
 from fedhive.learning.models import parse_model_spec
@@ -71,7 +71,18 @@ def parse_run_config(text: str | None) -> dict[str, Any]:
             raise HTTPException(422, _RUN_CONFIG_HINT)
         if not isinstance(item, str | int | float | bool):
             raise HTTPException(422, f"run_config: {key[:64]!r} is not a number, a string or a boolean")
+        if not _storable(key, key=True) or (isinstance(item, str) and not _storable(item, key=False)):
+            raise HTTPException(422, "run_config: keys and values must be UTF-8 text without control characters")
     return value
+
+
+def _storable(text: str, *, key: bool) -> bool:
+    """Text every database stores (no NUL, no lone surrogates); a key has no control characters at all."""
+    try:
+        clean_text(text) if key else text.encode("utf-8")
+    except (ValueError, UnicodeEncodeError):
+        return False
+    return "\x00" not in text
 
 
 # The form fields that feed the builtin app (the platform's data plan and the model zoo).

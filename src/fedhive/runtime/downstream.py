@@ -200,13 +200,15 @@ class Downstream:
 
     async def stop_all(self, reason: str | None = None) -> None:
         """STOP to the session's participants (the session is over), or, with the reason it failed,
-        to every participant still alive (so that none waits out its own timeout)."""
+        to every participant known, OFFLINE ones included (one that was only slow to beat would
+        otherwise wait out its own timeout)."""
         if reason is None:
             await self.send_all(list(self.members), lambda _c: self.message(Kind.STOP))
             self.release()
         else:
             body = {"reason": reason[:1000]}
-            await self.send_all(self.alive(), lambda _c: self.message(Kind.STOP, body=body))
+            everyone = [c.client_id for c in self.registry.all()]
+            await self.send_all(everyone, lambda _c: self.message(Kind.STOP, body=body))
 
     def index(self) -> dict[str, int]:
         if self._index is None:  # built once per change of membership, not every round

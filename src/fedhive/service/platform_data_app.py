@@ -12,7 +12,8 @@ peer computes its part of. This app is how the platform runs such a session thro
   initial model and ``central_evaluate`` evaluates the global model on the held-out split.
 
 It runs under the builtin app's name and digest (``platform_builtin``): it is fedhive's own code,
-and a remote site running ``builtin`` takes part in the same sessions.
+so a builtin session names the same app and code whichever site (local peer or remote ``builtin``
+client) trains it.
 """
 
 from __future__ import annotations

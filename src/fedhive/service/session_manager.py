@@ -120,8 +120,7 @@ class SessionManager:
         resumed = []
         for row_id, owner_id, raw in await asyncio.to_thread(self._unfinished):
             try:
-                config = SessionConfig.model_validate(raw)
-                self.apps.for_session(config)  # still installed, and the same code
+                config = await asyncio.to_thread(self._resumable, SessionConfig.model_validate(raw))
                 peers = await asyncio.to_thread(self._peers_of, row_id)
                 plan = await asyncio.to_thread(self._replan, config, peers)
                 ckpt = await asyncio.to_thread(load_checkpoint, self.db, self.artifacts, row_id)
@@ -274,6 +273,23 @@ class SessionManager:
                 raise ConfigError(f"session {config.session_id} has no held-out split to evaluate on")
             loaded = platform_builtin(loaded, PlatformDataApp(held_out=plan.test))
         return ServerApp(loaded, config)
+
+    def _resumable(self, config: SessionConfig) -> SessionConfig:
+        """The session's config to resume with: its app still installed with the same code. The
+        builtin app is fedhive's own: a platform upgraded between the crash and the restart goes
+        on with its new version (its local peers run that one too), named in the stored config."""
+        builtin = self.apps.builtin
+        if config.app == BUILTIN and config.app_digest and config.app_digest != builtin.digest:
+            log.warning(
+                "session %s: fedhive's builtin app changed since the session started (code %s, now %s)",
+                config.session_id,
+                config.app_digest[:12],
+                builtin.short_digest,
+            )
+            config = config.model_copy(update={"app_digest": builtin.digest})
+            self._store_config(config)
+        self.apps.for_session(config)  # still installed, and the same code (AppError otherwise)
+        return config
 
     def _store_config(self, config: SessionConfig) -> None:
         with self.db.session() as s:

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from fedhive.core.params import Params
+from fedhive.strategies.sampling import ClientSampling
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +103,17 @@ class Strategy(ABC):
         """Training settings every client must use, merged into the fit config of each round
         (FedProx sends its ``proximal_mu``). Keys are fit config field names."""
         return {}
+
+    def client_sampling(self) -> ClientSampling | None:
+        """How clients must be drawn each round for the strategy's guarantees to hold, or
+        ``None`` when the runtime's own selection (``fraction``) is fine. DP-FedAvg's accountant
+        assumes Poisson sampling (``strategies/sampling.py``)."""
+        return None
+
+    def empty_round(self, round: int) -> None:
+        """Round ``round`` drew no clients (a Poisson sample can be empty): nothing to aggregate and
+        the global model stays as it is, but strategies that count rounds (DP accounting) count it."""
+        return None
 
     def round_metrics(self) -> dict[str, float]:
         """Numbers about the strategy itself after the latest ``apply``, for the round log

@@ -14,6 +14,7 @@ import numpy as np
 
 from fedhive.core.params import Params
 from fedhive.strategies.base import AggregateResult, Aggregator, Partial, Strategy, Update
+from fedhive.strategies.sampling import ClientSampling
 
 _CHUNK = 1 << 15
 
@@ -114,6 +115,12 @@ class Clipped(Strategy):
 
     def client_config(self) -> dict[str, object]:
         return self.inner.client_config()
+
+    def client_sampling(self) -> ClientSampling | None:
+        return self.inner.client_sampling()
+
+    def empty_round(self, round: int) -> None:
+        self.inner.empty_round(round)
 
     def round_metrics(self) -> dict[str, float]:
         return self.inner.round_metrics()

@@ -4,6 +4,12 @@ Memory: one float64 accumulator per tensor (2 model copies for float32 models) p
 result, whatever the number of clients. Each update is folded in chunk by chunk so the temporary
 ``w * x`` never exceeds a few hundred KiB (it stays in cache, which also makes it faster than
 whole-array arithmetic).
+
+Precision: the product ``w * x`` is formed in float64 (into that small scratch buffer), not in
+the update's float32: a float32 product would round every term to 24 bits before the float64 sum
+and lose what the float64 sum is for (server optimisers take small differences of the mean). With
+integer example counts below 2**29 the float64 product of a float32 value is exact, so the only
+rounding left is that of the float64 additions.
 """
 
 from __future__ import annotations
@@ -17,19 +23,20 @@ from fedhive.core.params import Params
 from fedhive.strategies.base import AggregateResult, Aggregator, Partial, Strategy, Update
 
 _CHUNK = 1 << 15  # elements per step: 256 KiB of float64 scratch, stays in cache
-_NO_SCRATCH = np.empty(0, np.float64)
 _RELEASE_EVERY = 1 << 20  # elements: pages of a memory-mapped update are given back this many at a time
 
 
 def _axpy_into(acc: np.ndarray, x: np.ndarray, w: float, scratch: np.ndarray) -> None:
-    """acc += w * x for a float64 ``acc``, without a full-size temporary."""
+    """acc += w * x for a float64 ``acc``, the product in float64, without a full-size temporary:
+    ``scratch`` (float64, at least ``min(acc.size, _CHUNK)`` elements) takes one chunk of products
+    at a time."""
     a = acc.reshape(-1)
     v = x.reshape(-1)
     n = a.size
     if n <= _CHUNK:  # most tensors of a small model: no loop to set up
-        # The product in the update's dtype (as in the loop below), added in float64: a small
-        # temporary moves half the bytes that a float64 one would, and it stays in cache.
-        a += v * w
+        s = scratch[:n]
+        np.multiply(v, w, out=s, dtype=np.float64)
+        a += s
         return
     # A memory-mapped update (a claim check) gives its pages back as it is folded in: only the
     # accumulator stays resident, not the accumulator plus a whole update (see ``residency``).
@@ -37,7 +44,9 @@ def _axpy_into(acc: np.ndarray, x: np.ndarray, w: float, scratch: np.ndarray) ->
         for start in range(0, block.size, _CHUNK):
             part = block[start : start + _CHUNK]
             s = scratch[: part.size]
-            np.multiply(part, w, out=s, casting="unsafe")
+            # dtype=float64: the product itself in float64. Without it numpy multiplies a float32
+            # chunk by the Python float in float32 and only widens the rounded result.
+            np.multiply(part, w, out=s, dtype=np.float64)
             a[outer + start : outer + start + part.size] += s
 
 
@@ -68,7 +77,7 @@ class WeightedMeanAggregator(Aggregator):
         self._weighted = weighted
         self._sums = Params({n: np.zeros(a.shape, np.float64) for n, a in template.items()})
         self._dtypes = {n: a.dtype for n, a in template.items()}
-        self._scratch: np.ndarray | None = None  # for tensors folded in chunks; made on first need
+        self._scratch: np.ndarray | None = None  # float64 products, one chunk at a time; made on first need
         self._weight = 0.0
         self._examples = 0
         self._count = 0
@@ -82,8 +91,7 @@ class WeightedMeanAggregator(Aggregator):
 
     def add(self, update: Update) -> None:
         self._check_open()
-        # A Python float: numpy multiplies a float32 tensor by it in float32 (as hand-written numpy
-        # would), 1.4x faster than a float64 product; the sum itself is float64.
+        # A Python float; the products are formed in float64 (see ``_axpy_into``).
         w = float(update.num_examples) if self._weighted else 1.0
         for name, acc in self._sums.items():
             _axpy_into(acc, update.params[name], w, self._scratch_for(acc.size))
@@ -93,10 +101,11 @@ class WeightedMeanAggregator(Aggregator):
         self._add_metrics(update.metrics, float(update.num_examples))
 
     def _scratch_for(self, size: int) -> np.ndarray:
-        if size <= _CHUNK:
-            return _NO_SCRATCH  # small tensors are folded without one
-        if self._scratch is None:
-            self._scratch = np.empty(_CHUNK, np.float64)
+        """A float64 scratch of at least ``min(size, _CHUNK)`` elements, reused across tensors and
+        updates: as big as the largest tensor folded so far, at most ``_CHUNK``."""
+        need = min(size, _CHUNK)
+        if self._scratch is None or self._scratch.size < need:
+            self._scratch = np.empty(need, np.float64)
         return self._scratch
 
     def _add_metrics(self, metrics: Mapping[str, float], w: float) -> None:

@@ -1,98 +1,159 @@
-"""Rényi-DP accounting for the (sampled) Gaussian mechanism, converted to (epsilon, delta).
+"""Privacy accounting for DP-FedAvg with Google's ``dp-accounting`` library.
 
-One round of DP-FedAvg releases the clipped mean plus Gaussian noise of ``z`` times the
-sensitivity: RDP of order ``a`` is ``a / (2 z^2)`` (Mironov 2017). When each client takes part
-with probability ``q < 1`` independently (Poisson sampling), the sampled Gaussian mechanism's RDP
-at integer orders is ``log(A_a) / (a - 1)`` with
-``A_a = sum_k C(a, k) (1-q)^(a-k) q^k exp((k^2 - k) / (2 z^2))`` (Mironov, Talwar, Zhang 2019),
-evaluated in log space. RDP composes by addition over rounds; the conversion is the classical
-``eps = min_a rdp(a) + log(1/delta) / (a - 1)`` (Mironov 2017, Proposition 3).
+One round of DP-FedAvg releases the clipped sum plus Gaussian noise of ``z`` times the sensitivity
+(the clip norm), on the clients that took part. With ``sample_rate = q < 1`` each client is assumed
+to take part independently with probability ``q`` (Poisson sampling, see ``strategies/sampling.py``),
+so one round is ``PoissonSampledDpEvent(q, GaussianDpEvent(z))``; with ``q = 1`` (every client in
+every round) it is the plain ``GaussianDpEvent(z)``. ``rounds`` identical rounds are that event
+``SelfComposedDpEvent``-composed ``rounds`` times.
+
+Two accountants bound the (epsilon, delta) of that composition:
+
+- RDP (``dp_accounting.rdp.RdpAccountant``, Mironov 2017; Mironov, Talwar, Zhang 2019), with the
+  library's default orders (fractional ones included) and its tight RDP-to-DP conversion;
+- PLD (``dp_accounting.pld.PLDAccountant``, privacy loss distributions, Koskela et al. 2020;
+  Doroshenko et al. 2022), with the library's default discretisation (pessimistic: it rounds the
+  privacy loss up, so its epsilon is an upper bound).
+
+Both are valid upper bounds, so the smaller one is reported as ``epsilon``; both are kept in
+``PrivacySpent`` (and in DP-FedAvg's round metrics) so that a reader can see which one it was.
+Adjacency is add-or-remove one client (the library's default, the one Poisson sampling needs).
+
+The PLD accountant costs about a second per evaluation at typical settings (more when epsilon is in
+the hundreds): results are cached per ``(rounds, delta)``, and DP-FedAvg computes them in ``apply``
+(the aggregation step, off the coordinator's event loop) rather than in ``round_metrics``.
 """
 
 from __future__ import annotations
 
+import logging
 import math
-from collections.abc import Sequence
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Literal
 
-import numpy as np
+import dp_accounting
+from dp_accounting import pld, rdp
 
-DEFAULT_ORDERS: tuple[float, ...] = (
-    1.25, 1.5, 1.75, 2.0, 2.25, 2.5, 3.0, 3.5, 4.0, 4.5,
-    *(float(a) for a in range(5, 64)),
-    128.0, 256.0, 512.0,
-)  # fmt: skip
+SAMPLING = "poisson"
+"""How clients must be drawn for the accountant's bound to hold when ``sample_rate < 1``."""
 
-
-def gaussian_rdp(noise_multiplier: float, order: float) -> float:
-    """RDP of one Gaussian mechanism with noise std ``noise_multiplier`` x sensitivity."""
-    if noise_multiplier == 0:
-        return math.inf
-    return order / (2.0 * noise_multiplier**2)
+Tightest = Literal["rdp", "pld", "none"]
 
 
-def sampled_gaussian_rdp(sample_rate: float, noise_multiplier: float, order: int) -> float:
-    """RDP at integer ``order`` >= 2 of the Gaussian mechanism on a Poisson sample of rate q."""
-    q, z = sample_rate, noise_multiplier
-    if q == 0:
-        return 0.0
-    if q == 1.0 or z == 0:
-        return gaussian_rdp(z, order)
-    log_q, log_1q = math.log(q), math.log1p(-q)
-    log_a = -math.inf
-    for k in range(order + 1):
-        log_binom = math.lgamma(order + 1) - math.lgamma(k + 1) - math.lgamma(order - k + 1)
-        term = log_binom + k * log_q + (order - k) * log_1q + (k * k - k) / (2.0 * z * z)
-        log_a = float(np.logaddexp(log_a, term))
-    return log_a / (order - 1)
+@dataclass(frozen=True, slots=True)
+class PrivacySpent:
+    """(epsilon, delta) after ``rounds`` rounds, from both accountants."""
+
+    rounds: int
+    delta: float
+    epsilon_rdp: float
+    epsilon_pld: float
+    rdp_order: float  # the RDP order attaining ``epsilon_rdp`` (nan before any round)
+
+    @property
+    def epsilon(self) -> float:
+        """The reported epsilon: the tighter (smaller) of the two bounds."""
+        return min(self.epsilon_rdp, self.epsilon_pld)
+
+    @property
+    def tightest(self) -> Tightest:
+        """Which accountant gave ``epsilon`` (PLD on a tie; ``none`` before any round)."""
+        if self.rounds == 0:
+            return "none"
+        return "rdp" if self.epsilon_rdp < self.epsilon_pld else "pld"
 
 
-def rdp_to_epsilon(orders: Sequence[float], rdp: Sequence[float], delta: float) -> tuple[float, float]:
-    """(epsilon, the order attaining it) for the given ``delta``."""
-    if not 0 < delta < 1:
-        raise ValueError(f"delta must be in (0, 1), got {delta}")
-    best, best_order = math.inf, float(orders[0])
-    for a, r in zip(orders, rdp, strict=True):
-        eps = r + math.log(1.0 / delta) / (a - 1.0)
-        if eps < best:
-            best, best_order = eps, float(a)
-    return best, best_order
+def dp_event(noise_multiplier: float, sample_rate: float, rounds: int) -> dp_accounting.DpEvent:
+    """The ``dp_accounting`` event of ``rounds`` rounds of the (Poisson-sampled) Gaussian mechanism."""
+    one: dp_accounting.DpEvent = dp_accounting.GaussianDpEvent(noise_multiplier)
+    if sample_rate < 1:
+        one = dp_accounting.PoissonSampledDpEvent(sample_rate, one)
+    return dp_accounting.SelfComposedDpEvent(one, rounds)
 
 
-class RdpAccountant:
-    """Privacy spent after ``rounds`` identical rounds of the (sampled) Gaussian mechanism.
+class _QuietFractionalOrders(logging.Filter):
+    """The RDP accountant logs a warning for each small fractional order whose series does not
+    converge with sampling (it then leaves that order out, which is safe). One line per order per
+    evaluation would flood a session's log, so those are dropped; other messages pass."""
 
-    Stateless apart from its parameters: the number of rounds is the only thing a checkpoint needs.
+    _pattern = re.compile(r"failed to converge")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not self._pattern.search(record.getMessage())
+
+
+@contextmanager
+def _quiet_absl() -> Iterator[None]:
+    logger = logging.getLogger("absl")
+    f = _QuietFractionalOrders()
+    logger.addFilter(f)
+    try:
+        yield
+    finally:
+        logger.removeFilter(f)
+
+
+class PrivacyAccountant:
+    """Privacy spent after ``rounds`` identical rounds of the (Poisson-sampled) Gaussian mechanism.
+
+    Stateless apart from its parameters (and a cache): the number of rounds is the only thing a
+    checkpoint needs.
     """
 
-    def __init__(
-        self, noise_multiplier: float, sample_rate: float = 1.0, orders: Sequence[float] = DEFAULT_ORDERS
-    ) -> None:
+    sampling = SAMPLING
+
+    def __init__(self, noise_multiplier: float, sample_rate: float = 1.0) -> None:
         if noise_multiplier < 0 or not math.isfinite(noise_multiplier):
             raise ValueError(f"noise multiplier must be >= 0, got {noise_multiplier}")
         if not 0 <= sample_rate <= 1:
             raise ValueError(f"sample rate must be in [0, 1], got {sample_rate}")
-        self.noise_multiplier = noise_multiplier
-        self.sample_rate = sample_rate
-        if sample_rate < 1:  # the sampled bound above holds at integer orders only
-            orders = [a for a in orders if float(a).is_integer() and a >= 2]
-        if not orders:
-            raise ValueError("no usable RDP orders")
-        self.orders = tuple(float(a) for a in orders)
-        self._per_round = np.array(
-            [
-                gaussian_rdp(noise_multiplier, a)
-                if sample_rate == 1
-                else sampled_gaussian_rdp(sample_rate, noise_multiplier, int(a))
-                for a in self.orders
-            ]
-        )
+        self.noise_multiplier = float(noise_multiplier)
+        self.sample_rate = float(sample_rate)
+        self._cache: dict[tuple[int, float], PrivacySpent] = {}
 
-    def rdp(self, rounds: int) -> np.ndarray:
-        """Total RDP at each of ``self.orders`` after ``rounds`` rounds (composition adds)."""
-        return np.asarray(self._per_round * rounds) if rounds else np.zeros(len(self.orders))
+    def event(self, rounds: int) -> dp_accounting.DpEvent:
+        return dp_event(self.noise_multiplier, self.sample_rate, rounds)
+
+    def spent(self, rounds: int, delta: float) -> PrivacySpent:
+        """Both bounds after ``rounds`` rounds for ``delta`` (epsilon 0 before any round)."""
+        if not 0 < delta < 1:
+            raise ValueError(f"delta must be in (0, 1), got {delta}")
+        if rounds < 0:
+            raise ValueError(f"rounds must be >= 0, got {rounds}")
+        key = (int(rounds), float(delta))
+        hit = self._cache.get(key)
+        if hit is not None:
+            return hit
+        if rounds == 0 or self.sample_rate == 0:
+            out = PrivacySpent(rounds, delta, 0.0, 0.0, math.nan)
+        elif self.noise_multiplier == 0:
+            out = PrivacySpent(rounds, delta, math.inf, math.inf, math.nan)
+        else:
+            event = self.event(rounds)
+            with _quiet_absl():
+                r = rdp.RdpAccountant()
+                r.compose(event)
+                eps_rdp, order = r.get_epsilon_and_optimal_order(delta)
+            p = pld.PLDAccountant()
+            p.compose(event)
+            eps_pld = p.get_epsilon(delta)
+            out = PrivacySpent(rounds, delta, float(eps_rdp), float(eps_pld), float(order))
+        self._cache[key] = out
+        return out
 
     def epsilon(self, rounds: int, delta: float) -> float:
-        """Epsilon spent after ``rounds`` rounds for the given ``delta`` (0 before any round)."""
-        if rounds == 0:
-            return 0.0
-        return rdp_to_epsilon(self.orders, self.rdp(rounds).tolist(), delta)[0]
+        """The reported epsilon (the tighter bound) after ``rounds`` rounds."""
+        return self.spent(rounds, delta).epsilon
+
+    def epsilon_rdp(self, rounds: int, delta: float) -> float:
+        return self.spent(rounds, delta).epsilon_rdp
+
+    def epsilon_pld(self, rounds: int, delta: float) -> float:
+        return self.spent(rounds, delta).epsilon_pld
+
+
+RdpAccountant = PrivacyAccountant
+"""The former name (the accountant is no longer RDP only); kept for callers that import it."""

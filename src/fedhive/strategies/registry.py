@@ -8,6 +8,7 @@ strings work on the CLI, in config files and in the API; ``strategy_help()`` lis
     fedavg    fedavg:unweighted    fedavgm:lr=1.0,momentum=0.9    fedprox:mu=0.01
     fedadam:lr=0.01,beta1=0.9,beta2=0.99,tau=1e-3    fedmedian    trimmed-mean:beta=0.1
     krum:f=2    multi-krum:f=2,m=3    dp-fedavg:clip=1.0,noise=1.0,delta=1e-5
+    dp-fedavg:clip=adaptive,target_quantile=0.5,clip_lr=0.2,noise=1.0
     krum:f=1+clip=5.0
 """
 
@@ -19,7 +20,7 @@ from collections.abc import Callable, Sequence
 from fedhive.errors import ConfigError
 from fedhive.strategies.base import Strategy
 from fedhive.strategies.clipping import Clipped
-from fedhive.strategies.dp_fedavg import DPFedAvg
+from fedhive.strategies.dp_fedavg import AdaptiveClip, DPFedAvg
 from fedhive.strategies.fedavg import FedAvg
 from fedhive.strategies.fedprox import FedProx
 from fedhive.strategies.krum import Krum
@@ -91,6 +92,11 @@ def _multi_krum(arg: str | None) -> Strategy:
 
 
 def _dp_fedavg(arg: str | None) -> Strategy:
+    # clip=adaptive is the one non-numeric value: it turns on adaptive clipping, whose starting
+    # norm is then initial_clip.
+    items = [] if arg is None else [i.strip() for i in arg.split(",")]
+    is_adaptive = [i for i in items if i.replace(" ", "").lower() == "clip=adaptive"]
+    rest = ",".join(i for i in items if i not in is_adaptive) or None
     opts = (
         Option("clip", 1.0, low=0, low_open=True),
         Option("noise", 1.0, low=0),
@@ -98,15 +104,32 @@ def _dp_fedavg(arg: str | None) -> Strategy:
         Option("sample_rate", 1.0, low=0, high=1, low_open=True),
         Option("seed", None, low=0, high=2**53, integer=True),
     )
-    v = parse_options("dp-fedavg", arg, opts)
-    seed = v["seed"]
-    return DPFedAvg(
-        clip=_f(v["clip"]),
-        noise=_f(v["noise"]),
-        delta=_f(v["delta"]),
-        sample_rate=_f(v["sample_rate"]),
-        seed=None if seed is None else int(seed),
+    adaptive_opts = (
+        Option("initial_clip", 0.1, low=0, low_open=True),
+        Option("target_quantile", 0.5, low=0, high=1, low_open=True, high_open=True),
+        Option("clip_lr", 0.2, low=0, low_open=True),
+        Option("count_noise", 5.0, low=0, low_open=True),
     )
+    v = parse_options("dp-fedavg", rest, (*opts, *adaptive_opts) if is_adaptive else opts)
+    seed = v["seed"]
+    adaptive = None
+    if is_adaptive:
+        if rest is not None and any(i.split("=")[0].strip().lower() == "clip" for i in rest.split(",")):
+            raise ConfigError("dp-fedavg: clip is either a number or 'adaptive' (then initial_clip=...)")
+        adaptive = AdaptiveClip(
+            target_quantile=_f(v["target_quantile"]), clip_lr=_f(v["clip_lr"]), count_noise=_f(v["count_noise"])
+        )
+    try:
+        return DPFedAvg(
+            clip=_f(v["initial_clip"] if adaptive else v["clip"]),
+            noise=_f(v["noise"]),
+            delta=_f(v["delta"]),
+            sample_rate=_f(v["sample_rate"]),
+            seed=None if seed is None else int(seed),
+            adaptive=adaptive,
+        )
+    except ValueError as exc:  # e.g. count_noise too small for the noise multiplier
+        raise ConfigError(f"dp-fedavg: {exc}") from None
 
 
 def _f(x: float | None) -> float:
@@ -174,8 +197,13 @@ register_strategy(
     [
         (
             "dp-fedavg:clip=1.0,noise=1.0,delta=1e-5,sample_rate=1.0[,seed=N]",
-            "central DP: clip deltas to clip, unweighted mean, Gaussian noise z*clip/n; reports epsilon",
-        )
+            "central DP: clip deltas to clip, unweighted mean, Gaussian noise z*clip/n; reports epsilon "
+            "(dp-accounting, RDP and PLD); sample_rate < 1 assumes Poisson sampling of clients",
+        ),
+        (
+            "dp-fedavg:clip=adaptive,initial_clip=0.1,target_quantile=0.5,clip_lr=0.2,count_noise=5.0[,noise=1.0]",
+            "DP-FedAvg with adaptive clipping (Andrew et al. 2021): clip norm tracks a quantile of update norms",
+        ),
     ],
 )
 

@@ -79,7 +79,7 @@
       .map(
         (s) => `<tr><td><a href="/ui/sessions/${esc(s.id)}">${esc(s.id)}</a></td>
         <td><span class="badge ${esc(s.status)}">${esc(s.status)}</span></td>
-        <td>${s.rounds_done} / ${s.rounds_total}</td><td>${esc(s.config.model)}</td>
+        <td>${s.rounds_done} / ${s.rounds_total}</td><td>${esc(s.app === "builtin" ? s.config.model : `app ${s.app}`)}</td>
         <td>${esc(s.config.strategy)}</td><td>${new Date(s.created_at).toLocaleString()}</td></tr>`,
       )
       .join("");
@@ -91,8 +91,35 @@
     listen(null, { round: refresh, completed: refresh, failed: refresh });
   }
 
+  // The installed apps (GET /apps), builtin first. Another app reads its own data at each site:
+  // the data and model fields feed the builtin app only, so they are hidden and left out.
+  async function loadApps(form) {
+    const apps = await getJSON("/apps");
+    apps.sort((a, b) => (b.name === "builtin") - (a.name === "builtin"));
+    const select = $("#app");
+    select.innerHTML = apps.map((a) => `<option value="${esc(a.name)}">${esc(a.name)}</option>`).join("");
+    const byName = Object.fromEntries(apps.map((a) => [a.name, a]));
+    const show = () => {
+      const app = byName[select.value];
+      const builtin = select.value === "builtin";
+      for (const el of form.querySelectorAll(".builtin-only")) {
+        el.hidden = !builtin;
+        for (const input of el.querySelectorAll("input")) input.disabled = !builtin;
+      }
+      $("#run-config-field").hidden = builtin;
+      $("#run-config").disabled = builtin;
+      $("#run-config").placeholder = app && Object.keys(app.run_config).length ? JSON.stringify(app.run_config) : "{}";
+      $("#app-info").textContent = app
+        ? `code ${app.digest} · ${app.hooks.join(", ")}${builtin ? " · trains on the data below" : " · each site reads its own data"}`
+        : "";
+    };
+    select.addEventListener("change", show);
+    show();
+  }
+
   function initNew() {
     const form = $("#new-session");
+    loadApps(form).catch((err) => showError(err.message));
     form.addEventListener("submit", async (e) => {
       e.preventDefault();
       const data = new FormData(form);
@@ -157,7 +184,9 @@
     const s = d.session;
     $("#status").textContent = s.status;
     $("#status").className = `badge ${s.status}`;
-    $("#progress").textContent = `round ${s.rounds_done} of ${s.rounds_total} · model ${s.config.model} · strategy ${s.config.strategy}`;
+    const what = s.app === "builtin" ? `model ${s.config.model}` : `app ${s.app}`;
+    $("#progress").textContent = `round ${s.rounds_done} of ${s.rounds_total} · ${what} · strategy ${s.config.strategy}`;
+    $("#app").textContent = s.app;
     const rounds = d.rounds.map((r) => r.round);
     lineChart("accuracy-chart", "accuracy", "#2a7ae2", rounds, d.rounds.map((r) => r.accuracy));
     lineChart("loss-chart", "loss", "#d9534f", rounds, d.rounds.map((r) => r.loss));
