@@ -148,10 +148,10 @@ def main() -> None:
         bare: list[Stamp] = []
         sim: list[Stamp] = []
         internal: list[Stamp] = []
-        for _ in range(repeats):  # alternate: machine drift hits every side alike
+        for i in range(repeats):  # alternate (ABBA): machine drift and warm-up hit every side alike
             bare += bare_loop(trainers, rounds)[1:]
-            sim += simulated(trainers, rounds, via_app=True)[1:]
-            internal += simulated(trainers, rounds, via_app=False)[1:]
+            for via_app in (True, False) if i % 2 == 0 else (False, True):
+                (sim if via_app else internal).extend(simulated(trainers, rounds, via_app=via_app)[1:])
         b, s = statistics.median(t[0] for t in bare), statistics.median(t[0] for t in sim)
         i = statistics.median(t[0] for t in internal)
         bc, sc = statistics.median(t[1] for t in bare), statistics.median(t[1] for t in sim)

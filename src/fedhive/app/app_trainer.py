@@ -77,17 +77,19 @@ class AppTrainer:
             raise AppError(f"{self.name} has no train: an app needs @app.train")
         # The round's settings (a strategy may set some: FedProx's mu) over the session's, unless
         # the run config pins a key; this call's round and seed always.
-        settings = {
-            "epochs": config.epochs,
-            "batch_size": config.batch_size,
-            "lr": config.lr,
-            "momentum": config.momentum,
-            "proximal_mu": config.proximal_mu,
-            "local_steps": config.max_steps,
-        }
-        run = self.config(
-            **{k: v for k, v in settings.items() if k not in self._pinned}, round=config.round, seed=config.seed
+        run = dict(self._run_config)
+        settings = (
+            ("epochs", config.epochs),
+            ("batch_size", config.batch_size),
+            ("lr", config.lr),
+            ("momentum", config.momentum),
+            ("proximal_mu", config.proximal_mu),
+            ("local_steps", config.max_steps),
         )
+        for key, value in settings:
+            if key not in self._pinned:
+                run[key] = value
+        run["round"], run["seed"] = config.round, config.seed
         self.ctx._progress = _progress_sink(progress) if progress is not None else None
         try:
             result = self._call("train", fn, read_only(params), run)
@@ -152,6 +154,8 @@ def read_only(params: Params) -> Params:
 
 
 def as_params(weights: object, *, where: str) -> Params:
+    if type(weights) is Params and weights and all(_plain(a) for a in weights.values()):
+        return weights  # already what the runtime wants: nothing to convert or copy
     if not isinstance(weights, Mapping):
         raise AppError(f"{where} must give weights as a mapping of name -> numpy array, got {type(weights).__name__}")
     arrays: dict[str, np.ndarray] = {}
@@ -165,6 +169,10 @@ def as_params(weights: object, *, where: str) -> Params:
     if not arrays:
         raise AppError(f"{where} gave no weights")
     return Params(arrays)
+
+
+def _plain(arr: object) -> bool:
+    return type(arr) is np.ndarray and arr.flags.c_contiguous
 
 
 def _progress_sink(progress: ProgressFn) -> Callable[[int, int, Mapping[str, float]], None]:

@@ -122,6 +122,10 @@ def checked_metrics(metrics: object, *, where: str) -> dict[str, float]:
         raise AppError(f"{where}: metrics must be a mapping of name -> number, got {type(metrics).__name__}")
     out: dict[str, float] = {}
     for name, value in metrics.items():
+        # The common case first, cheaply: it runs for every client of every round.
+        if type(value) is float and type(name) is str and 0 < len(name) <= 64 and math.isfinite(value):
+            out[name] = value
+            continue
         if not isinstance(name, str) or not name or len(name) > 64:
             raise AppError(f"{where}: metric names must be strings of 1 to 64 characters, got {name!r}")
         if isinstance(value, bool) or not isinstance(value, int | float | np.number):
