@@ -32,10 +32,10 @@ import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import dp_accounting
-from dp_accounting import pld, rdp
+if TYPE_CHECKING:  # loaded on first use: dp_accounting and scipy.signal take 0.6 s and 60 MB to import,
+    import dp_accounting  # which every fedhive process would pay for, DP or not
 
 SAMPLING = "poisson"
 """How clients must be drawn for the accountant's bound to hold when ``sample_rate < 1``."""
@@ -68,6 +68,8 @@ class PrivacySpent:
 
 def dp_event(noise_multiplier: float, sample_rate: float, rounds: int) -> dp_accounting.DpEvent:
     """The ``dp_accounting`` event of ``rounds`` rounds of the (Poisson-sampled) Gaussian mechanism."""
+    import dp_accounting
+
     one: dp_accounting.DpEvent = dp_accounting.GaussianDpEvent(noise_multiplier)
     if sample_rate < 1:
         one = dp_accounting.PoissonSampledDpEvent(sample_rate, one)
@@ -132,6 +134,8 @@ class PrivacyAccountant:
         elif self.noise_multiplier == 0:
             out = PrivacySpent(rounds, delta, math.inf, math.inf, math.nan)
         else:
+            from dp_accounting import pld, rdp
+
             event = self.event(rounds)
             with _quiet_absl():
                 r = rdp.RdpAccountant()
