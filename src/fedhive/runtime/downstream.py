@@ -94,9 +94,20 @@ class Downstream:
         self.members: list[str] = []  # the session's participants, in the order they were enabled
         self._index: dict[str, int] | None = None  # participant -> position in sorted order; lazy
         self.started = False
-        self.params: Params = Params()  # the model of the round in progress (TRAIN's payload)
+        self._params: Params = Params()
+        self._spec = self._params.spec
         self.evaluation: EvalRound | None = None  # the federated evaluation in progress
         self._reconnects_seen = transport.reconnects
+
+    @property
+    def params(self) -> Params:
+        """The model of the round in progress (TRAIN's and EVALUATE's payload)."""
+        return self._params
+
+    @params.setter
+    def params(self, params: Params) -> None:
+        if params is not self._params:
+            self._params, self._spec = params, params.spec  # the spec once per model, not per message
 
     @property
     def session_id(self) -> str:
@@ -106,7 +117,7 @@ class Downstream:
         return make(kind, self.sender_id, session_id=self.session_id, round=round, body=dict(body or {}))
 
     def collect_settings(self) -> CollectSettings:
-        return CollectSettings(self.params.spec, self.config.max_update_bytes, self.config.compression, self.seen)
+        return CollectSettings(self._spec, self.config.max_update_bytes, self.config.compression, self.seen)
 
     # -- a round ---------------------------------------------------------------------------------
     async def train_round(
