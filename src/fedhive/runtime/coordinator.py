@@ -87,6 +87,9 @@ class Coordinator:
         self.down.params = initial_params
         self.membership: Membership = (membership or _clients)(self)
         self.registry = self.down.registry
+        # A strategy whose guarantees need its own client sampling (DP-FedAvg: Poisson). Over
+        # combiners it would draw combiners, not clients, which is not what its accounting assumes.
+        self._sampling = self.strategy.client_sampling() if isinstance(self.membership, ClientMembership) else None
         self._next_round = start_round
         self._history: list[dict[str, float]] = list(history)
         self.best = BestRound(config.key_metric, config.mode, config.patience)
@@ -109,6 +112,11 @@ class Coordinator:
             r = await self._train(rnd)
             if r is None:
                 return  # the session failed, with its reason
+            if not r.selected:  # a Poisson draw with nobody in it: the model stays, the round counts
+                self.strategy.empty_round(rnd)
+                self._complete(r, self.params, AggregateResult(self.params, 0, 0, {}), {})
+                self._next_round += 1
+                continue
             params, aggregate = await run_job(self._executor, self._aggregate, r)
             self.down.collector.close(r)  # its claim checks go back, behind the aggregation
             metrics = await self._evaluate(rnd, params) or self._train_figures(aggregate)
@@ -130,12 +138,14 @@ class Coordinator:
         """One round's training: a new attempt while quorum is missed and retries are left."""
         for attempt in range(self.config.max_round_retries + 1):
             aggregator = self.strategy.aggregator(self.params)
-            r = await self.down.train_round(rnd, attempt, self.params, aggregator, self.membership, self._fit)
+            r = await self.down.train_round(
+                rnd, attempt, self.params, aggregator, self.membership, self._fit, self._sampling
+            )
             if isinstance(r, str):
                 self._fail(r)
                 return None
             need = self.config.quorum_size(len(r.selected))
-            if len(r.accepted) >= need:
+            if len(r.accepted) >= need or not r.selected:
                 return r
             self.down.collector.close(r)
             reason = shortfall_reason(r, need, r.missing(), self.config.round_timeout_s)

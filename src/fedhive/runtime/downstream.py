@@ -36,6 +36,7 @@ from fedhive.runtime.registry import ClientRegistry, PeerStatus
 from fedhive.runtime.round_state import RoundState
 from fedhive.runtime.session_config import SessionConfig
 from fedhive.strategies.base import Aggregator
+from fedhive.strategies.sampling import ClientSampling
 from fedhive.transports.base import Transport
 
 log = logging.getLogger("fedhive.coordinator")  # the node that runs rounds
@@ -121,19 +122,33 @@ class Downstream:
 
     # -- a round ---------------------------------------------------------------------------------
     async def train_round(
-        self, rnd: int, attempt: int, params: Params, aggregator: Aggregator, membership: Membership, fit: FitFor
+        self,
+        rnd: int,
+        attempt: int,
+        params: Params,
+        aggregator: Aggregator,
+        membership: Membership,
+        fit: FitFor,
+        sampling: ClientSampling | None = None,
     ) -> RoundState | str:
         """Select, send TRAIN, collect until all answered or the deadline: the round, closed for
-        answers (not yet aggregated); or why it could not start."""
+        answers (not yet aggregated); or why it could not start. With ``sampling`` (a strategy's
+        Poisson sampling, which its privacy accounting assumes) each participant takes part
+        independently at its rate instead of a ``fraction`` drawn without replacement; the draw
+        may be empty (then nothing is sent: the round has no participants)."""
         index = self.index()
         online = [c for c in self.registry.online() if c in index]
         if len(online) < self.config.min_clients:
-            return (
-                f"round {rnd}: only {len(online)} clients are ONLINE, fewer than min_clients={self.config.min_clients}"
-            )
+            need = self.config.min_clients
+            return f"round {rnd}: only {len(online)} clients are ONLINE, fewer than min_clients={need}"
         rng = np.random.default_rng([self.config.seed, rnd, attempt])
         k = self.config.selection_size(len(online))
-        selected = sorted(rng.choice(online, size=k, replace=False).tolist()) if k < len(online) else online
+        if sampling is not None and sampling.rate < 1:
+            selected = sampling.select(sorted(online), rng)
+        elif k < len(online):
+            selected = sorted(rng.choice(online, size=k, replace=False).tolist())
+        else:
+            selected = online
         r = RoundState(rnd, attempt, selected, time.monotonic(), aggregator)
         r.index = index
         self.params = params
