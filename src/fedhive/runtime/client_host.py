@@ -21,7 +21,6 @@ those with one ``ClientNode`` per client).
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import time
 from collections.abc import Sequence
@@ -175,7 +174,7 @@ class ClientHost:
         env = msg.envelope
         check_app_named(env.body, config)
         attempt = body_int(env.body, "attempt", low=0, high=10**6) if "attempt" in env.body else 0
-        items = train_items(env.body)
+        items = train_items(env.body, env.round)
         params = payload_params(msg, spec, max_bytes=self._max_payload, what="global model")
         strategy = parse_strategy(config.strategy)
         size = 1 if not isinstance(self._executor, InlineExecutor) else chunk_size(params.nbytes)
@@ -184,7 +183,7 @@ class ClientHost:
             # A chunk of one (a big model, or a worker thread) goes raw: a float64 partial sum of
             # one update would cost twice its memory and bytes for nothing.
             agg = strategy.aggregator(params) if strategy.mergeable and len(part) > 1 else None
-            chunk = await run_job(self._executor, self._train_chunk, params, part, agg, spec, env.round)
+            chunk = await run_job(self._executor, self._train_chunk, params, part, agg, spec)
             await self._send(self._answer(env.round, attempt, chunk, spec))
             del chunk
             # Let the coordinator fold it before the next chunk trains: in one process its receiver
@@ -236,7 +235,6 @@ class ClientHost:
         items: list[tuple[str, FitConfig]],
         agg: Aggregator | None,
         spec: ParamSpec,
-        round: int,
     ) -> _Chunk:
         chunk = _Chunk(agg, [], [], [])
         for cid, fit in items:
@@ -248,7 +246,7 @@ class ClientHost:
                 chunk.failures.append((cid, self._unfit[cid]))
                 continue
             try:
-                result = client.trainer.fit(params, dataclasses.replace(fit, round=round))
+                result = client.trainer.fit(params, fit)
                 check_against_spec(result.params, spec, what=f"update from {cid}")
             except FedhiveError as exc:
                 chunk.failures.append((cid, str(exc)))

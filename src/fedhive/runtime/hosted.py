@@ -56,15 +56,15 @@ def host_of(body: Mapping[str, object]) -> str | None:
     return host
 
 
-def train_items(body: Mapping[str, object]) -> list[tuple[str, FitConfig]]:
-    """(client, its fit configuration) for each client a host's TRAIN names."""
+def train_items(body: Mapping[str, object], round: int = 0) -> list[tuple[str, FitConfig]]:
+    """(client, its fit configuration for ``round``) for each client a host's TRAIN names."""
     items, fit = body.get("clients"), body.get("fit")
     if not isinstance(items, list) or not 0 < len(items) <= MAX_RAW_UPDATES:
         raise ProtocolError(f"a host's TRAIN must list 1 to {MAX_RAW_UPDATES} clients")
     if not isinstance(fit, Mapping):
         raise ProtocolError("a host's TRAIN needs 'fit'")
     try:
-        base = FitConfig.from_json(dict(fit)).to_json()
+        base: dict[str, object] = {**FitConfig.from_json(dict(fit)).to_json(), "round": round}
     except (TypeError, ValueError) as exc:
         raise ProtocolError(f"malformed fit configuration: {exc}") from None
     out = []
