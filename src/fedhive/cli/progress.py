@@ -56,19 +56,28 @@ class SessionProgress:
 
     def _on_round(self, e: ev.RoundCompleted) -> None:
         self.rows.append(e)
-        acc = e.metrics.get("accuracy")
-        self._progress.update(self._task, advance=1, status=f"accuracy {acc:.4f}" if acc is not None else "")
+        name = next(iter(self._metric_names()), None)
+        value = e.metrics.get(name) if name else None
+        self._progress.update(self._task, advance=1, status=f"{name} {value:.4f}" if value is not None else "")
+
+    def _metric_names(self) -> list[str]:
+        """The global metrics the rounds report (an app's own: r2, mse, ...), accuracy and loss
+        first, at most four."""
+        seen = dict.fromkeys(name for r in self.rows for name in r.metrics)
+        first = [m for m in ("accuracy", "loss") if m in seen]
+        return (first + [m for m in seen if m not in first])[:4]
 
     def table(self) -> Table:
         t = Table(title="rounds", show_lines=False)
-        for col in ("round", "accuracy", "loss", "train loss", "updates", "seconds"):
+        names = self._metric_names()
+        train = any("loss" in r.train_metrics for r in self.rows)
+        for col in ("round", *names, *(["train loss"] if train else []), "updates", "seconds"):
             t.add_column(col, justify="right")
         for r in self.rows:
             t.add_row(
                 str(r.round),
-                _fmt(r.metrics.get("accuracy")),
-                _fmt(r.metrics.get("loss")),
-                _fmt(r.train_metrics.get("loss")),
+                *(_fmt(r.metrics.get(m)) for m in names),
+                *([_fmt(r.train_metrics.get("loss"))] if train else []),
                 f"{r.num_updates}/{r.num_selected}",
                 f"{r.duration_s:.2f}",
             )
