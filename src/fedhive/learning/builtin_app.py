@@ -48,22 +48,7 @@ class BuiltinApp:
         return self._trainer(config, ctx).initial_params(int(config["seed"]))
 
     def train(self, weights: Params, config: Mapping[str, Any], ctx: Context) -> TrainResult:
-        steps = config.get("local_steps")
-        fit = FitConfig(
-            epochs=int(config["epochs"]),
-            batch_size=int(config["batch_size"]),
-            lr=float(config["lr"]),
-            momentum=float(config["momentum"]),
-            seed=int(config["seed"]),
-            proximal_mu=float(config.get("proximal_mu", 0.0)),
-            max_steps=None if steps is None else int(steps),
-        )
-
-        def progress(p: EpochProgress) -> None:
-            ctx.progress(p.epoch, p.epochs, **{k: v for k, v in (("loss", p.loss), ("accuracy", p.accuracy)) if v})
-
-        result = self._trainer(config, ctx).fit(weights, fit, progress)
-        return TrainResult(result.params, result.num_examples, result.metrics)
+        return train_zoo_model(self._trainer(config, ctx), weights, config, ctx)
 
     def evaluate(self, weights: Params, config: Mapping[str, Any], ctx: Context) -> EvalResult:
         """The global model on this client's share of the held-out rows: the held-out split is
@@ -98,6 +83,29 @@ class BuiltinApp:
         with self._lock:
             self._trainers[who] = (key, trainer)
         return trainer
+
+
+def train_zoo_model(trainer: Trainer, weights: Params, config: Mapping[str, Any], ctx: Context) -> TrainResult:
+    """One local training call of a zoo trainer with the app config's settings, its epochs shown
+    as progress (the built-in app's and the platform's data app's ``train``)."""
+    steps = config.get("local_steps")
+    fit = FitConfig(
+        epochs=int(config["epochs"]),
+        batch_size=int(config["batch_size"]),
+        lr=float(config["lr"]),
+        momentum=float(config["momentum"]),
+        seed=int(config["seed"]),
+        proximal_mu=float(config.get("proximal_mu") or 0.0),
+        max_steps=None if steps is None else int(steps),
+        round=int(config.get("round", 0)),
+    )
+
+    def progress(p: EpochProgress) -> None:
+        metrics = {k: v for k, v in (("loss", p.loss), ("accuracy", p.accuracy)) if v is not None}
+        ctx.progress(p.epoch, p.epochs, **metrics)
+
+    result = trainer.fit(weights, fit, progress)
+    return TrainResult(result.params, result.num_examples, result.metrics)
 
 
 def data_spec(node: Mapping[str, Any]) -> DataSpec:

@@ -24,10 +24,11 @@ from typing import Any
 
 from fedhive.app.client_app import ClientApp
 from fedhive.app.contract import Context, EvalResult, TrainResult
-from fedhive.app.learner import EpochProgress, FitConfig, Trainer
+from fedhive.app.learner import Trainer
 from fedhive.app.loader import LoadedApp
 from fedhive.core.params import Params
 from fedhive.errors import ConfigError
+from fedhive.learning.builtin_app import train_zoo_model
 from fedhive.learning.datasets import Dataset
 from fedhive.learning.factory import build_trainer
 from fedhive.service.shards import peer_dataset
@@ -47,24 +48,7 @@ class PlatformDataApp:
         return self._trainer(config, ctx).initial_params(int(config["seed"]))
 
     def train(self, weights: Params, config: Mapping[str, Any], ctx: Context) -> TrainResult:
-        steps = config.get("local_steps")
-        fit = FitConfig(
-            epochs=int(config["epochs"]),
-            batch_size=int(config["batch_size"]),
-            lr=float(config["lr"]),
-            momentum=float(config["momentum"]),
-            seed=int(config["seed"]),
-            proximal_mu=float(config.get("proximal_mu") or 0.0),
-            max_steps=None if steps is None else int(steps),
-            round=int(config.get("round", 0)),
-        )
-
-        def progress(p: EpochProgress) -> None:
-            metrics = {k: v for k, v in (("loss", p.loss), ("accuracy", p.accuracy)) if v is not None}
-            ctx.progress(p.epoch, p.epochs, **metrics)
-
-        result = self._trainer(config, ctx).fit(weights, fit, progress)
-        return TrainResult(result.params, result.num_examples, result.metrics)
+        return train_zoo_model(self._trainer(config, ctx), weights, config, ctx)
 
     def evaluate(self, weights: Params, config: Mapping[str, Any], ctx: Context) -> EvalResult:
         return self._trainer(config, ctx).evaluate(weights)
