@@ -29,6 +29,7 @@ from fedhive.app.client_app import ClientApp
 from fedhive.app.contract import Context, EvalResult, TrainResult, Weights
 from fedhive.app.loader import LoadedApp, load_app
 from fedhive.errors import AppError, ConfigError, DataError, FedhiveError
+from fedhive.runtime.evaluation import metric_rule
 
 __version__ = "0.1.0"
 
@@ -45,6 +46,7 @@ __all__ = [
     "Weights",
     "__version__",
     "load_app",
+    "metric_rule",
 ]
 
 

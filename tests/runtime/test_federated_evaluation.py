@@ -104,3 +104,23 @@ async def test_clients_csv_names_the_clients_behind_the_combiners(tmp_path: Path
     via = {(r["round"], r["client"]) for r in rows if r["status"].startswith("accepted via combiner-")}
     assert via == {(str(rnd), f"client-{i}") for rnd in (1, 2, 3) for i in range(4)}
     assert all(r["mse"] for r in rows if r["status"].startswith("accepted via"))
+
+
+@fedhive.metric_rule("median-for-test")
+def _median(reported: Any) -> float:
+    values = sorted(v for _, v in reported)
+    mid = len(values) // 2
+    return values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) / 2
+
+
+async def test_a_metric_rule_registered_by_name_aggregates_its_metric() -> None:
+    p, seen = plan(app, 5, metric_rules={"mse": "median-for-test"}), Seen()
+    result = await run_federation(p.config, p.trainers, p.num_examples, p.initial_params, observers=[seen.attach])
+    for rnd in (1, 2, 3):
+        values = sorted(e.metrics["mse"] for e in seen.of(ev.ClientEvaluated, rnd))
+        assert result.history[rnd - 1]["mse"] == values[2]
+
+
+def test_an_unknown_metric_rule_is_refused_in_one_line() -> None:
+    with pytest.raises(fedhive.ConfigError, match="'mse' names rule 'nope', which is not one of mean, sum"):
+        plan(app, 2, metric_rules={"mse": "nope"})

@@ -9,21 +9,47 @@ one per client behind it for a combiner, which so passes its clients' figures up
 coordinator's aggregate is then exactly the flat one).
 
 Each metric is aggregated by its rule (``metric_rules`` in the session): ``mean`` (weighted by
-examples, the default), ``sum``, ``min`` or ``max``.
+examples, the default), ``sum``, ``min``, ``max``, or a rule an app registers by name with
+``fedhive.metric_rule`` (it runs where the figures are aggregated: the coordinator's own copy of
+the app registers it when it is loaded).
 """
 
 from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from fedhive.core.envelope import Message
-from fedhive.errors import ProtocolError
+from fedhive.errors import ConfigError
 from fedhive.runtime.hosted import Member, members_body, members_of
 
 RULES = ("mean", "sum", "min", "max")
+
+# A rule takes each reporting client's (examples, value) and gives the round's value.
+MetricRule = Callable[[Sequence[tuple[int, float]]], float]
+_REGISTERED: dict[str, MetricRule] = {}
+R = TypeVar("R", bound=MetricRule)
+
+
+def metric_rule(name: str) -> Callable[[R], R]:
+    """Register a way to aggregate a metric over the clients that reported it::
+
+        @fedhive.metric_rule("median")
+        def median(reported):              # [(num_examples, value), ...]
+            return float(np.median([v for _, v in reported]))
+
+    and name it in the session: ``metric_rules = {mse = "median"}``."""
+    if not name or name in RULES:
+        raise ConfigError(f"metric rule name {name!r} is empty or built in ({', '.join(RULES)})")
+
+    def register(fn: R) -> R:
+        _REGISTERED[name] = fn
+        return fn
+
+    return register
 
 
 @dataclass
@@ -62,7 +88,9 @@ def aggregate_metrics(members: list[Member], rules: Mapping[str, str]) -> dict[s
     for name in names:
         reported = [(m.num_examples, m.metrics[name]) for m in members if name in m.metrics]
         rule = rules.get(name, "mean")
-        if rule == "sum":
+        if rule in _REGISTERED:
+            value = float(_REGISTERED[rule](reported))
+        elif rule == "sum":
             value = math.fsum(v for _, v in reported)
         elif rule == "min":
             value = min(v for _, v in reported)
@@ -76,6 +104,8 @@ def aggregate_metrics(members: list[Member], rules: Mapping[str, str]) -> dict[s
 
 
 def check_rules(rules: Mapping[str, str]) -> None:
+    """Every rule a session names exists (built in, or registered by its app)."""
     for name, rule in rules.items():
-        if rule not in RULES:
-            raise ProtocolError(f"metric rule for {name!r} must be one of {', '.join(RULES)}, got {rule!r}")
+        if rule not in RULES and rule not in _REGISTERED:
+            known = ", ".join([*RULES, *sorted(_REGISTERED)])
+            raise ConfigError(f"metric_rules: {name!r} names rule {rule!r}, which is not one of {known}")

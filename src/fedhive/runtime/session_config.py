@@ -53,8 +53,10 @@ class SessionConfig(BaseModel):
         "an app with evaluate and no central_evaluate",
     )
     fraction_evaluate: float = Field(default=1.0, gt=0, le=1, description="share of clients that evaluate")
-    metric_rules: dict[str, Literal["mean", "sum", "min", "max"]] = Field(
-        default_factory=dict, description="how each evaluation metric is aggregated (default: weighted mean)"
+    metric_rules: dict[str, str] = Field(
+        default_factory=dict,
+        description="how each evaluation metric is aggregated: mean (weighted, the default), sum, min, max, or a "
+        "rule the app registers with fedhive.metric_rule",
     )
     key_metric: str | None = Field(
         default=None, max_length=64, description="judges the best round: default accuracy (max), else loss (min)"

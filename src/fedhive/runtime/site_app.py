@@ -20,6 +20,7 @@ from fedhive.app.loader import LoadedApp
 from fedhive.app.state_store import StateStore
 from fedhive.core.params import Params
 from fedhive.errors import AppError
+from fedhive.runtime.evaluation import check_rules
 from fedhive.runtime.session_config import SessionConfig
 
 SERVER_ID = "server"
@@ -72,6 +73,7 @@ def check_same_app(loaded: LoadedApp, config: SessionConfig, who: str) -> None:
 def session_with_app(config: SessionConfig, loaded: LoadedApp) -> SessionConfig:
     """The session as the coordinator announces it: its app's name and digest, and the app's
     default run config under the session's own keys."""
+    check_rules(config.metric_rules)  # the app, now loaded, has registered its own rules
     run_config = {**loaded.run_config, **config.run_config}
     update: dict[str, object] = {"app": loaded.name, "app_digest": loaded.digest, "run_config": run_config}
     if config.evaluate_every is None:
