@@ -10,14 +10,12 @@ from __future__ import annotations
 import asyncio
 import csv
 import json
-import os
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 from uuid import uuid4
 
 import numpy as np
@@ -26,6 +24,7 @@ import pytest
 import fedhive
 from fedhive.runtime.coordinator import COORDINATOR_ID
 from fedhive.transports.amqp import delete_namespace
+from processes import Proc
 
 PROJECT = Path(__file__).resolve().parents[2] / "examples" / "csv_client"
 FEDHIVE = [sys.executable, "-m", "fedhive.cli.main"]
@@ -46,63 +45,6 @@ def write_iris_halves(root: Path) -> tuple[Path, Path]:
         path.write_text("\n".join(lines) + "\n")
         paths.append(path)
     return paths[0], paths[1]
-
-
-class Proc:
-    """A fedhive subprocess whose stdout and stderr lines are collected as they come."""
-
-    def __init__(self, name: str, args: list[str], env: dict[str, str] | None = None) -> None:
-        self.name = name
-        full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "200", **(env or {})}
-        self.popen = subprocess.Popen(
-            [*FEDHIVE, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=full_env
-        )
-        self.out: list[str] = []
-        self.err: list[str] = []
-        self._changed = threading.Condition()
-        self._readers = [
-            threading.Thread(target=self._read, args=(self.popen.stdout, self.out), daemon=True),
-            threading.Thread(target=self._read, args=(self.popen.stderr, self.err), daemon=True),
-        ]
-        for t in self._readers:
-            t.start()
-
-    def _read(self, stream: IO[str], lines: list[str]) -> None:
-        for line in stream:
-            with self._changed:
-                lines.append(line.rstrip("\n"))
-                self._changed.notify_all()
-
-    def wait_for(self, text: str, *, stream: str = "out", timeout: float = 60) -> str:
-        """The first line of ``stream`` that contains ``text``; fails with the output otherwise."""
-        lines = self.out if stream == "out" else self.err
-        deadline = time.monotonic() + timeout
-        with self._changed:
-            while True:
-                found = next((line for line in lines if text in line), None)
-                if found is not None:
-                    return found
-                left = deadline - time.monotonic()
-                if left <= 0 or (self.popen.poll() is not None and not any(t.is_alive() for t in self._readers)):
-                    pytest.fail(f"{self.name}: no line with {text!r} within {timeout} s\n{self.tail()}")
-                self._changed.wait(min(left, 0.5))
-
-    def finish(self, timeout: float) -> int:
-        try:
-            rc = self.popen.wait(timeout)
-        except subprocess.TimeoutExpired:
-            pytest.fail(f"{self.name} did not exit within {timeout} s\n{self.tail()}")
-        for t in self._readers:
-            t.join(5)
-        return rc
-
-    def kill(self) -> None:
-        if self.popen.poll() is None:
-            self.popen.kill()
-            self.popen.wait(10)
-
-    def tail(self, n: int = 25) -> str:
-        return "--- stdout\n" + "\n".join(self.out[-n:]) + "\n--- stderr\n" + "\n".join(self.err[-n:])
 
 
 @pytest.fixture
@@ -159,7 +101,18 @@ def test_two_client_processes_train_on_their_own_csv_files(
     out = tmp_path / "run"
     coordinator = Proc(
         "coordinator",
-        ["coordinator", *broker, "--config", str(session), "--store", str(store), "--out", str(out), "--json"],
+        [
+            *FEDHIVE,
+            "coordinator",
+            *broker,
+            "--config",
+            str(session),
+            "--store",
+            str(store),
+            "--out",
+            str(out),
+            "--json",
+        ],
     )
     procs.append(coordinator)
     coordinator.wait_for("coordinator ready", stream="err")
@@ -167,7 +120,7 @@ def test_two_client_processes_train_on_their_own_csv_files(
     for ident, data in zip(idents, files, strict=True):
         args = ["client", *broker, "--id", ident["client_id"], "--app", str(PROJECT)]
         args += ["--node", f"data={data}", "--node", "label=species", "--state-dir", str(tmp_path / ident["client_id"])]
-        clients.append(Proc(ident["client_id"], args, env={"FEDHIVE_CLIENT_SECRET": ident["secret"]}))
+        clients.append(Proc(ident["client_id"], [*FEDHIVE, *args], env={"FEDHIVE_CLIENT_SECRET": ident["secret"]}))
     procs.extend(clients)
 
     for c in clients:

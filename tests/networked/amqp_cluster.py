@@ -8,16 +8,10 @@ still running, by process id, and deletes the namespace's queues and exchanges.
 from __future__ import annotations
 
 import asyncio
-import os
-import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
-from typing import IO
 from uuid import uuid4
-
-import pytest
 
 from fedhive.app.loader import BUILTIN
 from fedhive.cli.session_file import parse_session
@@ -28,6 +22,7 @@ from fedhive.runtime.coordinator import COORDINATOR_ID, SessionResult
 from fedhive.runtime.credentials import CredentialStore, parse_secret
 from fedhive.runtime.networked import BrokerSettings, ClientSettings, Observer, run_client, run_coordinator
 from fedhive.transports.amqp import delete_namespace
+from processes import Proc
 
 FEDHIVE = [sys.executable, "-m", "fedhive.cli.main"]
 
@@ -74,61 +69,6 @@ def slow_session(path: Path, session_id: str, rounds: int, min_clients: int, epo
 
 def _toml(v: object) -> str:
     return f'"{v}"' if isinstance(v, str) else str(v).lower() if isinstance(v, bool) else str(v)
-
-
-class Proc:
-    """A subprocess whose stdout and stderr lines are collected by two reader threads."""
-
-    def __init__(self, name: str, args: list[str]) -> None:
-        self.name = name
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "200"}
-        self.popen = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-        self.out: list[str] = []
-        self.err: list[str] = []
-        self._changed = threading.Condition()
-        self._readers = [
-            threading.Thread(target=self._read, args=(self.popen.stdout, self.out), daemon=True),
-            threading.Thread(target=self._read, args=(self.popen.stderr, self.err), daemon=True),
-        ]
-        for t in self._readers:
-            t.start()
-
-    def _read(self, stream: IO[str], lines: list[str]) -> None:
-        for line in stream:
-            with self._changed:
-                lines.append(line.rstrip("\n"))
-                self._changed.notify_all()
-
-    def wait_for(self, text: str, *, timeout: float = 60, stream: str = "out") -> str:
-        """The first line of ``stream`` containing ``text``; fails with the output if it does not come."""
-        lines = self.out if stream == "out" else self.err
-        deadline = time.monotonic() + timeout
-        with self._changed:
-            while True:
-                found = next((line for line in lines if text in line), None)
-                if found is not None:
-                    return found
-                left = deadline - time.monotonic()
-                if left <= 0 or (self.popen.poll() is not None and not any(t.is_alive() for t in self._readers)):
-                    pytest.fail(f"{self.name}: no line with {text!r} within {timeout} s\n{self.tail()}")
-                self._changed.wait(min(left, 0.5))
-
-    def finish(self, timeout: float = 60) -> int:
-        try:
-            rc = self.popen.wait(timeout)
-        except subprocess.TimeoutExpired:
-            pytest.fail(f"{self.name} did not exit within {timeout} s\n{self.tail()}")
-        for t in self._readers:
-            t.join(5)
-        return rc
-
-    def kill(self) -> None:
-        if self.popen.poll() is None:
-            self.popen.kill()
-            self.popen.wait(10)
-
-    def tail(self, n: int = 25) -> str:
-        return "--- stdout\n" + "\n".join(self.out[-n:]) + "\n--- stderr\n" + "\n".join(self.err[-n:])
 
 
 class Cluster:
