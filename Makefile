@@ -22,6 +22,7 @@ src/fedhive/web/static/vendor/.built: src/fedhive/web/package-lock.json
 demo: $(STAMP)
 	$(BIN)/fedhive simulate --dataset digits --model simple-dnn:128,64 --clients 10 --rounds 20 \
 		--partition dirichlet:0.5 --epochs 1 --batch-size 32 --lr 0.05 --seed 0 --out runs/demo
+	@echo "results of this run: runs/demo/$$(cat runs/demo/latest)/ (each run gets a folder of its own)"
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench

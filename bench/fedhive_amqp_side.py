@@ -8,7 +8,8 @@ process then does what a user does: it starts ``fedhive coordinator``, waits for
 ready" line, starts ``fedhive client --virtual N``, and waits for both to end. Its process tree
 (this launcher, the coordinator, the client process) is what compare_flower.py measures; the
 broker is a shared service outside it. Round times and accuracies come from the coordinator's
-run directory (rounds.csv), the final model from model.safetensors. Prints one JSON line.
+results (rounds.csv in the session's folder under --out), the final model from model.safetensors.
+Prints one JSON line.
 """
 
 from __future__ import annotations
@@ -94,6 +95,7 @@ def main() -> None:
         drain.join()
     if any(codes):
         sys.exit(f"coordinator exited {codes[0]}, clients {codes[1]}; logs in {wd}")
+    run_dir /= (run_dir / "latest").read_text().strip()  # the session's own folder under --out
     with open(run_dir / "rounds.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     from safetensors.numpy import load_file  # after the run: the launcher stays small while it runs

@@ -51,7 +51,8 @@ class Api:
     def online_peers(self, count: int) -> list[str]:
         """Register peers and bring them ONLINE, as their first heartbeat would."""
         with self.services.db.session() as s:
-            ids = [users_repo.create_client(s, f"peer-{i}")[0] for i in range(count)]
+            box = self.services.settings.secret_box()
+            ids = [users_repo.create_client(s, f"peer-{i}", box=box)[0] for i in range(count)]
             for client_id in ids:
                 users_repo.record_heartbeat(s, client_id, status=ClientStatus.ONLINE)
         return ids

@@ -15,7 +15,8 @@ async def test_an_admin_registers_a_peer_and_gets_its_secret_once(api: Api) -> N
     credential = response.json()
     assert credential["id"] == "hospital-a" and len(credential["secret"]) >= 40
     with api.services.db.session(read_only=True) as s:  # the coordinator verifies with this key
-        assert users_repo.get_client_secret(s, "hospital-a") == credential["secret"].encode()
+        box = api.services.settings.secret_box()
+        assert users_repo.get_client_secret(s, "hospital-a", box) == credential["secret"].encode()
     listed = await api.client.get("/peers", headers=root)
     assert credential["secret"] not in listed.text
     (peer,) = listed.json()

@@ -41,7 +41,7 @@ class Target:
         self.headers = {"Authorization": f"Bearer {token}"}
         with db.session() as s:
             for name in ("peer-a", "peer-b"):
-                client_id, _ = users_repo.create_client(s, name)
+                client_id, _ = users_repo.create_client(s, name, box=config.secret_box())
                 users_repo.record_heartbeat(s, client_id, status=ClientStatus.ONLINE)
         self.app = create_app(config, self.services)
 

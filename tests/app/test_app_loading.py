@@ -13,6 +13,7 @@ import pytest
 
 import fedhive
 from fedhive.app.loader import load_app
+from session_results import latest_results
 
 FEDHIVE = [sys.executable, "-m", "fedhive.cli.main"]
 APP = """
@@ -103,7 +104,7 @@ def test_simulate_runs_a_user_app_with_its_run_config(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
     assert summary["app"] == "step_app" and summary["rounds"] == 2
-    with (tmp_path / "run" / "rounds.csv").open() as f:
+    with (latest_results(tmp_path / "run") / "rounds.csv").open() as f:
         rows = list(csv.DictReader(f))
     assert [r["train_step"] for r in rows] == ["0.250000", "0.250000"] and rows[1]["accuracy"] == ""
 

@@ -29,8 +29,9 @@ def simulate(out: Path, *extra: str) -> subprocess.CompletedProcess[str]:
 def test_a_session_goes_on_from_an_earlier_sessions_model(tmp_path: Path) -> None:
     first = simulate(tmp_path / "a")
     assert first.returncode == 0, first.stderr
-    before = json.loads(first.stdout.splitlines()[-1])["metrics"]["mse"]
-    again = simulate(tmp_path / "b", "--initial-model", str(tmp_path / "a" / "model.safetensors"))
+    earlier = json.loads(first.stdout.splitlines()[-1])
+    before = earlier["metrics"]["mse"]
+    again = simulate(tmp_path / "b", "--initial-model", earlier["model"])
     assert again.returncode == 0, again.stderr
     summary = json.loads(again.stdout.splitlines()[-1])
     assert summary["initial_model"].endswith("model.safetensors")

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from fedhive.core import codec
+from session_results import latest_results
 
 FEDHIVE = [sys.executable, "-m", "fedhive.cli.main"]
 
@@ -50,7 +51,8 @@ def test_simulate_writes_a_complete_run_directory(tmp_path: Path) -> None:
     summary = simulate(tmp_path / "run")
     assert summary["rounds"] == 4 and summary["clients"] == 5
     assert 0.8 < float(summary["accuracy"]) <= 1.0  # type: ignore[arg-type]
-    run = tmp_path / "run"
+    run = latest_results(tmp_path / "run")  # the session's own folder, which --json names
+    assert run.name == summary["session_id"] and Path(str(summary["out"])) == run
     config = json.loads((run / "config.json").read_text())
     assert config["rounds"] == 4 and config["partition"] == "dirichlet:0.5"
     rounds = list(csv.DictReader((run / "rounds.csv").open()))
@@ -68,7 +70,7 @@ def test_same_seed_gives_a_bitwise_identical_model(tmp_path: Path) -> None:
     simulate(tmp_path / "c", "--seed", "4")
 
     def digest(run: str) -> str:
-        return hashlib.sha256((tmp_path / run / "model.safetensors").read_bytes()).hexdigest()
+        return hashlib.sha256((latest_results(tmp_path / run) / "model.safetensors").read_bytes()).hexdigest()
 
     assert digest("a") == digest("b")
     assert digest("a") != digest("c")
@@ -79,7 +81,8 @@ def test_torch_model_is_reproducible_too(tmp_path: Path) -> None:
     a = fedhive(*args, "--out", str(tmp_path / "a"))
     b = fedhive(*args, "--out", str(tmp_path / "b"))
     assert a.returncode == b.returncode == 0, a.stderr + b.stderr
-    assert (tmp_path / "a/model.safetensors").read_bytes() == (tmp_path / "b/model.safetensors").read_bytes()
+    model_a, model_b = (latest_results(tmp_path / run) / "model.safetensors" for run in ("a", "b"))
+    assert model_a.read_bytes() == model_b.read_bytes()
 
 
 def write(path: Path, text: str) -> Path:

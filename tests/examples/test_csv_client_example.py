@@ -25,6 +25,7 @@ import fedhive
 from fedhive.runtime.coordinator import COORDINATOR_ID
 from fedhive.transports.amqp import delete_namespace
 from processes import Proc
+from session_results import latest_results
 
 PROJECT = Path(__file__).resolve().parents[2] / "examples" / "csv_client"
 FEDHIVE = [sys.executable, "-m", "fedhive.cli.main"]
@@ -133,6 +134,8 @@ def test_two_client_processes_train_on_their_own_csv_files(
 
     summary = json.loads(coordinator.out[-1])
     assert summary["rounds"] == ROUNDS and summary["clients"] == 2
+    out = latest_results(out)  # the session's own folder under --out
+    assert out.name == summary["session_id"]
     assert (out / "model.safetensors").is_file()
     assert Path(summary["model"]) == out / "model.safetensors"
     with (out / "rounds.csv").open() as f:

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 import fedhive
+from session_results import latest_results
 
 PROJECT = Path(__file__).resolve().parents[2] / "examples" / "fedper_digits"
 FEDHIVE = [sys.executable, "-m", "fedhive.cli.main"]
@@ -72,6 +73,7 @@ def test_personalised_models_beat_the_global_model_on_label_skewed_digits(tmp_pa
     assert personal > global_, message
     assert personal > 0.85, message
 
+    out = latest_results(out)  # the session's own folder
     rounds = list(csv.DictReader((out / "rounds.csv").open()))
     assert [int(r["round"]) for r in rounds] == list(range(1, ROUNDS + 1))
     assert float(rounds[-1]["personal_accuracy"]) == pytest.approx(personal, abs=1e-6)

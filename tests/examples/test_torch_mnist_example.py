@@ -14,6 +14,8 @@ from typing import Any
 import numpy as np
 import pytest
 
+from session_results import latest_results
+
 torch = pytest.importorskip("torch")
 pytest.importorskip("mlxtend")
 
@@ -101,6 +103,7 @@ def test_federated_accuracy_is_within_two_points_of_centralised(tmp_path: Path, 
     federated = float(summary["accuracy"])
 
     # The run directory: one row per round, evaluated centrally on the held-out split.
+    out = latest_results(out)
     rounds = list(csv.DictReader((out / "rounds.csv").open()))
     assert [int(r["round"]) for r in rounds] == list(range(1, ROUNDS + 1))
     assert all(r["accuracy"] for r in rounds)

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from session_results import latest_results
+
 RECORDED = [
     (
         "--dataset digits --clients 10 --rounds 3 --partition dirichlet:0.5 --seed 0",
@@ -40,7 +42,7 @@ def test_the_builtin_app_gives_the_recorded_model(args: str, digest: str, tmp_pa
     cmd = [sys.executable, "-m", "fedhive.cli.main", "simulate", *args.split(), "--out", str(tmp_path)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stderr
-    assert hashlib.sha256((tmp_path / "model.safetensors").read_bytes()).hexdigest() == digest
+    assert hashlib.sha256((latest_results(tmp_path) / "model.safetensors").read_bytes()).hexdigest() == digest
 
 
 def test_momentum_is_passed_on(tmp_path: Path) -> None:
@@ -51,8 +53,9 @@ def test_momentum_is_passed_on(tmp_path: Path) -> None:
         cmd = [sys.executable, "-m", "fedhive.cli.main", "simulate", "--dataset", "iris", "--model", "logreg-np",
                "--clients", "2", "--rounds", "1", "--momentum", momentum, "--out", str(out)]  # fmt: skip
         assert subprocess.run(cmd, capture_output=True, timeout=120).returncode == 0
-        assert f'"momentum": {momentum}' in (out / "config.json").read_text()
-        models.append((out / "model.safetensors").read_bytes())
+        run = latest_results(out)
+        assert f'"momentum": {momentum}' in (run / "config.json").read_text()
+        models.append((run / "model.safetensors").read_bytes())
     assert models[0] != models[1]
 
 

@@ -1,6 +1,6 @@
 """``fedhive coordinator`` killed with SIGKILL mid-session and started again with the same command:
-it resumes from the checkpoint in its run directory, the client processes that were training carry
-on with the new process, and every round runs exactly once."""
+it resumes from the checkpoint in its session's folder (and goes on writing there), the client
+processes that were training carry on with the new process, and every round runs exactly once."""
 
 from __future__ import annotations
 
@@ -43,9 +43,10 @@ def kill_after_checkpoint(coordinator: Proc, checkpoint: Path, rounds: int, time
 
 def test_killed_coordinator_resumes_with_its_clients(cluster: Cluster, tmp_path: Path) -> None:
     config = slow_session(tmp_path / "session.toml", "restart-demo", ROUNDS, min_clients=3, epochs=4)
-    out = tmp_path / "run"
+    runs = tmp_path / "run"
+    out = runs / "restart-demo"  # the session's own folder, the same for both processes
     idents = cluster.add_clients("client", 3)
-    first = cluster.coordinator(config, out)
+    first = cluster.coordinator(config, runs)
     clients = [
         cluster.client(ident, *demo_part(i, 3), extra=("--coordinator-timeout", "30"))
         for i, ident in enumerate(idents, start=1)
@@ -55,7 +56,7 @@ def test_killed_coordinator_resumes_with_its_clients(cluster: Cluster, tmp_path:
     clients[2].kill()
     clients[2] = cluster.client(idents[2], *demo_part(3, 3), extra=("--coordinator-timeout", "30"))
 
-    second = cluster.coordinator(config, out)  # the same command again
+    second = cluster.coordinator(config, runs)  # the same command again
     resumed = second.wait_for("resuming session restart-demo at round", stream="err")
     assert int(resumed.split("at round ")[1].split()[0]) >= seen + 1, resumed
     assert second.finish(180) == 0, second.tail()
@@ -69,6 +70,7 @@ def test_killed_coordinator_resumes_with_its_clients(cluster: Cluster, tmp_path:
 
     summary = json.loads(second.out[-1])
     assert summary["rounds"] == ROUNDS and summary["session_id"] == "restart-demo"
+    assert Path(summary["out"]) == out and sorted(p.name for p in runs.iterdir()) == ["latest", "restart-demo"]
     with (out / "rounds.csv").open() as f:
         assert [int(r["round"]) for r in csv.DictReader(f)] == list(range(1, ROUNDS + 1))
     model = codec.decode((out / "model.safetensors").read_bytes(), max_bytes=1 << 26)
@@ -79,10 +81,11 @@ def test_killed_coordinator_resumes_with_its_clients(cluster: Cluster, tmp_path:
 def test_killed_hierarchical_coordinator_resumes_with_its_combiners(cluster: Cluster, tmp_path: Path) -> None:
     rounds = 6
     config = slow_session(tmp_path / "session.toml", "restart-tree", rounds, min_clients=4, epochs=3)
-    out = tmp_path / "run"
+    runs = tmp_path / "run"
+    out = runs / "restart-tree"
     combiner_ids = cluster.add_clients("comb", 2)
     idents = cluster.add_clients("client", 4)
-    first = cluster.coordinator(config, out, "--combiners", "2")
+    first = cluster.coordinator(config, runs, "--combiners", "2")
     combiner_args = ["--store", str(cluster.store_path), "--heartbeat-interval", "1", "--heartbeat-timeout", "15"]
     combiners = [
         cluster.start(cid, "combiner", *cluster.broker_args(), "--id", cid, "--secret", secret, *combiner_args)
@@ -91,7 +94,7 @@ def test_killed_hierarchical_coordinator_resumes_with_its_combiners(cluster: Clu
     clients = [cluster.client(ident, *demo_part(i, 4), extra=("--via-combiner",)) for i, ident in enumerate(idents, 1)]
     seen = kill_after_checkpoint(first, out / CHECKPOINT_FILE, rounds, timeout_s=150)
 
-    second = cluster.coordinator(config, out, "--combiners", "2")  # the same command again
+    second = cluster.coordinator(config, runs, "--combiners", "2")  # the same command again
     resumed = second.wait_for("resuming session restart-tree at round", stream="err")
     assert int(resumed.split("at round ")[1].split()[0]) >= seen + 1, resumed
     assert second.finish(180) == 0, second.tail()
@@ -102,7 +105,7 @@ def test_killed_hierarchical_coordinator_resumes_with_its_combiners(cluster: Clu
     }
     assert taken_back == {cid for cid, _ in combiner_ids}, second.tail()
     summary = json.loads(second.out[-1])
-    assert summary["rounds"] == rounds and summary["session_id"] == "restart-tree"
+    assert summary["rounds"] == rounds and summary["session_id"] == "restart-tree" and Path(summary["out"]) == out
     with (out / "rounds.csv").open() as f:
         assert [int(r["round"]) for r in csv.DictReader(f)] == list(range(1, rounds + 1))
     assert not (out / CHECKPOINT_FILE).exists()

@@ -10,6 +10,7 @@ import pytest
 from amqp_cluster import Cluster, Proc, demo_part, session_toml
 
 from fedhive.core import codec
+from session_results import latest_results
 
 pytestmark = pytest.mark.amqp
 
@@ -56,7 +57,8 @@ def test_five_client_processes_reach_the_accuracy_of_simulate(cluster: Cluster, 
     assert networked["rounds"] == 20 and networked["clients"] == 5
     assert abs(networked["accuracy"] - float(simulated["accuracy"])) <= 0.005  # type: ignore[arg-type]
 
-    run = tmp_path / "net"  # the layout of a simulate run directory
+    run = latest_results(tmp_path / "net")  # the layout of a simulate run directory
+    assert run.name == networked["session_id"] and Path(networked["out"]) == run
     assert json.loads((run / "config.json").read_text())["namespace"] == cluster.namespace
     assert [(r["round"], r["updates"]) for r in rows(run / "rounds.csv")] == [(str(i), "5") for i in range(1, 21)]
     accepted = rows(run / "clients.csv")

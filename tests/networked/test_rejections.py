@@ -53,21 +53,22 @@ async def test_forged_replayed_unsigned_unknown_and_stale_messages_are_rejected(
 ) -> None:
     honest = [net.add("honest1"), net.add("honest2")]
     mallory, mallory_key = net.add("mallory")  # a known client that turns hostile
-    heartbeat = frame(Kind.HEARTBEAT, mallory, mallory_key)
-    attacks = [
-        frame(Kind.REGISTER, mallory, None),  # unsigned
-        frame(Kind.REGISTER, honest[0][0], mallory_key),  # signed with someone else's key: forged
-        frame(Kind.REGISTER, "ghost", secrets.token_bytes(32)),  # a sender the store does not know
-        frame(Kind.REGISTER, mallory, mallory_key, sent_at=time.time() - 3600),  # captured an hour ago
-        heartbeat,  # genuine: passes
-        heartbeat,  # ... and replayed
-    ]
     rogue_codec = RawFrames(lambda _to: mallory_key, Verifier(lambda _s: None))
-    rogue_codec.frames = list(attacks)
     with caplog.at_level(logging.WARNING, logger="fedhive.transport"):
         async with asyncio.timeout(60):
             session = net.coordinator()
             await net.ready.wait()
+            # Signed once the coordinator runs: it refuses anything signed before it started.
+            heartbeat = frame(Kind.HEARTBEAT, mallory, mallory_key)
+            attacks = [
+                frame(Kind.REGISTER, mallory, None),  # unsigned
+                frame(Kind.REGISTER, honest[0][0], mallory_key),  # signed with someone else's key: forged
+                frame(Kind.REGISTER, "ghost", secrets.token_bytes(32)),  # a sender the store does not know
+                frame(Kind.REGISTER, mallory, mallory_key, sent_at=time.time() - 3600),  # captured an hour ago
+                heartbeat,  # genuine: passes
+                heartbeat,  # ... and replayed
+            ]
+            rogue_codec.frames = list(attacks)
             async with net.broker.transport(mallory, rogue_codec) as rogue:
                 for _ in attacks:
                     await rogue.send(COORDINATOR_ID, make(Kind.HEARTBEAT, mallory))
@@ -165,12 +166,14 @@ async def test_an_update_for_a_round_that_is_over_is_dropped_and_logged(
 
     shard = LocalData(dataset="digits", part="1/2").shard(0)
     params = NumpyLogRegTrainer(shard.x, shard.y, shard.num_classes).initial_params(0)
-    stray = make(Kind.UPDATE, late, round=1, body={"num_examples": len(shard), "attempt": 0}, payload=params)
     net.ids.add("delayed-link")
     with caplog.at_level(logging.INFO, logger="fedhive.coordinator"):
         async with asyncio.timeout(60), net.broker.transport("delayed-link", client_codec(late, late_key)) as link:
             session = net.coordinator(watch, rounds=3)
             await net.ready.wait()
+            # Made (signed as of now) once the coordinator runs: it refuses what predates it.
+            body = {"num_examples": len(shard), "attempt": 0}
+            stray = make(Kind.UPDATE, late, round=1, body=body, payload=params)
             clients = [net.honest((late, late_key), "1/2"), net.honest(other, "2/2")]
             await round_two.wait()
             await link.send(COORDINATOR_ID, stray)  # round 1's update, held back until round 2 began

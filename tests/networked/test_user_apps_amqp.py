@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 from amqp_cluster import BASE_SESSION, Cluster
 
+from session_results import latest_results
+
 pytestmark = [pytest.mark.amqp, pytest.mark.slow]
 
 APP = """
@@ -81,7 +83,7 @@ def test_ctx_state_survives_a_client_process_killed_and_restarted(cluster: Clust
     second = cluster.client(ident, *args)
     assert second.finish(timeout=180) == 0, second.tail()
     assert coordinator.finish(timeout=120) == 0, coordinator.tail()
-    with (tmp_path / "run" / "clients.csv").open() as f:
+    with (latest_results(tmp_path / "run") / "clients.csv").open() as f:
         seen = [float(r["rounds_seen"]) for r in csv.DictReader(f) if r["status"] == "accepted"]
     # One count per train call, across both processes: a state lost on restart would start at 1 again.
     assert len(seen) == 5 and seen == sorted(seen) and seen[0] == 1.0 and seen[-1] >= 5.0, seen

@@ -15,6 +15,7 @@ from fedhive.errors import ConfigError, StorageError
 from fedhive.storage import sessions_repo, users_repo
 from fedhive.storage.database import Database, normalise_url
 from fedhive.storage.models import Base, ClientStatus, SessionStatus
+from fedhive.storage.secret_box import SecretBox, new_key_text
 
 
 def schema_diff(db: Database) -> list[object]:
@@ -65,7 +66,7 @@ def test_a_unit_of_work_that_raises_leaves_nothing(db: Database) -> None:
 
 def test_timestamps_are_aware_utc_and_naive_ones_are_refused(db: Database) -> None:
     with db.session() as s:
-        client_id, _ = users_repo.create_client(s, "edge-1")
+        client_id, _ = users_repo.create_client(s, "edge-1", box=SecretBox(new_key_text(), origin="test key"))
         users_repo.record_heartbeat(s, client_id, at=datetime(2024, 5, 1, 12, 0, tzinfo=UTC))
         session_id = sessions_repo.create_session(s, config={}, rounds_total=1).id
     with db.session(read_only=True) as s:

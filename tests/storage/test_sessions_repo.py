@@ -10,6 +10,7 @@ from fedhive.storage import sessions_repo as repo
 from fedhive.storage.database import Database, NotFound
 from fedhive.storage.models import ResultStatus, SessionStatus
 from fedhive.storage.models_repo import add_model_version, get_model_version
+from fedhive.storage.secret_box import SecretBox, new_key_text
 from fedhive.storage.users_repo import create_client, create_user, get_client
 
 PARAMS = "sha256:" + "a" * 64
@@ -133,7 +134,7 @@ def test_deleting_a_session_removes_its_history_but_keeps_models_and_nodes(db: D
     ann, bob = two_users(db)
     with db.session() as s:
         sid = repo.create_session(s, owner_id=ann, config={}, rounds_total=1).id
-        client_id, _ = create_client(s, "edge")
+        client_id, _ = create_client(s, "edge", box=SecretBox(new_key_text(), origin="test key"))
         get_client(s, client_id).session_id = sid  # type: ignore[union-attr]
         repo.record_round(s, sid, 1, metrics={}, num_updates=1, duration_s=1.0)
         repo.record_client_result(s, sid, 1, client_id, status=ResultStatus.ACCEPTED)

@@ -12,7 +12,11 @@ from fedhive.errors import AuthenticationError, StorageError
 from fedhive.storage import users_repo as repo
 from fedhive.storage.database import AlreadyExists, Database, NotFound
 from fedhive.storage.models import ClientStatus, Role
+from fedhive.storage.secret_box import SecretBox, new_key_text
 from fedhive.storage.sessions_repo import create_session
+
+# Client secrets are sealed in the database with the server's key (storage.secret_box).
+BOX = SecretBox(new_key_text(), origin="test key")
 
 
 def test_users_are_found_by_email_case_insensitively_and_unique(db: Database) -> None:
@@ -30,12 +34,12 @@ def test_users_are_found_by_email_case_insensitively_and_unique(db: Database) ->
 def test_client_secret_is_returned_once_and_verifies_signatures(db: Database) -> None:
     with db.session() as s:
         owner = repo.create_user(s, "ann@example.org", "h")
-        client_id, secret = repo.create_client(s, "hospital A", owner_id=owner.id)
-        other_id, other_secret = repo.create_client(s, "hospital B", client_id="hospital-b")
+        client_id, secret = repo.create_client(s, "hospital A", box=BOX, owner_id=owner.id)
+        other_id, other_secret = repo.create_client(s, "hospital B", box=BOX, client_id="hospital-b")
     assert other_id == "hospital-b" and len(secret) >= 43 and secret != other_secret
     with db.session(read_only=True) as s:
-        assert repo.get_client_secret(s, client_id) == secret.encode()
-        assert repo.get_client_secret(s, "nobody") is None
+        assert repo.get_client_secret(s, client_id, BOX) == secret.encode()
+        assert repo.get_client_secret(s, "nobody", BOX) is None
         assert [c.id for c in repo.list_clients(s, owner.id)] == [client_id]
         assert {c.id for c in repo.list_clients(s, None)} == {client_id, "hospital-b"}
         client = repo.get_client(s, client_id)
@@ -43,7 +47,7 @@ def test_client_secret_is_returned_once_and_verifies_signatures(db: Database) ->
 
     def secret_of(cid: str) -> bytes | None:
         with db.session(read_only=True) as s:
-            return repo.get_client_secret(s, cid)
+            return repo.get_client_secret(s, cid, BOX)
 
     # What the node signs with (the secret it was given) is what the coordinator verifies against.
     verifier = Verifier(secret_of)
@@ -51,14 +55,14 @@ def test_client_secret_is_returned_once_and_verifies_signatures(db: Database) ->
     with pytest.raises(AuthenticationError):
         verifier.verify(sign(make(Kind.HEARTBEAT, client_id).envelope, other_secret.encode()))
     with pytest.raises(AlreadyExists), db.session() as s:
-        repo.create_client(s, "dup", client_id="hospital-b")
+        repo.create_client(s, "dup", box=BOX, client_id="hospital-b")
 
 
 def test_heartbeats_bring_nodes_online_and_record_progress(db: Database) -> None:
     t0 = datetime(2024, 1, 1, tzinfo=UTC)
     with db.session() as s:
-        a, _ = repo.create_client(s, "a", client_id="a")
-        repo.create_client(s, "b", client_id="b")
+        a, _ = repo.create_client(s, "a", box=BOX, client_id="a")
+        repo.create_client(s, "b", box=BOX, client_id="b")
         assert repo.record_heartbeat(s, a, at=t0, num_examples=120)
         assert not repo.record_heartbeat(s, "ghost")
         repo.update_client_status(s, "b", ClientStatus.TRAINING)
@@ -79,7 +83,7 @@ def test_heartbeats_bring_nodes_online_and_record_progress(db: Database) -> None
 def online_clients(db: Database, *ids: str) -> None:
     with db.session() as s:
         for cid in ids:
-            repo.create_client(s, cid, client_id=cid)
+            repo.create_client(s, cid, box=BOX, client_id=cid)
             repo.record_heartbeat(s, cid)
 
 

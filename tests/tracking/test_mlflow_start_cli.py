@@ -54,7 +54,7 @@ def registered(mlflow_server: str, tmp_path_factory: pytest.TempPathFactory) -> 
     )  # fmt: skip
     result = summary(proc)
     assert result["mlflow_model_version"] == "1" and result["mlflow_run_id"]
-    result["weights"] = codec.decode((out / "model.safetensors").read_bytes(), max_bytes=1 << 24)
+    result["weights"] = codec.decode(Path(result["model"]).read_bytes(), max_bytes=1 << 24)
     return result
 
 

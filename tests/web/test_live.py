@@ -11,7 +11,6 @@ import pytest
 from fedhive.runtime import events as ev
 from fedhive.runtime.bus import EventBus
 from fedhive.web.live import LiveFeed
-from fedhive.web.summary import five_numbers
 from service.test_platform_flow import platform, sign_up_and_in
 
 
@@ -57,13 +56,6 @@ async def test_hub_heartbeats_are_published() -> None:
         "loss": 0.4,
         "accuracy": 0.9,
     }
-
-
-def test_five_numbers() -> None:
-    box = five_numbers(3, [0.1, 0.2, 0.3, 0.4, 0.5, float("inf")])
-    assert box is not None
-    assert (box.round, box.n, box.min, box.q1, box.median, box.q3, box.max) == (3, 5, 0.1, 0.2, 0.3, 0.4, 0.5)
-    assert five_numbers(1, []) is None
 
 
 @pytest.mark.slow

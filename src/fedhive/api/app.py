@@ -14,6 +14,9 @@ Routes (every one but ``/health``, ``/auth/signup`` and ``/auth/signin`` needs a
     POST   /models;  GET /models, /models/{name}/versions[/{v}[/download]]   (api.models)
     GET    /ui/..., /static/...  the dashboard; /ui/events: server-sent events     (web.routes)
 
+Every response carries security headers (CSP, nosniff, no framing, no referrer: api.security_headers);
+sign-ins are throttled and bcrypt work is bounded (api.signin_guard).
+
 ``settings`` governs everything HTTP (limits, tokens, bcrypt cost); ``services.settings`` is what
 the services were built from, normally the same object. The app does not own the services: whoever
 built them closes them (``Services.close``) after the server stops. OpenAPI is at ``/docs``.
@@ -32,6 +35,8 @@ from fedhive.api.deps import ServicesDep
 from fedhive.api.errors import install_error_handlers
 from fedhive.api.schemas import Health
 from fedhive.api.security import hash_password
+from fedhive.api.security_headers import SecurityHeaders
+from fedhive.api.signin_guard import SigninGuard
 from fedhive.service.services import Services
 from fedhive.service.settings import Settings
 from fedhive.web import routes as web
@@ -60,6 +65,7 @@ def create_app(settings: Settings, services: Services, live: LiveFeed | None = N
     app.state.settings = settings
     # Sign-in checks unknown e-mails against this, at the same bcrypt cost as real accounts.
     app.state.dummy_password_hash = hash_password(secrets.token_urlsafe(24), rounds=settings.bcrypt_rounds)
+    app.state.signin_guard = SigninGuard(settings)
     install_error_handlers(app)
     upload_limit = settings.max_upload_bytes + FORM_OVERHEAD_BYTES
     app.add_middleware(
@@ -68,6 +74,7 @@ def create_app(settings: Settings, services: Services, live: LiveFeed | None = N
         routes=dict.fromkeys(UPLOAD_ROUTES, upload_limit),
         hint=f" (an uploaded file may have {settings.max_upload_bytes} bytes)",
     )
+    app.add_middleware(SecurityHeaders)  # added last, so outermost: errors and 413s get the headers too
     app.add_api_route(
         "/health", health, methods=["GET"], tags=["health"], responses={503: {"description": "database unreachable"}}
     )

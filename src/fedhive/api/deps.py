@@ -49,6 +49,12 @@ def get_settings(request: Request) -> Settings:
     return cast(Settings, request.app.state.settings)
 
 
+def client_address(request: Request) -> str:
+    """Who is calling, as far as throttles go: the connection's peer address (behind a reverse
+    proxy, the server must be told to trust its forwarded headers, or this is the proxy)."""
+    return request.client.host if request.client is not None else "unknown"
+
+
 ServicesDep = Annotated[Services, Depends(get_services)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 

@@ -38,7 +38,9 @@ async def create_peer(body: PeerCreate, services: ServicesDep, user: UserDep) ->
     def create() -> PeerCredential:
         with services.db.session() as s:
             admin = load_admin(s, user)
-            client_id, secret = users_repo.create_client(s, body.name, owner_id=admin.id, client_id=body.id)
+            client_id, secret = users_repo.create_client(
+                s, body.name, box=services.settings.secret_box(), owner_id=admin.id, client_id=body.id
+            )
         return PeerCredential(id=client_id, name=body.name, secret=secret)
 
     return await asyncio.to_thread(create)

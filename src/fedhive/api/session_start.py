@@ -15,7 +15,10 @@ The order is chosen so that a failure leaves nothing half made:
 ``app`` names one of the installed apps (``GET /apps``; default ``builtin``, fedhive's model zoo)
 and ``run_config`` is a JSON object of scalar values handed to the app as its ``config`` (over
 the app's own defaults). A data set, a model spec or a registered model feed the builtin app
-only: any other app reads its own data at each site and draws its own initial model (422).
+only: any other app reads its own data at each site (422). ``initial_model`` (``models:/NAME/VERSION``
+or ``s3://BUCKET/KEY`` in the server's own bucket, never a server path: see ``api.initial_model``)
+starts a session of any app from those weights; weights that do not fit the session's model are
+422, naming the first tensor that differs.
 """
 
 from __future__ import annotations
@@ -29,9 +32,11 @@ from fastapi import APIRouter, File, Form, HTTPException, UploadFile
 
 from fedhive.api.datasets import owned_dataset, store_csv
 from fedhive.api.deps import Principal, ServicesDep, SettingsDep, UserDep, load_user
+from fedhive.api.initial_model import FORMS, load_from_bucket
 from fedhive.api.schemas import ID_PATTERN, MAX_INT, NAME_PATTERN, SessionOut, clean_text
 from fedhive.api.sessions import read_session
 from fedhive.app.loader import BUILTIN
+from fedhive.core.params import Params
 from fedhive.learning.models import parse_model_spec
 from fedhive.runtime.session_config import SessionConfig, make_config
 from fedhive.runtime.site_app import session_with_app
@@ -116,6 +121,13 @@ def load_mlflow_model(settings: Settings, model: str, use_case: str | None) -> R
         raise HTTPException(503, "the MLflow tracking server is unreachable; try again later") from None
 
 
+def initial_weights(services: Services, settings: Settings, ref: str) -> tuple[str, Params]:
+    """Blocking. The weights ``initial_model`` names, with what to call them in messages."""
+    if ref.startswith("models:/"):
+        return f"initial model {ref}", load_mlflow_model(settings, ref.removeprefix("models:/"), None).params
+    return f"initial model {ref}", load_from_bucket(services, ref)
+
+
 async def start_session(
     services: ServicesDep,
     settings: SettingsDep,
@@ -137,6 +149,9 @@ async def start_session(
     ] = None,
     mlflow_use_case: Annotated[
         str | None, Form(min_length=1, max_length=255, description="the use case the MLflow model must be tagged with")
+    ] = None,
+    initial_model: Annotated[
+        str | None, Form(min_length=1, max_length=1024, description=f"weights to start from, any app: {FORMS}")
     ] = None,
     strategy: Annotated[str, Form(min_length=1, max_length=255, description="e.g. fedavg, fedprox:mu=0.01")] = (
         "fedavg"
@@ -182,12 +197,16 @@ async def start_session(
         raise HTTPException(422, "mlflow_model: give a model spec, a model_name or an mlflow_model, only one")
     if mlflow_use_case is not None and mlflow_model is None:
         raise HTTPException(422, "mlflow_use_case: needs mlflow_model")
+    if initial_model is not None and (model_name is not None or mlflow_model is not None):
+        raise HTTPException(422, "initial_model: give a model_name, an mlflow_model or an initial_model, only one")
 
-    spec_text, initial_model = await asyncio.to_thread(resolve_model, services, user, model, model_name, model_version)
+    spec_text, registered = await asyncio.to_thread(resolve_model, services, user, model, model_name, model_version)
     initial_params = None
     if mlflow_model is not None:
         loaded = await asyncio.to_thread(load_mlflow_model, settings, mlflow_model, mlflow_use_case)
         spec_text, initial_params = loaded.model_spec, (f"MLflow model {loaded.ref}", loaded.params)
+    if initial_model is not None:  # checked against the session's model by the launcher (422 naming the tensor)
+        initial_params = await asyncio.to_thread(initial_weights, services, settings, initial_model.strip())
     spec = parse_model_spec(spec_text)  # ConfigError: 422 naming the valid forms
     parse_strategy(strategy)
     config = make_config(
@@ -215,7 +234,7 @@ async def start_session(
         config=config,
         min_peers=min_peers,
         dataset_id=dataset_id,
-        initial_model=initial_model,
+        initial_model=registered,
         initial_params=initial_params,
     )
     session_id = await services.launcher.start(request)
@@ -232,13 +251,18 @@ def routes() -> APIRouter:
         summary="Start training: optional CSV upload, model, strategy, hyperparameters, min_peers",
         responses={
             400: {"description": "not enough peers ONLINE"},
-            404: {"description": "the user, the registered model (fedhive or MLflow) or the data set does not exist"},
+            404: {
+                "description": "the user, the registered model (fedhive or MLflow), the initial_model object or the "
+                "data set does not exist"
+            },
             501: {"description": "an MLflow model was named but MLflow is not installed on the server"},
-            503: {"description": "the MLflow tracking server is unreachable"},
+            503: {"description": "the MLflow tracking server or the artifact store is unreachable"},
             413: {"description": "the upload is over the size limit"},
             422: {
                 "description": "malformed CSV (row and column named), unknown model, strategy or app, a "
-                "malformed run_config, or data or a model given for an app other than builtin"
+                "malformed run_config, data or a model spec given for an app other than builtin, or an "
+                "initial_model that is not models:/ or s3:// in this server's bucket, or that does not fit "
+                "the session's model (the tensor named)"
             },
         },
         form_limits={"max_files": 1, "max_fields": 32},

@@ -15,8 +15,10 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from fedhive.cli.broker_url import BrokerOption as BrokerOption  # re-exported: client, combiner, peer
 from fedhive.cli.progress import SessionProgress
 from fedhive.cli.session_file import load_session_file, with_initial_model
+from fedhive.core.params import ParamSpec
 from fedhive.errors import ConfigError
 from fedhive.runtime import events as ev
 from fedhive.runtime.bus import EventBus
@@ -24,14 +26,13 @@ from fedhive.runtime.credentials import DEFAULT_STORE, CredentialStore
 from fedhive.runtime.hierarchy_networked import run_hierarchical_coordinator
 from fedhive.runtime.networked import BrokerSettings, plan_coordinator, run_coordinator
 from fedhive.runtime.resume import Checkpoint, strategy_for
+from fedhive.runtime.session_plan import SessionFile
 from fedhive.storage.artifacts import artifact_store_from_url
 from fedhive.tracking.run_checkpoint import CHECKPOINT_FILE, RunCheckpoint, fingerprint, load_run_checkpoint
 from fedhive.tracking.run_directory import RunDirectory, write_model
+from fedhive.tracking.session_folders import latest_session_folder, new_session_folder, newest_folder_of
 from fedhive.transports.amqp_topology import redact
 
-BrokerOption = Annotated[
-    str, typer.Option("--broker", envvar="FEDHIVE_BROKER", help="amqp://user:password@host:5672/ (or amqps://)")
-]
 NamespaceOption = Annotated[
     str, typer.Option(help="AMQP namespace: one coordinator per namespace on a broker", envvar="FEDHIVE_NAMESPACE")
 ]
@@ -70,7 +71,9 @@ def coordinator(
     namespace: NamespaceOption = "fedhive",
     ca_file: CaFileOption = None,
     artifacts: ArtifactsOption = None,
-    out: Annotated[Path, typer.Option(help="run directory")] = Path("runs/latest"),
+    out: Annotated[
+        Path, typer.Option(help="results: each session gets a folder of its own here, named by its id")
+    ] = Path("runs"),
     as_json: Annotated[bool, typer.Option("--json", help="print a JSON summary as the last line of stdout")] = False,
     combiners: Annotated[
         int, typer.Option(help="hierarchical: wait for this many 'fedhive combiner' nodes and assign clients to them")
@@ -79,7 +82,7 @@ def coordinator(
         str | None, typer.Option(help="start from these weights: a file, s3://bucket/key or models:/NAME/VERSION")
     ] = None,
     fresh: Annotated[
-        bool, typer.Option("--fresh", help="start over, even if --out holds a checkpoint of this session to resume")
+        bool, typer.Option("--fresh", help="start over in a new folder, even if --out holds a checkpoint to resume")
     ] = False,
 ) -> None:
     started = time.perf_counter()
@@ -92,14 +95,12 @@ def coordinator(
     plan = plan_coordinator(session, settings)  # data and model errors come before connecting
     service_logging()
     resume: Checkpoint | None = None
-    # Every session, flat or hierarchical, checkpoints each round into its run directory.
-    if fresh:
-        (out / CHECKPOINT_FILE).unlink(missing_ok=True)
-    found = load_run_checkpoint(out, session, plan[1].spec, session_named=_names_session(config))
+    # Every session, flat or hierarchical, checkpoints each round into its own folder under --out.
+    folder, found = _session_folder(out, session, plan[1].spec, named=_names_session(config), fresh=fresh)
     if found is not None:
         sid, resume = found
         session = replace(session, config=session.config.model_copy(update={"session_id": sid}))
-        rounds, path = session.config.rounds, out / CHECKPOINT_FILE
+        rounds, path = session.config.rounds, folder / CHECKPOINT_FILE
         if resume.round >= rounds:
             done = f"session {sid} completed its {rounds} rounds before it stopped; its model comes from {path}"
             typer.echo(done, err=True)
@@ -112,14 +113,15 @@ def coordinator(
     console = Console(stderr=True) if as_json else Console()
     where = {"broker": redact(broker), "namespace": namespace}
     run_dir = RunDirectory(
-        out,
+        folder,
         {**cfg.model_dump(mode="json"), **session.data_settings, **where},
         resume_after=resume.round if resume else 0,
     )
     status = StatusLines(console)
     progress = SessionProgress(console, cfg.rounds, start_round=resume.next_round if resume else 1)
     strategy = strategy_for(cfg, resume)
-    checkpoints = RunCheckpoint(out, cfg.session_id, strategy, fingerprint(session, plan[1].spec)).resume_from(resume)
+    identity = fingerprint(session, plan[1].spec)
+    checkpoints = RunCheckpoint(folder, cfg.session_id, strategy, identity).resume_from(resume)
     shown: list[SessionProgress] = []
 
     creds = CredentialStore(store)
@@ -130,7 +132,8 @@ def coordinator(
         hint = "" if known else "; add them with 'fedhive clients add NAME'"
         typer.echo(
             f"coordinator ready: session {cfg.session_id}, waiting for {cfg.min_clients} clients "
-            f"(namespace {namespace} at {redact(broker)}; {known} clients known in {store}{hint})",
+            f"(namespace {namespace} at {redact(broker)}; {known} clients known in {store}{hint}); "
+            f"results in {folder}",
             err=True,
         )
         shown.append(progress.__enter__())
@@ -146,7 +149,7 @@ def coordinator(
         else:
             run = run_coordinator(
                 session, creds, settings, plan=plan, observers=observers, on_ready=ready, resume=resume,
-                strategy=strategy,
+                strategy=strategy, clocks=checkpoints.clocks,
             )  # fmt: skip
         result = asyncio.run(run)
     finally:
@@ -162,7 +165,7 @@ def coordinator(
     console.print(
         f"session {cfg.session_id}: final accuracy [bold]{m.get('accuracy', float('nan')):.4f}[/], "
         f"loss {m.get('loss', float('nan')):.4f} after {result.rounds} rounds in {wall:.1f} s; results in "
-        f"[bold]{escape(str(out))}[/] (config.json, rounds.csv, clients.csv, model.safetensors)"
+        f"[bold]{escape(str(folder))}[/] (config.json, rounds.csv, clients.csv, model.safetensors)"
     )
     if as_json:
         summary = {
@@ -172,10 +175,29 @@ def coordinator(
             "rounds": result.rounds,
             "clients": status.clients,
             "wall_s": round(wall, 3),
-            "out": str(out),
+            "out": str(folder),
             "model": str(run_dir.model_path),
         }
         print(json.dumps(summary))
+
+
+def _session_folder(
+    out: Path, session: SessionFile, spec: ParamSpec, *, named: bool, fresh: bool
+) -> tuple[Path, tuple[str, Checkpoint] | None]:
+    """The folder this run writes into under ``out``, and the checkpoint it resumes, if any.
+
+    The candidate to resume is the newest folder of the file's session when the file names one,
+    else the folder of the session started last in ``out`` (the same command again resumes what
+    it started). Without a checkpoint to resume, or with ``--fresh``, the session gets a new
+    folder: an earlier one, its checkpoint included, is never overwritten."""
+    if not fresh:
+        sid = session.config.session_id
+        candidate = newest_folder_of(out, sid) if named else latest_session_folder(out)
+        if candidate is not None:
+            found = load_run_checkpoint(candidate, session, spec, session_named=named)
+            if found is not None:
+                return candidate, found
+    return new_session_folder(out, session.config.session_id), None
 
 
 def _names_session(config: Path) -> bool:

@@ -4,6 +4,10 @@ All peers of a federation give the same --secret (one shared key: see ``runtime.
 and the same training settings; each prints one line per round with the model's digest, which is
 the same on every peer. Exit codes: 0 after the last round; 1 when too few peers came within
 --discovery-timeout or a round could not be completed; 2 with one line for bad options or data.
+
+``--initial-model`` starts the federation from weights trained before instead of the app's init.
+Whichever peer seeds round 0 sends its model to the others, so every peer is given the same
+reference; a peer given one refuses (exit 1) a seed model whose digest differs from its own.
 """
 
 from __future__ import annotations
@@ -17,7 +21,9 @@ import typer
 
 from fedhive.app.learner import Evaluator
 from fedhive.app.loader import BUILTIN, load_app
-from fedhive.cli.coordinator_cmd import BrokerOption, CaFileOption, NamespaceOption, broker_settings, service_logging
+from fedhive.cli.broker_url import BrokerOption
+from fedhive.cli.coordinator_cmd import CaFileOption, NamespaceOption, broker_settings, service_logging
+from fedhive.cli.initial_model import load_initial_model
 from fedhive.cli.site_options import AppOption, NodeOption, StateDirOption, build_site
 from fedhive.errors import ConfigError
 from fedhive.learning.federation_data import parse_part
@@ -66,6 +72,12 @@ def peer(
     namespace: NamespaceOption = "fedhive",
     ca_file: CaFileOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="one JSON object per round on stdout")] = False,
+    initial_model: Annotated[
+        str | None,
+        typer.Option(
+            help="start from these weights, the same on every peer: a file, s3://bucket/key or models:/NAME/VERSION"
+        ),
+    ] = None,
 ) -> None:
     if not secret:
         raise ConfigError("--secret (or FEDHIVE_FEDERATION_SECRET) is required: the federation's shared secret")
@@ -92,6 +104,9 @@ def peer(
     peer_name = f"peer-{part.replace('/', '-of-')}" if part else "peer"
     site = build_site(peer_name, app, node, data, seed=seed, state_dir=state_dir)
     settings = PeerSettings(min_peers, beat, peer_timeout, discovery_timeout, gossip=gossip)
+    initial = None
+    if initial_model is not None:  # checked against the app's model before anything connects
+        initial = load_initial_model(initial_model, site.trainer_for(config).initial_params(config.seed).spec)
     service_logging()
 
     def ready(peer_id: str) -> None:
@@ -117,6 +132,7 @@ def peer(
         settings,
         evaluator=_evaluator(site, config, data),
         seed_index=parse_part(part)[0] - 1 if part else None,
+        initial=initial,
         observers=[watch],
         on_ready=ready,
     )

@@ -11,6 +11,7 @@ from typing import Annotated
 import typer
 from pydantic import ValidationError
 
+from fedhive.cli.broker_url import OptionalBrokerOption
 from fedhive.errors import ConfigError
 from fedhive.runtime.session_config import validation_message
 from fedhive.service.platform import ServeOptions, serve
@@ -28,7 +29,7 @@ def serve_cmd(
     ),
     db: Annotated[str | None, typer.Option(help="database URL, e.g. postgresql://user@host/db")] = None,
     artifacts: Annotated[str | None, typer.Option(help="artifact store: a directory or s3://bucket/prefix")] = None,
-    broker: Annotated[str | None, typer.Option(help="amqp:// URL; default: in-process transport")] = None,
+    broker: OptionalBrokerOption = None,
     mlflow: Annotated[bool, typer.Option("--mlflow", help="track sessions in MLflow (local store in home)")] = False,
     mlflow_tracking_uri: Annotated[
         str | None,

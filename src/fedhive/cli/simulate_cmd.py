@@ -10,8 +10,10 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from fedhive.app.loader import BUILTIN, load_app
+from fedhive.cli.flower_options import FlowerAppOption, flower_run
 from fedhive.cli.initial_model import load_initial_model
 from fedhive.cli.key_values import parse_pairs
 from fedhive.cli.progress import SessionProgress
@@ -24,14 +26,17 @@ from fedhive.tracking.mlflow_options import ENV_VAR, MlflowOptions
 from fedhive.tracking.mlflow_registry import check_fits
 from fedhive.tracking.mlflow_tracker import MlflowTracker
 from fedhive.tracking.run_directory import RunDirectory
+from fedhive.tracking.session_folders import new_session_folder
 
 DEFAULT_MODEL = "simple-dnn"
 
 
 def simulate(
+    ctx: typer.Context,
     app: Annotated[
         str, typer.Option(help="the app: module:attr, file.py:attr, a project folder, or builtin (the model zoo)")
     ] = BUILTIN,
+    flower_app: FlowerAppOption = None,
     node: Annotated[
         list[str] | None, typer.Option("--node", help="site setting every client's ctx.node gets, key=value")
     ] = None,
@@ -64,7 +69,9 @@ def simulate(
     mode: Annotated[str | None, typer.Option(help="min or max: which end of --key-metric is best")] = None,
     patience: Annotated[int | None, typer.Option(help="stop after this many rounds without a new best")] = None,
     test_fraction: Annotated[float, typer.Option(help="held-out share of the data for global evaluation")] = 0.2,
-    out: Annotated[Path, typer.Option(help="run directory")] = Path("runs/latest"),
+    out: Annotated[
+        Path, typer.Option(help="results: each session gets a folder of its own here, named by its id")
+    ] = Path("runs"),
     as_json: Annotated[bool, typer.Option("--json", help="print a JSON summary as the last line of stdout")] = False,
     mlflow: Annotated[bool, typer.Option("--mlflow", help="track the run in MLflow (local store ./mlruns)")] = False,
     mlflow_tracking_uri: Annotated[
@@ -86,6 +93,10 @@ def simulate(
     ] = None,
 ) -> None:
     started = time.perf_counter()
+    overrides = parse_pairs(run_config, "--run-config")
+    flower = flower_run(ctx, flower_app, overrides, Console(stderr=True)) if flower_app else None
+    if flower is not None:  # the Flower app's ServerApp settings, under the options given here
+        rounds, strategy, fraction, evaluate = flower.rounds, flower.strategy, flower.fraction, flower.evaluate
     ml = MlflowOptions(mlflow_tracking_uri, mlflow, mlflow_model, mlflow_use_case, mlflow_register, mlflow_experiment)
     start = ml.load()  # before any data is loaded: a wrong name fails in seconds
     if initial_model is not None and mlflow_model is not None:
@@ -93,12 +104,12 @@ def simulate(
     if start is not None and model is not None:
         raise ConfigError("give --model or --mlflow-model, not both: the registered model's spec decides")
     model = start.model_spec if start is not None else model or DEFAULT_MODEL
-    builtin = app == BUILTIN
+    builtin = app == BUILTIN and flower is None
     if builtin:
         parse_model_spec(model)
     if csv is not None:
         dataset = "csv"
-    loaded = load_app(app)
+    loaded = flower.loaded if flower is not None else load_app(app)
     config = make_config(
         rounds=rounds,
         min_clients=clients,
@@ -152,7 +163,8 @@ def simulate(
             f"accuracy {ml_summary['initial_accuracy']:.4f} before training"
         )
     settings = {**plan.config.model_dump(mode="json"), "clients": clients}
-    run_dir = RunDirectory(out, {**settings, **data.model_dump()} if builtin else {**settings, "node": site})
+    folder = new_session_folder(out, plan.config.session_id)
+    run_dir = RunDirectory(folder, {**settings, **data.model_dump()} if builtin else {**settings, "node": site})
     with SessionProgress(console, rounds) as progress:
         result = asyncio.run(
             run_federation(
@@ -169,7 +181,7 @@ def simulate(
     m = result.metrics
     console.print(
         f"final {_metrics_text(m)} "
-        f"after {result.rounds} rounds in {wall:.1f} s; results in [bold]{out}[/] "
+        f"after {result.rounds} rounds in {wall:.1f} s; results in [bold]{escape(str(folder))}[/] "
         f"(config.json, rounds.csv, clients.csv, model.safetensors)"
     )
     if tracker is not None:
@@ -192,7 +204,8 @@ def simulate(
                     "compression": config.compression,
                     "bytes_received": run_dir.bytes_received,
                     "compression_ratio": round(run_dir.float32_bytes / max(run_dir.bytes_received, 1), 3),
-                    "out": str(out),
+                    "session_id": plan.config.session_id,
+                    "out": str(folder),
                     "model": str(run_dir.model_path),
                     **ml_summary,
                 }

@@ -6,6 +6,7 @@ reads its site settings from ``ctx.node``, which ``--node`` fills.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Annotated
 
@@ -14,7 +15,7 @@ import typer
 from fedhive.app.loader import BUILTIN, load_app
 from fedhive.cli.key_values import parse_pairs
 from fedhive.errors import ConfigError
-from fedhive.learning.federation_data import DataSpec
+from fedhive.learning.federation_data import DataSpec, prepare
 from fedhive.learning.local_data import LocalData
 from fedhive.runtime.session_config import SessionConfig
 from fedhive.runtime.simulation import SimulationPlan, plan_simulation
@@ -74,6 +75,10 @@ def _safe(name: str) -> str:
 def plan_builtin(config: SessionConfig, data: DataSpec, clients: int, *, evaluate: str = "auto") -> SimulationPlan:
     """A simulation of the built-in app on a demo data set or CSV (``fedhive simulate --dataset``)."""
     data.check()
-    return plan_simulation(
+    plan = plan_simulation(
         config, load_app(BUILTIN), clients, node=data.model_dump(exclude_none=True), evaluate=evaluate
     )
+    # Each virtual client registers with its shard's size, as a networked client of the built-in
+    # app does: what caps its weight in aggregation (examples_cap_factor).
+    shards = prepare(data, clients, config.seed).shards
+    return dataclasses.replace(plan, num_examples=[len(s) for s in shards])

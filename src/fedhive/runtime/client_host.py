@@ -41,6 +41,7 @@ from fedhive.runtime.payloads import body_int, payload_params
 from fedhive.runtime.session_config import SessionConfig
 from fedhive.strategies.base import Aggregator, Update
 from fedhive.strategies.registry import parse_strategy
+from fedhive.strategies.screening import UpdateScreen, capped_examples
 from fedhive.transports.base import Transport, TransportClosed
 
 log = logging.getLogger("fedhive.client_host")
@@ -177,13 +178,14 @@ class ClientHost:
         items = train_items(env.body, env.round)
         params = payload_params(msg, spec, max_bytes=self._max_payload, what="global model")
         strategy = parse_strategy(config.strategy)
+        screen = UpdateScreen(params, max_update_norm=config.max_update_norm, max_model_jump=config.max_model_jump)
         size = 1 if not isinstance(self._executor, InlineExecutor) else chunk_size(params.nbytes)
         for start in range(0, len(items), size):
             part = items[start : start + size]
             # A chunk of one (a big model, or a worker thread) goes raw: a float64 partial sum of
             # one update would cost twice its memory and bytes for nothing.
             agg = strategy.aggregator(params) if strategy.mergeable and len(part) > 1 else None
-            chunk = await run_job(self._executor, self._train_chunk, params, part, agg, spec)
+            chunk = await run_job(self._executor, self._train_chunk, params, part, agg, spec, screen)
             await self._send(self._answer(env.round, attempt, chunk, spec))
             del chunk
             # Let the coordinator fold it before the next chunk trains: in one process its receiver
@@ -235,6 +237,7 @@ class ClientHost:
         items: list[tuple[str, FitConfig]],
         agg: Aggregator | None,
         spec: ParamSpec,
+        screen: UpdateScreen,
     ) -> _Chunk:
         chunk = _Chunk(agg, [], [], [])
         for cid, fit in items:
@@ -255,14 +258,26 @@ class ClientHost:
                 log.warning("%s: the trainer of %s raised", self.host_id, cid, exc_info=True)
                 chunk.failures.append((cid, f"its trainer raised {type(exc).__name__}: {exc}"))
                 continue
+            _distance, refused = screen.refusal(result.params)  # as the coordinator screens its own
+            if refused is not None:
+                chunk.failures.append((cid, f"update {refused}"))
+                continue
             metrics = dict(result.metrics)
-            update = Update(cid, result.params, result.num_examples, metrics)
+            update = Update(cid, result.params, self._weight(client, result.num_examples), metrics)
             if agg is not None:
                 agg.add(update)
             else:
                 chunk.updates.append(update)
-            chunk.members.append(Member(cid, result.num_examples, metrics))
+            chunk.members.append(Member(cid, update.num_examples, metrics))
         return chunk
+
+    def _weight(self, client: HostedClient, reported: int) -> int:
+        """The client's example count as the session caps it (the count it registered with)."""
+        config = self._config
+        assert config is not None
+        return capped_examples(
+            reported, client.num_examples, factor=config.examples_cap_factor, ceiling=config.max_examples_per_client
+        )
 
     def _answer(self, round: int, attempt: int, chunk: _Chunk, spec: ParamSpec) -> Message:
         extra = members_body(chunk.members, chunk.failures)

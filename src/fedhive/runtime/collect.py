@@ -8,6 +8,12 @@ or failed, wakes the loop. The deadline is the loop's: ``wait`` returns at it wh
 
 Claim-checked payloads received for a round are held until the round is aggregated, then given
 back to the artifact store (``claim_keeper``): the store does not grow by every update.
+
+With the session's ``UpdateLimits`` every update is weighed with its capped example count and
+screened (finite, not exploded, within ``max_update_norm``) as it is folded; the collector keeps
+how far each accepted update moved the model (weight times distance), so that a round whose
+aggregate is refused anyway can be tried again without the update that moved it most
+(``exclude``).
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ from dataclasses import dataclass, field
 
 from fedhive.core.envelope import Deferred, Message
 from fedhive.core.params import Params, ParamSpec
-from fedhive.errors import FedhiveError, ProtocolError
+from fedhive.errors import FedhiveError, PayloadError, ProtocolError
 from fedhive.runtime import events as ev
 from fedhive.runtime.bus import EventBus
 from fedhive.runtime.claim_keeper import give_back
@@ -30,7 +36,9 @@ from fedhive.runtime.inline_executor import run_job
 from fedhive.runtime.partials import partial_size, read_partial
 from fedhive.runtime.payloads import OFFLOAD_BYTES, body_int, body_metrics, payload_params, payload_size
 from fedhive.runtime.round_state import RoundState
+from fedhive.runtime.update_limits import UpdateLimits
 from fedhive.strategies.base import Partial, Update
+from fedhive.strategies.screening import UpdateScreen
 
 log = logging.getLogger("fedhive.coordinator")  # the node that runs rounds
 
@@ -46,17 +54,40 @@ class CollectSettings:
 
 
 class Collector:
-    def __init__(self, bus: EventBus, executor: Executor, hosts: HostDirectory) -> None:
+    def __init__(
+        self, bus: EventBus, executor: Executor, hosts: HostDirectory, limits: UpdateLimits | None = None
+    ) -> None:
         self.bus = bus
         self.executor = executor
         self.hosts = hosts
+        self.limits = limits
         self.current: RoundState | None = None
         self.base: Params | None = None  # the round's global model: compressed updates are deltas from it
+        self.screen: UpdateScreen | None = None  # the round's, when the session has limits
+        self.moves: dict[str, float] = {}  # accepted client -> weight * distance from the global model
+        self.excluded: dict[str, str] = {}  # client -> why its updates are refused in this round
+        self._excluded_round = 0
 
     # -- the loop's side --------------------------------------------------------------------------
     def open(self, r: RoundState, base: Params) -> RoundState:
         self.current, self.base = r, base
+        self.screen = self.limits.screen(base) if self.limits is not None else None
+        self.moves = {}
+        if r.round != self._excluded_round:
+            self.excluded, self._excluded_round = {}, r.round
         return r
+
+    def exclude(self, r: RoundState, reason: str) -> str | None:
+        """Refuse, in the next attempts at round ``r``, the accepted update that moved the model
+        most (its weight times its distance from the global model); returns its sender, or None
+        when no update of ``r`` was screened here (a host's or a combiner's sums)."""
+        candidates = {c: m for c, m in self.moves.items() if c in r.accepted}
+        if not candidates:
+            return None
+        worst = max(sorted(candidates), key=candidates.__getitem__)
+        self.excluded[worst] = reason
+        self._excluded_round = r.round
+        return worst
 
     async def wait(self, r: RoundState, timeout_s: float) -> None:
         """Until every selected participant answered (or failed), or the deadline."""
@@ -123,17 +154,28 @@ class Collector:
         if r.answered_by(msg.sender):
             self.reject(msg, "duplicate update")
             return
+        if msg.sender in self.excluded:
+            self.reject(msg, self.excluded[msg.sender])
+            return
         env = msg.envelope
         num_examples = body_int(env.body, "num_examples", low=1, high=MAX_EXAMPLES)
+        if self.limits is not None:
+            num_examples = self.limits.weight(msg.sender, num_examples, r.round)
         metrics = body_metrics(env.body)
         nbytes = payload_size(msg)
         decode = functools.partial(payload_params, compression=settings.compression, base=self.base)
         what = f"update from {msg.sender}"
+        screen, moves = self.screen, self.moves  # this round's, even if folded after it closed
 
         def fold() -> None:
-            # Fetch (a deferred claim check), decode, validate and fold in one go: the update's
-            # bytes live only for this call, so the node holds one update at a time.
+            # Fetch (a deferred claim check), decode, validate, screen and fold in one go: the
+            # update's bytes live only for this call, so the node holds one update at a time.
             params = decode(msg, settings.spec, max_bytes=settings.max_update_bytes, what=what)
+            if screen is not None:
+                distance, refused = screen.refusal(params)
+                if refused is not None:
+                    raise PayloadError(f"update {refused}")
+                moves[msg.sender] = num_examples * distance
             r.aggregator.add(Update(msg.sender, params, num_examples, metrics))
 
         if nbytes > OFFLOAD_BYTES:

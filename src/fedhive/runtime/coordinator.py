@@ -30,6 +30,7 @@ from fedhive.runtime.client_membership import ClientMembership
 from fedhive.runtime.downstream import COORDINATOR_ID, Downstream, Membership
 from fedhive.runtime.evaluation import aggregate_metrics
 from fedhive.runtime.inline_executor import run_job
+from fedhive.runtime.model_check import Refused, aggregate_checked
 from fedhive.runtime.registry import ClientRegistry
 from fedhive.runtime.round_state import RoundState, shortfall_reason
 from fedhive.runtime.session_config import SessionConfig
@@ -107,9 +108,10 @@ class Coordinator:
     # -- the session ------------------------------------------------------------------------------
     async def _rounds(self) -> None:
         """Round after round: train (with retries) -> aggregate -> evaluate -> complete."""
+        first_attempt = 0  # above 0 when a refused global model sends the round back to training
         while self._next_round <= self.config.rounds:
             rnd = self._next_round
-            r = await self._train(rnd)
+            r = await self._train(rnd, first_attempt)
             if r is None:
                 return  # the session failed, with its reason
             if not r.selected:  # a Poisson draw with nobody in it: the model stays, the round counts
@@ -117,8 +119,15 @@ class Coordinator:
                 self._complete(r, self.params, AggregateResult(self.params, 0, 0, {}), {})
                 self._next_round += 1
                 continue
-            params, aggregate = await run_job(self._executor, self._aggregate, r)
+            checked = await run_job(self._executor, self._aggregate, r)
             self.down.collector.close(r)  # its claim checks go back, behind the aggregation
+            if isinstance(checked, Refused):
+                if not self._refused(r, checked):
+                    return
+                first_attempt = r.attempt + 1
+                continue
+            first_attempt = 0
+            params, aggregate = checked
             metrics = await self._evaluate(rnd, params) or self._train_figures(aggregate)
             self._complete(r, params, aggregate, metrics)
             self._next_round += 1
@@ -134,9 +143,9 @@ class Coordinator:
                 break
         await self._finish()
 
-    async def _train(self, rnd: int) -> RoundState | None:
+    async def _train(self, rnd: int, first_attempt: int = 0) -> RoundState | None:
         """One round's training: a new attempt while quorum is missed and retries are left."""
-        for attempt in range(self.config.max_round_retries + 1):
+        for attempt in range(first_attempt, self.config.max_round_retries + 1):
             aggregator = self.strategy.aggregator(self.params)
             r = await self.down.train_round(
                 rnd, attempt, self.params, aggregator, self.membership, self._fit, self._sampling
@@ -162,9 +171,21 @@ class Coordinator:
         fit = {**self.config.fit_config(r.round, r.index[client_id]).to_json(), **self.strategy.client_config()}
         return {"fit": fit, "app": self.config.app, "app_digest": self.config.app_digest}
 
-    def _aggregate(self, r: RoundState) -> tuple[Params, AggregateResult]:
-        aggregate = r.aggregator.result()
-        return self.strategy.apply(self.params, aggregate, r.round), aggregate
+    def _aggregate(self, r: RoundState) -> tuple[Params, AggregateResult] | Refused:
+        return aggregate_checked(self.strategy, self.params, r, self.down.collector.screen)
+
+    def _refused(self, r: RoundState, refused: Refused) -> bool:
+        """A refused global model is never applied nor checkpointed: the round is trained again
+        without the update that moved the model most, while retries are left (runtime.model_check)."""
+        log.error("%s: not applied", refused.reason)
+        culprit = self.down.collector.exclude(r, f"excluded: {refused.reason}") if refused.retry else None
+        if culprit is None or r.attempt >= self.config.max_round_retries:
+            self._fail(f"{refused.reason}: not applied, and the round cannot be tried again without it")
+            return False
+        log.warning("round %d: trying again without the update of %s", r.round, culprit)
+        self.bus.emit(ev.UpdateRejected(r.round, culprit, f"excluded: {refused.reason}"))
+        self.bus.emit(ev.RoundRetried(r.round, r.attempt, refused.reason))
+        return True
 
     async def _evaluate(self, rnd: int, params: Params) -> dict[str, float]:
         """The global model judged on the server side's held-out data (``central_evaluate``) and,

@@ -139,9 +139,30 @@ class CredentialStore:
     def _write(self, clients: dict[str, dict[str, str]]) -> None:
         text = json.dumps({"version": 1, "clients": clients}, indent=2, sort_keys=True) + "\n"
         try:
-            fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".clients-")  # created with mode 0600
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(text)
-            os.replace(tmp, self.path)
+            write_secret_file(self.path, text, overwrite=True)
         except OSError as exc:
             raise StorageError(f"cannot write the client store {self.path}: {exc.strerror}") from exc
+
+
+def write_secret_file(path: str | Path, text: str, *, overwrite: bool) -> None:
+    """Write ``text`` to ``path`` readable by its owner only (mode 0600), all at once.
+
+    The text goes to a temporary file in the same folder (``mkstemp`` creates it with mode 0600,
+    so the secrets are never in a file others may read, not even for a moment), then takes the
+    final name: by rename when ``overwrite``, else by a hard link, which fails if ``path`` exists
+    (``FileExistsError``), so two writers never replace each other's file. Readers see no file
+    or the whole file, never half of one."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        if overwrite:
+            os.replace(tmp, path)
+        else:
+            os.link(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)

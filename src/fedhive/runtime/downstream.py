@@ -35,6 +35,7 @@ from fedhive.runtime.payloads import opt_float, opt_int
 from fedhive.runtime.registry import ClientRegistry, PeerStatus
 from fedhive.runtime.round_state import RoundState
 from fedhive.runtime.session_config import SessionConfig
+from fedhive.runtime.update_limits import UpdateLimits
 from fedhive.strategies.base import Aggregator
 from fedhive.strategies.sampling import ClientSampling
 from fedhive.transports.base import Transport
@@ -91,7 +92,7 @@ class Downstream:
         self.registry = registry or ClientRegistry(heartbeat_timeout_s=config.heartbeat_timeout_s)
         self.sender_id = sender_id
         self.hosts = HostDirectory()  # clients that a ClientHost answers for (runtime.hosted)
-        self.collector = Collector(bus, executor, self.hosts)
+        self.collector = Collector(bus, executor, self.hosts, UpdateLimits(config, self.registry))
         self.members: list[str] = []  # the session's participants, in the order they were enabled
         self._index: dict[str, int] | None = None  # participant -> position in sorted order; lazy
         self.started = False

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from fedhive.app.learner import Evaluator
 from fedhive.core.envelope import Kind, Message, make
 from fedhive.core.params import Params
-from fedhive.core.signing import Verifier
+from fedhive.core.signing import SenderClocks, Verifier
 from fedhive.core.wire import MAX_ENVELOPE_BYTES
 from fedhive.errors import ConfigError, FedhiveError, TransportError
 from fedhive.runtime.bus import EventBus
@@ -75,11 +75,14 @@ def coordinator_codec(
     *,
     artifacts: ArtifactStore | None = None,
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    clocks: SenderClocks | None = None,
 ) -> WireCodec:
-    # Deferred claim checks: updates queued in the inbox hold references, not model bytes.
+    # Deferred claim checks: updates queued in the inbox hold references, not model bytes. With
+    # ``clocks`` (always: a checkpoint's, or new ones) nothing signed before this process started
+    # is accepted, so frames captured before a restart cannot be replayed after it.
     return WireCodec(
         store.secret_of,
-        Verifier(store.secret_of),
+        Verifier(store.secret_of, clocks=clocks if clocks is not None else SenderClocks()),
         artifacts,
         max_message_bytes=max_message_bytes,
         defer_references=True,
@@ -117,12 +120,15 @@ async def run_coordinator(
     on_ready: Callable[[], None] | None = None,
     resume: Checkpoint | None = None,
     strategy: Strategy | None = None,
+    clocks: SenderClocks | None = None,
 ) -> SessionResult:
     """Run one session to its end; raises ``SessionFailed`` with a reason when it cannot finish.
     ``plan`` is what ``plan_coordinator`` returns, when the caller built it beforehand. With
     ``resume`` the session continues after the checkpoint's round (``strategy``: the one built for
     it by ``strategy_for``, if an observer needs it too); clients still in the session from before
-    the crash are taken back as they are heard from (``Reintroducing``)."""
+    the crash are taken back as they are heard from (``Reintroducing``). ``clocks``: the senders'
+    clock leads that the checkpoint observer saves (``RunCheckpoint.clocks``); default: the
+    checkpoint's."""
     config = session.config
     evaluator, initial = plan or plan_coordinator(session, broker)
     if resume is not None:
@@ -136,7 +142,10 @@ async def run_coordinator(
     # Frames may hold one update of up to max_update_bytes plus its envelope; the update's own
     # limit is checked (and the rejection logged against its round) when it is decoded.
     codec = coordinator_codec(
-        store, artifacts=broker.artifacts, max_message_bytes=config.max_update_bytes + MAX_ENVELOPE_BYTES
+        store,
+        artifacts=broker.artifacts,
+        max_message_bytes=config.max_update_bytes + MAX_ENVELOPE_BYTES,
+        clocks=clocks if clocks is not None else SenderClocks(resume.sender_clocks if resume else None),
     )
     async with broker.transport(COORDINATOR_ID, codec) as transport:
         link = Reintroducing(transport, config.session_id)

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from fedhive.app.learner import Evaluator, FitResult, Trainer
 from fedhive.core.compression import UpdateCompressor, decode_update
 from fedhive.core.envelope import Kind, Message, make
-from fedhive.core.params import Params
+from fedhive.core.params import Params, check_against_spec
 from fedhive.errors import FedhiveError, SessionFailed, TransportError
 from fedhive.runtime import events as ev
 from fedhive.runtime.bus import BusStopped, EventBus
@@ -92,6 +92,7 @@ class PeerNode:
         evaluator: Evaluator | None = None,
         bus: EventBus | None = None,
         seed_index: int | None = None,
+        initial: Params | None = None,
     ) -> None:
         self.peer_id = transport.node_id
         # The index that seeds this peer's local training: a demo peer's data part, so that its
@@ -104,6 +105,13 @@ class PeerNode:
         self.evaluator = evaluator  # held-out data: each peer reports the global model's accuracy
         self.strategy = parse_strategy(config.strategy)
         self.spec = trainer.initial_params(config.seed).spec  # what every model and update must match
+        # The seed model given to this peer (``fedhive peer --initial-model``) instead of the app's
+        # init. Whichever peer seeds, every peer must have been given the same one: a peer given one
+        # refuses a seed model with another digest rather than train from weights it was not told of.
+        if initial is not None:
+            check_against_spec(initial, self.spec, what="initial model")
+        self._initial = initial
+        self._initial_digest = params_digest(initial) if initial is not None else None
         self.min_peers = min_peers
         self.topic = topic
         self.beat_s = beat_s
@@ -200,7 +208,7 @@ class PeerNode:
         if not self._quorum_since:
             self._quorum_since = now
         elif min(alive) == self.peer_id:
-            seed = self.trainer.initial_params(self.config.seed)
+            seed = self._initial.copy() if self._initial is not None else self.trainer.initial_params(self.config.seed)
             log.info("peer %s: seeding the model for %d peers", self.peer_id[:8], len(alive))
             await self._install(seed, 0, [self.peer_id, *sorted(set(alive) - {self.peer_id})])
             await self._publish(
@@ -290,6 +298,13 @@ class PeerNode:
         params = payload_params(msg, self.spec, max_bytes=self.config.max_update_bytes, what="model")
         if params_digest(params) != env.body.get("digest"):
             raise FedhiveError(f"model from {msg.sender} does not match its digest")
+        if env.round == 0 and self._initial_digest is not None and env.body.get("digest") != self._initial_digest:
+            self._fail(
+                f"peer {msg.sender[:8]} seeded a model other than this peer's --initial-model "
+                f"(digest {str(env.body.get('digest'))[:12]}, not {self._initial_digest[:12]}): "
+                "give every peer the same --initial-model"
+            )
+            return
         order = id_list(env.body.get("order")) or [msg.sender]
         self.view.seen(msg.sender, env.round)
         log.info("peer %s: took the model of round %d from %s", self.peer_id[:8], env.round, msg.sender[:8])

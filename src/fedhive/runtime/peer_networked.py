@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from fedhive.app.learner import Evaluator
+from fedhive.core.params import Params
 from fedhive.runtime.bus import EventBus
 from fedhive.runtime.networked import BrokerSettings
 from fedhive.runtime.peer import PeerNode, PeerRoundCompleted
@@ -44,13 +45,15 @@ async def run_peer(
     *,
     evaluator: Evaluator | None = None,
     seed_index: int | None = None,
+    initial: Params | None = None,
     peer_id: str | None = None,
     observers: Sequence[Observer] = (),
     on_ready: Callable[[str], None] | None = None,
 ) -> list[PeerRoundCompleted]:
     """Take part until ``config.rounds`` rounds are done with the site's app; returns each round's
     digest and metrics. ``evaluator`` (if any) evaluates each round's model; ``seed_index`` orders
-    the peers' training seeds (a demo part's index). Raises ``SessionFailed`` when too few peers
+    the peers' training seeds (a demo part's index); ``initial`` is the seed model to start from
+    instead of the app's init (the same on every peer). Raises ``SessionFailed`` when too few peers
     come, or a round cannot be committed."""
     trainer = site.trainer_for(config)
     node_id = peer_id or new_peer_id()
@@ -69,6 +72,7 @@ async def run_peer(
             discovery_timeout_s=settings.discovery_timeout_s,
             evaluator=evaluator,
             seed_index=seed_index,
+            initial=initial,
         )
         for attach in observers:
             attach(node.bus)

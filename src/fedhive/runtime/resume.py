@@ -5,6 +5,8 @@ Whoever stores checkpoints (the platform's metadata and artifact stores, or the 
 the same way in both places: the checkpoint's parameters as the initial model, the strategy with
 its server state restored (FedAdam's moments, DP-FedAvg's privacy spent), and the next round as
 the first. So a resumed session runs each remaining round exactly once and continues bit for bit.
+A checkpoint also carries the senders' clock leads that replay protection across the restart
+needs (``core.signing.SenderClocks``).
 """
 
 from __future__ import annotations
@@ -30,6 +32,9 @@ class Checkpoint:
     params: Params  # the global model after it
     strategy_state: Mapping[str, np.ndarray] = field(default_factory=dict)
     history: tuple[dict[str, float], ...] = ()  # global metrics per round, where the store keeps them
+    # Per sender, how far its clock ran ahead of the coordinator's (core.signing.SenderClocks): a
+    # restarted coordinator then refuses, in each sender's own clock, whatever was signed before it.
+    sender_clocks: Mapping[str, float] = field(default_factory=dict)
 
     @property
     def next_round(self) -> int:

@@ -45,6 +45,26 @@ class SessionConfig(BaseModel):
     strategy: str = "fedavg"
     compression: str = Field(default="none", description="update compression: none, float16, int8 or topk:F")
     max_update_bytes: int = Field(default=256 * 1024 * 1024, ge=1024)
+    # What one client can do to a round (strategies/screening.py): its weight, and how far its
+    # update may move the model.
+    examples_cap_factor: float | None = Field(
+        default=1.0,
+        ge=1,
+        description="a client's weight in aggregation is at most this multiple of the example count it registered "
+        "with (none: not capped by it)",
+    )
+    max_examples_per_client: int | None = Field(
+        default=None, ge=1, description="a ceiling on any client's weight in aggregation (its example count)"
+    )
+    max_update_norm: float | None = Field(
+        default=None, gt=0, description="reject an update whose L2 distance from the global model is larger"
+    )
+    max_model_jump: float | None = Field(
+        default=1000.0,
+        gt=1,
+        description="reject an update, or refuse a new global model, farther from the global model than this many "
+        "times the model's scale (its L2 norm, at least the square root of its size): an exploded model",
+    )
     data: dict[str, Any] = Field(default_factory=dict, description="what demo clients load (dataset, partition)")
     evaluate_every: int | None = Field(
         default=None,

@@ -15,6 +15,7 @@ from fedhive.runtime.bus import EventBus
 from fedhive.storage import users_repo
 from fedhive.storage.database import Database
 from fedhive.storage.models import ClientStatus
+from fedhive.storage.secret_box import SecretBox
 
 log = logging.getLogger("fedhive.peers")
 _MIN_INTERVAL_S = 1.0
@@ -62,15 +63,16 @@ class SecretCache:
     Verification runs on the event loop for every message; a database round trip there would
     stall the loop, so a secret is fetched on first use and kept (secrets do not change)."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, box: SecretBox) -> None:
         self.db = db
+        self.box = box  # the secrets are sealed in the database (storage.secret_box)
         self._known: dict[str, bytes] = {}
 
     def __call__(self, client_id: str) -> bytes | None:
         secret = self._known.get(client_id)
         if secret is None:
             with self.db.session(read_only=True) as s:
-                secret = users_repo.get_client_secret(s, client_id)
+                secret = users_repo.get_client_secret(s, client_id, self.box)
             if secret is not None:
                 self._known[client_id] = secret
         return secret

@@ -47,6 +47,7 @@ from fedhive.service.settings import Settings
 from fedhive.storage import users_repo
 from fedhive.storage.artifacts import ArtifactStore
 from fedhive.storage.database import Database
+from fedhive.storage.secret_box import SecretBox
 from fedhive.tracking.mlflow_options import session_observer
 from fedhive.transports.base import Transport
 from fedhive.transports.memory import MemoryNetwork
@@ -87,7 +88,7 @@ async def serve(settings: Settings, options: ServeOptions, *, on_ready: Callable
         sock = socket.create_server((options.host, options.port), reuse_port=False)
         stack.callback(sock.close)
         await asyncio.to_thread(_mark_all_offline, db)  # statuses from a previous run are stale
-        peers = await asyncio.to_thread(_local_peer_ids, db, options.local_clients)
+        peers = await asyncio.to_thread(_local_peer_ids, db, settings.secret_box(), options.local_clients)
         async with asyncio.TaskGroup() as tg:
             hub_task = tg.create_task(hub.run(), name="hub")
             sites = LocalSites(apps, artifacts, settings.home)
@@ -118,19 +119,19 @@ def _hub_transport(
 ) -> Transport:
     if network is not None:
         return network.connect(COORDINATOR_ID)
-    secrets = SecretCache(db)
+    secrets = SecretCache(db, settings.secret_box())
     codec = WireCodec(secrets, Verifier(secrets), artifacts, defer_references=True)  # see coordinator_codec
     assert settings.broker_url is not None
     return BrokerSettings(settings.broker_url, settings.namespace, artifacts=artifacts).transport(COORDINATOR_ID, codec)
 
 
-def _local_peer_ids(db: Database, count: int) -> list[str]:
+def _local_peer_ids(db: Database, box: SecretBox, count: int) -> list[str]:
     """Credentials for ``count`` local peers (created once, reused on restart)."""
     ids = [f"local-{i + 1}" for i in range(count)]
     with db.session() as s:
         for peer in ids:
             if users_repo.get_client(s, peer) is None:
-                users_repo.create_client(s, peer, client_id=peer)
+                users_repo.create_client(s, peer, box=box, client_id=peer)
     return ids
 
 
@@ -173,7 +174,7 @@ async def _run_local_peer(
     else:
         assert settings.broker_url is not None
         with db.session(read_only=True) as s:
-            key = users_repo.get_client_secret(s, peer)
+            key = users_repo.get_client_secret(s, peer, settings.secret_box())
         assert key is not None
 
         def coordinator_only(sender: str) -> bytes | None:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from fedhive.service.apps import InstalledApps
 from fedhive.service.launcher import SessionLauncher
 from fedhive.service.settings import Settings
+from fedhive.storage import users_repo
 from fedhive.storage.artifacts import ArtifactStore, artifact_store_from_url
 from fedhive.storage.database import Database
 
@@ -32,6 +33,8 @@ def open_stores(settings: Settings) -> tuple[Database, ArtifactStore]:
     db = Database(settings.database_url())
     try:
         db.upgrade()
+        with db.session() as s:  # rows from before client secrets were sealed (storage.secret_box)
+            users_repo.seal_plaintext_client_secrets(s, settings.secret_box())
         artifacts = artifact_store_from_url(settings.artifact_url())
     except BaseException:
         db.dispose()  # no pooled connections left open behind a failed start

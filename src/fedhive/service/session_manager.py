@@ -28,8 +28,8 @@ from pydantic import ValidationError
 from fedhive.app.loader import BUILTIN, LoadedApp
 from fedhive.core import codec
 from fedhive.core.envelope import Kind, make
-from fedhive.core.params import Params
-from fedhive.errors import ConfigError, FedhiveError, SessionFailed
+from fedhive.core.params import Params, ParamSpec, check_against_spec
+from fedhive.errors import ConfigError, FedhiveError, PayloadError, SessionFailed
 from fedhive.learning.federation_data import DataSpec
 from fedhive.learning.models import parse_model_spec
 from fedhive.runtime.bus import EventBus
@@ -48,7 +48,6 @@ from fedhive.storage.artifacts import ArtifactStore
 from fedhive.storage.database import Database
 from fedhive.storage.models import ClientRow, ClientStatus, SessionStatus
 from fedhive.strategies.registry import parse_strategy
-from fedhive.tracking.mlflow_registry import shapes
 
 log = logging.getLogger("fedhive.sessions")
 _MAX_MODEL_BYTES = 1 << 33
@@ -79,8 +78,9 @@ class SessionManager:
         config = session_with_app(request.config, self.apps.named(request.config.app))
         if config.app == BUILTIN:
             parse_model_spec(config.model)
-        elif request.dataset_id is not None or request.initial_model is not None or request.initial_params is not None:
-            raise ConfigError(f"app {config.app!r} reads its own data and draws its own initial model at each site")
+        elif request.dataset_id is not None or request.initial_model is not None:
+            # Weights of its own (initial_params) it may start from: they are checked against its init's.
+            raise ConfigError(f"app {config.app!r} reads its own data at each site: no data set or model spec applies")
         parse_strategy(config.strategy)
         request = dataclasses.replace(request, config=config)
         peers = await asyncio.to_thread(self._create_and_claim, request)
@@ -240,13 +240,9 @@ class SessionManager:
         return DataPlan(dict(data), plan_builtin(spec, sorted(data.get("parts", peers)), config.seed).test)
 
     def _initial_params(self, request: SessionRequest, config: SessionConfig, plan: DataPlan) -> Params:
-        if request.initial_params is not None:  # checked by whoever loaded them; the fit to this data here
+        if request.initial_params is not None:  # decoded by whoever loaded them; the fit to this session here
             source, given = request.initial_params
-            needed = self._fresh_params(config, plan).spec
-            if given.spec != needed:
-                raise ConfigError(
-                    f"{source} does not fit this data set: it has [{shapes(given.spec)}], needs [{shapes(needed)}]"
-                )
+            _check_fits(given, self._fresh_params(config, plan).spec, source)
             return given.copy()
         if request.initial_model is None:
             return self._fresh_params(config, plan)
@@ -257,9 +253,7 @@ class SessionManager:
                 raise ConfigError(f"model {name!r} version {version} not found")
             ref = row.artifact_ref
         params = codec.decode(self.artifacts.get(ref), max_bytes=_MAX_MODEL_BYTES, what="registered model")
-        expected = self._fresh_params(config, plan).spec
-        if params.spec != expected:
-            raise ConfigError(f"model {name!r} version {version} does not fit {config.model!r} on this data set")
+        _check_fits(params, self._fresh_params(config, plan).spec, f"model {name!r} version {version}")
         return Params({n: a.copy() for n, a in params.items()})
 
     def _fresh_params(self, config: SessionConfig, plan: DataPlan) -> Params:
@@ -319,3 +313,12 @@ class SessionManager:
             rows = sessions_repo.list_sessions(s, None, status=SessionStatus.RUNNING)
             rows += sessions_repo.list_sessions(s, None, status=SessionStatus.PENDING)
             return [(r.id, r.owner_id, dict(r.config)) for r in rows]
+
+
+def _check_fits(params: Params, needed: ParamSpec, source: str) -> None:
+    """``ConfigError`` (422 on the API) naming the first tensor of ``params`` that differs from the
+    session's model in name, shape or dtype, or that holds NaN or Inf."""
+    try:
+        check_against_spec(params, needed, what=source)
+    except PayloadError as exc:
+        raise ConfigError(f"{exc} (the session's model)") from None

@@ -143,10 +143,10 @@ class UserRow(Base):
 
 
 class ClientRow(Base):
-    """A registered node. ``secret`` is the node's HMAC key in plain form, deliberately: the
-    coordinator must recompute each message's HMAC-SHA256, so it needs the key itself, and a hash
-    (as for passwords) could not be used to verify a signature. Treat the database like a secrets
-    store (access control, encrypted disks and backups); rotating a key is a new client."""
+    """A registered node. ``secret`` is the node's HMAC key sealed with the server's key
+    (``storage.secret_box``): the coordinator must recompute each message's HMAC-SHA256, so it
+    needs the key itself and a hash (as for passwords) would not do, but the database (and every
+    backup of it) holds only the sealed form. Rotating a node's key is a new client."""
 
     __tablename__ = "clients"
 

@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 
 from fedhive.storage.database import AlreadyExists, NotFound, atomic
 from fedhive.storage.models import ClientRow, ClientStatus, Role, UserRow, json_document, utcnow
+from fedhive.storage.secret_box import SEALED_PREFIX, SecretBox
 
 _SECRET_BYTES = 32  # 256-bit HMAC keys, 43 URL-safe characters
 
@@ -49,17 +50,19 @@ def get_user_by_email(s: Session, email: str) -> UserRow | None:
 
 
 def create_client(
-    s: Session, name: str, *, owner_id: int | None = None, client_id: str | None = None
+    s: Session, name: str, *, box: SecretBox, owner_id: int | None = None, client_id: str | None = None
 ) -> tuple[str, str]:
     """Register a node; returns ``(client_id, secret)``. The secret is shown once to whoever
-    registers the node; the node signs with ``secret.encode()``, and so does the coordinator's
-    check (``get_client_secret``). ``AlreadyExists`` if ``client_id`` is taken."""
+    registers the node and stored sealed with ``box`` (the server's key, ``storage.secret_box``);
+    the node signs with ``secret.encode()``, and so does the coordinator's check
+    (``get_client_secret``). ``AlreadyExists`` if ``client_id`` is taken."""
     client_id = client_id or secrets.token_hex(8)
     secret = secrets.token_urlsafe(_SECRET_BYTES)
     if s.get(ClientRow, client_id) is not None:
         raise AlreadyExists(f"a client with id {client_id!r} already exists")
+    sealed = box.seal(secret, client_id=client_id)
     with atomic(s, f"cannot register client {client_id!r}"):
-        s.add(ClientRow(id=client_id, name=name, secret=secret, owner_id=owner_id))
+        s.add(ClientRow(id=client_id, name=name, secret=sealed, owner_id=owner_id))
         s.flush()
     return client_id, secret
 
@@ -68,10 +71,25 @@ def get_client(s: Session, client_id: str) -> ClientRow | None:
     return s.get(ClientRow, client_id)
 
 
-def get_client_secret(s: Session, client_id: str) -> bytes | None:
+def get_client_secret(s: Session, client_id: str, box: SecretBox) -> bytes | None:
     """The HMAC key of a node, in the form ``core.signing.Verifier`` looks up; None if unknown."""
-    secret = s.scalar(sa.select(ClientRow.secret).where(ClientRow.id == client_id))
-    return secret.encode() if secret is not None else None
+    stored = s.scalar(sa.select(ClientRow.secret).where(ClientRow.id == client_id))
+    return box.open(stored, client_id=client_id).encode() if stored is not None else None
+
+
+def seal_plaintext_client_secrets(s: Session, box: SecretBox) -> int:
+    """Seal the secrets of rows written before secrets were sealed (the service does this when it
+    starts, so an upgraded database keeps its nodes); returns how many were sealed."""
+    unsealed = sa.not_(ClientRow.secret.startswith(SEALED_PREFIX, autoescape=True))
+    plain = s.execute(sa.select(ClientRow.id, ClientRow.secret).where(unsealed).with_for_update()).all()
+    with atomic(s, "cannot seal the stored client secrets"):
+        for client_id, secret in plain:
+            s.execute(
+                sa.update(ClientRow)
+                .where(ClientRow.id == client_id)
+                .values(secret=box.seal(secret, client_id=client_id))
+            )
+    return len(plain)
 
 
 def list_clients(s: Session, owner_id: int | None, *, status: ClientStatus | None = None) -> list[ClientRow]:

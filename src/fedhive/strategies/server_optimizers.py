@@ -5,6 +5,11 @@ treats ``delta = mean - global`` as a pseudo-gradient and takes one optimiser st
 (Hsu et al. 2019 for momentum; Reddi et al. 2021, "Adaptive Federated Optimization", Algorithm 2,
 for the adaptive ones, without bias correction and with ``v`` starting at ``tau**2`` as there).
 
+Overflow: the pseudo-gradient is formed in float64, and the momentum buffer and the adaptive
+optimisers' ``v`` are updated in float64 and saturated into their slots (an Inf there would
+stay); a step whose exact value a float32 model cannot hold gives Inf, which the runtime's check
+of every new global model refuses (``runtime.model_check``).
+
 The optimiser state is per tensor, in the tensor's float precision (float32 for a float32 model:
 the same memory as the model per slot), and round-trips through ``state``/``load_state`` as
 ``<slot>/<tensor>`` arrays plus ``step``, so a resumed session continues bit for bit. Non-float
@@ -111,8 +116,13 @@ class FedAvgM(ServerOptimizer):
 
     def _direction(self, name: str, delta: np.ndarray) -> np.ndarray:
         buf = self._slot("momentum", name, delta, 0.0)
-        buf *= delta.dtype.type(self.momentum)
-        buf += delta
+        # In float64, saturated into the slot (as Adam's v): an Inf in the buffer would stay.
+        big = np.finfo(buf.dtype).max
+        acc = buf.astype(np.float64)
+        acc *= self.momentum
+        acc += delta
+        np.clip(acc, -big, big, out=acc)
+        buf[...] = acc
         return buf
 
     def config(self) -> dict[str, object]:
@@ -136,12 +146,18 @@ class _Adaptive(ServerOptimizer):
         v = self._slot("v", name, delta, self.tau * self.tau)
         m *= t(self.beta1)
         m += t(1.0 - self.beta1) * delta
-        sq = np.square(delta)
-        self._update_v(v, sq)
-        denom: np.ndarray = np.sqrt(v)
-        denom += t(self.tau)
+        # v in float64, then saturated into its slot: a float32 square of 3e38 is Inf, and an Inf
+        # in v would freeze those coordinates for the rest of the session. A huge v means a tiny
+        # step, which is what the saturated value still gives.
+        sq = np.square(delta, dtype=np.float64)
+        v64 = v.astype(np.float64)
+        self._update_v(v64, sq)
+        np.minimum(v64, np.finfo(v.dtype).max, out=v64)
+        v[...] = v64
+        denom = np.sqrt(v64, out=v64)
+        denom += self.tau
         np.divide(m, denom, out=denom)
-        return denom
+        return denom.astype(delta.dtype, copy=False)
 
     def _update_v(self, v: np.ndarray, sq: np.ndarray) -> None:
         raise NotImplementedError

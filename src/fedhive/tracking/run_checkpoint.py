@@ -3,9 +3,10 @@
 After every round an observer writes ``checkpoint.safetensors``: the global parameters
 (``params/NAME``) and the strategy's server state (``strategy/NAME``) as tensors, and in the
 safetensors metadata the session id, the last completed round, the global metrics of every round
-so far and a fingerprint of what must not change on resume (model, strategy, seed, data, tensor
-shapes). One file, written to a temporary name, flushed to disk and renamed: a coordinator killed
-at any instant leaves the previous checkpoint or the new one, never half of one. When the session
+so far, a fingerprint of what must not change on resume (model, strategy, seed, data, tensor
+shapes) and each sender's clock lead (``SenderClocks``: replay protection across the restart).
+One file, written to a temporary name, flushed to disk and renamed: a coordinator killed at any
+instant leaves the previous checkpoint or the new one, never half of one. When the session
 completes (and ``model.safetensors`` is written) the checkpoint is removed.
 
 Rows of ``rounds.csv`` are written before the checkpoint of their round (the run directory is
@@ -26,6 +27,7 @@ import numpy as np
 
 from fedhive.core import codec
 from fedhive.core.params import Params, ParamSpec
+from fedhive.core.signing import SenderClocks
 from fedhive.errors import ConfigError, FedhiveError
 from fedhive.runtime import events as ev
 from fedhive.runtime.bus import EventBus
@@ -58,9 +60,13 @@ class RunCheckpoint:
         self.strategy = strategy
         self.identity = identity
         self.history: list[dict[str, float]] = []
+        # Hand these to the coordinator's verifier (``coordinator_codec``): what it measures is
+        # checkpointed with every round, and a resumed run starts from what was checkpointed.
+        self.clocks = SenderClocks()
 
     def resume_from(self, checkpoint: Checkpoint | None) -> RunCheckpoint:
         self.history = list(checkpoint.history) if checkpoint else []
+        self.clocks = SenderClocks(checkpoint.sender_clocks if checkpoint else None)
         return self
 
     def attach(self, bus: EventBus) -> None:
@@ -77,6 +83,7 @@ class RunCheckpoint:
             "round": str(e.round),
             "history": json.dumps(self.history),
             "identity": json.dumps(self.identity, sort_keys=True),
+            "sender_clocks": json.dumps(self.clocks.snapshot(), sort_keys=True),
         }
         await asyncio.to_thread(_write_atomically, self.path, tensors, meta)
 
@@ -117,6 +124,7 @@ def load_run_checkpoint(
         sid, rnd = meta["session_id"], int(meta["round"])
         history = tuple(dict(h) for h in json.loads(meta["history"]))
         identity = json.loads(meta["identity"])
+        clocks = {str(k): float(v) for k, v in json.loads(meta.get("sender_clocks", "{}")).items()}
     except (FedhiveError, KeyError, ValueError, TypeError) as exc:
         raise ConfigError(f"{path} is not a readable fedhive checkpoint ({exc}); remove it or pass --fresh") from None
     if session_named and sid != session.config.session_id:
@@ -137,4 +145,4 @@ def load_run_checkpoint(
         )
     params = Params({n[len(_PARAMS) :]: np.array(a) for n, a in tensors.items() if n.startswith(_PARAMS)})
     state = {n[len(_STATE) :]: np.array(a) for n, a in tensors.items() if n.startswith(_STATE)}
-    return sid, Checkpoint(rnd, params, state, history)
+    return sid, Checkpoint(rnd, params, state, history, clocks)

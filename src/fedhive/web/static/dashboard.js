@@ -133,52 +133,7 @@
     });
   }
 
-  // -- one session: line charts, box plots, client table ------------------------------------
-  const charts = {};
-  function lineChart(id, label, color, rounds, values) {
-    const el = $(`#${id}`);
-    const data = [rounds, values];
-    if (!charts[id]) {
-      const opts = {
-        width: el.clientWidth || 480,
-        height: 220,
-        scales: { x: { time: false } },
-        legend: { show: false },
-        // rounds are whole numbers: no 1.5 ticks
-        axes: [{ label: "round", incrs: [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000] }, {}],
-        series: [{ label: "round" }, { label, stroke: color, width: 2, points: { size: 6 } }],
-      };
-      charts[id] = new uPlot(opts, data, el);
-    } else {
-      charts[id].setData(data);
-    }
-    el.dataset.lastRound = rounds.length ? rounds[rounds.length - 1] : 0;
-  }
-
-  function boxPlot(svg, boxes, fixed) {
-    const W = 480, H = 220, L = 44, B = 24, T = 8;
-    svg.setAttribute("viewBox", `0 0 ${W} ${H}`);
-    if (!boxes.length) return void (svg.innerHTML = `<text x="${W / 2}" y="${H / 2}" class="axis">waiting for round 1</text>`);
-    const lo = fixed ? 0 : Math.min(...boxes.map((b) => b.min));
-    const hi = fixed ? 1 : Math.max(...boxes.map((b) => b.max)) || 1;
-    const y = (v) => T + (H - T - B) * (1 - (v - lo) / (hi - lo || 1));
-    const step = (W - L) / boxes.length, w = Math.min(28, step * 0.6);
-    const ticks = [lo, (lo + hi) / 2, hi]
-      .map((v) => `<text x="${L - 6}" y="${y(v) + 4}" class="axis" text-anchor="end">${fmt(v, 2)}</text>`)
-      .join("");
-    const shapes = boxes
-      .map((b, i) => {
-        const cx = L + step * (i + 0.5);
-        return `<g><title>round ${b.round}: n=${b.n} median ${fmt(b.median)}</title>
-          <line x1="${cx}" x2="${cx}" y1="${y(b.min)}" y2="${y(b.max)}" class="whisker"/>
-          <rect x="${cx - w / 2}" width="${w}" y="${y(b.q3)}" height="${Math.max(1, y(b.q1) - y(b.q3))}" class="box"/>
-          <line x1="${cx - w / 2}" x2="${cx + w / 2}" y1="${y(b.median)}" y2="${y(b.median)}" class="median"/>
-          <text x="${cx}" y="${H - 6}" class="axis" text-anchor="middle">${b.round}</text></g>`;
-      })
-      .join("");
-    svg.innerHTML = ticks + shapes;
-  }
-
+  // -- one session: a chart per metric, a box plot per client metric (static/charts.js) -------
   async function loadSession() {
     const d = await getJSON(`/ui/data/sessions/${encodeURIComponent(sessionId)}`);
     const s = d.session;
@@ -187,15 +142,14 @@
     const what = s.app === "builtin" ? `model ${s.config.model}` : `app ${s.app}`;
     $("#progress").textContent = `round ${s.rounds_done} of ${s.rounds_total} · ${what} · strategy ${s.config.strategy}`;
     $("#app").textContent = s.app;
-    const rounds = d.rounds.map((r) => r.round);
-    lineChart("accuracy-chart", "accuracy", "#2a7ae2", rounds, d.rounds.map((r) => r.accuracy));
-    lineChart("loss-chart", "loss", "#d9534f", rounds, d.rounds.map((r) => r.loss));
-    boxPlot($("#accuracy-boxes"), d.accuracy_boxes, true);
-    boxPlot($("#loss-boxes"), d.loss_boxes, false);
+    if (d.rounds.length) fedhiveCharts.lines($("#charts"), d.charts, d.rounds);
+    fedhiveCharts.boxPlots($("#boxes"), d.boxes);
+    const columns = ["Client", "Rounds", "Last round", "Status", "Examples", ...d.client_metrics];
+    $("#clients thead tr").innerHTML = columns.map((c) => `<th>${esc(c)}</th>`).join("");
     $("#clients tbody").innerHTML = d.clients
       .map(
         (c) => `<tr><td>${esc(c.client_id)}</td><td>${c.rounds}</td><td>${c.last_round}</td><td>${esc(c.status)}</td>
-        <td>${c.num_examples}</td><td>${fmt(c.loss)}</td><td>${fmt(c.accuracy)}</td></tr>`,
+        <td>${c.num_examples}</td>${d.client_metrics.map((m) => `<td>${fedhiveCharts.short(c.metrics[m] ?? null, 4)}</td>`).join("")}</tr>`,
       )
       .join("");
     const m = s.final_model;
@@ -244,6 +198,14 @@
     URL.revokeObjectURL(a.href);
   }
 
+  // A model version's final metrics, whatever the app reports: accuracy and loss first
+  function metricList(metrics) {
+    const names = Object.keys(metrics).filter((k) => typeof metrics[k] === "number");
+    const first = ["accuracy", "loss"].filter((k) => names.includes(k));
+    const ordered = [...first, ...names.filter((k) => !first.includes(k)).sort()];
+    return ordered.map((k) => `${esc(k)} ${fedhiveCharts.short(metrics[k], 4)}`).join(" · ") || "–";
+  }
+
   async function loadModels() {
     const models = await getJSON("/models");
     const parts = await Promise.all(
@@ -251,13 +213,13 @@
         const versions = await getJSON(`/models/${encodeURIComponent(m.name)}/versions`);
         const rows = versions
           .map(
-            (v) => `<tr><td>v${v.version}</td><td>${esc(v.model_spec)}</td><td>${fmt(v.metrics.accuracy)}</td>
+            (v) => `<tr><td>v${v.version}</td><td>${esc(v.model_spec)}</td><td>${metricList(v.metrics)}</td>
             <td>${v.session_id ? `<a href="/ui/sessions/${esc(v.session_id)}">${esc(v.session_id)}</a>` : "–"}</td>
             <td><button class="download" data-name="${esc(m.name)}" data-version="${v.version}">Download</button></td></tr>`,
           )
           .join("");
         return `<section class="card"><h2>${esc(m.name)}</h2><table><thead><tr><th>Version</th><th>Model</th>
-          <th>Accuracy</th><th>Session</th><th></th></tr></thead><tbody>${rows}</tbody></table></section>`;
+          <th>Metrics</th><th>Session</th><th></th></tr></thead><tbody>${rows}</tbody></table></section>`;
       }),
     );
     $("#models").innerHTML = parts.join("") || "<p class='muted'>No models yet: a finished session registers one.</p>";

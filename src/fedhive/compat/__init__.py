@@ -1,0 +1,1 @@
+"""Adapters that run code written for other federated learning frameworks on fedhive."""

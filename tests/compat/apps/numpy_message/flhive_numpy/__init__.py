@@ -1,0 +1,1 @@
+"""flhive-numpy: a Flower / NumPy app."""

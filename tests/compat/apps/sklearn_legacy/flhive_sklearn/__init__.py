@@ -1,0 +1,1 @@
+"""flhive-sklearn: a Flower / scikit-learn app."""
