@@ -33,6 +33,8 @@ class Proc:
             with self._changed:
                 lines.append(line.rstrip("\n"))
                 self._changed.notify_all()
+        with self._changed:
+            self._changed.notify_all()  # end of output: the process is exiting
 
     def wait_for(self, text: str, *, timeout: float = 60, stream: str = "out") -> str:
         """The first line of ``stream`` containing ``text``; fails with the output if it does not come."""
@@ -43,10 +45,19 @@ class Proc:
                 found = next((line for line in lines if text in line), None)
                 if found is not None:
                     return found
+                if self._all_read():  # exited, and every line it printed is in: it never will
+                    pytest.fail(
+                        f"{self.name} exited with code {self.popen.returncode} without a line with {text!r}\n"
+                        f"{self.tail()}"
+                    )
                 left = deadline - time.monotonic()
-                if left <= 0 or (self.popen.poll() is not None and not any(t.is_alive() for t in self._readers)):
+                if left <= 0:
                     pytest.fail(f"{self.name}: no line with {text!r} within {timeout} s\n{self.tail()}")
+                # Woken by each new line; the bound notices an exit that printed nothing more.
                 self._changed.wait(min(left, 0.5))
+
+    def _all_read(self) -> bool:
+        return self.popen.poll() is not None and not any(t.is_alive() for t in self._readers)
 
     def finish(self, timeout: float = 60) -> int:
         try:
