@@ -45,7 +45,10 @@ class BuiltinApp:
         self._lock = threading.Lock()
 
     def init(self, weights: Params, config: Mapping[str, Any], ctx: Context) -> Params:
-        return self._trainer(config, ctx).initial_params(int(config["seed"]))
+        # A node without rows of its own (the coordinator) shapes the model on the held-out split
+        # it evaluates on: the same trainer for both, so the data set is loaded once.
+        server = not any(key in ctx.node for key in ("partition_id", "part", "csv"))
+        return self._trainer(config, ctx, server=server).initial_params(int(config["seed"]))
 
     def train(self, weights: Params, config: Mapping[str, Any], ctx: Context) -> TrainResult:
         return train_zoo_model(self._trainer(config, ctx), weights, config, ctx)
