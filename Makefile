@@ -10,7 +10,7 @@ $(STAMP): pyproject.toml
 	@command -v $(PY) >/dev/null || { echo "error: $(PY) not found; install Python 3.11 (apt-get install python3.11 python3.11-venv)" >&2; exit 2; }
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev,mlflow]'
+	$(BIN)/pip install -q -e '.[dev,mlflow,flower]'
 	@touch $(STAMP)
 
 # The dashboard's chart library comes from the npm registry at build time (package-lock.json).

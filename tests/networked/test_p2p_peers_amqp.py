@@ -53,7 +53,7 @@ class Peers:
         ids = set()
         for p in self.procs:
             p.kill()
-            ids |= {line.split()[1] for line in p.out if line.startswith("peer ")}
+            ids |= {line.split()[1] for line in p.out + p.err if line.startswith("peer ")}  # stderr with --json
         asyncio.run(delete_namespace(self.url, self.namespace, ids))
 
 

@@ -1,8 +1,10 @@
-"""Storing a model from its parts and reading it back without copies, on both stores."""
+"""Storing a model from its parts (no joined copy) and reading it back, on both stores; a local
+artifact is an owner-only, read-only file, and what a reader gets is its own copy."""
 
 from __future__ import annotations
 
 import hashlib
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -31,24 +33,35 @@ def test_parts_are_stored_as_their_concatenation(store: ArtifactStore) -> None:
     ref, size = store.put_parts(parts)
     assert ref == "sha256:" + hashlib.sha256(joined).hexdigest() and size == len(joined)
     assert store.put(joined) == ref  # the same content-addressed artifact
-    assert bytes(store.view(ref)) == joined == store.get(ref)
+    assert store.get(ref) == joined
     assert store.put_parts(parts) == (ref, size)  # idempotent
 
 
-def test_a_local_view_is_a_read_only_map_that_outlives_a_replacement(tmp_path: Path) -> None:
-    store = LocalArtifactStore(tmp_path)
+def test_a_local_artifact_is_an_owner_only_read_only_file_and_reads_are_private_copies(tmp_path: Path) -> None:
+    store = LocalArtifactStore(tmp_path / "store")
     parts, joined = model_parts()
     ref, _ = store.put_parts(parts)
-    view = store.view(ref)
-    assert isinstance(view, memoryview) and view.readonly
-    store.delete(ref)  # writers replace or unlink files, never rewrite them: the map stays valid
-    assert bytes(view) == joined
+    path = store.root / ref[7:9] / ref[9:]
+    assert stat.S_IMODE(path.stat().st_mode) == 0o400
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700 == stat.S_IMODE(store.root.stat().st_mode)
+    copy = store.get(ref)
+    store.delete(ref)
+    assert copy == joined  # the reader's own bytes, whatever happens to the file
     with pytest.raises(StorageError, match="not found"):
-        store.view(ref)
-    assert list(tmp_path.glob(".tmp-*")) == []
+        store.get(ref)
+    assert list(store.root.glob(".tmp-*")) == []
 
 
-def test_an_empty_artifact_has_an_empty_view(tmp_path: Path) -> None:
+def test_a_recycled_file_becomes_writable_again_only_as_a_spare(tmp_path: Path) -> None:
+    store = LocalArtifactStore(tmp_path)
+    ref = store.put(b"first payload")
+    store.recycle(ref)
+    again = store.put(b"second payload, written into the spare")
+    path = store.root / again[7:9] / again[9:]
+    assert stat.S_IMODE(path.stat().st_mode) == 0o400 and store.get(again) == b"second payload, written into the spare"
+
+
+def test_an_empty_artifact_reads_as_empty(tmp_path: Path) -> None:
     store = LocalArtifactStore(tmp_path)
     ref, size = store.put_parts([])
-    assert size == 0 and store.view(ref) == b""
+    assert size == 0 and store.get(ref) == b""

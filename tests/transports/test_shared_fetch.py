@@ -24,14 +24,14 @@ MODEL = Params({"w": np.full(300_000, 0.25, np.float32)})
 class CountingStore(LocalArtifactStore):
     def __init__(self, root: Path, *, missing: bool = False) -> None:
         super().__init__(root)
-        self.views = 0
+        self.reads = 0
         self.missing = missing
 
-    def view(self, ref: str) -> bytes | memoryview:
-        self.views += 1
+    def get(self, ref: str) -> bytes:
+        self.reads += 1
         if self.missing:
             raise StorageError(f"no artifact {ref}")
-        return super().view(ref)
+        return super().get(ref)
 
     def scoped(self, area: str) -> CountingStore:
         return self
@@ -50,11 +50,11 @@ async def test_concurrent_receivers_of_one_payload_fetch_it_once(tmp_path: Path)
     for_alice, for_bob = await frames_to(store, ["alice", "bob"])
     alice, bob = codec("alice", store), codec("bob", store)
     got = await asyncio.gather(alice.decode(for_alice), bob.decode(for_bob))
-    assert store.views == 1  # fetched and hashed once for both
+    assert store.reads == 1  # fetched and hashed once for both
     for msg in got:
         np.testing.assert_array_equal(payload_params(msg, MODEL.spec, max_bytes=1 << 24, what="model")["w"], 0.25)
     await codec("bob", store).decode(for_bob)  # after the first fetch is over: fetched again, no cache
-    assert store.views == 2
+    assert store.reads == 2
 
 
 async def test_a_receiver_whose_sharer_failed_fetches_from_its_own_store(tmp_path: Path) -> None:

@@ -19,6 +19,7 @@ from fastapi import APIRouter, File, Form, HTTPException, Path, Response, Upload
 
 from fedhive.api.datasets import read_upload
 from fedhive.api.deps import ServicesDep, SettingsDep, UserDep, load_user
+from fedhive.api.form_limits import form_limited
 from fedhive.api.schemas import MAX_INT, NAME_PATTERN, ModelOut, ModelVersionOut
 from fedhive.core.codec import decode
 from fedhive.errors import PayloadError
@@ -111,7 +112,7 @@ def routes() -> APIRouter:
         status_code=201,
         summary="Upload a seed model (safetensors) as the next version of a named model",
         responses={413: {"description": "over the size limit"}, 422: {"description": "not valid safetensors"}},
-        form_limits={"max_files": 1, "max_fields": 8},
+        route_class_override=form_limited(max_files=1, max_fields=8),
     )
     r.add_api_route("", list_models, methods=["GET"], summary="Your models")
     r.add_api_route(

@@ -32,6 +32,7 @@ from fastapi import APIRouter, File, Form, HTTPException, UploadFile
 
 from fedhive.api.datasets import owned_dataset, store_csv
 from fedhive.api.deps import Principal, ServicesDep, SettingsDep, UserDep, load_user
+from fedhive.api.form_limits import form_limited
 from fedhive.api.initial_model import FORMS, load_from_bucket
 from fedhive.api.schemas import ID_PATTERN, MAX_INT, NAME_PATTERN, SessionOut, clean_text
 from fedhive.api.sessions import read_session
@@ -153,9 +154,14 @@ async def start_session(
     initial_model: Annotated[
         str | None, Form(min_length=1, max_length=1024, description=f"weights to start from, any app: {FORMS}")
     ] = None,
-    strategy: Annotated[str, Form(min_length=1, max_length=255, description="e.g. fedavg, fedprox:mu=0.01")] = (
-        "fedavg"
-    ),
+    strategy: Annotated[
+        str | None,
+        Form(
+            min_length=1,
+            max_length=255,
+            description="e.g. fedavg, fedprox:mu=0.01; default fedavg, or a Flower app's ServerApp strategy",
+        ),
+    ] = None,
     compression: Annotated[str, Form(max_length=32, description="none, float16, int8 or topk:F")] = "none",
     rounds: Annotated[int | None, Form(ge=1, le=100_000)] = None,
     epochs: Annotated[int | None, Form(ge=1, le=10_000)] = None,
@@ -169,6 +175,11 @@ async def start_session(
     ] = None,
 ) -> SessionOut:
     loaded_app = services.apps.named(app)  # ConfigError: 422 naming the installed apps
+    flower = services.apps.flower(loaded_app.name)
+    if flower is not None:  # what its ServerApp would run, under what the request says (docs/flower.md)
+        rounds = rounds if rounds is not None else flower.num_rounds
+        strategy = strategy if strategy is not None else flower.strategy.spec
+    strategy = strategy if strategy is not None else "fedavg"
     settings_for_app = parse_run_config(run_config)
     if loaded_app.name != BUILTIN:
         given = {
@@ -265,6 +276,6 @@ def routes() -> APIRouter:
                 "the session's model (the tensor named)"
             },
         },
-        form_limits={"max_files": 1, "max_fields": 32},
+        route_class_override=form_limited(max_files=1, max_fields=32),
     )
     return r

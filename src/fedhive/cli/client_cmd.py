@@ -23,6 +23,7 @@ from fedhive.cli.coordinator_cmd import (
     broker_settings,
     service_logging,
 )
+from fedhive.cli.flower_options import FlowerAppOption, flower_site
 from fedhive.cli.site_options import AppOption, NodeOption, StateDirOption, build_site
 from fedhive.errors import ConfigError, FedhiveError, SessionFailed
 from fedhive.learning.local_data import LocalData
@@ -31,11 +32,13 @@ from fedhive.runtime.bus import EventBus
 from fedhive.runtime.credentials import parse_secret
 from fedhive.runtime.hierarchy_networked import run_hierarchical_client
 from fedhive.runtime.networked import ClientSettings, run_client, run_virtual_clients
+from fedhive.runtime.site_app import SiteApp
 
 
 def client(
     broker: BrokerOption,
     app: AppOption = BUILTIN,
+    flower_app: FlowerAppOption = None,
     node: NodeOption = None,
     state_dir: StateDirOption = None,
     client_id: Annotated[
@@ -69,6 +72,15 @@ def client(
     options = ClientSettings(register_timeout_s=register_timeout, coordinator_timeout_s=coordinator_timeout)
     if register_timeout <= 0 or coordinator_timeout <= 0:
         raise ConfigError("--register-timeout and --coordinator-timeout must be positive")
+    if flower_app is not None and app != BUILTIN:
+        raise ConfigError("give --app or --flower-app, not both")
+
+    def site_for(cid: str, node: list[str] | None, data: LocalData, state_dir: Path | None) -> SiteApp:
+        if flower_app is not None:
+            return flower_site(cid, flower_app, node, data, state_dir=state_dir)
+        return build_site(cid, app, node, data, seed=seed, state_dir=state_dir)
+
+    builtin = app == BUILTIN and flower_app is None
     watch = Watch(verbose=virtual == 0)
     if virtual:
         if client_id or secret or csv or part:
@@ -78,10 +90,10 @@ def client(
         idents = read_credentials(credentials, virtual)
         hosted = []
         for i, (cid, key) in enumerate(idents, start=1):
-            part = f"{i}/{virtual}" if app == BUILTIN else None
+            part = f"{i}/{virtual}" if builtin else None
             data = LocalData(dataset=dataset, partition=partition, part=part, test_fraction=test_fraction)
-            extra = [*(node or []), f"partition_id={i - 1}", f"num_partitions={virtual}"] if app != BUILTIN else node
-            site = build_site(cid, app, extra, data, seed=seed, state_dir=state_dir and state_dir / cid)
+            extra = node if builtin else [*(node or []), f"partition_id={i - 1}", f"num_partitions={virtual}"]
+            site = site_for(cid, extra, data, state_dir and state_dir / cid)
             hosted.append((key, site))
         service_logging()
         results = asyncio.run(run_virtual_clients(hosted, settings, options, observers=[watch.attach]))
@@ -94,7 +106,7 @@ def client(
         raise ConfigError("--id and --secret are required (from 'fedhive clients add NAME')")
     key = parse_secret(secret)
     data = LocalData(csv=csv, label=label, dataset=dataset, partition=partition, part=part, test_fraction=test_fraction)
-    site = build_site(client_id, app, node, data, seed=seed, state_dir=state_dir)
+    site = site_for(client_id, node, data, state_dir)
     service_logging()
     try:
         if via_combiner:

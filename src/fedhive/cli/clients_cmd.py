@@ -13,11 +13,26 @@ import typer
 
 from fedhive.errors import ConfigError
 from fedhive.runtime.credentials import DEFAULT_STORE, CredentialStore, write_secret_file
+from fedhive.transports.broker_users import ClientGrant, Rabbitmqctl, new_password
 
 StoreOption = Annotated[
     Path,
     typer.Option("--store", envvar="FEDHIVE_CLIENT_STORE", help="the coordinator's client store (JSON, mode 0600)"),
 ]
+
+BrokerUserOption = Annotated[
+    str | None,
+    typer.Option(
+        "--broker-user",
+        help="give each client a broker user of its own: 'rabbitmqctl' creates it (on the broker's machine), "
+        "'manual' only records it and prints the rabbitmqctl commands to run (docs/security.md)",
+    ),
+]
+NamespaceOption = Annotated[
+    str,
+    typer.Option(help="AMQP namespace the coordinator uses (the user's rights name it)", envvar="FEDHIVE_NAMESPACE"),
+]
+VhostOption = Annotated[str, typer.Option(help="RabbitMQ virtual host of the federation")]
 
 app = typer.Typer(help="Manage client identities (ids and signing secrets).", no_args_is_help=True)
 
@@ -36,7 +51,13 @@ def add(
         ),
     ] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="let --out-file replace an existing file")] = False,
+    broker_user: BrokerUserOption = None,
+    namespace: NamespaceOption = "fedhive",
+    vhost: VhostOption = "/",
 ) -> None:
+    if broker_user not in (None, "rabbitmqctl", "manual"):
+        raise ConfigError(f"--broker-user is 'rabbitmqctl' or 'manual', not {broker_user!r}")
+    rabbitmqctl = Rabbitmqctl() if broker_user == "rabbitmqctl" else None  # missing: refused before anything
     if not 1 <= count <= 100_000:
         raise ConfigError(f"--count must be between 1 and 100000, got {count}")
     if overwrite and out_file is None:
@@ -51,11 +72,22 @@ def add(
     # order demo parts are handed out in (``fedhive client --virtual``).
     names = [name] if count == 1 else [f"{name}-{i:0{width}d}" for i in range(1, count + 1)]
     lines = []
+    manual: list[str] = []
     for n in names:
-        client_id, secret = creds.add(n)
-        lines.append(json.dumps({"client_id": client_id, "secret": secret, "name": n}))
+        client_id, secret = creds.add(n, broker_user=broker_user is not None)
+        entry = {"client_id": client_id, "secret": secret, "name": n}
+        if broker_user is not None:
+            grant = ClientGrant.of(client_id, namespace=namespace, vhost=vhost)
+            entry |= {"broker_user": grant.user, "broker_password": new_password()}
+            if rabbitmqctl is not None:
+                _create_broker_user(creds, rabbitmqctl, grant, entry["broker_password"])
+            else:
+                manual += grant.shell_lines()
+        lines.append(json.dumps(entry))
         if out_file is None and not as_json:
             print(f"client id  {client_id}\nsecret     {secret}")
+            if broker_user is not None:
+                print(f"broker     user {entry['broker_user']} password {entry['broker_password']}")
     if out_file is not None:
         _write_out_file(out_file, lines, overwrite)
         typer.echo(
@@ -69,6 +101,18 @@ def add(
             "they are not shown again.",
             err=True,
         )
+    if manual:
+        typer.echo("create the broker users (PASSWORD: each client's broker_password):\n" + "\n".join(manual), err=True)
+
+
+def _create_broker_user(creds: CredentialStore, rabbitmqctl: Rabbitmqctl, grant: ClientGrant, password: str) -> None:
+    """Create the client's broker user; if that fails, the client is taken out of the store again
+    (a client the coordinator expects on a broker user that does not exist would be refused)."""
+    try:
+        rabbitmqctl.create(grant, password)
+    except ConfigError:
+        creds.remove(grant.user)
+        raise
 
 
 def _check_out_file(path: Path, overwrite: bool) -> None:
@@ -113,7 +157,32 @@ def list_clients(store: StoreOption = Path(DEFAULT_STORE)) -> None:
 def remove(
     client_id: Annotated[str, typer.Argument(help="the id 'fedhive clients add' printed")],
     store: StoreOption = Path(DEFAULT_STORE),
+    broker_user: Annotated[
+        str | None, typer.Option("--broker-user", help="'rabbitmqctl': delete the client's broker user too")
+    ] = None,
 ) -> None:
-    if not CredentialStore(store).remove(client_id):
+    if broker_user not in (None, "rabbitmqctl"):
+        raise ConfigError(f"--broker-user is 'rabbitmqctl', not {broker_user!r}")
+    creds = CredentialStore(store)
+    user = creds.broker_users().get(client_id)
+    if not creds.remove(client_id):
         raise ConfigError(f"no client {client_id!r} in {store}")
     print(f"removed {client_id}")
+    if user is not None and broker_user == "rabbitmqctl":
+        Rabbitmqctl().delete(user)
+        print(f"deleted broker user {user}")
+    elif user is not None:
+        typer.echo(f"its broker user remains: rabbitmqctl delete_user {user}", err=True)
+
+
+@app.command(
+    "broker-commands",
+    help="Print the rabbitmqctl commands that create a client's broker user with its rights (for the broker's "
+    "operator); the password is read from $PASSWORD.",
+)
+def broker_commands(
+    client_id: Annotated[str, typer.Argument(help="the client's id")],
+    namespace: NamespaceOption = "fedhive",
+    vhost: VhostOption = "/",
+) -> None:
+    print("\n".join(ClientGrant.of(client_id, namespace=namespace, vhost=vhost).shell_lines()))

@@ -11,7 +11,8 @@ import sys
 
 import typer
 
-from fedhive.cli import clients_cmd
+from fedhive.cli import admin_cmd, clients_cmd
+from fedhive.cli.agent_cmd import agent
 from fedhive.cli.client_cmd import client
 from fedhive.cli.combiner_cmd import combiner
 from fedhive.cli.coordinator_cmd import coordinator
@@ -31,6 +32,7 @@ app = typer.Typer(
 app.command(help="Run a whole federation in this process on the in-memory transport.")(simulate)
 app.command(help="Coordinate one session over a broker (RabbitMQ); clients join with 'fedhive client'.")(coordinator)
 app.command(help="Take part in a session as a client (or as N virtual clients) over a broker.")(client)
+app.command(help="Run a site agent: stay connected and take part in session after session, no restart.")(agent)
 app.command(name="serve", help="Serve the platform: REST API, coordinator hub and sessions.")(serve_cmd)
 app.command(help="Combine a share of the clients for the coordinator (hierarchical federation) over a broker.")(
     combiner
@@ -38,6 +40,7 @@ app.command(help="Combine a share of the clients for the coordinator (hierarchic
 app.command(help="Take part in a decentralised federation (no coordinator) as one peer over a broker.")(peer)
 app.command(name="new", help="Create a runnable app project from a template (numpy, torch or sklearn).")(new)
 app.add_typer(clients_cmd.app, name="clients")
+app.add_typer(admin_cmd.app, name="admin")
 
 
 @app.callback()

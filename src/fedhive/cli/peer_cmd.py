@@ -8,12 +8,18 @@ the same on every peer. Exit codes: 0 after the last round; 1 when too few peers
 ``--initial-model`` starts the federation from weights trained before instead of the app's init.
 Whichever peer seeds round 0 sends its model to the others, so every peer is given the same
 reference; a peer given one refuses (exit 1) a seed model whose digest differs from its own.
+
+``--out DIR`` keeps the final model in a folder of its own (``DIR/<peer name>``, then ``-2``, ``-3``
+on later runs; ``DIR/latest`` names the newest): ``model.safetensors`` (its digest and rounds in the
+metadata) and ``rounds.jsonl`` (one line per round, as ``--json`` prints). With ``--json`` stdout
+holds JSON lines only; everything else goes to stderr.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -25,6 +31,7 @@ from fedhive.cli.broker_url import BrokerOption
 from fedhive.cli.coordinator_cmd import CaFileOption, NamespaceOption, broker_settings, service_logging
 from fedhive.cli.initial_model import load_initial_model
 from fedhive.cli.site_options import AppOption, NodeOption, StateDirOption, build_site
+from fedhive.core.params import Params
 from fedhive.errors import ConfigError
 from fedhive.learning.federation_data import parse_part
 from fedhive.learning.local_data import LocalData
@@ -32,8 +39,11 @@ from fedhive.runtime.bus import EventBus
 from fedhive.runtime.credentials import parse_secret
 from fedhive.runtime.peer import PeerRoundCompleted
 from fedhive.runtime.peer_networked import PeerSettings, run_peer
+from fedhive.runtime.peer_rounds import params_digest
 from fedhive.runtime.session_config import SessionConfig, make_config
 from fedhive.runtime.site_app import ServerApp, SiteApp, session_with_app
+from fedhive.tracking.run_directory import write_model
+from fedhive.tracking.session_folders import new_session_folder
 
 
 def peer(
@@ -78,6 +88,10 @@ def peer(
             help="start from these weights, the same on every peer: a file, s3://bucket/key or models:/NAME/VERSION"
         ),
     ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(help="keep the final model here, in a folder of its own per run (DIR/<peer name>)"),
+    ] = None,
 ) -> None:
     if not secret:
         raise ConfigError("--secret (or FEDHIVE_FEDERATION_SECRET) is required: the federation's shared secret")
@@ -107,16 +121,20 @@ def peer(
     initial = None
     if initial_model is not None:  # checked against the app's model before anything connects
         initial = load_initial_model(initial_model, site.trainer_for(config).initial_params(config.seed).spec)
+    folder = new_session_folder(out, peer_name) if out is not None else None  # before connecting: errors first
     service_logging()
+    say = sys.stderr if as_json else sys.stdout  # with --json, stdout is JSON lines only
 
     def ready(peer_id: str) -> None:
-        print(f"peer {peer_id} announced; waiting for {min_peers} peers", flush=True)
+        print(f"peer {peer_id} announced; waiting for {min_peers} peers", file=say, flush=True)
 
     def on_round(e: PeerRoundCompleted) -> None:
+        line = json.dumps({"round": e.round, "digest": e.digest, "members": len(e.members), **e.metrics})
+        if folder is not None:
+            with (folder / "rounds.jsonl").open("a", encoding="utf-8") as f:
+                f.write(line + "\n")
         if as_json:
-            print(
-                json.dumps({"round": e.round, "digest": e.digest, "members": len(e.members), **e.metrics}), flush=True
-            )
+            print(line, flush=True)
             return
         acc = f", accuracy {e.metrics['accuracy']:.4f}" if "accuracy" in e.metrics else ""
         print(f"round {e.round}: {len(e.members)} peers, digest {e.digest[:16]}{acc}", flush=True)
@@ -135,9 +153,15 @@ def peer(
         initial=initial,
         observers=[watch],
         on_ready=ready,
+        on_finished=(lambda params: _keep_model(folder, params)) if folder is not None else None,
     )
     history = asyncio.run(run)
-    print(f"done after {len(history)} rounds", flush=True)
+    where = f"; final model in {folder / 'model.safetensors'}" if folder is not None else ""
+    print(f"done after {len(history)} rounds{where}", file=say, flush=True)
+
+
+def _keep_model(folder: Path, params: Params) -> None:
+    write_model(folder / "model.safetensors", params, {"digest": params_digest(params)})
 
 
 def _evaluator(site: SiteApp, config: SessionConfig, data: LocalData) -> Evaluator | None:

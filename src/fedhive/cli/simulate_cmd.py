@@ -62,6 +62,21 @@ def simulate(
     fraction: Annotated[float, typer.Option(help="share of clients selected each round")] = 1.0,
     strategy: Annotated[str, typer.Option(help="aggregation strategy")] = "fedavg",
     compression: Annotated[str, typer.Option(help="update compression: none, float16, int8, topk:F")] = "none",
+    secure_aggregation: Annotated[
+        bool, typer.Option("--secure-aggregation", help="secure aggregation: the coordinator learns only the sum")
+    ] = False,
+    secagg_clip: Annotated[
+        float | None, typer.Option(help="secure aggregation: clip each update change to [-C, C]  [default: 4.0]")
+    ] = None,
+    secagg_bits: Annotated[
+        int | None, typer.Option(help="secure aggregation: fixed-point fraction bits  [default: 28]")
+    ] = None,
+    secagg_threshold: Annotated[
+        float | None, typer.Option(help="secure aggregation: share of clients needed to unmask  [default: 0.5]")
+    ] = None,
+    secagg_dropout: Annotated[
+        float, typer.Option(help="secure aggregation test: share of clients that vanish after their masked update")
+    ] = 0.0,
     seed: Annotated[int, typer.Option(help="seed for data split, partition, init and training")] = 0,
     key_metric: Annotated[
         str | None, typer.Option(help="metric that judges the best round [default: accuracy, else loss]")
@@ -126,6 +141,10 @@ def simulate(
         run_config=parse_pairs(run_config, "--run-config"),
         strategy=strategy,
         compression=compression,
+        secure_aggregation=secure_aggregation,
+        secagg_clip=secagg_clip,
+        secagg_bits=secagg_bits,
+        secagg_threshold=secagg_threshold,
         data={"dataset": dataset, "partition": partition} if builtin else {},
     )
     data = (
@@ -174,6 +193,7 @@ def simulate(
                 initial,
                 evaluator=plan.evaluator,
                 observers=[run_dir.attach, progress.attach, *([tracker.attach] if tracker else [])],
+                secagg_dropout=_dropout(secagg_dropout, secure_aggregation),
             )
         )
     wall = time.perf_counter() - started
@@ -202,6 +222,7 @@ def simulate(
                     "clients": clients,
                     "wall_s": round(wall, 3),
                     "compression": config.compression,
+                    "secure_aggregation": config.secure_aggregation,
                     "bytes_received": run_dir.bytes_received,
                     "compression_ratio": round(run_dir.float32_bytes / max(run_dir.bytes_received, 1), 3),
                     "session_id": plan.config.session_id,
@@ -211,6 +232,14 @@ def simulate(
                 }
             )
         )
+
+
+def _dropout(share: float, secure: bool) -> float:
+    if share and not secure:
+        raise ConfigError("--secagg-dropout needs --secure-aggregation")
+    if not 0 <= share < 1:
+        raise ConfigError(f"--secagg-dropout must be in [0, 1), got {share}")
+    return share
 
 
 def _report_tracking(console: Console, tracker: MlflowTracker, ml: MlflowOptions) -> dict[str, object]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import secrets
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
@@ -107,6 +107,9 @@ class Message:
 
     envelope: Envelope
     payload: Payload | None = None
+    # The body as each reader's model, validated once (``core.bodies.parse_body``): several readers
+    # of one message (or every peer given one broadcast) share the check.
+    parsed_bodies: dict[type, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @property
     def kind(self) -> Kind:

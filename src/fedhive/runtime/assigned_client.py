@@ -12,6 +12,7 @@ import asyncio
 import logging
 from typing import Any
 
+from fedhive.core.bodies import RegisterBody, RegisteredBody, parse_body
 from fedhive.core.envelope import Kind, make
 from fedhive.errors import SessionFailed, TransportError
 from fedhive.runtime.client import ClientNode, TrainerFactory
@@ -33,9 +34,12 @@ async def request_assignment(
     """The combiner the coordinator assigns us, or None if it does not answer within ``timeout_s``."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s
-    body: dict[str, object] = {"role": "client"}
-    if avoid:
-        body["avoid"] = avoid
+    request = (
+        RegisterBody.model_construct(role="client", avoid=avoid)
+        if avoid
+        else RegisterBody.model_construct(role="client")
+    )
+    body = request.to_body()
     while (left := deadline - loop.time()) > 0:
         try:
             await transport.send(coordinator_id, make(Kind.REGISTER, node_id, body=body))
@@ -45,9 +49,10 @@ async def request_assignment(
             async with asyncio.timeout(min(retry_s, left)):
                 while True:
                     msg = await transport.recv()
-                    combiner = msg.envelope.body.get("combiner")
-                    if msg.sender == coordinator_id and msg.kind is Kind.REGISTERED and isinstance(combiner, str):
-                        return combiner
+                    if msg.sender == coordinator_id and msg.kind is Kind.REGISTERED:
+                        combiner = parse_body(RegisteredBody, msg).combiner
+                        if combiner is not None:
+                            return combiner
         except TimeoutError:
             continue
     return None

@@ -6,6 +6,12 @@ STOP) while a long epoch runs. Registration is retried until a deadline, and wit
 ``coordinator_timeout_s`` a registered client that hears nothing from its coordinator (whose
 heartbeats it expects) for that long gives up: a client never waits forever for a coordinator that
 is not there.
+
+A site agent (``agent=True``, ``fedhive agent``) outlives sessions: it never gives up waiting
+for a coordinator; while idle it beats with what it announces (its site, apps and data sets), which
+a coordinator or the platform's hub takes as its registration; a session whose coordinator falls
+silent ends for it and it goes back to idle; ``leave(reason)`` (SIGTERM) reports the round in
+progress lost, with the reason, before it stops. See docs/networked.md, "Site agents".
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ import asyncio
 import dataclasses
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Protocol
@@ -22,6 +28,19 @@ from typing import Protocol
 from pydantic import ValidationError
 
 from fedhive.app.learner import EpochProgress, FitConfig, Trainer
+from fedhive.core.bodies import (
+    MAX_REASON,
+    EnableBody,
+    ErrorBody,
+    EvaluateBody,
+    Member,
+    RegisteredBody,
+    StopBody,
+    TrainBody,
+    UpdateBody,
+    attempt_claimed,
+    parse_body,
+)
 from fedhive.core.compression import UpdateCompressor
 from fedhive.core.envelope import Kind, Message, make
 from fedhive.core.params import ParamSpec
@@ -30,7 +49,6 @@ from fedhive.runtime import events as ev
 from fedhive.runtime.bus import BusStopped, EventBus
 from fedhive.runtime.coordinator import COORDINATOR_ID
 from fedhive.runtime.evaluation import evaluation_body
-from fedhive.runtime.hosted import Member
 from fedhive.runtime.inline_executor import InlineExecutor
 from fedhive.runtime.payloads import OFFLOAD_BYTES, payload_params, payload_size
 from fedhive.runtime.registry import PeerStatus
@@ -58,6 +76,11 @@ class _Evaluated:
 @dataclass(frozen=True, slots=True)
 class _Tick:
     what: str  # "heartbeat" or "register"
+
+
+@dataclass(frozen=True, slots=True)
+class _Leave:
+    reason: str
 
 
 class FitGate(Protocol):
@@ -90,6 +113,8 @@ class ClientNode:
         coordinator_timeout_s: float | None = None,
         bus: EventBus | None = None,
         fit_gate: FitGate | None = None,
+        agent: bool = False,
+        announce: Mapping[str, object] | None = None,
     ) -> None:
         self.node_id = node_id
         self._fit_gate = fit_gate
@@ -107,7 +132,10 @@ class ClientNode:
         self._max_payload = max_payload_bytes
         self._progress_interval_s = progress_interval_s
         # A platform peer outlives sessions: after STOP it is ONLINE for the next one.
-        self._persistent = persistent
+        self._persistent = persistent or agent
+        self._agent = agent
+        self._announce = dict(announce or {})  # an agent's site, apps and data sets (REGISTER, idle beats)
+        self._beat_failed = False
         self._registered = False
         self._coordinator_timeout_s = coordinator_timeout_s
         self._coordinator_interval_s: float | None = None
@@ -128,6 +156,7 @@ class ClientNode:
         b.on(_Progress, self._on_progress)
         b.on(ev.TrainingFinished, self._on_training_finished)
         b.on(_Evaluated, self._on_evaluated)
+        b.on(_Leave, self._on_leave)
 
     @property
     def rounds_trained(self) -> int:
@@ -136,6 +165,10 @@ class ClientNode:
     @property
     def registered(self) -> bool:
         return self._registered
+
+    @property
+    def session_id(self) -> str:
+        return self._session_id
 
     @property
     def status(self) -> PeerStatus:
@@ -165,8 +198,34 @@ class ClientNode:
         self.bus.stop(TransportError(f"{self.node_id}: transport closed"))
 
     # -- registration and heartbeats -----------------------------------------------------------
+    def leave(self, reason: str) -> None:
+        """Stop (an agent told to stop): the round in progress is reported lost with ``reason``."""
+        self.bus.emit(_Leave(reason))
+
+    async def _on_leave(self, event: _Leave) -> None:
+        if self._session_id:
+            rnd, attempt = self._training or (0, 0)
+            what = f"round {rnd}'s update is lost" if self._training else "leaving the session"
+            log.warning("%s: %s; %s", self.node_id, event.reason, what)
+            body = {"reason": f"{event.reason}: {what}", "attempt": attempt}
+            await self._send(make(Kind.ERROR, self.node_id, session_id=self._session_id, round=rnd, body=body))
+        self.bus.stop()
+
+    def _register_body(self) -> dict[str, object]:
+        body: dict[str, object] = {"num_examples": self._num_examples, "label_counts": self._label_counts}
+        if self._announce:
+            body["site"] = self._announce  # an open key: nodes that do not know it ignore it
+        return body
+
     async def _register(self) -> None:
-        body = {"num_examples": self._num_examples, "label_counts": self._label_counts}
+        body = self._register_body()
+        if self._agent:
+            # An agent does not wait for an answer: its idle beats carry its registration, and
+            # whichever coordinator comes (now or in a week) takes it from the next one.
+            await self._send(make(Kind.REGISTER, self.node_id, body=body))
+            if self._heartbeat_s:
+                self.bus.call_later(self._heartbeat_s, _Tick("heartbeat"))
+            return
         try:
             await self.transport.send(self._coordinator, make(Kind.REGISTER, self.node_id, body=body))
         except TransportError as exc:
@@ -189,7 +248,16 @@ class ClientNode:
             await self._register()
         elif tick.what == "heartbeat" and self._heartbeat_s:
             silence = self._coordinator_silence()
-            if silence is not None:
+            if silence is not None and self._agent:
+                if self._session_id:
+                    log.warning(
+                        "%s: no message from the coordinator of session %s for %.0f s; back to idle",
+                        self.node_id,
+                        self._session_id,
+                        silence,
+                    )
+                    self._end_session()
+            elif silence is not None:
                 self.bus.stop(
                     SessionFailed(f"{self.node_id}: no message from the coordinator for {silence:.0f} s; giving up")
                 )
@@ -199,16 +267,31 @@ class ClientNode:
 
     async def _heartbeat(self) -> None:
         body: dict[str, object] = {"status": self.status.value}
+        if self._agent and not self._session_id:
+            body.update(self._register_body())  # idle: the beat is also the agent's registration
         p = self._last_progress
         if self._training and p is not None:
             body.update(epoch=p.epoch, epochs=p.epochs, loss=p.loss, accuracy=p.accuracy)
         rnd = self._training[0] if self._training else 0
-        await self._send(make(Kind.HEARTBEAT, self.node_id, session_id=self._session_id, round=rnd, body=body))
+        beat = make(Kind.HEARTBEAT, self.node_id, session_id=self._session_id, round=rnd, body=body)
+        if not (self._agent and not self._session_id):
+            await self._send(beat)
+            return
+        try:
+            await self.transport.send(self._coordinator, beat)
+            self._beat_failed = False
+        except TransportError as exc:
+            # No coordinator on this broker (yet): normal for an idle agent. Said once, not every beat.
+            level = logging.DEBUG if self._beat_failed else logging.WARNING
+            log.log(level, "%s: idle; no coordinator to beat to (%s); beating on", self.node_id, exc)
+            self._beat_failed = True
 
     def _coordinator_silence(self) -> float | None:
         """How long the coordinator has been silent, if that is longer than we wait; else None."""
         if self._coordinator_timeout_s is None or not self._registered:
             return None
+        if self._agent and not self._session_id:
+            return None  # idle: no coordinator owes an agent anything
         now = time.monotonic()
         if not self.transport.connected or self.transport.reconnects != self._reconnects_seen:
             # Our own link is or was down: the coordinator's silence says nothing about it.
@@ -219,9 +302,8 @@ class ClientNode:
         silence = now - self._last_heard
         return silence if silence > limit else None
 
-    def _mark_registered(self, body: dict[str, object]) -> None:
-        interval = body.get("heartbeat_interval_s")
-        if isinstance(interval, int | float) and not isinstance(interval, bool) and interval > 0:
+    def _mark_registered(self, interval: float | None) -> None:
+        if interval is not None and interval > 0:
             # Beat as often as the coordinator expects; it beats as often, so a silence of a few
             # intervals means that it is gone.
             self._coordinator_interval_s = float(interval)
@@ -251,7 +333,7 @@ class ClientNode:
             return
         try:
             if msg.kind is Kind.REGISTERED:
-                self._mark_registered(msg.envelope.body)
+                self._mark_registered(parse_body(RegisteredBody, msg).heartbeat_interval_s)
             elif msg.kind is Kind.HEARTBEAT:
                 pass  # the coordinator is alive; noted above
             elif msg.kind is Kind.ENABLE:
@@ -263,9 +345,10 @@ class ClientNode:
             elif msg.kind is Kind.STOP and self._persistent:
                 log.info("%s: session %s over; waiting for the next", self.node_id, self._session_id)
                 await self._send(make(Kind.DONE, self.node_id, session_id=self._session_id))
-                self._session_id, self._training, self._trainer = "", None, None
-            elif msg.kind is Kind.STOP and "reason" in msg.envelope.body:
-                reason = str(msg.envelope.body["reason"])[:1000]
+                if self._agent:
+                    self.bus.emit(ev.ClientStopped(self.node_id, self.rounds_trained, self._session_id))
+                self._end_session()
+            elif msg.kind is Kind.STOP and (reason := parse_body(StopBody, msg).reason) is not None:
                 self.bus.stop(SessionFailed(f"the coordinator ended the session: {reason}"))
             elif msg.kind is Kind.STOP:
                 log.info("%s: stopped by the coordinator after %d rounds", self.node_id, self.rounds_trained)
@@ -282,16 +365,28 @@ class ClientNode:
                     self.node_id,
                     session_id=self._session_id,
                     round=msg.envelope.round,
-                    body={"reason": str(exc)[:500], "attempt": msg.envelope.body.get("attempt", 0)},
+                    body=ErrorBody.model_construct(
+                        reason=str(exc)[:MAX_REASON], attempt=attempt_claimed(msg)
+                    ).to_body(),
                 )
             )
             if msg.kind is Kind.ENABLE and isinstance(exc, ConfigError | DataError | AppError) and not self._persistent:
                 self.bus.stop(exc)  # this client cannot train the session's model: no use staying
 
+    def _end_session(self) -> None:
+        """A persistent node's session is over: ready for the next one."""
+        self._session_id, self._training, self._trainer, self._config = "", None, None, None
+        self._rounds_done.clear()
+
     def _enable(self, msg: Message) -> None:
         config, spec = read_enable(msg)
-        self._mark_registered({})
-        self._session_id = msg.envelope.session_id
+        session = msg.envelope.session_id
+        if self._agent and self._session_id and session != self._session_id:
+            # One session at a time: a new one is accepted once the previous one has ended (STOP,
+            # or its coordinator fell silent).
+            raise ConfigError(f"{self.node_id} is busy in session {self._session_id}")
+        self._mark_registered(None)
+        self._session_id = session
         trainer = self._trainer_for(config)
         own = getattr(trainer, "param_spec", None)
         if isinstance(own, ParamSpec) and own != spec:
@@ -306,15 +401,16 @@ class ClientNode:
         if self._trainer is None or self._spec is None:
             raise ProtocolError("TRAIN before ENABLE")
         env = msg.envelope
-        check_app_named(env.body, self._config)
+        body = parse_body(TrainBody, msg)
+        check_app_named(body.app_digest, self._config)
         spec, limit = self._spec, self._max_payload
         if payload_size(msg) > OFFLOAD_BYTES:  # checking a big model must not stall heartbeats
             params = await asyncio.to_thread(payload_params, msg, spec, max_bytes=limit, what="global model")
         else:
             params = payload_params(msg, spec, max_bytes=limit, what="global model")
         self._compressor.begin_round(params)
-        fit = dataclasses.replace(FitConfig.from_json(env.body.get("fit", {})), round=env.round)
-        key = (env.round, int(env.body.get("attempt", 0)))
+        fit = dataclasses.replace(FitConfig.from_json(body.fit), round=env.round)
+        key = (env.round, body.attempt)
         if self._fit_gate is not None:
             await self._fit_gate.acquire(self.node_id)
         self._training = key
@@ -351,7 +447,7 @@ class ClientNode:
         if self._trainer is None or self._spec is None:
             raise ProtocolError("EVALUATE before ENABLE")
         env = msg.envelope
-        check_app_named(env.body, self._config)
+        check_app_named(parse_body(EvaluateBody, msg).app_digest, self._config)
         if payload_size(msg) > OFFLOAD_BYTES:
             params = await asyncio.to_thread(payload_params, msg, self._spec, max_bytes=self._max_payload, what="model")
         else:
@@ -391,7 +487,6 @@ class ClientNode:
             self._release_gate()
             return  # superseded by a newer TRAIN
         self._training = None
-        base = {"attempt": event.attempt}
         if event.result is None:
             self._release_gate()
             await self._send(
@@ -400,14 +495,19 @@ class ClientNode:
                     self.node_id,
                     session_id=self._session_id,
                     round=event.round,
-                    body={**base, "reason": event.error or "training failed"},
+                    body=ErrorBody.model_construct(
+                        reason=event.error or "training failed", attempt=event.attempt
+                    ).to_body(),
                 )
             )
             return
         self._rounds_done.add(event.round)
         r = event.result
         payload, encoding = self._compressor.compress(r.params)  # the update itself unless compressed
-        body = {**base, "num_examples": r.num_examples, "metrics": r.metrics, **encoding}
+        update = UpdateBody.model_construct(
+            attempt=event.attempt, num_examples=r.num_examples, metrics=r.metrics, **encoding
+        )
+        body = update.to_body()
         await self._send(
             make(Kind.UPDATE, self.node_id, session_id=self._session_id, round=event.round, body=body, payload=payload)
         )
@@ -425,18 +525,18 @@ class ClientNode:
 
 def read_enable(msg: Message) -> tuple[SessionConfig, ParamSpec]:
     """The session configuration and model spec an ENABLE carries, checked."""
+    body = parse_body(EnableBody, msg)
     try:
-        config = SessionConfig.model_validate(msg.envelope.body.get("config", {}))
-        spec = ParamSpec.from_json(msg.envelope.body["spec"])
+        config = SessionConfig.model_validate(body.config)
+        spec = ParamSpec.from_json(body.spec)
     except (ValidationError, KeyError, TypeError, ValueError) as exc:
         raise ProtocolError(f"malformed ENABLE: {exc}") from None
     return config, spec
 
 
-def check_app_named(body: dict[str, object], config: SessionConfig | None) -> None:
+def check_app_named(digest: str | None, config: SessionConfig | None) -> None:
     """A TRAIN names the session's app: one naming another code digest than the session this
     client was enabled for (and checked its own app against) is refused."""
-    digest = body.get("app_digest")
     if config is not None and digest is not None and digest != config.app_digest:
         raise ProtocolError(f"TRAIN names app code {str(digest)[:12]}, not the session's {config.app_digest[:12]}")
 

@@ -28,16 +28,26 @@ from concurrent.futures import Executor
 from dataclasses import dataclass
 
 from fedhive.app.learner import FitConfig, Trainer
+from fedhive.core.bodies import (
+    EvaluateBody,
+    Member,
+    PartialBody,
+    RegisterBody,
+    StopBody,
+    TrainBody,
+    failure_rows,
+    parse_body,
+)
 from fedhive.core.envelope import Kind, Message, make
 from fedhive.core.params import Params, ParamSpec, check_against_spec
 from fedhive.errors import FedhiveError, ProtocolError, SessionFailed, TransportError
 from fedhive.runtime.client import check_app_named, read_enable
 from fedhive.runtime.coordinator import COORDINATOR_ID
 from fedhive.runtime.evaluation import evaluation_body
-from fedhive.runtime.hosted import Member, members_body, train_items
+from fedhive.runtime.hosted import train_items
 from fedhive.runtime.inline_executor import InlineExecutor, run_job
 from fedhive.runtime.partials import partial_message, raw_message
-from fedhive.runtime.payloads import body_int, payload_params
+from fedhive.runtime.payloads import payload_params
 from fedhive.runtime.session_config import SessionConfig
 from fedhive.strategies.base import Aggregator, Update
 from fedhive.strategies.registry import parse_strategy
@@ -129,9 +139,9 @@ class ClientHost:
         """REGISTER for each client; returns those the coordinator could not be reached for."""
         unreached = []
         for cid in clients:
-            body = {"num_examples": self._clients[cid].num_examples, "host": self.host_id}
+            body = RegisterBody.model_construct(num_examples=self._clients[cid].num_examples, host=self.host_id)
             try:
-                await self.transport.send(self._coordinator, make(Kind.REGISTER, cid, body=body))
+                await self.transport.send(self._coordinator, make(Kind.REGISTER, cid, body=body.to_body()))
             except TransportError:
                 unreached.append(cid)
         return unreached
@@ -144,8 +154,7 @@ class ClientHost:
             await self._train(msg)
         elif msg.kind is Kind.EVALUATE:
             await self._evaluate(msg)
-        elif msg.kind is Kind.STOP and "reason" in msg.envelope.body:
-            reason = str(msg.envelope.body["reason"])[:1000]
+        elif msg.kind is Kind.STOP and (reason := parse_body(StopBody, msg).reason) is not None:
             raise SessionFailed(f"the coordinator ended the session: {reason}")
         elif msg.kind is Kind.STOP:
             log.info("%s: stopped by the coordinator after %d rounds", self.host_id, self.rounds_trained)
@@ -173,9 +182,10 @@ class ClientHost:
         if config is None or spec is None:
             raise ProtocolError("TRAIN before ENABLE")
         env = msg.envelope
-        check_app_named(env.body, config)
-        attempt = body_int(env.body, "attempt", low=0, high=10**6) if "attempt" in env.body else 0
-        items = train_items(env.body, env.round)
+        body = parse_body(TrainBody, msg)
+        check_app_named(body.app_digest, config)
+        attempt = body.attempt
+        items = train_items(body, env.round)
         params = payload_params(msg, spec, max_bytes=self._max_payload, what="global model")
         strategy = parse_strategy(config.strategy)
         screen = UpdateScreen(params, max_update_norm=config.max_update_norm, max_model_jump=config.max_model_jump)
@@ -200,14 +210,15 @@ class ClientHost:
         if self._config is None or spec is None:
             raise ProtocolError("EVALUATE before ENABLE")
         env = msg.envelope
-        check_app_named(env.body, self._config)
-        named = env.body.get("clients")
-        if not isinstance(named, list) or not all(isinstance(c, str) for c in named):
+        body = parse_body(EvaluateBody, msg)
+        check_app_named(body.app_digest, self._config)
+        named = body.clients
+        if named is None:
             raise ProtocolError("a host's EVALUATE must list its clients")
         params = payload_params(msg, spec, max_bytes=self._max_payload, what="global model")
         members, failures = await run_job(self._executor, self._evaluate_clients, params, named)
-        body = evaluation_body(members, failures)
-        await self._send(make(Kind.EVALUATION, self.host_id, session_id=self._session_id, round=env.round, body=body))
+        answer = evaluation_body(members, failures)
+        await self._send(make(Kind.EVALUATION, self.host_id, session_id=self._session_id, round=env.round, body=answer))
 
     def _evaluate_clients(self, params: Params, named: list[str]) -> tuple[list[Member], list[tuple[str, str]]]:
         members: list[Member] = []
@@ -280,20 +291,27 @@ class ClientHost:
         )
 
     def _answer(self, round: int, attempt: int, chunk: _Chunk, spec: ParamSpec) -> Message:
-        extra = members_body(chunk.members, chunk.failures)
         if not chunk.members:
-            body = {"mode": "none", "attempt": attempt, **extra}
-            return make(Kind.PARTIAL, self.host_id, session_id=self._session_id, round=round, body=body)
-        if chunk.aggregator is None:
-            msg = raw_message(self.host_id, self._session_id, round, attempt, chunk.updates)
-        else:
-            clients = [m.client_id for m in chunk.members]
-            partial = chunk.aggregator.partial()
-            msg = partial_message(
-                self.host_id, self._session_id, round, attempt, partial, clients, spec=spec, exact=True
+            body = PartialBody.model_construct(
+                mode="none", attempt=attempt, members=[], failures=failure_rows(chunk.failures)
             )
-        msg.envelope.body.update(extra)
-        return msg
+            return make(Kind.PARTIAL, self.host_id, session_id=self._session_id, round=round, body=body.to_body())
+        if chunk.aggregator is None:
+            return raw_message(
+                self.host_id,
+                self._session_id,
+                round,
+                attempt,
+                chunk.updates,
+                members=chunk.members,
+                failures=chunk.failures,
+            )
+        clients = [m.client_id for m in chunk.members]
+        partial = chunk.aggregator.partial()
+        return partial_message(
+            self.host_id, self._session_id, round, attempt, partial, clients, spec=spec, exact=True,
+            members=chunk.members, failures=chunk.failures,
+        )  # fmt: skip
 
     async def _send(self, msg: Message) -> None:
         try:

@@ -11,12 +11,11 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
+from fedhive.core.bodies import EvaluateBody, RegisterBody, RegisteredBody, TrainBody, parse_body, seed_rows
 from fedhive.core.envelope import Kind, Message, make
 from fedhive.runtime import events as ev
-from fedhive.runtime.collect import MAX_EXAMPLES
 from fedhive.runtime.downstream import Downstream
 from fedhive.runtime.evaluation import EvalRound
-from fedhive.runtime.payloads import body_int
 from fedhive.runtime.registry import PeerStatus
 from fedhive.runtime.round_state import RoundState
 
@@ -32,7 +31,7 @@ class ClientMembership:
         self.down = down
         self._late_joiner = on_late_joiner  # enable it (the node knows what ENABLE carries)
         self._on_ready = on_ready  # start the session
-        self._train_body: Callable[[str], dict[str, object]] | None = None  # of the round in progress
+        self._train_body: Callable[[str], TrainBody] | None = None  # of the round in progress
 
     async def on_message(self, msg: Message) -> bool:
         down, settings = self.down, self.down.collect_settings()
@@ -60,16 +59,15 @@ class ClientMembership:
 
     async def _on_register(self, msg: Message) -> None:
         down = self.down
-        num_examples = body_int(msg.envelope.body, "num_examples", low=0, high=MAX_EXAMPLES)
-        labels = msg.envelope.body.get("label_counts") or {}
-        down.hosts.note_registration(msg.sender, msg.envelope.body)
-        previous = down.registry.register(msg.sender, num_examples, labels if isinstance(labels, dict) else {})
+        body = parse_body(RegisterBody, msg)
+        down.hosts.note_registration(msg.sender, body)
+        previous = down.registry.register(msg.sender, body.num_examples or 0, body.label_counts)
         if previous is not PeerStatus.ONLINE:
             down.bus.emit(ev.ClientStatusChanged(msg.sender, PeerStatus.ONLINE, previous))
         # The interval tells a networked client how often to beat, and how long a silence from us
         # means that we are gone.
-        body = {"heartbeat_interval_s": down.config.heartbeat_interval_s}
-        await down.send(msg.sender, down.message(Kind.REGISTERED, body=body))
+        reply = RegisteredBody.model_construct(heartbeat_interval_s=down.config.heartbeat_interval_s)
+        await down.send(msg.sender, down.message(Kind.REGISTERED, body=reply.to_body()))
         if down.started:
             await self._late_joiner(msg.sender)  # takes part from the next round
             r = down.collector.current
@@ -78,9 +76,7 @@ class ClientMembership:
         elif self.ready():
             await self._on_ready()
 
-    async def send_train(
-        self, selected: list[str], r: RoundState, body: Callable[[str], dict[str, object]]
-    ) -> list[str]:
+    async def send_train(self, selected: list[str], r: RoundState, body: Callable[[str], TrainBody]) -> list[str]:
         """TRAIN to each client, or one TRAIN per host for its hosted clients."""
         down = self.down
         self._train_body = body
@@ -88,38 +84,43 @@ class ClientMembership:
         failed = await down.send_all(direct, lambda c: self._train(c, r, body(c))) if direct else []
         for host, members in hosted.items():
             # One fit config for all, and each client's own seed: what ``body`` would give each.
-            seeds = [{"client": c, "seed": down.config.client_seed(r.round, r.index[c])} for c in members]
-            train = self._train(host, r, {**body(members[0]), "clients": seeds})
+            seeds = seed_rows((c, down.config.client_seed(r.round, r.index[c])) for c in members)
+            train = self._train(host, r, body(members[0]).model_copy(update={"clients": seeds}))
             if not await down.send(host, train):
                 failed += members
         return failed
 
-    async def send_evaluate(self, selected: list[str], e: EvalRound, body: dict[str, object]) -> list[str]:
+    async def send_evaluate(self, selected: list[str], e: EvalRound, body: EvaluateBody) -> list[str]:
         """EVALUATE to each client, or one per host naming its selected clients."""
         down = self.down
         direct, hosted = down.hosts.split(selected)
         failed = await down.send_all(direct, lambda c: self._evaluate(e, body)) if direct else []
         for host, members in hosted.items():
-            if not await down.send(host, self._evaluate(e, {**body, "clients": members})):
+            if not await down.send(host, self._evaluate(e, body.model_copy(update={"clients": members}))):
                 failed += members
         return failed
 
-    def _evaluate(self, e: EvalRound, body: dict[str, object]) -> Message:
+    def _evaluate(self, e: EvalRound, body: EvaluateBody) -> Message:
         down = self.down
         return make(
-            Kind.EVALUATE, down.sender_id, session_id=down.session_id, round=e.round, body=body, payload=down.params
+            Kind.EVALUATE,
+            down.sender_id,
+            session_id=down.session_id,
+            round=e.round,
+            body=body.to_body(),
+            payload=down.params,
         )
 
     def vouches(self, sender: str, client: str) -> bool:
         return client == sender or self.down.hosts.host_of(client) == sender
 
-    def _train(self, to: str, r: RoundState, body: dict[str, object]) -> Message:
+    def _train(self, to: str, r: RoundState, body: TrainBody) -> Message:
         down = self.down
         return make(
             Kind.TRAIN,
             down.sender_id,
             session_id=down.session_id,
             round=r.round,
-            body={**body, "attempt": r.attempt},
+            body=body.model_copy(update={"attempt": r.attempt}).to_body(),
             payload=down.params,
         )

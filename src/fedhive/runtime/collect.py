@@ -25,16 +25,17 @@ from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 
+from fedhive.core.bodies import ErrorBody, PartialBody, UpdateBody, attempt_of, parse_body
 from fedhive.core.envelope import Deferred, Message
 from fedhive.core.params import Params, ParamSpec
 from fedhive.errors import FedhiveError, PayloadError, ProtocolError
 from fedhive.runtime import events as ev
 from fedhive.runtime.bus import EventBus
 from fedhive.runtime.claim_keeper import give_back
-from fedhive.runtime.hosted import HostDirectory, fold_members, members_of
+from fedhive.runtime.hosted import HostDirectory, fold_members
 from fedhive.runtime.inline_executor import run_job
-from fedhive.runtime.partials import partial_size, read_partial
-from fedhive.runtime.payloads import OFFLOAD_BYTES, body_int, body_metrics, payload_params, payload_size
+from fedhive.runtime.partials import partial_size, raw_copies, read_partial
+from fedhive.runtime.payloads import OFFLOAD_BYTES, payload_params, payload_size
 from fedhive.runtime.round_state import RoundState
 from fedhive.runtime.update_limits import UpdateLimits
 from fedhive.strategies.base import Partial, Update
@@ -126,7 +127,7 @@ class Collector:
             self.fail(r, msg.sender, f"sent an invalid update: {reason}")
 
     def on_error(self, msg: Message) -> None:
-        reason = str(msg.envelope.body.get("reason", "unspecified"))[:500]
+        reason = parse_body(ErrorBody, msg).reason
         log.warning("client %s reports an error in round %d: %s", msg.sender, msg.envelope.round, reason)
         r = self.waiting_for(msg)
         if r is not None:
@@ -136,7 +137,7 @@ class Collector:
         """The round ``msg`` answers, or None (it is late: logged and reported per client)."""
         self.hold_claim(msg)
         r, env = self.current, msg.envelope
-        if r is None or r.closing or env.round != r.round or env.body.get("attempt", 0) != r.attempt:
+        if r is None or r.closing or env.round != r.round or attempt_of(msg) != r.attempt:
             log.info("dropped late %s from %s for round %d", msg.kind.value, msg.sender, env.round)
             for c in names:
                 self.bus.emit(ev.UpdateRejected(env.round, c, "late"))
@@ -157,11 +158,11 @@ class Collector:
         if msg.sender in self.excluded:
             self.reject(msg, self.excluded[msg.sender])
             return
-        env = msg.envelope
-        num_examples = body_int(env.body, "num_examples", low=1, high=MAX_EXAMPLES)
+        body = parse_body(UpdateBody, msg)
+        num_examples = body.num_examples
         if self.limits is not None:
             num_examples = self.limits.weight(msg.sender, num_examples, r.round)
-        metrics = body_metrics(env.body)
+        metrics = body.metrics
         nbytes = payload_size(msg)
         decode = functools.partial(payload_params, compression=settings.compression, base=self.base)
         what = f"update from {msg.sender}"
@@ -251,8 +252,9 @@ class Collector:
         _count, examples, metrics = partial_size(part)
         r.accepted.add(msg.sender)
         self.bus.emit(ev.UpdateAccepted(r.round, msg.sender, examples, metrics, nbytes))
-        if "members" in msg.envelope.body:
-            members, _failures = members_of(msg.envelope.body)
+        body = parse_body(PartialBody, msg)
+        if body.members is not None:
+            members = body.member_list()
             if any(not vouches(msg.sender, m.client_id) for m in members):
                 raise ProtocolError(f"{msg.sender} reports clients that are not assigned to it")
             for m in members:
@@ -274,9 +276,8 @@ class Collector:
 
 
 def _fold_partial(msg: Message, r: RoundState, settings: CollectSettings) -> Partial | list[Update]:
-    raw = msg.envelope.body.get("updates")
-    copies = len(raw) if isinstance(raw, list) else 1
-    part = read_partial(msg, settings.spec, max_bytes=settings.max_update_bytes * max(1, min(copies, 64)))
+    copies = raw_copies(msg)
+    part = read_partial(msg, settings.spec, max_bytes=settings.max_update_bytes * min(copies, 64))
     if isinstance(part, Partial):
         if not r.aggregator.mergeable:
             raise ProtocolError("this session's strategy cannot merge partial sums; send raw updates")

@@ -22,18 +22,30 @@ import time
 from collections.abc import Mapping
 from concurrent.futures import Executor, ThreadPoolExecutor
 
+from fedhive.core.bodies import (
+    MAX_REASON,
+    EnableBody,
+    ErrorBody,
+    EvaluateBody,
+    HeartbeatBody,
+    Member,
+    RegisterBody,
+    StopBody,
+    TrainBody,
+    parse_body,
+)
 from fedhive.core.envelope import Kind, Message, make
 from fedhive.core.params import Params, ParamSpec
 from fedhive.errors import FedhiveError, ProtocolError, SessionFailed
 from fedhive.runtime import events as ev
 from fedhive.runtime.bus import BusStopped, EventBus
+from fedhive.runtime.client import read_enable
 from fedhive.runtime.client_membership import ClientMembership
 from fedhive.runtime.coordinator import SessionResult
 from fedhive.runtime.downstream import COORDINATOR_ID, Downstream
 from fedhive.runtime.evaluation import evaluation_body
-from fedhive.runtime.hosted import Member, members_body
 from fedhive.runtime.partials import CollectRaw, ForwardRaw, partial_message, raw_message
-from fedhive.runtime.payloads import body_int, payload_params
+from fedhive.runtime.payloads import payload_params
 from fedhive.runtime.round_state import RoundState, shortfall_reason
 from fedhive.runtime.session_config import SessionConfig
 from fedhive.strategies.base import Strategy
@@ -127,21 +139,18 @@ class Combiner:
 
     def _partial(self, r: RoundState) -> Message:
         agg = r.aggregator
-        if isinstance(agg, CollectRaw):
-            msg = raw_message(self.node_id, self.config.session_id, r.round, r.attempt, agg.updates)
-        else:
-            msg = partial_message(
-                self.node_id, self.config.session_id, r.round, r.attempt, agg.partial(), sorted(r.accepted),
-                spec=self.down.params.spec, exact=self.exact_partials,
-            )  # fmt: skip
         # Each client behind us, so that the coordinator's records name clients, not only combiners.
         members = [Member(c, n, m) for c, (n, m) in sorted(r.reports.items())]
-        msg.envelope.body["members"] = members_body(members, [])["members"]
-        return msg
+        if isinstance(agg, CollectRaw):
+            return raw_message(self.node_id, self.config.session_id, r.round, r.attempt, agg.updates, members=members)
+        return partial_message(
+            self.node_id, self.config.session_id, r.round, r.attempt, agg.partial(), sorted(r.accepted),
+            spec=self.down.params.spec, exact=self.exact_partials, members=members,
+        )  # fmt: skip
 
-    def _fit(self, client_id: str, r: RoundState) -> dict[str, object]:
+    def _fit(self, client_id: str, r: RoundState) -> TrainBody:
         fit = {**self.config.fit_config(r.round, r.index[client_id]).to_json(), **self.strategy.client_config()}
-        return {"fit": fit, "app": self.config.app, "app_digest": self.config.app_digest}
+        return TrainBody.model_construct(fit=fit, app=self.config.app, app_digest=self.config.app_digest)
 
     # -- messages -----------------------------------------------------------------------------------
     async def _on_message(self, event: ev.MessageIn) -> None:
@@ -159,13 +168,14 @@ class Combiner:
                 await self._on_train(msg)
             elif msg.kind is Kind.EVALUATE:
                 self._on_evaluate(msg)
-            elif msg.kind is Kind.STOP and "reason" in msg.envelope.body:
-                self._fail(f"the coordinator ended the session: {str(msg.envelope.body['reason'])[:1000]}")
+            elif msg.kind is Kind.STOP and (reason := parse_body(StopBody, msg).reason) is not None:
+                self._fail(f"the coordinator ended the session: {reason}")
             elif msg.kind is Kind.STOP:
                 await self._finish()
         except FedhiveError as exc:
             log.warning("%s: cannot act on %s from the coordinator: %s", self.node_id, msg.kind, exc)
-            await self._upstream(Kind.ERROR, msg.envelope.round, {"reason": str(exc)[:500], "attempt": 0})
+            error = ErrorBody.model_construct(reason=str(exc)[:MAX_REASON], attempt=0)
+            await self._upstream(Kind.ERROR, msg.envelope.round, error.to_body())
 
     async def _from_client(self, msg: Message) -> None:
         await self.down.on_message(msg, self.membership)
@@ -173,12 +183,7 @@ class Combiner:
             await self._report()
 
     def _on_enable(self, msg: Message) -> None:
-        body = msg.envelope.body
-        try:
-            upstream = SessionConfig.model_validate(body.get("config", {}))
-            self.spec = ParamSpec.from_json(body["spec"])
-        except (ValueError, KeyError, TypeError) as exc:
-            raise ProtocolError(f"malformed ENABLE: {exc}") from None
+        upstream, self.spec = read_enable(msg)
         # Our clients get the coordinator's settings, with our own liveness rules and no retries:
         # a failed sub-round is reported upstream, where the round's fate is decided.
         self.config = upstream.model_copy(
@@ -204,7 +209,7 @@ class Combiner:
             self.down.started = True
             await self._enable(self.registry.online())
         env = msg.envelope
-        attempt = body_int(env.body, "attempt", low=0, high=10**6) if "attempt" in env.body else 0
+        attempt = parse_body(TrainBody, msg).attempt
         if not self.registry.online():
             raise ProtocolError(f"{self.node_id} has no clients ONLINE for round {env.round}")
         params = payload_params(msg, self.spec, max_bytes=self.config.max_update_bytes, what="global model")
@@ -216,18 +221,20 @@ class Combiner:
         if not self._enabled or self.spec is None or not self.down.started:
             raise ProtocolError("EVALUATE before ENABLE and TRAIN")
         params = payload_params(msg, self.spec, max_bytes=self.config.max_update_bytes, what="global model")
-        work = self._evaluate_clients(msg.envelope.round, params, dict(msg.envelope.body))
+        work = self._evaluate_clients(msg.envelope.round, params, parse_body(EvaluateBody, msg))
         self._sub_evaluation = asyncio.create_task(work, name=f"{self.node_id}-evaluate")
 
-    async def _evaluate_clients(self, rnd: int, params: Params, body: dict[str, object]) -> None:
+    async def _evaluate_clients(self, rnd: int, params: Params, body: EvaluateBody) -> None:
         """Our clients judge the model; their figures go up as they are (exact merging upstream)."""
         e = await self.down.evaluate_round(rnd, params, self.membership, body)
         answer = evaluation_body(list(e.results.values()), sorted(e.failed.items()))
         await self._upstream(Kind.EVALUATION, rnd, answer)
 
     async def _enable(self, clients: list[str]) -> None:
-        body = {"config": self.config.model_dump(mode="json"), "spec": self.spec.to_json() if self.spec else []}
-        await self.down.enable(clients, body)
+        spec = self.spec.to_json() if self.spec else []
+        await self.down.enable(
+            clients, EnableBody.model_construct(config=self.config.model_dump(mode="json"), spec=spec)
+        )
 
     async def _enable_one(self, client: str) -> None:
         if self._enabled:
@@ -270,8 +277,8 @@ class Combiner:
         if self._reported == (len(online), examples) and self._upstream_registered:
             return
         self._reported = (len(online), examples)
-        body = {"role": "combiner", "clients": len(online), "num_examples": examples}
-        await self.down.send(self.upstream_id, make(Kind.REGISTER, self.node_id, body=body))
+        body = RegisterBody.model_construct(role="combiner", clients=len(online), num_examples=examples)
+        await self.down.send(self.upstream_id, make(Kind.REGISTER, self.node_id, body=body.to_body()))
 
     def _schedule_heartbeat_check(self) -> None:
         interval = self.config.heartbeat_interval_s or (self.config.heartbeat_timeout_s or 10.0) / 2
@@ -289,8 +296,10 @@ class Combiner:
             self._reported = None
             await self._report()
         current = self.down.collector.current
-        body = {"status": "TRAINING" if current else "ONLINE", "clients": self.registry.online_count()}
-        await self._upstream(Kind.HEARTBEAT, current.round if current else 0, body)
+        beat = HeartbeatBody.model_construct(
+            status="TRAINING" if current else "ONLINE", clients=self.registry.online_count()
+        )
+        await self._upstream(Kind.HEARTBEAT, current.round if current else 0, beat.to_body())
 
     async def _upstream(self, kind: Kind, round: int, body: Mapping[str, object]) -> None:
         session = self.config.session_id if self._enabled else ""

@@ -21,6 +21,7 @@ from typing import Any
 
 from fedhive.app.contract import EvalResult
 from fedhive.app.learner import Evaluator
+from fedhive.core.bodies import EnableBody, EvaluateBody, TrainBody
 from fedhive.core.params import Params
 from fedhive.errors import SessionFailed
 from fedhive.runtime import events as ev
@@ -165,11 +166,11 @@ class Coordinator:
             self.bus.emit(ev.RoundRetried(rnd, attempt, reason))
         return None
 
-    def _fit(self, client_id: str, r: RoundState) -> dict[str, object]:
+    def _fit(self, client_id: str, r: RoundState) -> TrainBody:
         # The strategy may ask for client-side settings (FedProx's proximal term); every TRAIN
         # names the app and its code digest: a site trains only the app it installed.
         fit = {**self.config.fit_config(r.round, r.index[client_id]).to_json(), **self.strategy.client_config()}
-        return {"fit": fit, "app": self.config.app, "app_digest": self.config.app_digest}
+        return TrainBody.model_construct(fit=fit, app=self.config.app, app_digest=self.config.app_digest)
 
     def _aggregate(self, r: RoundState) -> tuple[Params, AggregateResult] | Refused:
         return aggregate_checked(self.strategy, self.params, r, self.down.collector.screen)
@@ -196,7 +197,7 @@ class Coordinator:
             central: EvalResult = await run_job(self._executor, self._evaluator.evaluate, params)
             metrics.update(central.metrics)
         if self.config.evaluates(rnd):
-            body: dict[str, object] = {"app": self.config.app, "app_digest": self.config.app_digest}
+            body = EvaluateBody.model_construct(app=self.config.app, app_digest=self.config.app_digest)
             e = await self.down.evaluate_round(rnd, params, self.membership, body)
             federated = aggregate_metrics(list(e.results.values()), self.config.metric_rules)
             prefix = "federated_" if self._evaluator is not None else ""
@@ -269,7 +270,7 @@ class Coordinator:
         self._loop = asyncio.create_task(self._guarded(self._rounds()), name="coordinator-rounds")
 
     async def enable(self, participants: list[str]) -> None:
-        body = {"config": self.config.model_dump(mode="json"), "spec": self.params.spec.to_json()}
+        body = EnableBody.model_construct(config=self.config.model_dump(mode="json"), spec=self.params.spec.to_json())
         await self.down.enable(participants, body)
 
     async def _guarded(self, loop: Coroutine[Any, Any, None]) -> None:

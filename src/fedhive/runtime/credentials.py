@@ -59,12 +59,23 @@ class CredentialStore:
         self.path = Path(path)
         self._stamp: tuple[int, int, int] | None = None
         self._clients: dict[str, dict[str, str]] = {}
+        self._users_of: dict[str, dict[str, str]] | None = None
+        self._users: dict[str, str] = {}
 
     # -- reading ---------------------------------------------------------------------------------
     def secret_of(self, client_id: str) -> bytes | None:
         """The HMAC key of ``client_id``, or None if no such client exists."""
         entry = self._current().get(client_id)
         return bytes.fromhex(entry["secret"]) if entry else None
+
+    def broker_users(self) -> dict[str, str]:
+        """Client id -> the broker user it publishes as, for clients given one (``fedhive clients
+        add --broker-user``); the same mapping object until the file changes."""
+        clients = self._current()
+        if clients is not self._users_of:
+            self._users = {cid: e["broker_user"] for cid, e in clients.items() if e.get("broker_user")}
+            self._users_of = clients
+        return self._users
 
     def list(self) -> list[ClientRecord]:
         return [ClientRecord(cid, e["name"], e["created_at"]) for cid, e in sorted(self._current().items())]
@@ -99,8 +110,9 @@ class CredentialStore:
         return dict(clients)
 
     # -- writing ---------------------------------------------------------------------------------
-    def add(self, name: str) -> tuple[str, str]:
-        """Create a client; returns its id and its secret (64 hex digits) to hand to the client."""
+    def add(self, name: str, *, broker_user: bool = False) -> tuple[str, str]:
+        """Create a client; returns its id and its secret (64 hex digits) to hand to the client.
+        ``broker_user``: record that it has a broker user of its own, named like it."""
         if not _NAME.match(name) or name == COORDINATOR_ID:
             raise ConfigError(
                 f"client name {name!r}: use 1-48 letters, digits, '.', '_' or '-', starting with a letter or "
@@ -113,6 +125,8 @@ class CredentialStore:
                 client_id = f"{name}-{secrets.token_hex(3)}"
             created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
             clients[client_id] = {"name": name, "secret": secret, "created_at": created}
+            if broker_user:
+                clients[client_id]["broker_user"] = client_id
         return client_id, secret
 
     def remove(self, client_id: str) -> bool:

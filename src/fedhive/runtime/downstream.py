@@ -23,6 +23,7 @@ from typing import Protocol
 
 import numpy as np
 
+from fedhive.core.bodies import EnableBody, EvaluateBody, HeartbeatBody, StopBody, TrainBody, parse_body
 from fedhive.core.envelope import Kind, Message, make
 from fedhive.core.params import Params
 from fedhive.errors import FedhiveError, ProtocolError, TransportError
@@ -31,7 +32,6 @@ from fedhive.runtime.bus import EventBus
 from fedhive.runtime.collect import Collector, CollectSettings
 from fedhive.runtime.evaluation import EvalRound, read_evaluation
 from fedhive.runtime.hosted import HostDirectory
-from fedhive.runtime.payloads import opt_float, opt_int
 from fedhive.runtime.registry import ClientRegistry, PeerStatus
 from fedhive.runtime.round_state import RoundState
 from fedhive.runtime.session_config import SessionConfig
@@ -44,7 +44,7 @@ log = logging.getLogger("fedhive.coordinator")  # the node that runs rounds
 
 COORDINATOR_ID = "coordinator"
 
-FitFor = Callable[[str, RoundState], dict[str, object]]
+FitFor = Callable[[str, RoundState], TrainBody]
 
 
 class Membership(Protocol):
@@ -60,13 +60,11 @@ class Membership(Protocol):
 
     def not_ready_reason(self) -> str: ...
 
-    async def send_train(
-        self, selected: list[str], r: RoundState, body: Callable[[str], dict[str, object]]
-    ) -> list[str]:
+    async def send_train(self, selected: list[str], r: RoundState, body: Callable[[str], TrainBody]) -> list[str]:
         """TRAIN to the selected; returns those that could not be reached."""
         ...
 
-    async def send_evaluate(self, selected: list[str], e: EvalRound, body: dict[str, object]) -> list[str]:
+    async def send_evaluate(self, selected: list[str], e: EvalRound, body: EvaluateBody) -> list[str]:
         """EVALUATE to the selected; returns those that could not be reached."""
         ...
 
@@ -139,9 +137,12 @@ class Downstream:
         may be empty (then nothing is sent: the round has no participants)."""
         index = self.index()
         online = [c for c in self.registry.online() if c in index]
-        if len(online) < self.config.min_clients:
-            need = self.config.min_clients
-            return f"round {rnd}: only {len(online)} clients are ONLINE, fewer than min_clients={need}"
+        if len(online) < self.config.round_floor():  # min_round_clients, else min_clients
+            need, name = (
+                self.config.round_floor(),
+                "min_round_clients" if self.config.min_round_clients else "min_clients",
+            )
+            return f"round {rnd}: only {len(online)} clients are ONLINE, fewer than {name}={need}"
         rng = np.random.default_rng([self.config.seed, rnd, attempt])
         k = self.config.selection_size(len(online))
         if sampling is not None and sampling.rate < 1:
@@ -163,9 +164,7 @@ class Downstream:
             log.warning("round %d: no update from %s before the %.0f s deadline", rnd, c, self.config.round_timeout_s)
         return r
 
-    async def evaluate_round(
-        self, rnd: int, params: Params, membership: Membership, body: dict[str, object]
-    ) -> EvalRound:
+    async def evaluate_round(self, rnd: int, params: Params, membership: Membership, body: EvaluateBody) -> EvalRound:
         """EVALUATE the global model on a ``fraction_evaluate`` share of the participants, collect
         their figures until all answered or the deadline (``runtime.evaluation``)."""
         index = self.index()
@@ -233,7 +232,7 @@ class Downstream:
             await self.send_all(list(self.members), lambda _c: self.message(Kind.STOP))
             self.release()
         else:
-            body = {"reason": reason[:1000]}
+            body = StopBody.model_construct(reason=reason[:1000]).to_body()
             everyone = [c.client_id for c in self.registry.all()]
             await self.send_all(everyone, lambda _c: self.message(Kind.STOP, body=body))
 
@@ -243,7 +242,7 @@ class Downstream:
         return self._index
 
     # -- membership and liveness -------------------------------------------------------------------
-    async def enable(self, participants: list[str], body: Mapping[str, object]) -> None:
+    async def enable(self, participants: list[str], enable: EnableBody) -> None:
         known = set(self.members)  # a set: with 1000 clients a list scan per client is O(n^2)
         for c in participants:
             if c not in known:
@@ -253,6 +252,7 @@ class Downstream:
             previous = self.registry.set_status(c, PeerStatus.TRAINING)
             if previous is not None:
                 self.bus.emit(ev.ClientStatusChanged(c, PeerStatus.TRAINING, previous))
+        body = enable.to_body()
         await self.send_all(participants, lambda _c: self.message(Kind.ENABLE, body=body))
 
     def release(self) -> None:
@@ -275,15 +275,13 @@ class Downstream:
         if msg.sender not in self.registry:
             return
         self.seen(msg.sender)
-        body = msg.envelope.body
+        body = parse_body(HeartbeatBody, msg)
         info = self.registry.get(msg.sender)
         assert info is not None
-        info.epoch, info.epochs = opt_int(body.get("epoch")), opt_int(body.get("epochs"))
-        info.loss, info.accuracy = opt_float(body.get("loss")), opt_float(body.get("accuracy"))
-        status = str(body.get("status", ""))
+        info.epoch, info.epochs, info.loss, info.accuracy = body.epoch, body.epochs, body.loss, body.accuracy
         self.bus.emit(
             ev.HeartbeatReceived(
-                msg.sender, status, msg.envelope.round, info.epoch, info.epochs, info.loss, info.accuracy
+                msg.sender, body.status, msg.envelope.round, info.epoch, info.epochs, info.loss, info.accuracy
             )
         )
 
@@ -306,7 +304,7 @@ class Downstream:
                 timeout = self.config.heartbeat_timeout_s or 0
                 self.collector.fail(r, c, f"went OFFLINE (no heartbeat for {timeout:.0f} s)")
         if self.config.heartbeat_interval_s:
-            body = {"status": "RUNNING" if self.started else "PENDING"}
+            body = HeartbeatBody.model_construct(status="RUNNING" if self.started else "PENDING").to_body()
             await self.send_all(self.alive(), lambda _c: self.message(Kind.HEARTBEAT, body=body))
 
     def alive(self) -> list[str]:

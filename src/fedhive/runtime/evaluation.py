@@ -3,10 +3,10 @@
 Every ``evaluate_every`` rounds the node sends ``evaluate`` (the new global model) to a
 ``fraction_evaluate`` share of its participants and collects ``evaluation`` answers until all have
 answered or the round's deadline; a client that dies meanwhile costs only its own figures. An
-``evaluation`` carries ``members`` (``client``, ``num_examples``, ``metrics``) and ``failures``
-(``client``, ``reason``): one member for a client node, one per hosted client for a ``ClientHost``,
-one per client behind it for a combiner, which so passes its clients' figures up unchanged (the
-coordinator's aggregate is then exactly the flat one).
+``evaluation`` (``core.bodies.EvaluationBody``) carries ``members`` (each client's examples and
+metrics) and ``failures`` (each failed client's reason): one member for a client node, one per
+hosted client for a ``ClientHost``, one per client behind it for a combiner, which so passes its
+clients' figures up unchanged (the coordinator's aggregate is then exactly the flat one).
 
 Each metric is aggregated by its rule (``metric_rules`` in the session): ``mean`` (weighted by
 examples, the default), ``sum``, ``min``, ``max``, or a rule an app registers by name with
@@ -22,9 +22,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 
+from fedhive.core.bodies import EvaluationBody, Member, failure_rows, member_rows, parse_body
 from fedhive.core.envelope import Message
 from fedhive.errors import ConfigError
-from fedhive.runtime.hosted import Member, members_body, members_of
 
 RULES = ("mean", "sum", "min", "max")
 
@@ -74,11 +74,12 @@ class EvalRound:
 
 
 def read_evaluation(msg: Message) -> tuple[list[Member], list[tuple[str, str]]]:
-    return members_of(msg.envelope.body)
+    body = parse_body(EvaluationBody, msg)
+    return body.member_list(), body.failure_list()
 
 
 def evaluation_body(members: list[Member], failures: list[tuple[str, str]]) -> dict[str, object]:
-    return members_body(members, failures)
+    return EvaluationBody.model_construct(members=member_rows(members), failures=failure_rows(failures)).to_body()
 
 
 def aggregate_metrics(members: list[Member], rules: Mapping[str, str]) -> dict[str, float]:

@@ -187,6 +187,7 @@ class ClientStopped:
 
     client_id: str
     rounds_trained: int
+    session_id: str = ""
 
 
 @dataclass(frozen=True, slots=True)

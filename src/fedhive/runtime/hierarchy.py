@@ -21,15 +21,13 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
+from fedhive.core.bodies import EvaluateBody, HeartbeatBody, RegisterBody, RegisteredBody, TrainBody, parse_body
 from fedhive.core.envelope import Kind, Message, make
 from fedhive.core.params import Params
 from fedhive.errors import FedhiveError, ProtocolError
 from fedhive.runtime import events as ev
-from fedhive.runtime.collect import MAX_EXAMPLES
 from fedhive.runtime.coordinator import Coordinator, SessionResult
 from fedhive.runtime.evaluation import EvalRound
-from fedhive.runtime.partials import MAX_RAW_UPDATES
-from fedhive.runtime.payloads import body_int
 from fedhive.runtime.registry import PeerStatus
 from fedhive.runtime.round_state import RoundState
 from fedhive.runtime.session_config import SessionConfig
@@ -80,7 +78,7 @@ class CombinerMembership:
         self.combiner_clients: dict[str, int] = {}  # combiner -> clients registered with it
 
     async def on_message(self, msg: Message) -> bool:
-        role = msg.envelope.body.get("role") if msg.kind is Kind.REGISTER else None
+        role = parse_body(RegisterBody, msg).role if msg.kind is Kind.REGISTER else None
         if role == "client":
             await self._assign(msg)
         elif role == "combiner":
@@ -100,16 +98,17 @@ class CombinerMembership:
             return False
         return True
 
-    async def send_train(
-        self, selected: list[str], r: RoundState, body: Callable[[str], dict[str, object]]
-    ) -> list[str]:
-        return await self._send(selected, Kind.TRAIN, r.round, lambda c: {**body(c), "attempt": r.attempt})
+    async def send_train(self, selected: list[str], r: RoundState, body: Callable[[str], TrainBody]) -> list[str]:
+        return await self._send(
+            selected, Kind.TRAIN, r.round, lambda c: body(c).model_copy(update={"attempt": r.attempt}).to_body()
+        )
 
-    async def send_evaluate(self, selected: list[str], e: EvalRound, body: dict[str, object]) -> list[str]:
-        return await self._send(selected, Kind.EVALUATE, e.round, lambda _c: body)
+    async def send_evaluate(self, selected: list[str], e: EvalRound, body: EvaluateBody) -> list[str]:
+        sent = body.to_body()
+        return await self._send(selected, Kind.EVALUATE, e.round, lambda _c: sent)
 
     async def _send(
-        self, combiners: list[str], kind: Kind, rnd: int, body: Callable[[str], dict[str, object]]
+        self, combiners: list[str], kind: Kind, rnd: int, body: Callable[[str], dict[str, Any]]
     ) -> list[str]:
         """The round's model to each combiner; returns those that could not be reached."""
         down = self.down
@@ -132,7 +131,7 @@ class CombinerMembership:
             # asks again every second.
             log.info("%d of %d combiners ONLINE; client %s will ask again", len(online), self.min_combiners, msg.sender)
             return
-        avoid = msg.envelope.body.get("avoid")
+        avoid = parse_body(RegisterBody, msg).avoid
         choices = [c for c in online if c != avoid] or online
         if not choices:
             log.info("no combiner ONLINE yet for client %s; it will ask again", msg.sender)
@@ -144,12 +143,14 @@ class CombinerMembership:
             load = Counter(c for c in self.assigned.values() if c in choices)
             combiner = min(choices, key=lambda c: (load[c], c))
         self.assigned[msg.sender] = combiner
-        await self.down.send(msg.sender, self.down.message(Kind.REGISTERED, body={"combiner": combiner}))
+        answer = RegisteredBody.model_construct(combiner=combiner).to_body()
+        await self.down.send(msg.sender, self.down.message(Kind.REGISTERED, body=answer))
 
     async def _on_combiner(self, msg: Message) -> None:
-        down, body = self.down, msg.envelope.body
-        self.combiner_clients[msg.sender] = body_int(body, "clients", low=0, high=MAX_RAW_UPDATES)
-        examples = body_int(body, "num_examples", low=0, high=MAX_EXAMPLES)
+        down, body = self.down, parse_body(RegisterBody, msg)
+        assert body.clients is not None and body.num_examples is not None  # required of a combiner
+        self.combiner_clients[msg.sender] = body.clients
+        examples = body.num_examples
         info = down.registry.get(msg.sender)
         if info is None or info.status is PeerStatus.OFFLINE:
             previous = down.registry.register(msg.sender, examples)
@@ -159,7 +160,8 @@ class CombinerMembership:
         else:
             down.seen(msg.sender)
             info.num_examples = examples
-        reply = down.message(Kind.REGISTERED, body={"heartbeat_interval_s": down.config.heartbeat_interval_s})
+        interval = RegisteredBody.model_construct(heartbeat_interval_s=down.config.heartbeat_interval_s)
+        reply = down.message(Kind.REGISTERED, body=interval.to_body())
         await down.send(msg.sender, reply)
         if not down.started and self.ready():
             await self.coordinator.start_session()
@@ -170,7 +172,7 @@ class CombinerMembership:
         known = self.down.registry.get(msg.sender)
         return (
             (known is None or known.status is PeerStatus.OFFLINE)
-            and "clients" in msg.envelope.body
+            and parse_body(HeartbeatBody, msg).clients is not None
             and msg.envelope.session_id == self.down.session_id
         )
 
@@ -178,8 +180,8 @@ class CombinerMembership:
         """Count it in as if it had registered, with the clients its heartbeat names (a resumed
         session starts again once the combiners that survived the crash are heard from)."""
         log.info("combiner %s is in session %s from before a restart; taking it back", msg.sender, self.down.session_id)
-        clients = body_int(msg.envelope.body, "clients", low=0, high=MAX_RAW_UPDATES)
-        body = {"role": "combiner", "clients": clients, "num_examples": 0}
+        clients = parse_body(HeartbeatBody, msg).clients
+        body = RegisterBody.model_construct(role="combiner", clients=clients, num_examples=0).to_body()
         await self._on_combiner(make(Kind.REGISTER, msg.sender, session_id=msg.envelope.session_id, body=body))
 
     def _staffed(self) -> tuple[list[str], int]:

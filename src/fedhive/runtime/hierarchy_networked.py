@@ -29,6 +29,7 @@ from fedhive.runtime.resume import Checkpoint, coordinator_kwargs
 from fedhive.runtime.session_plan import SessionFile
 from fedhive.runtime.site_app import SiteApp
 from fedhive.strategies.base import Strategy
+from fedhive.transports.broker_users import SenderLogins
 from fedhive.transports.wire_codec import WireCodec
 
 Observer = Callable[[EventBus], None]
@@ -38,7 +39,8 @@ def combiner_codec(combiner_id: str, key: bytes, store: CredentialStore, broker:
     def secret_of(node: str) -> bytes | None:
         return key if node == COORDINATOR_ID else store.secret_of(node)
 
-    return WireCodec(secret_of, Verifier(secret_of), broker.artifacts)
+    # S3: its clients get presigned URLs from it, never credentials
+    return WireCodec(secret_of, Verifier(secret_of), broker.artifacts, grants_uploads=True)
 
 
 def assigned_client_codec(key: bytes, broker: BrokerSettings) -> WireCodec:
@@ -59,7 +61,8 @@ async def run_combiner(
     on_ready: Callable[[], None] | None = None,
 ) -> int:
     """Serve the coordinator until it says STOP; returns the number of rounds combined."""
-    async with broker.transport(combiner_id, combiner_codec(combiner_id, key, store, broker)) as transport:
+    codec = combiner_codec(combiner_id, key, store, broker)
+    async with broker.transport(combiner_id, codec, logins=SenderLogins(store.broker_users)) as transport:
         node = Combiner(
             combiner_id,
             transport,
@@ -86,7 +89,7 @@ async def run_hierarchical_client(
     returns the rounds trained with the last combiner."""
     settings = settings or ClientSettings()
     client_id = site.client_id
-    async with broker.transport(client_id, assigned_client_codec(key, broker)) as transport:
+    async with broker.transport(client_id, assigned_client_codec(key, broker), declares=False) as transport:
         node = await run_assigned_client(
             client_id,
             transport,
@@ -127,7 +130,7 @@ async def run_hierarchical_coordinator(
     codec = coordinator_codec(
         store, artifacts=broker.artifacts, max_message_bytes=config.max_update_bytes + MAX_ENVELOPE_BYTES
     )
-    async with broker.transport(COORDINATOR_ID, codec) as transport:
+    async with broker.transport(COORDINATOR_ID, codec, logins=SenderLogins(store.broker_users)) as transport:
         coordinator = HierarchicalCoordinator(
             config, transport, initial, evaluator=evaluator, min_combiners=min_combiners, **kwargs
         )

@@ -17,93 +17,35 @@ same events either way.
   ``body.members`` gives each folded client's example count and metrics, ``body.failures`` each
   failed client's reason.
 
+The bodies are ``core.bodies``' ``RegisterBody``, ``TrainBody`` and ``PartialBody``.
+
 Nothing here depends on the transport, but only ``simulate`` runs hosts: over a broker each
 hosted client's REGISTER would have to be signed with that client's own key.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+import dataclasses
+from collections.abc import Sequence
 
 from fedhive.app.learner import FitConfig
+from fedhive.core.bodies import MAX_CLIENTS, Member, PartialBody, RegisterBody, TrainBody, parse_body
 from fedhive.core.envelope import Message
 from fedhive.core.params import ParamSpec
 from fedhive.errors import ProtocolError
-from fedhive.runtime.partials import MAX_RAW_UPDATES, read_partial
-from fedhive.runtime.payloads import body_int, body_metrics
+from fedhive.runtime.partials import read_partial
 from fedhive.strategies.base import Aggregator, Partial
 
-MAX_EXAMPLES = 10**9
-MAX_ID = 128
-MAX_REASON = 500
 
-
-@dataclass(frozen=True, slots=True)
-class Member:
-    client_id: str
-    num_examples: int
-    metrics: dict[str, float]
-
-
-def host_of(body: Mapping[str, object]) -> str | None:
-    """The host a REGISTER names, if any."""
-    host = body.get("host")
-    if host is None:
-        return None
-    if not isinstance(host, str) or not 0 < len(host) <= MAX_ID:
-        raise ProtocolError(f"body field 'host' must be a node id of 1 to {MAX_ID} characters")
-    return host
-
-
-def train_items(body: Mapping[str, object], round: int = 0) -> list[tuple[str, FitConfig]]:
+def train_items(body: TrainBody, round: int = 0) -> list[tuple[str, FitConfig]]:
     """(client, its fit configuration for ``round``) for each client a host's TRAIN names."""
-    items, fit = body.get("clients"), body.get("fit")
-    if not isinstance(items, list) or not 0 < len(items) <= MAX_RAW_UPDATES:
-        raise ProtocolError(f"a host's TRAIN must list 1 to {MAX_RAW_UPDATES} clients")
-    if not isinstance(fit, Mapping):
-        raise ProtocolError("a host's TRAIN needs 'fit'")
+    if not body.clients:
+        raise ProtocolError(f"a host's TRAIN must list 1 to {MAX_CLIENTS} clients")
     try:
-        base: dict[str, object] = {**FitConfig.from_json(dict(fit)).to_json(), "round": round}
+        base = dataclasses.replace(FitConfig.from_json(body.fit), round=round)
     except (TypeError, ValueError) as exc:
         raise ProtocolError(f"malformed fit configuration: {exc}") from None
-    out = []
-    for item in items:
-        if not isinstance(item, Mapping) or not isinstance(item.get("client"), str):
-            raise ProtocolError("each client of a host's TRAIN needs a 'client' id")
-        base["seed"] = body_int(item, "seed", low=0, high=2**63 - 1)
-        out.append((str(item["client"]), FitConfig(**base)))  # type: ignore[arg-type]
-    return out
-
-
-def members_of(body: Mapping[str, object]) -> tuple[list[Member], list[tuple[str, str]]]:
-    """The clients a host's ``partial`` stands for, and those that failed with their reasons."""
-    raw_members, raw_failures = body.get("members", []), body.get("failures", [])
-    if not isinstance(raw_members, list) or not isinstance(raw_failures, list):
-        raise ProtocolError("'members' and 'failures' must be lists")
-    if len(raw_members) + len(raw_failures) > MAX_RAW_UPDATES:
-        raise ProtocolError(f"a host's partial may name at most {MAX_RAW_UPDATES} clients")
-    members = []
-    for m in raw_members:
-        if not isinstance(m, Mapping) or not isinstance(m.get("client"), str):
-            raise ProtocolError("each member needs a 'client' id")
-        members.append(Member(str(m["client"]), body_int(m, "num_examples", low=1, high=MAX_EXAMPLES), body_metrics(m)))
-    failures = []
-    for f in raw_failures:
-        if not isinstance(f, Mapping) or not isinstance(f.get("client"), str):
-            raise ProtocolError("each failure needs a 'client' id")
-        failures.append((str(f["client"]), str(f.get("reason", "unspecified"))[:MAX_REASON]))
-    named = [m.client_id for m in members] + [c for c, _ in failures]
-    if len(set(named)) != len(named):
-        raise ProtocolError("a host's partial names a client twice")
-    return members, failures
-
-
-def members_body(members: Sequence[Member], failures: Sequence[tuple[str, str]]) -> dict[str, object]:
-    return {
-        "members": [{"client": m.client_id, "num_examples": m.num_examples, "metrics": m.metrics} for m in members],
-        "failures": [{"client": c, "reason": r[:MAX_REASON]} for c, r in failures],
-    }
+    return [(client, dataclasses.replace(base, seed=seed)) for client, seed in body.seeds()]
 
 
 class HostDirectory:
@@ -112,8 +54,8 @@ class HostDirectory:
     def __init__(self) -> None:
         self._host_of: dict[str, str] = {}
 
-    def note_registration(self, client_id: str, body: Mapping[str, object]) -> None:
-        host = host_of(body)
+    def note_registration(self, client_id: str, body: RegisterBody) -> None:
+        host = body.host
         if host is None:
             self._host_of.pop(client_id, None)  # registered again on its own
         else:
@@ -137,7 +79,8 @@ class HostDirectory:
     def answer_of(self, msg: Message) -> tuple[list[Member], list[tuple[str, str]]]:
         """The members and failures a host's ``partial`` reports; ``ProtocolError`` if it names a
         client that did not register with the sender as its host."""
-        members, failures = members_of(msg.envelope.body)
+        body = parse_body(PartialBody, msg)
+        members, failures = body.member_list(), body.failure_list()
         named = [m.client_id for m in members] + [c for c, _ in failures]
         if any(self._host_of.get(c) != msg.sender for c in named):
             raise ProtocolError(f"{msg.sender} is not the host of every client its partial names")

@@ -15,12 +15,12 @@ import asyncio
 import logging
 from collections.abc import Sequence
 
+from fedhive.core.bodies import HeartbeatBody, RegisterBody, parse_body
 from fedhive.core.envelope import Kind, Message, make
 from fedhive.errors import FedhiveError, TransportError
 from fedhive.runtime import events as ev
 from fedhive.runtime.bus import BusStopped, EventBus
 from fedhive.runtime.coordinator import COORDINATOR_ID
-from fedhive.runtime.payloads import body_int
 from fedhive.runtime.registry import ClientRegistry, PeerStatus
 from fedhive.transports.base import Transport, TransportClosed
 
@@ -87,8 +87,8 @@ class Hub:
             self._session_of[peer] = session_id
             info = self.registry.get(peer)
             if info is not None and info.status is not PeerStatus.OFFLINE:
-                body = {"num_examples": info.num_examples, "label_counts": info.label_counts}
-                port.deliver(make(Kind.REGISTER, peer, body=body))
+                body = RegisterBody.model_construct(num_examples=info.num_examples, label_counts=info.label_counts)
+                port.deliver(make(Kind.REGISTER, peer, body=body.to_body()))
         return port
 
     def release(self, session_id: str) -> None:
@@ -134,9 +134,8 @@ class Hub:
             log.warning("rejected %s from %s: %s", msg.kind, msg.sender, exc)
 
     async def _on_register(self, msg: Message) -> None:
-        num_examples = body_int(msg.envelope.body, "num_examples", low=0, high=10**9)
-        labels = msg.envelope.body.get("label_counts") or {}
-        previous = self.registry.register(msg.sender, num_examples, labels if isinstance(labels, dict) else {})
+        body = parse_body(RegisterBody, msg)
+        previous = self.registry.register(msg.sender, body.num_examples or 0, body.label_counts)
         session = self._session_of.get(msg.sender)
         if session is not None:
             self.registry.set_status(msg.sender, PeerStatus.TRAINING)
@@ -156,23 +155,16 @@ class Hub:
             # secret, so it is taken back as if it had registered again; a peer of a resumed
             # session goes back to that session, which enables it and resends its round's TRAIN.
             log.info("%s registered before a restart; taking it back", msg.sender)
-            await self._on_register(make(Kind.REGISTER, msg.sender, body={"num_examples": 0}))
+            again = RegisterBody.model_construct(num_examples=0).to_body()
+            await self._on_register(make(Kind.REGISTER, msg.sender, body=again))
             return
         if self.registry.seen(msg.sender) is PeerStatus.OFFLINE:
             status = PeerStatus.TRAINING if msg.sender in self._session_of else PeerStatus.ONLINE
             self.registry.set_status(msg.sender, status)
             self.bus.emit(ev.ClientStatusChanged(msg.sender, status, PeerStatus.OFFLINE))
-        b = msg.envelope.body
+        b = parse_body(HeartbeatBody, msg)
         self.bus.emit(
-            ev.HeartbeatReceived(
-                msg.sender,
-                str(b.get("status", "")),
-                msg.envelope.round,
-                _int(b.get("epoch")),
-                _int(b.get("epochs")),
-                _float(b.get("loss")),
-                _float(b.get("accuracy")),
-            )
+            ev.HeartbeatReceived(msg.sender, b.status, msg.envelope.round, b.epoch, b.epochs, b.loss, b.accuracy)
         )
         session = self._session_of.get(msg.sender)
         if session is not None:
@@ -190,11 +182,3 @@ class Hub:
             self.bus.emit(ev.ClientStatusChanged(peer, PeerStatus.OFFLINE, None))
         if self._timeout:
             self.bus.call_later(self._timeout / 2, ev.HeartbeatCheck())
-
-
-def _int(v: object) -> int | None:
-    return v if isinstance(v, int) and not isinstance(v, bool) else None
-
-
-def _float(v: object) -> float | None:
-    return float(v) if isinstance(v, int | float) and not isinstance(v, bool) else None

@@ -39,6 +39,7 @@ from fedhive.storage.artifacts import ArtifactStore
 from fedhive.strategies.base import Strategy
 from fedhive.transports.amqp import AmqpTransport
 from fedhive.transports.base import Transport
+from fedhive.transports.broker_users import SenderLogins
 from fedhive.transports.wire_codec import DEFAULT_CLAIM_CHECK_BYTES, DEFAULT_MAX_MESSAGE_BYTES, WireCodec
 
 log = logging.getLogger("fedhive.coordinator")
@@ -57,7 +58,11 @@ class BrokerSettings:
     connect_timeout_s: float = 10.0
     publish_timeout_s: float = 30.0
 
-    def transport(self, node_id: str, codec: WireCodec) -> AmqpTransport:
+    def transport(
+        self, node_id: str, codec: WireCodec, *, declares: bool = True, logins: SenderLogins | None = None
+    ) -> AmqpTransport:
+        """``declares``: False for a client (it needs no configure rights on the broker);
+        ``logins``: the broker users of the clients this node hears from, checked on every message."""
         return AmqpTransport(
             self.url,
             node_id,
@@ -67,6 +72,9 @@ class BrokerSettings:
             connect_timeout_s=self.connect_timeout_s,
             publish_timeout_s=self.publish_timeout_s,
             purge_on_start=True,
+            declares=declares,
+            downstream=logins.provisioned if logins else None,
+            sender_check=logins,
         )
 
 
@@ -86,6 +94,7 @@ def coordinator_codec(
         artifacts,
         max_message_bytes=max_message_bytes,
         defer_references=True,
+        grants_uploads=True,  # S3: clients get presigned URLs, never credentials
     )
 
 
@@ -147,7 +156,7 @@ async def run_coordinator(
         max_message_bytes=config.max_update_bytes + MAX_ENVELOPE_BYTES,
         clocks=clocks if clocks is not None else SenderClocks(resume.sender_clocks if resume else None),
     )
-    async with broker.transport(COORDINATOR_ID, codec) as transport:
+    async with broker.transport(COORDINATOR_ID, codec, logins=SenderLogins(store.broker_users)) as transport:
         link = Reintroducing(transport, config.session_id)
         coordinator = Coordinator(config, link, initial, evaluator=evaluator, **kwargs)
         for attach in observers:
@@ -166,6 +175,11 @@ class Reintroducing(Transport):
     first message for this session (signature checked, like every message) is preceded by a
     REGISTER made for it here, as the platform's hub does for the peers of a resumed session: the
     coordinator counts it ONLINE, enables it again and sends it the current round's TRAIN.
+
+    An idle site agent (``fedhive agent``, between sessions) is reached the same way: its beats
+    carry no session and its registration (example count, label counts, what it announces); the
+    first one this coordinator hears becomes a REGISTER with that body, and the session enables
+    it like any client that registered (docs/networked.md, "Site agents").
     """
 
     def __init__(self, inner: Transport, session_id: str) -> None:
@@ -187,6 +201,11 @@ class Reintroducing(Transport):
             log.info("%s is in session %s from before a restart; taking it back", msg.sender, self._session_id)
             self._held = msg
             return make(Kind.REGISTER, msg.sender, session_id=self._session_id, body={"num_examples": 0})
+        elif msg.sender not in self._known and _idle_agent_beat(msg):
+            self._known.add(msg.sender)
+            log.info("%s is an idle site agent; taking it as registered", msg.sender)
+            body = {k: msg.envelope.body[k] for k in _REGISTER_KEYS if k in msg.envelope.body}
+            return make(Kind.REGISTER, msg.sender, body=body)
         return msg
 
     async def start(self) -> None:
@@ -216,6 +235,17 @@ class Reintroducing(Transport):
         await self._inner.subscribe(topic)
 
 
+_REGISTER_KEYS = ("num_examples", "label_counts", "site")
+
+
+def _idle_agent_beat(msg: Message) -> bool:
+    """A heartbeat of a site agent between sessions: no session, and its registration inside,
+    announced as an agent's (``site``). A client's ordinary heartbeat never registers it: only a
+    REGISTER or an agent's announcement does."""
+    body = msg.envelope.body
+    return msg.kind is Kind.HEARTBEAT and not msg.envelope.session_id and "site" in body and "num_examples" in body
+
+
 # -- clients ------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class ClientSettings:
@@ -238,7 +268,7 @@ async def run_client(
     Raises ``SessionFailed`` if the coordinator never answers or falls silent."""
     client_id = site.client_id
     codec = client_codec(client_id, key, artifacts=broker.artifacts)
-    async with broker.transport(client_id, codec) as transport:
+    async with broker.transport(client_id, codec, declares=False) as transport:
         node = ClientNode(
             client_id,
             transport,

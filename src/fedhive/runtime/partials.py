@@ -17,19 +17,19 @@ finiteness, before they reach an aggregator.
 
 from __future__ import annotations
 
-import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
+from fedhive.core.bodies import MAX_CLIENTS, Member, PartialBody, failure_rows, member_rows, parse_body
 from fedhive.core.envelope import Kind, Message, make
 from fedhive.core.params import Params, ParamSpec, TensorSpec
 from fedhive.errors import ProtocolError
-from fedhive.runtime.payloads import body_int, body_metrics, payload_params
+from fedhive.runtime.payloads import payload_params
 from fedhive.strategies.base import AggregateResult, Aggregator, Partial, Strategy, Update
 
-MAX_EXAMPLES = 10**9
-MAX_RAW_UPDATES = 10_000
+MAX_RAW_UPDATES = MAX_CLIENTS
 
 
 def partial_message(
@@ -42,58 +42,83 @@ def partial_message(
     *,
     spec: ParamSpec,
     exact: bool = False,
+    members: Sequence[Member] | None = None,
+    failures: Sequence[tuple[str, str]] | None = None,
 ) -> Message:
+    """A ``sum`` partial; ``members`` (and ``failures``) name each client behind it with its figures."""
     sums = partial.weighted_sum
     if not exact:
         sums = Params({t.name: sums[t.name].astype(t.dtype) for t in spec.tensors})
-    body = {
-        "mode": "sum",
-        "exact": exact,
-        "attempt": attempt,
-        "total_weight": partial.total_weight,
-        "num_examples": partial.num_examples,
-        "count": partial.count,
-        "metric_sums": dict(partial.metric_sums),
-        "metric_weight": partial.metric_weight,
-        "clients": list(clients),
-    }
-    return make(Kind.PARTIAL, sender, session_id=session_id, round=round, body=body, payload=sums)
+    body = PartialBody.model_construct(
+        mode="sum",
+        exact=exact,
+        attempt=attempt,
+        total_weight=partial.total_weight,
+        num_examples=partial.num_examples,
+        count=partial.count,
+        metric_sums=dict(partial.metric_sums),
+        metric_weight=partial.metric_weight,
+        clients=list(clients),
+        **_named(members, failures),
+    )
+    return make(Kind.PARTIAL, sender, session_id=session_id, round=round, body=body.to_body(), payload=sums)
 
 
-def raw_message(sender: str, session_id: str, round: int, attempt: int, updates: Sequence[Update]) -> Message:
+def raw_message(
+    sender: str,
+    session_id: str,
+    round: int,
+    attempt: int,
+    updates: Sequence[Update],
+    *,
+    members: Sequence[Member] | None = None,
+    failures: Sequence[tuple[str, str]] | None = None,
+) -> Message:
     packed = {f"{i}/{name}": arr for i, u in enumerate(updates) for name, arr in u.params.items()}
-    meta = [{"client": u.client_id, "num_examples": u.num_examples, "metrics": dict(u.metrics)} for u in updates]
-    body = {"mode": "raw", "attempt": attempt, "updates": meta, "clients": [u.client_id for u in updates]}
-    return make(Kind.PARTIAL, sender, session_id=session_id, round=round, body=body, payload=Params(packed))
+    rows = member_rows(Member(u.client_id, u.num_examples, dict(u.metrics)) for u in updates)
+    body = PartialBody.model_construct(
+        mode="raw", attempt=attempt, updates=rows, clients=[u.client_id for u in updates], **_named(members, failures)
+    )
+    return make(Kind.PARTIAL, sender, session_id=session_id, round=round, body=body.to_body(), payload=Params(packed))
+
+
+def _named(members: Sequence[Member] | None, failures: Sequence[tuple[str, str]] | None) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if members is not None:
+        out["members"] = member_rows(members)
+    if failures is not None:
+        out["failures"] = failure_rows(failures)
+    return out
+
+
+def raw_copies(msg: Message) -> int:
+    """How many updates a ``raw`` partial packs (1 for sums): its size limit is that many updates'."""
+    return max(1, len(parse_body(PartialBody, msg).updates))
 
 
 def read_partial(msg: Message, spec: ParamSpec, *, max_bytes: int) -> Partial | list[Update]:
     """The partial aggregate or raw updates a ``partial`` message carries, validated."""
-    body = msg.envelope.body
+    body = parse_body(PartialBody, msg)
     what = f"partial from {msg.sender}"
-    if body.get("mode") == "sum":
-        exact = body.get("exact") is True
+    if body.mode == "sum":
+        assert body.total_weight is not None and body.metric_weight is not None  # PartialBody checks "sum"
+        assert body.num_examples is not None and body.count is not None
+        exact = body.exact
         sent = payload_params(msg, _float64(spec) if exact else spec, max_bytes=max_bytes, what=what)
         sums = sent if exact else Params({n: a.astype(np.float64) for n, a in sent.items()})
-        weight = _finite(body.get("total_weight"), "total_weight")
-        metric_weight = _finite(body.get("metric_weight"), "metric_weight")
-        if weight <= 0 or metric_weight < 0:
-            raise ProtocolError(f"{what}: weights must be positive")
         return Partial(
             weighted_sum=sums,
-            total_weight=weight,
-            num_examples=body_int(body, "num_examples", low=1, high=MAX_EXAMPLES),
-            count=body_int(body, "count", low=1, high=MAX_RAW_UPDATES),
-            metric_sums=body_metrics(body, "metric_sums"),
-            metric_weight=metric_weight,
+            total_weight=body.total_weight,
+            num_examples=body.num_examples,
+            count=body.count,
+            metric_sums=body.metric_sums,
+            metric_weight=body.metric_weight,
         )
-    if body.get("mode") == "raw":
-        meta = body.get("updates")
-        if not isinstance(meta, list) or not 0 < len(meta) <= MAX_RAW_UPDATES:
-            raise ProtocolError(f"{what}: 'updates' must list 1 to {MAX_RAW_UPDATES} updates")
+    if body.mode == "raw":
+        meta = body.update_list()
         packed = payload_params(msg, _packed(spec, len(meta)), max_bytes=max_bytes, what=what)
-        return [_unpack(packed, spec, i, m, what) for i, m in enumerate(meta)]
-    raise ProtocolError(f"{what}: unknown mode {body.get('mode')!r}")
+        return [_unpack(packed, spec, i, m) for i, m in enumerate(meta)]
+    raise ProtocolError(f"{what}: mode {body.mode!r} carries no parameters")
 
 
 def partial_size(p: Partial | list[Update]) -> tuple[int, int, dict[str, float]]:
@@ -106,12 +131,9 @@ def partial_size(p: Partial | list[Update]) -> tuple[int, int, dict[str, float]]
     return len(p), n, {k: sum(u.num_examples * u.metrics.get(k, 0.0) for u in p) / n for k in sorted(keys)}
 
 
-def _unpack(packed: Params, spec: ParamSpec, i: int, meta: object, what: str) -> Update:
-    if not isinstance(meta, Mapping) or not isinstance(meta.get("client"), str):
-        raise ProtocolError(f"{what}: update {i} has no client id")
+def _unpack(packed: Params, spec: ParamSpec, i: int, meta: Member) -> Update:
     params = Params({t.name: packed[f"{i}/{t.name}"] for t in spec.tensors})
-    n = body_int(meta, "num_examples", low=1, high=MAX_EXAMPLES)
-    return Update(str(meta["client"])[:128], params, n, body_metrics(meta))
+    return Update(meta.client_id, params, meta.num_examples, meta.metrics)
 
 
 def _float64(spec: ParamSpec) -> ParamSpec:
@@ -120,12 +142,6 @@ def _float64(spec: ParamSpec) -> ParamSpec:
 
 def _packed(spec: ParamSpec, n: int) -> ParamSpec:
     return ParamSpec(tuple(TensorSpec(f"{i}/{t.name}", t.shape, t.dtype) for i in range(n) for t in spec.tensors))
-
-
-def _finite(v: object, key: str) -> float:
-    if not isinstance(v, int | float) or isinstance(v, bool) or not math.isfinite(v):
-        raise ProtocolError(f"body field {key!r} must be a finite number, got {v!r}")
-    return float(v)
 
 
 class CollectRaw(Aggregator):

@@ -1,16 +1,15 @@
-"""Turning a received message's payload into validated ``Params`` and checked numbers."""
+"""Turning a received message's payload into validated ``Params``."""
 
 from __future__ import annotations
 
-import math
 import threading
-from collections.abc import Mapping
 
 from fedhive.core import codec
+from fedhive.core.bodies import compression_claimed
 from fedhive.core.compression import decode_update
 from fedhive.core.envelope import Deferred, Message
 from fedhive.core.params import Params, ParamSpec, check_against_spec
-from fedhive.errors import PayloadError, ProtocolError
+from fedhive.errors import PayloadError
 
 OFFLOAD_BYTES = 1024 * 1024  # payloads above this are validated in a worker thread
 
@@ -42,8 +41,8 @@ def payload_params(
         if p.nbytes > max_bytes:
             raise PayloadError(f"{what} of {p.nbytes} bytes exceeds the limit of {max_bytes} bytes")
         p = p.load()
-    if compression != "none" or "compression" in message.envelope.body:
-        claimed = message.envelope.body.get("compression")
+    claimed = compression_claimed(message)
+    if compression != "none" or claimed is not None:
         return decode_update(
             p, claimed=claimed, session=compression, expected=expected, base=base, max_bytes=max_bytes, what=what
         )
@@ -81,31 +80,3 @@ class _LastDecoded:
 
 
 _LAST_SHARED = _LastDecoded()
-
-
-def body_int(body: Mapping[str, object], key: str, *, low: int, high: int) -> int:
-    v = body.get(key)
-    if not isinstance(v, int) or isinstance(v, bool) or not low <= v <= high:
-        raise ProtocolError(f"body field {key!r} must be an integer in [{low}, {high}], got {v!r}")
-    return v
-
-
-def body_metrics(body: Mapping[str, object], key: str = "metrics") -> dict[str, float]:
-    raw = body.get(key, {})
-    if not isinstance(raw, dict) or len(raw) > 64:
-        raise ProtocolError(f"body field {key!r} must be an object of at most 64 numbers")
-    out = {}
-    for k, v in raw.items():
-        if not isinstance(v, int | float) or isinstance(v, bool) or not math.isfinite(v):
-            raise ProtocolError(f"metric {k!r} must be a finite number, got {v!r}")
-        out[str(k)[:64]] = float(v)
-    return out
-
-
-def opt_int(v: object) -> int | None:
-    """An optional integer body field: the value if it is one, else None (heartbeat extras)."""
-    return v if isinstance(v, int) and not isinstance(v, bool) else None
-
-
-def opt_float(v: object) -> float | None:
-    return float(v) if isinstance(v, int | float) and not isinstance(v, bool) else None

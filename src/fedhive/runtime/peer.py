@@ -22,19 +22,18 @@ from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 
 from fedhive.app.learner import Evaluator, FitResult, Trainer
+from fedhive.core.bodies import NO_MODEL, AnnounceBody, Body, PeerUpdateBody, parse_body
 from fedhive.core.compression import UpdateCompressor, decode_update
 from fedhive.core.envelope import Kind, Message, make
 from fedhive.core.params import Params, check_against_spec
 from fedhive.errors import FedhiveError, SessionFailed, TransportError
 from fedhive.runtime import events as ev
 from fedhive.runtime.bus import BusStopped, EventBus
-from fedhive.runtime.payloads import body_int, body_metrics, payload_params
+from fedhive.runtime.payloads import payload_params
 from fedhive.runtime.peer_rounds import (
-    NO_MODEL,
     PeerRound,
     PeerView,
     aggregate_in_order,
-    id_list,
     new_peer_id,
     params_digest,
     weighted_metrics,
@@ -211,21 +210,24 @@ class PeerNode:
             seed = self._initial.copy() if self._initial is not None else self.trainer.initial_params(self.config.seed)
             log.info("peer %s: seeding the model for %d peers", self.peer_id[:8], len(alive))
             await self._install(seed, 0, [self.peer_id, *sorted(set(alive) - {self.peer_id})])
-            await self._publish(
-                Kind.PEER_UPDATE, 0, {"type": "model", "digest": self.digest, "order": self._order()}, seed
-            )
+            model = PeerUpdateBody.model_construct(type="model", digest=self.digest, order=self._order())
+            await self._publish(Kind.PEER_UPDATE, 0, model, seed)
 
     async def _announce(self, kind: str) -> None:
-        await self._publish(Kind.ANNOUNCE, max(self.have, 0), {"type": kind, "have": self.have})
+        await self._publish(Kind.ANNOUNCE, max(self.have, 0), AnnounceBody.model_construct(type=kind, have=self.have))
 
     # -- messages ----------------------------------------------------------------------------------
     async def _on_message(self, event: ev.MessageIn) -> None:
         msg = event.message
-        body = msg.envelope.body
-        kind = body.get("type")
+        kind, have = None, None
         try:
-            if msg.kind is Kind.ANNOUNCE and kind in ("hello", "beat"):
-                await self._on_announce(msg, body_int(body, "have", low=NO_MODEL, high=10**9))
+            if msg.kind is Kind.ANNOUNCE:
+                announce = parse_body(AnnounceBody, msg)
+                kind, have = announce.type, announce.have
+            elif msg.kind is Kind.PEER_UPDATE:
+                kind = parse_body(PeerUpdateBody, msg).type
+            if msg.kind is Kind.ANNOUNCE and kind in ("hello", "beat") and have is not None:
+                await self._on_announce(msg, have)
             elif msg.kind is Kind.ANNOUNCE and kind == "bye":
                 self.view.forget(msg.sender)
                 await self._maybe_commit()
@@ -245,12 +247,12 @@ class PeerNode:
 
     async def _on_announce(self, msg: Message, have: int) -> None:
         new = self.view.seen(msg.sender, have)
-        if new and msg.envelope.body.get("type") == "hello":
+        if new and parse_body(AnnounceBody, msg).type == "hello":
             await self._announce("beat")  # so that a newcomer learns of us now, not a beat later
         r = self._round
         if r is not None and have < r.round - self.handoff_lag and self._leader(r) == self.peer_id:
             # A newcomer (or a peer that fell behind): as this round's leader we hand it our model.
-            body = {"type": "model", "digest": self.digest, "order": r.order}
+            body = PeerUpdateBody.model_construct(type="model", digest=self.digest, order=r.order).to_body()
             assert self.params is not None
             await self._send(
                 msg.sender, make(Kind.PEER_UPDATE, self.peer_id, round=self.have, body=body, payload=self.params)
@@ -279,8 +281,9 @@ class PeerNode:
             compression=self.config.compression,
             base=base,
         )
-        num = body_int(msg.envelope.body, "num_examples", low=1, high=10**9)
-        return Update(msg.sender, params, num, body_metrics(msg.envelope.body))
+        body = parse_body(PeerUpdateBody, msg)
+        assert body.num_examples is not None  # required of an update (PeerUpdateBody)
+        return Update(msg.sender, params, body.num_examples, body.metrics)
 
     def _decode_early(self, messages: dict[str, Message], base: Params) -> dict[str, Update]:
         updates = {}
@@ -296,16 +299,17 @@ class PeerNode:
         if env.round <= self.have and not (env.round == 0 and self._prefer_seed(msg.sender)):
             return
         params = payload_params(msg, self.spec, max_bytes=self.config.max_update_bytes, what="model")
-        if params_digest(params) != env.body.get("digest"):
+        body = parse_body(PeerUpdateBody, msg)
+        if params_digest(params) != body.digest:
             raise FedhiveError(f"model from {msg.sender} does not match its digest")
-        if env.round == 0 and self._initial_digest is not None and env.body.get("digest") != self._initial_digest:
+        if env.round == 0 and self._initial_digest is not None and body.digest != self._initial_digest:
             self._fail(
                 f"peer {msg.sender[:8]} seeded a model other than this peer's --initial-model "
-                f"(digest {str(env.body.get('digest'))[:12]}, not {self._initial_digest[:12]}): "
+                f"(digest {str(body.digest)[:12]}, not {self._initial_digest[:12]}): "
                 "give every peer the same --initial-model"
             )
             return
-        order = id_list(env.body.get("order")) or [msg.sender]
+        order = body.order or [msg.sender]
         self.view.seen(msg.sender, env.round)
         log.info("peer %s: took the model of round %d from %s", self.peer_id[:8], env.round, msg.sender[:8])
         await self._install(params.copy(), env.round, order)
@@ -367,7 +371,9 @@ class PeerNode:
                 what="own update",
             )
         r.updates[self.peer_id] = Update(self.peer_id, own, res.num_examples, dict(res.metrics))
-        body = {"type": "update", "num_examples": res.num_examples, "metrics": dict(res.metrics), **encoding}
+        body = PeerUpdateBody.model_construct(
+            type="update", num_examples=res.num_examples, metrics=dict(res.metrics), **encoding
+        )
         await self._publish(Kind.PEER_UPDATE, r.round, body, payload)
         await self._maybe_commit()
 
@@ -389,7 +395,9 @@ class PeerNode:
         if len(r.updates) < need:
             return  # the check at the (extended) deadline decides whether to wait longer or give up
         ids = sorted(r.updates)
-        await self._publish(Kind.ANNOUNCE, r.round, {"type": "commit", "ids": ids, "base": r.base_digest})
+        await self._publish(
+            Kind.ANNOUNCE, r.round, AnnounceBody.model_construct(type="commit", ids=ids, base=r.base_digest)
+        )
         await self._apply(r, ids)
 
     async def _on_commit(self, msg: Message) -> None:
@@ -397,8 +405,9 @@ class PeerNode:
         r = self._round
         if r is None or env.round != r.round or r.commit is not None or r.pending is not None:
             return
-        r.pending = id_list(env.body.get("ids"))
-        if env.body.get("base") != r.base_digest:
+        commit = parse_body(AnnounceBody, msg)
+        r.pending = commit.ids
+        if commit.base != r.base_digest:
             r.pending_since = -1.0  # we hold another model than the leader: resync at the next check
         else:
             r.pending_since = time.monotonic()
@@ -415,7 +424,7 @@ class PeerNode:
 
     async def _resync(self, r: PeerRound) -> None:
         log.warning("peer %s: out of step in round %d; asking its leader for the model", self.peer_id[:8], r.round)
-        await self._publish(Kind.ANNOUNCE, r.round, {"type": "hello", "have": NO_MODEL})
+        await self._publish(Kind.ANNOUNCE, r.round, AnnounceBody.model_construct(type="hello", have=NO_MODEL))
 
     async def _apply(self, r: PeerRound, ids: list[str]) -> None:
         r.commit = ids
@@ -468,9 +477,10 @@ class PeerNode:
         self.bus.call_later(self.recheck_s, _Check(r.round))
 
     # -- sending -------------------------------------------------------------------------------------
-    async def _publish(self, kind: Kind, round: int, body: dict[str, object], payload: Params | None = None) -> None:
+    async def _publish(self, kind: Kind, round: int, body: Body, payload: Params | None = None) -> None:
+        message = make(kind, self.peer_id, round=round, body=body.to_body(), payload=payload)
         try:
-            await self.transport.publish(self.topic, make(kind, self.peer_id, round=round, body=body, payload=payload))
+            await self.transport.publish(self.topic, message)
         except TransportError as exc:
             log.warning("peer %s: could not broadcast %s: %s", self.peer_id[:8], kind, exc)
 

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from fedhive.core.bodies import PeerUpdateBody, parse_body
 from fedhive.core.compression import parse_compression
 from fedhive.core.envelope import Kind, Message, make
 from fedhive.core.params import Params
@@ -71,7 +72,12 @@ class GossipPeer(PeerNode):
 
     async def _on_message(self, event: ev.MessageIn) -> None:
         msg = event.message
-        if msg.kind is Kind.PEER_UPDATE and msg.envelope.body.get("type") == "gossip":
+        try:
+            gossip = msg.kind is Kind.PEER_UPDATE and parse_body(PeerUpdateBody, msg).type == "gossip"
+        except FedhiveError as exc:
+            log.warning("peer %s: rejected %s from %s: %s", self.peer_id[:8], msg.kind, msg.sender[:8], exc)
+            return
+        if gossip:
             try:
                 self._on_gossip(msg)
             except FedhiveError as exc:
@@ -100,8 +106,8 @@ class GossipPeer(PeerNode):
             return
         res = event.result
         r.updates[self.peer_id] = Update(self.peer_id, res.params, res.num_examples, dict(res.metrics))
-        body = {"type": "gossip", "num_examples": res.num_examples, "metrics": dict(res.metrics)}
-        model = make(Kind.PEER_UPDATE, self.peer_id, round=r.round, body=body, payload=res.params)
+        body = PeerUpdateBody.model_construct(type="gossip", num_examples=res.num_examples, metrics=dict(res.metrics))
+        model = make(Kind.PEER_UPDATE, self.peer_id, round=r.round, body=body.to_body(), payload=res.params)
         for partner in self.partners(self.peer_id, r.round, r.order):
             await self._send(partner, model)
         await self._maybe_commit()

@@ -49,12 +49,13 @@ async def run_peer(
     peer_id: str | None = None,
     observers: Sequence[Observer] = (),
     on_ready: Callable[[str], None] | None = None,
+    on_finished: Callable[[Params], None] | None = None,
 ) -> list[PeerRoundCompleted]:
     """Take part until ``config.rounds`` rounds are done with the site's app; returns each round's
     digest and metrics. ``evaluator`` (if any) evaluates each round's model; ``seed_index`` orders
     the peers' training seeds (a demo part's index); ``initial`` is the seed model to start from
     instead of the app's init (the same on every peer). Raises ``SessionFailed`` when too few peers
-    come, or a round cannot be committed."""
+    come, or a round cannot be committed. ``on_finished`` gets the final model (``fedhive peer --out``)."""
     trainer = site.trainer_for(config)
     node_id = peer_id or new_peer_id()
     kind: Callable[..., PeerNode] = (
@@ -78,4 +79,7 @@ async def run_peer(
             attach(node.bus)
         if on_ready is not None:
             on_ready(node_id)
-        return await node.run()
+        history = await node.run()
+        if on_finished is not None and node.params is not None:
+            on_finished(node.params)
+        return history

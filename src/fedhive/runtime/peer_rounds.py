@@ -34,12 +34,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from fedhive.core.bodies import NO_MODEL
 from fedhive.core.params import Params
 from fedhive.core.signing import Verifier
 from fedhive.strategies.base import Strategy, Update
 from fedhive.transports.wire_codec import WireCodec
-
-NO_MODEL = -1
 
 
 def new_peer_id() -> str:
@@ -120,13 +119,6 @@ def peer_codec(federation_key: bytes) -> WireCodec:
     because broadcasts have no single recipient whose key could be used. A peer id is only a name
     inside the federation; the key is what keeps outsiders out."""
     return WireCodec(signing_key=lambda _to: federation_key, verifier=Verifier(lambda _sender: federation_key))
-
-
-def id_list(raw: object) -> list[str]:
-    """A list of peer ids from a message body, order kept; malformed entries are dropped."""
-    if not isinstance(raw, list):
-        return []
-    return [p for p in raw[:10_000] if isinstance(p, str) and 0 < len(p) <= 128]
 
 
 def weighted_metrics(updates: dict[str, Update]) -> dict[str, float]:

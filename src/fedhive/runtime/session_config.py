@@ -21,6 +21,12 @@ class SessionConfig(BaseModel):
     session_id: str = Field(default_factory=lambda: uuid.uuid4().hex[:12], min_length=1, max_length=64)
     rounds: int = Field(default=20, ge=1, le=100_000)
     min_clients: int = Field(default=2, ge=1, description="clients that must be ONLINE before round 1")
+    min_round_clients: int | None = Field(
+        default=None,
+        ge=1,
+        description="once the session runs, clients that must be ONLINE for a round to start (at most min_clients; "
+        "default: min_clients, so one client lost ends the session)",
+    )
     fraction: float = Field(default=1.0, gt=0, le=1, description="share of ONLINE clients selected per round")
     max_clients: int | None = Field(default=None, ge=1, description="cap on clients selected per round")
     quorum: float = Field(
@@ -65,6 +71,31 @@ class SessionConfig(BaseModel):
         description="reject an update, or refuse a new global model, farther from the global model than this many "
         "times the model's scale (its L2 norm, at least the square root of its size): an exploded model",
     )
+    # Secure aggregation (docs/secure_aggregation.md): the coordinator learns only the sum of updates.
+    secure_aggregation: bool = Field(
+        default=False, description="sum updates by secure aggregation: the coordinator learns only their sum"
+    )
+    secagg_clip: float = Field(
+        default=4.0,
+        gt=0,
+        le=2**20,
+        description="secure aggregation: each coordinate of an update's change from the global model is clipped "
+        "to [-clip, clip]",
+    )
+    secagg_bits: int = Field(
+        default=28,
+        ge=8,
+        le=40,
+        description="secure aggregation: fraction bits of the fixed point; the mean is off by at most "
+        "2**-(bits+1) per coordinate",
+    )
+    secagg_threshold: float = Field(
+        default=0.5,
+        gt=0,
+        le=1,
+        description="secure aggregation: share of a round's clients whose shares unmask the sum (at least 2); "
+        "fewer colluding clients learn nothing",
+    )
     data: dict[str, Any] = Field(default_factory=dict, description="what demo clients load (dataset, partition)")
     evaluate_every: int | None = Field(
         default=None,
@@ -105,7 +136,17 @@ class SessionConfig(BaseModel):
             and self.heartbeat_timeout_s <= self.heartbeat_interval_s
         ):
             raise ValueError("heartbeat_timeout_s must be longer than heartbeat_interval_s")
+        if self.secure_aggregation and self.compression != "none":
+            raise ValueError("secure aggregation sums fixed-point updates: compression must be none")
+        if self.secure_aggregation and self.secagg_clip * 2.0**self.secagg_bits >= 2.0**62:
+            raise ValueError("secagg_clip * 2**secagg_bits must stay below 2**62 (64-bit fixed point)")
+        if self.min_round_clients is not None and self.min_round_clients > self.min_clients:
+            raise ValueError("min_round_clients must not be more than min_clients")
         return self
+
+    def round_floor(self) -> int:
+        """Clients that must be ONLINE for a round of the running session to start."""
+        return min(self.min_round_clients or self.min_clients, self.min_clients)
 
     @field_validator("run_config")
     @classmethod

@@ -30,8 +30,11 @@ from fedhive.runtime.coordinator import COORDINATOR_ID, Coordinator, SessionResu
 from fedhive.runtime.inline_executor import InlineExecutor
 from fedhive.runtime.session_config import SessionConfig
 from fedhive.runtime.site_app import ServerApp, SiteApp, session_with_app
+from fedhive.secagg.host_link import SecureHostLink
+from fedhive.secagg.settings import secure_weighting
 from fedhive.strategies.base import Strategy
 from fedhive.strategies.registry import parse_strategy
+from fedhive.transports.base import Transport
 from fedhive.transports.memory import MemoryNetwork
 
 Observer = Callable[[EventBus], None]
@@ -55,6 +58,7 @@ async def run_federation(
     network: MemoryNetwork | None = None,
     threaded: bool = False,
     hosted: bool | None = None,
+    secagg_dropout: float = 0.0,
 ) -> SessionResult:
     """Run one session with ``len(trainers)`` virtual clients; returns the final model and history.
 
@@ -62,9 +66,17 @@ async def run_federation(
     one worker thread, which keeps the loop responsive for a process that also serves an API.
     ``hosted`` (the default unless the session compresses updates) runs the clients behind one
     ``ClientHost``; ``hosted=False`` gives each its own ``ClientNode``, as over a broker.
+
+    With ``config.secure_aggregation`` the host's clients are summed by secure aggregation
+    (``secagg.host_link``); ``secagg_dropout`` of each round's clients then drop out after sending
+    their masked update (a test of the protocol's recovery).
     """
     if hosted is None:
         hosted = config.compression == "none"
+    if config.secure_aggregation:
+        secure_weighting(strategy or parse_strategy(config.strategy))
+        if not hosted:
+            raise ConfigError("secure aggregation runs simulated clients behind a client host: hosted=False is refused")
     # Virtual clients live and die with this process: no heartbeat bookkeeping needed.
     config = config.model_copy(update={"heartbeat_interval_s": None, "heartbeat_timeout_s": None})
     net = network or MemoryNetwork()
@@ -86,7 +98,8 @@ async def run_federation(
     pool = ThreadPoolExecutor(1, thread_name_prefix="fedhive-virtual-clients") if threaded else InlineExecutor()
     if hosted:
         try:
-            return _unwrap(await _run_hosted(coordinator, net, ids, trainers, num_examples, pool, config))
+            hosted_run = _run_hosted(coordinator, net, ids, trainers, num_examples, pool, config, secagg_dropout)
+            return _unwrap(await hosted_run)
         finally:
             pool.shutdown(wait=False, cancel_futures=True)
     gate = FoldGate.for_model(initial_params.nbytes, minimum=2 if threaded else 1)
@@ -127,11 +140,15 @@ async def _run_hosted(
     num_examples: Sequence[int],
     pool: Executor,
     config: SessionConfig,
+    secagg_dropout: float,
 ) -> SessionResult | FedhiveError:
     clients = [HostedClient(c, t, n) for c, t, n in zip(ids, trainers, num_examples, strict=True)]
+    link: Transport = net.connect(HOST_ID, aliases=ids)
+    if config.secure_aggregation:  # TRAIN is answered by a secure sum, not by the host's plain one
+        link = SecureHostLink(link, clients, executor=pool, dropout=secagg_dropout)
     host = ClientHost(
         HOST_ID,
-        net.connect(HOST_ID, aliases=ids),
+        link,
         clients,
         executor=pool,
         register_timeout_s=config.registration_timeout_s,
@@ -260,7 +277,9 @@ def plan_simulation(
     """
     if clients < 1:
         raise ConfigError(f"--clients must be at least 1, got {clients}")
-    parse_strategy(config.strategy)
+    strategy = parse_strategy(config.strategy)
+    if config.secure_aggregation:
+        secure_weighting(strategy)
     base = dict(node or {})
     mode, every = _evaluation(evaluate, loaded)
     if config.evaluate_every is None:

@@ -61,18 +61,24 @@ class SecretCache:
     """Client secrets for signature checks, read from the database once per client.
 
     Verification runs on the event loop for every message; a database round trip there would
-    stall the loop, so a secret is fetched on first use and kept (secrets do not change)."""
+    stall the loop, so a secret is fetched on first use and kept for ``ttl_s``: a site revoked or
+    given a new secret (``fedhive admin site revoke|rotate``, while the server runs) is refused
+    with its old secret within that time."""
 
-    def __init__(self, db: Database, box: SecretBox) -> None:
+    def __init__(self, db: Database, box: SecretBox, *, ttl_s: float = 30.0) -> None:
         self.db = db
         self.box = box  # the secrets are sealed in the database (storage.secret_box)
-        self._known: dict[str, bytes] = {}
+        self.ttl_s = ttl_s
+        self._known: dict[str, tuple[bytes, float]] = {}
 
     def __call__(self, client_id: str) -> bytes | None:
-        secret = self._known.get(client_id)
+        known = self._known.get(client_id)
+        if known is not None and time.monotonic() - known[1] < self.ttl_s:
+            return known[0]
+        with self.db.session(read_only=True) as s:
+            secret = users_repo.get_client_secret(s, client_id, self.box)
         if secret is None:
-            with self.db.session(read_only=True) as s:
-                secret = users_repo.get_client_secret(s, client_id, self.box)
-            if secret is not None:
-                self._known[client_id] = secret
+            self._known.pop(client_id, None)
+        else:
+            self._known[client_id] = (secret, time.monotonic())
         return secret

@@ -120,7 +120,8 @@ def _hub_transport(
     if network is not None:
         return network.connect(COORDINATOR_ID)
     secrets = SecretCache(db, settings.secret_box())
-    codec = WireCodec(secrets, Verifier(secrets), artifacts, defer_references=True)  # see coordinator_codec
+    # see coordinator_codec
+    codec = WireCodec(secrets, Verifier(secrets), artifacts, defer_references=True, grants_uploads=True)
     assert settings.broker_url is not None
     return BrokerSettings(settings.broker_url, settings.namespace, artifacts=artifacts).transport(COORDINATOR_ID, codec)
 

@@ -27,6 +27,7 @@ from pydantic import ValidationError
 
 from fedhive.app.loader import BUILTIN, LoadedApp
 from fedhive.core import codec
+from fedhive.core.bodies import StopBody
 from fedhive.core.envelope import Kind, make
 from fedhive.core.params import Params, ParamSpec, check_against_spec
 from fedhive.errors import ConfigError, FedhiveError, PayloadError, SessionFailed
@@ -102,7 +103,8 @@ class SessionManager:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
         peers = await asyncio.to_thread(self._peers_of, session_id)
-        stop = make(Kind.STOP, COORDINATOR_ID, session_id=session_id, body={"reason": "cancelled"})
+        cancelled = StopBody.model_construct(reason="cancelled").to_body()
+        stop = make(Kind.STOP, COORDINATOR_ID, session_id=session_id, body=cancelled)
         await self.hub.transport.send_many([(p, stop) for p in peers])
         self.hub.release(session_id)
 

@@ -2,15 +2,15 @@
 
 Models, checkpoints, uploaded data sets and claim-checked payloads all live here. Addressing by
 digest makes writes idempotent (a retried upload is free) and lets every reader verify what it got.
-The local store is the embedded default; ``S3ArtifactStore`` (storage/s3_artifacts.py) is for
-production. Both are synchronous (file and HTTP I/O): async callers use ``asyncio.to_thread``.
+The local store is the embedded default, for the nodes of one machine; ``S3ArtifactStore``
+(storage/s3_artifacts.py) is for production, where clients hold no credentials, only presigned URLs
+(docs/networked.md, "Claim checks"). Both are synchronous (file and HTTP I/O): async callers use ``asyncio.to_thread``.
 ``artifact_store_from_url`` picks one from a URL, so scaling out changes a setting, not code.
 """
 
 from __future__ import annotations
 
 import hashlib
-import mmap
 import os
 import re
 import tempfile
@@ -18,7 +18,7 @@ import time
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from fedhive.errors import ConfigError, StorageError
@@ -28,6 +28,11 @@ _AREA = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _SPARES = ".spare"
 _SHARD = re.compile(r"^[0-9a-f]{2}$")
 _CHUNK = 1 << 20  # fits in a CPU cache: hashed, then written while still there
+# Owner only: on a machine shared with other accounts, nobody else lists, reads or replaces
+# artifacts. Stored files are read-only even for the owner: nothing rewrites one in place.
+_DIR_MODE = 0o700
+_FILE_MODE = 0o400
+_WRITING_MODE = 0o600
 
 
 def ref_for(digest: str) -> str:
@@ -58,10 +63,9 @@ class ArtifactStore(Protocol):
         """Store the concatenation of ``parts`` without joining them in memory: (reference, size)."""
         ...
 
-    def get(self, ref: str) -> bytes: ...
-
-    def view(self, ref: str) -> bytes | memoryview:
-        """Like ``get``, but the store may hand out a read-only memory map instead of a copy."""
+    def get(self, ref: str) -> bytes:
+        """The artifact's bytes in the caller's own memory: a copy nobody else can change after
+        the caller has checked its digest (never a shared memory map)."""
         ...
 
     def exists(self, ref: str) -> bool: ...
@@ -69,8 +73,8 @@ class ArtifactStore(Protocol):
     def delete(self, ref: str) -> None: ...
 
     def recycle(self, ref: str) -> None:
-        """Like ``delete``, from the last reader of the artifact: nobody maps or reads it any more,
-        so the store may reuse its space for a later write (see ``LocalArtifactStore``)."""
+        """Like ``delete``, from the last reader of the artifact: nobody reads it any more, so the
+        store may reuse its space for a later write (see ``LocalArtifactStore``)."""
         ...
 
     def scoped(self, area: str) -> ArtifactStore:
@@ -84,8 +88,33 @@ class ArtifactStore(Protocol):
         ...
 
 
+@runtime_checkable
+class PresigningStore(Protocol):
+    """A store that can let a node without credentials read one artifact or write one object,
+    through a URL that opens exactly that (S3). A coordinator with such a store hands clients
+    URLs instead of credentials (transports/wire_codec.py)."""
+
+    def presign_get(self, ref: str, expires_s: float) -> str: ...
+
+    def upload_key(self, owner: str, round: int) -> str:
+        """A new object key for ``owner``'s answer in ``round``, unguessable, never reused."""
+        ...
+
+    def presign_put(self, key: str, expires_s: float) -> str: ...
+
+    def read_key(self, key: str, *, max_bytes: int) -> bytes: ...
+
+    def delete_key(self, key: str) -> None: ...
+
+
 class LocalArtifactStore:
     """Files under ``root/ab/cdef...``; written to a temp file and renamed, so never half-written.
+
+    For the nodes of one machine. Directories are the owner's only (0700) and stored files
+    read-only (0400): other accounts on the machine can neither read nor replace them. Processes
+    of the same account can (they could as well read its memory): such a store protects nothing
+    between them, which is why readers check digests on their own copy (``get``), never on a
+    file or a map another process could still change. Across machines, use S3.
 
     A recycled artifact's file is kept aside as a spare (at most ``MAX_SPARES``) and the next
     ``put``/``put_parts`` writes into it instead of a new file: overwriting pages the kernel already
@@ -98,7 +127,7 @@ class LocalArtifactStore:
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
         try:
-            self.root.mkdir(parents=True, exist_ok=True)
+            self.root.mkdir(mode=_DIR_MODE, parents=True, exist_ok=True)
         except OSError as exc:
             raise StorageError(f"cannot create artifact directory {self.root}: {exc.strerror}") from exc
 
@@ -113,11 +142,15 @@ class LocalArtifactStore:
         if _touch(path):  # stored already; written again now, as far as ``sweep`` is concerned
             return ref
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            path.parent.mkdir(mode=_DIR_MODE, exist_ok=True)
             fd, tmp = self._temp_file()
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
                 f.truncate()  # a spare may have been longer
+                # Models and checkpoints come this way: on disk before the rename makes them visible.
+                f.flush()
+                os.fsync(f.fileno())
+                os.fchmod(f.fileno(), _FILE_MODE)
             os.replace(tmp, path)
         except OSError as exc:
             raise StorageError(f"cannot write artifact {ref}: {exc.strerror}") from exc
@@ -134,10 +167,11 @@ class LocalArtifactStore:
             tmp = self.root / f".tmp-{uuid.uuid4().hex}"
             try:
                 os.rename(spares / name, tmp)  # atomic: of several writers, one gets it
+                os.chmod(tmp, _WRITING_MODE)  # stored read-only; nobody reads a spare
             except FileNotFoundError:
                 continue
             return os.open(tmp, os.O_WRONLY), str(tmp)
-        return tempfile.mkstemp(dir=self.root, prefix=".tmp-")
+        return tempfile.mkstemp(dir=self.root, prefix=".tmp-")  # mode 0600
 
     def put_parts(self, parts: Sequence[bytes | memoryview]) -> tuple[str, int]:
         # Hash and write chunk by chunk: each chunk is read from memory once for both, where
@@ -154,32 +188,23 @@ class LocalArtifactStore:
                         f.write(chunk)
                     size += len(view)
                 f.truncate()  # a spare may have been longer
+                # No fsync: this is the claim-check path, transient payloads a crash loses nothing by
+                # (they are swept at the next start); a 100 MB fsync would cost a round 0.5 s or more.
+                os.fchmod(f.fileno(), _FILE_MODE)
             ref = ref_for(digest.hexdigest())
             path = self._path(ref)
             if _touch(path):  # the same bytes are stored already: keep the written file as a spare
                 self._spare(Path(tmp))
             else:
-                path.parent.mkdir(parents=True, exist_ok=True)
+                path.parent.mkdir(mode=_DIR_MODE, exist_ok=True)
                 os.replace(tmp, path)
         except OSError as exc:
             raise StorageError(f"cannot write artifact to {self.root}: {exc.strerror}") from exc
         return ref, size
 
-    def view(self, ref: str) -> bytes | memoryview:
-        """A read-only memory map of the file: no copy, and pages the OS can drop under pressure.
-        Files are only ever replaced whole (written aside, then renamed), never rewritten in place,
-        so a map stays valid while it is used."""
-        try:
-            with self._path(ref).open("rb") as f:
-                if os.fstat(f.fileno()).st_size == 0:
-                    return b""
-                return memoryview(mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ))
-        except FileNotFoundError:
-            raise StorageError(f"artifact {ref} not found in {self.root}") from None
-        except OSError as exc:
-            raise StorageError(f"cannot read artifact {ref}: {exc.strerror}") from exc
-
     def get(self, ref: str) -> bytes:
+        # A private copy, not a memory map: a map shows whatever the file holds when it is read,
+        # so a digest checked on it says nothing about what is decoded from it a moment later.
         try:
             return self._path(ref).read_bytes()
         except FileNotFoundError:
@@ -205,7 +230,7 @@ class LocalArtifactStore:
         """Keep ``path`` (nobody reads it) as a spare for a later write, or delete it if there are
         spares enough."""
         spares = self.root / _SPARES
-        spares.mkdir(exist_ok=True)
+        spares.mkdir(mode=_DIR_MODE, exist_ok=True)
         if len(os.listdir(spares)) >= self.MAX_SPARES:
             path.unlink()
         else:

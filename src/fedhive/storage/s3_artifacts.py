@@ -5,6 +5,12 @@ a bucket can be shared with other data and listed by prefix. What is read back i
 compared with its reference: a tampered or truncated object raises ``StorageError`` instead of
 reaching a model.
 
+Clients hold no credentials for the bucket (docs/networked.md, "Claim checks"): the coordinator,
+which does, hands each of them per message a presigned GET URL for the payload it sends
+(``presign_get``) and a presigned PUT URL for an object only that client's answer goes to
+(``upload_key``, ``presign_put``: ``{prefix}uploads/<client>/<round>-<nonce>``). A presigned URL
+opens one key with one method until it expires, so holding one reads or writes nothing else.
+
 Only this module imports boto3; every botocore and boto3 error is mapped here to a one-line
 ``StorageError`` naming the operation and the object (never the credentials).
 """
@@ -14,6 +20,8 @@ from __future__ import annotations
 import copy
 import hashlib
 import io
+import re
+import secrets
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, NoReturn
@@ -30,6 +38,8 @@ from fedhive.storage.artifacts import check_area, digest_of, ref_for
 MiB = 1 << 20
 _NOT_FOUND = frozenset({"404", "NoSuchKey", "NotFound", "NoSuchBucket"})
 _BOTO_ERRORS = (BotoCoreError, ClientError, Boto3Error)
+_OWNER_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
+UPLOADS = "uploads/"  # under the store's prefix: objects written through presigned PUT URLs
 
 
 class S3ArtifactStore:
@@ -59,6 +69,7 @@ class S3ArtifactStore:
         self.region = region
         self._secrets = tuple(s for s in (secret_key,) if s)
         config = Config(
+            signature_version="s3v4",  # presigned URLs too: SigV2 ones are refused by newer regions
             connect_timeout=connect_timeout_s,
             read_timeout=read_timeout_s,
             retries={"max_attempts": max_attempts, "mode": "standard"},
@@ -87,9 +98,6 @@ class S3ArtifactStore:
     def put_parts(self, parts: Sequence[bytes | memoryview]) -> tuple[str, int]:
         data = b"".join(parts)  # an upload needs one buffer (or a file); S3 is not the fast path
         return self.put(data), len(data)
-
-    def view(self, ref: str) -> bytes | memoryview:
-        return self.get(ref)
 
     def key(self, ref: str) -> str:
         d = digest_of(ref)
@@ -204,6 +212,42 @@ class S3ArtifactStore:
         except _BOTO_ERRORS as exc:
             self._fail("cannot read", where, exc)
 
+    def presign_get(self, ref: str, expires_s: float) -> str:
+        return self._presign("get_object", self.key(ref), expires_s)
+
+    def upload_key(self, owner: str, round: int) -> str:
+        # The owner's id is part of the key only to make the bucket readable to an operator; what
+        # makes the key the owner's is that the coordinator issued it to that owner alone.
+        safe = _OWNER_UNSAFE.sub("_", owner)[:64] or "_"
+        return f"{self.prefix}{UPLOADS}{safe}/{round}-{secrets.token_hex(16)}"
+
+    def presign_put(self, key: str, expires_s: float) -> str:
+        if not key.startswith(self.prefix + UPLOADS):
+            raise StorageError(f"refusing to presign a write outside s3://{self.bucket}/{self.prefix}{UPLOADS}")
+        if not self._bucket_ready:
+            self.ensure_bucket()  # the client's PUT cannot create it
+        return self._presign("put_object", key, expires_s)
+
+    def _presign(self, operation: str, key: str, expires_s: float) -> str:
+        try:
+            url: str = self._s3.generate_presigned_url(
+                operation, Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=max(1, int(expires_s))
+            )
+        except _BOTO_ERRORS as exc:
+            self._fail("cannot presign a URL for", f"s3://{self.bucket}/{key}", exc)
+        return url
+
+    def delete_key(self, key: str) -> None:
+        """Delete one object by its full key (an upload); no error if it is gone."""
+        where = f"s3://{self.bucket}/{key}"
+        try:
+            self._s3.delete_object(Bucket=self.bucket, Key=key)
+        except ClientError as exc:
+            if _code(exc) not in _NOT_FOUND:
+                self._fail("cannot delete", where, exc)
+        except _BOTO_ERRORS as exc:
+            self._fail("cannot delete", where, exc)
+
     def exists(self, ref: str) -> bool:
         return self._size(ref) is not None
 
@@ -224,11 +268,12 @@ class S3ArtifactStore:
         horizon = datetime.now(UTC) - timedelta(seconds=older_than_s)
         stale: list[dict[str, str]] = []
         try:
-            pages = self._s3.get_paginator("list_objects_v2").paginate(
-                Bucket=self.bucket, Prefix=f"{self.prefix}sha256/"
-            )
-            for page in pages:
-                stale += [{"Key": o["Key"]} for o in page.get("Contents", []) if o["LastModified"] < horizon]
+            for area in ("sha256/", UPLOADS):  # this store's artifacts, and its clients' uploads
+                pages = self._s3.get_paginator("list_objects_v2").paginate(
+                    Bucket=self.bucket, Prefix=f"{self.prefix}{area}"
+                )
+                for page in pages:
+                    stale += [{"Key": o["Key"]} for o in page.get("Contents", []) if o["LastModified"] < horizon]
             for start in range(0, len(stale), 1000):  # the most one request deletes
                 self._s3.delete_objects(
                     Bucket=self.bucket, Delete={"Objects": stale[start : start + 1000], "Quiet": True}

@@ -192,3 +192,24 @@ def release_clients(s: Session, session_id: str) -> list[str]:
         )
         s.execute(sa.update(ClientRow).where(held).values(session_id=None))
     return ids
+
+
+def rotate_client_secret(s: Session, client_id: str, *, box: SecretBox) -> str:
+    """A new secret for a node (the old one stops working); returns it, to be shown once.
+    ``NotFound`` if there is no such node."""
+    secret = secrets.token_urlsafe(_SECRET_BYTES)
+    with atomic(s, f"cannot rotate the secret of client {client_id!r}"):
+        done = s.execute(
+            sa.update(ClientRow).where(ClientRow.id == client_id).values(secret=box.seal(secret, client_id=client_id))
+        )
+    if cast(sa.CursorResult[Any], done).rowcount == 0:
+        raise NotFound(f"no client with id {client_id!r}")
+    return secret
+
+
+def delete_client(s: Session, client_id: str) -> None:
+    """Remove a node: its messages are rejected from then on. ``NotFound`` if there is no such node."""
+    with atomic(s, f"cannot delete client {client_id!r}"):
+        done = s.execute(sa.delete(ClientRow).where(ClientRow.id == client_id))
+    if cast(sa.CursorResult[Any], done).rowcount == 0:
+        raise NotFound(f"no client with id {client_id!r}")

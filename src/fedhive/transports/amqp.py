@@ -20,6 +20,14 @@ Delivery guarantees, and why:
 - Deliveries are decoded one by one in arrival order, so a node sees a sender's messages in the
   order they were sent, as on the memory transport.
 
+Isolation (docs/security.md, "Broker isolation"): a node that ``declares`` (coordinator,
+combiner, peer) creates and keeps the exchanges and queues (``amqp_keeper``) and sends through
+the direct exchange; a client (``declares=False``) needs no configure rights: it only checks
+that its queue exists and sends through the up exchange, under a routing key that names it as
+the sender. Every message carries the AMQP ``user_id`` property, which RabbitMQ checks against
+the connection's login; a ``sender_check`` (the coordinator's: ``broker_users.SenderLogins``)
+refuses a message whose signed sender does not go with that login.
+
 Reconnection: ``aio_pika.connect_robust`` re-declares the channel, exchanges, queues, bindings and
 consumers after a broker restart (retrying every ``reconnect_interval`` seconds, 5 by default; the
 URL query ``?reconnect_interval=1`` changes it). ``send`` and ``publish`` wait for the connection
@@ -32,15 +40,32 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 
 import aio_pika
 from aio_pika import abc as pika
-from aio_pika.exceptions import CONNECTION_EXCEPTIONS, ChannelInvalidStateError, PublishError
+from aio_pika.exceptions import (
+    CONNECTION_EXCEPTIONS,
+    ChannelInvalidStateError,
+    ChannelNotFoundEntity,
+    ChannelPreconditionFailed,
+    DeliveryError,
+    PublishError,
+)
+from aiormq.exceptions import ChannelAccessRefused
 
 from fedhive.core.envelope import Message
 from fedhive.errors import FedhiveError, StorageError, TransportError
-from fedhive.transports.amqp_topology import Names, check_name, redact, ssl_context_for
+from fedhive.transports.amqp_keeper import TopologyKeeper
+from fedhive.transports.amqp_topology import (
+    Names,
+    check_name,
+    login_of,
+    queue_arguments,
+    redact,
+    ssl_context_for,
+    up_key,
+)
 from fedhive.transports.base import Transport, TransportClosed
 from fedhive.transports.wire_codec import WireCodec
 
@@ -50,6 +75,10 @@ CONTENT_TYPE = "application/vnd.fedhive.frame"
 # Failures that mean "the broker is (for now) unreachable": worth waiting for a reconnect.
 _RETRYABLE = (ConnectionError, OSError, ChannelInvalidStateError)
 _RETRY_PAUSE_S = 0.5
+# Bounds of every node queue: far above what a round queues, low enough that a flood of messages
+# cannot take the broker's memory or disk.
+MAX_QUEUE_MESSAGES = 100_000
+MAX_QUEUE_BYTES = 2 << 30
 
 
 class _Stop:
@@ -64,13 +93,29 @@ async def _broker_call(what: str, timeout_s: float) -> AsyncIterator[None]:
             yield
     except TimeoutError as exc:
         raise TransportError(f"{what}: no answer from the broker within {timeout_s:g} s") from exc
+    except ChannelAccessRefused as exc:
+        raise TransportError(f"{what}: the broker user may not do this ({exc})") from exc
+    except ChannelPreconditionFailed as exc:
+        raise TransportError(
+            f"{what}: an exchange or queue of this namespace exists with other settings ({exc}); "
+            "an older fedhive, or someone else, made it: delete it on the broker, or use another namespace"
+        ) from exc
     except CONNECTION_EXCEPTIONS as exc:
         raise TransportError(f"{what}: {str(exc) or type(exc).__name__}") from exc
 
 
+SenderCheck = Callable[[str, "str | None"], "str | None"]
+
+
 class AmqpTransport(Transport):
     """A node's connection to RabbitMQ. ``rejected`` counts messages that failed verification,
-    ``duplicates`` redelivered copies dropped, ``unroutable`` sends to nodes unknown to the broker."""
+    ``duplicates`` redelivered copies dropped, ``unroutable`` sends to nodes unknown to the broker.
+
+    ``declares``: False for a client, which needs no configure rights on the broker (see the
+    module's docstring). ``downstream``: ids of clients whose queues this node creates for them.
+    ``sender_check(sender, login)``: why a message signed by ``sender`` and published by broker
+    user ``login`` is refused, or None. ``topology_wait_s``: how long a client waits for its
+    queue to be created."""
 
     def __init__(
         self,
@@ -86,6 +131,13 @@ class AmqpTransport(Transport):
         inbox_size: int = 64,
         purge_on_start: bool = False,
         queue_expires_s: float | None = 3600.0,
+        declares: bool = True,
+        downstream: Callable[[], Iterable[str]] | None = None,
+        sender_check: SenderCheck | None = None,
+        keep_interval_s: float = 2.0,
+        topology_wait_s: float = 120.0,
+        max_queue_messages: int = MAX_QUEUE_MESSAGES,
+        max_queue_bytes: int = MAX_QUEUE_BYTES,
     ) -> None:
         self.node_id = node_id
         self._url = url
@@ -94,9 +146,23 @@ class AmqpTransport(Transport):
         self._names = Names(namespace)
         self._queue_name = self._names.node_queue(check_name(node_id, "node id"))
         self._ssl = ssl_context_for(url, ca_file)
+        self._login = login_of(url)
         self._prefetch = prefetch
         self._purge_on_start = purge_on_start
-        self._queue_expires_s = queue_expires_s
+        self._declares = declares
+        self._sender_check = sender_check
+        # A node queue nobody consumes for queue_expires_s is deleted by the broker: messages that
+        # old would fail the receiver's replay window anyway, and crashed test or benchmark runs
+        # must not pile up queues until the broker runs out of file handles.
+        self._keeper = TopologyKeeper(
+            self._names,
+            node_id,
+            queue_arguments(queue_expires_s, max_queue_messages, max_queue_bytes),
+            downstream=downstream,
+            interval_s=keep_interval_s,
+            wait_s=topology_wait_s,
+        )
+        self._keeping: asyncio.Task[None] | None = None
         self._connect_timeout = connect_timeout_s
         self._publish_timeout = publish_timeout_s
         self._inbox: asyncio.Queue[Message | _Stop] = asyncio.Queue(inbox_size)
@@ -104,8 +170,6 @@ class AmqpTransport(Transport):
         self._deliveries: asyncio.Queue[pika.AbstractIncomingMessage] = asyncio.Queue()
         self._connection: pika.AbstractRobustConnection | None = None
         self._channel: pika.AbstractRobustChannel | None = None
-        self._direct: pika.AbstractExchange | None = None
-        self._topic: pika.AbstractExchange | None = None
         self._subscriptions: pika.AbstractRobustQueue | None = None
         self._topics: set[str] = set()
         self._subscribe_lock = asyncio.Lock()
@@ -136,8 +200,10 @@ class AmqpTransport(Transport):
             )
         self._connection.reconnect_callbacks.add(self._on_reconnect)
         self._connection.close_callbacks.add(self._on_link_lost)
+        # A client may wait for the coordinator to create its queue (bounded by topology_wait_s).
+        limit = self._connect_timeout + (0.0 if self._declares else self._keeper.wait_s)
         try:
-            async with _broker_call(f"{self.node_id}: cannot declare queues on the broker", self._connect_timeout):
+            async with _broker_call(f"{self.node_id}: cannot set up its queue on the broker", limit):
                 await self._declare(self._connection)
         except TransportError:
             await self._connection.close()
@@ -156,13 +222,10 @@ class AmqpTransport(Transport):
     async def _declare(self, connection: pika.AbstractRobustConnection) -> None:
         channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
         await channel.set_qos(prefetch_count=self._prefetch)
-        self._direct = await channel.declare_exchange(self._names.direct_exchange, "direct", durable=True)
-        self._topic = await channel.declare_exchange(self._names.topic_exchange, "direct", durable=True)
-        # A node queue nobody consumes for queue_expires_s is deleted by the broker: messages that
-        # old would fail the receiver's replay window anyway, and crashed test or benchmark runs
-        # must not pile up queues until the broker runs out of file handles.
-        arguments = {"x-expires": int(self._queue_expires_s * 1000)} if self._queue_expires_s else None
-        queue = await channel.declare_queue(self._queue_name, durable=True, arguments=arguments)
+        if self._declares:
+            queue = await self._keeper.declare(connection, channel)
+        else:
+            queue = await self._keeper.attach(connection, channel)
         if self._purge_on_start:
             # A node starting afresh (a new coordinator, a client process) must not act on what an
             # earlier process of the same id left queued: a stale REGISTER or STOP from another
@@ -170,18 +233,21 @@ class AmqpTransport(Transport):
             purged = await queue.purge()
             if purged.message_count:
                 log.info("%s: dropped %d stale messages from its queue", self.node_id, purged.message_count)
-        await queue.bind(self._direct, routing_key=self.node_id)
         await queue.consume(self._on_delivery)
         self._channel = channel
+        if self._declares:
+            keeping = self._keeper.keep(connection, channel)
+            self._keeping = asyncio.create_task(keeping, name=f"amqp-keep-{self.node_id}")
 
     async def close(self) -> None:
         """Stop receiving and disconnect; unacked deliveries go back to the queue. Idempotent."""
         if self._closed:
             return
         self._closed = True
-        if self._receiver is not None:
-            self._receiver.cancel()
-            await asyncio.wait([self._receiver])
+        for task in (self._receiver, self._keeping):
+            if task is not None:
+                task.cancel()
+                await asyncio.wait([task])
         if self._connection is not None:
             try:
                 async with _broker_call(f"{self.node_id}: closing the connection", self._connect_timeout):
@@ -206,37 +272,47 @@ class AmqpTransport(Transport):
     def _on_reconnect(self, _connection: object) -> None:
         self._link_up = True
         self._reconnects += 1
+        self._keeper.forget_bindings()
         log.info("%s: reconnected to the AMQP broker; queues and consumers restored", self.node_id)
 
     # -- sending --------------------------------------------------------------------------------
+    def _route(self, to: str) -> tuple[pika.AbstractExchange, str]:
+        """Where a message for node ``to`` goes: a client sends only through the up exchange,
+        under a key that names it as the sender (all its broker user may publish)."""
+        if self._declares:
+            return self._exchange(self._keeper.direct), check_name(to, "node id")
+        return self._exchange(self._keeper.up), up_key(check_name(to, "node id"), self.node_id)
+
     async def send(self, to: str, message: Message) -> None:
-        exchange, key = self._exchange(self._direct), check_name(to, "node id")
+        exchange, key = self._route(to)
         await self._publish(exchange, key, await self._codec.encode(to, message), addressed=True)
 
     async def send_many(self, items: Sequence[tuple[str, Message]]) -> list[TransportError | None]:
         """Like ``send`` to each, but a payload shared by several messages (a round's global model)
         is encoded and claim-checked once, not once per recipient."""
-        exchange = self._exchange(self._direct)
-        keys = [check_name(to, "node id") for to, _ in items]
+        routes = [self._route(to) for to, _ in items]
         frames = await self._codec.encode_many(items)
 
-        async def one(key: str, frame: bytes) -> TransportError | None:
+        async def one(route: tuple[pika.AbstractExchange, str], frame: bytes) -> TransportError | None:
             try:
-                await self._publish(exchange, key, frame, addressed=True)
+                await self._publish(*route, frame, addressed=True)
             except TransportError as exc:
                 return exc
             return None
 
-        return list(await asyncio.gather(*(one(k, f) for k, f in zip(keys, frames, strict=True))))
+        return list(await asyncio.gather(*(one(r, f) for r, f in zip(routes, frames, strict=True))))
 
     async def publish(self, topic: str, message: Message) -> None:
-        exchange, key = self._exchange(self._topic), check_name(topic, "topic")
+        exchange, key = await self._topic_exchange(), check_name(topic, "topic")
         await self._publish(exchange, key, await self._codec.encode(topic, message), addressed=False)
 
     async def _publish(self, exchange: pika.AbstractExchange, key: str, frame: bytes, *, addressed: bool) -> None:
         mode = aio_pika.DeliveryMode.PERSISTENT if addressed else aio_pika.DeliveryMode.NOT_PERSISTENT
-        message = aio_pika.Message(frame, content_type=CONTENT_TYPE, delivery_mode=mode)
+        # user_id: RabbitMQ refuses the message unless it is this connection's login, so the
+        # receiver learns who published it from the broker, not from the sender's say-so.
+        message = aio_pika.Message(frame, content_type=CONTENT_TYPE, delivery_mode=mode, user_id=self._login)
         what = f"{self.node_id}: sending to {key!r}" if addressed else f"{self.node_id}: publishing to {key!r}"
+        rebound = False
         async with _broker_call(what, self._publish_timeout):
             while True:
                 self._check_not_closed()
@@ -245,18 +321,37 @@ class AmqpTransport(Transport):
                     await exchange.publish(message, key, mandatory=addressed)
                     return
                 except PublishError as exc:  # returned by the broker: no queue is bound to this key
+                    if not self._declares:
+                        # A client's coordinator is there to stay: a missing binding is one being
+                        # restored (amqp_keeper), so try again until publish_timeout_s.
+                        log.debug("%s: no queue bound yet; retrying", what)
+                        await asyncio.sleep(_RETRY_PAUSE_S)
+                        continue
+                    if addressed and not rebound and self._connection is not None:
+                        rebound = await self._keeper.restore_binding(self._connection, key)
+                        if rebound:
+                            log.warning("%s: the queue of %s had lost its binding; bound it again", self.node_id, key)
+                            continue
                     self.unroutable += 1
                     raise TransportError(f"{what}: the broker has no queue for node {key!r}") from exc
+                except ChannelNotFoundEntity as exc:
+                    # The exchange was deleted (the broker closed the channel): aio-pika reopens
+                    # the channel, and a node that declares declares it again (amqp_keeper).
+                    log.warning("%s: %s; retrying", what, exc)
+                    await asyncio.sleep(_RETRY_PAUSE_S)
+                except DeliveryError as exc:  # nacked: the recipient's queue is full (x-overflow)
+                    raise TransportError(f"{what}: the recipient's queue is full; the broker refused it") from exc
                 except _RETRYABLE as exc:
                     log.debug("%s: broker unavailable (%s); retrying", what, exc)
                     await asyncio.sleep(_RETRY_PAUSE_S)
 
     # -- subscribing ----------------------------------------------------------------------------
     async def subscribe(self, topic: str) -> None:
-        exchange, what = self._exchange(self._topic), f"{self.node_id}: subscribing to {check_name(topic, 'topic')!r}"
+        what = f"{self.node_id}: subscribing to {check_name(topic, 'topic')!r}"
         async with self._subscribe_lock, _broker_call(what, self._publish_timeout):
             if topic in self._topics:
                 return
+            exchange = await self._topic_exchange()
             queue = await self._subscription_queue()
             await queue.bind(exchange, routing_key=topic)
             self._topics.add(topic)
@@ -269,6 +364,11 @@ class AmqpTransport(Transport):
             await queue.consume(self._on_delivery)
             self._subscriptions = queue
         return self._subscriptions
+
+    async def _topic_exchange(self) -> pika.AbstractExchange:
+        if self._keeper.topic is None and self._channel is not None:  # a client: look it up
+            self._keeper.topic = await self._channel.get_exchange(self._names.topic_exchange, ensure=False)
+        return self._exchange(self._keeper.topic)
 
     # -- receiving ------------------------------------------------------------------------------
     async def recv(self) -> Message:
@@ -301,7 +401,7 @@ class AmqpTransport(Transport):
 
     async def _decode(self, delivery: pika.AbstractIncomingMessage) -> Message | None:
         try:
-            return await self._codec.decode(delivery.body)
+            message = await self._codec.decode(delivery.body)
         except FedhiveError as exc:
             if delivery.redelivered:
                 # Most likely a copy of a message received before a broker restart cut off its ack.
@@ -311,6 +411,13 @@ class AmqpTransport(Transport):
                 self.rejected += 1
                 log.warning("%s: rejected message: %s", self.node_id, exc)
             return None
+        refused = self._sender_check(message.sender, delivery.user_id) if self._sender_check else None
+        if refused:
+            self.rejected += 1
+            log.warning("%s: rejected message from %s: %s", self.node_id, message.sender, refused)
+            return None
+        self._keeper.heard_from(message.sender)
+        return message
 
     async def _ack(self, delivery: pika.AbstractIncomingMessage) -> None:
         try:
@@ -355,4 +462,5 @@ async def delete_namespace(
             for queue in queues:
                 await channel.queue_delete(queue)
             await channel.exchange_delete(names.direct_exchange)
+            await channel.exchange_delete(names.up_exchange)
             await channel.exchange_delete(names.topic_exchange)

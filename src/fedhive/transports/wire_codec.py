@@ -19,11 +19,21 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from fedhive.core import codec, wire
-from fedhive.core.envelope import Deferred, Message, PayloadDescriptor
+from fedhive.core.envelope import Deferred, Envelope, Kind, Message, PayloadDescriptor
 from fedhive.core.params import Params
 from fedhive.core.signing import Verifier, sign
 from fedhive.errors import ConfigError, PayloadError, ProtocolError, StorageError
-from fedhive.storage.artifacts import ArtifactStore, check_area, digest_of
+from fedhive.storage.artifacts import ArtifactStore, PresigningStore, check_area, digest_of, ref_for
+from fedhive.transports import claim_urls
+from fedhive.transports.claim_grants import (
+    CLAIM_KEY,
+    PAYLOAD_URL,
+    UPLOAD_KEY,
+    UPLOAD_URL,
+    ClaimLedger,
+    Fetch,
+    Grant,
+)
 
 DEFAULT_MAX_MESSAGE_BYTES = 256 * 1024 * 1024
 DEFAULT_CLAIM_CHECK_BYTES = 8 * 1024 * 1024
@@ -52,8 +62,13 @@ class WireCodec:
     defer_references: bool = False
     # Broadcast payloads this node put in the store are deleted once unused for this long (a round's
     # global model: every client fetches it when its TRAIN arrives). Updates go back to the store
-    # as soon as their receiver is done with them (``Deferred.discard``).
+    # as soon as their receiver is done with them (``Deferred.discard``). Presigned URLs and
+    # upload grants this node hands out last as long.
     retain_own_claims_s: float = 3600.0
+    # A node that runs rounds (coordinator, combiner) with a store that presigns (S3): every
+    # claim-checked payload it sends carries a GET URL, every TRAIN a PUT URL for the answer, and
+    # an answer's claim is accepted only under a key issued to its sender.
+    grants_uploads: bool = False
 
     def __post_init__(self) -> None:
         # Claim checks live apart from models and data sets (a sub-store): they are transient, and
@@ -61,6 +76,12 @@ class WireCodec:
         self._claims = claims_store(self.artifacts) if self.artifacts is not None else None
         self._own: dict[str, float] = {}  # ref -> when we last put it
         self._own_lock = threading.Lock()
+        self._ledger = ClaimLedger()
+
+    @property
+    def _presigner(self) -> PresigningStore | None:
+        claims = self._claims
+        return claims if self.grants_uploads and isinstance(claims, PresigningStore) else None
 
     def bind_namespace(self, namespace: str) -> None:
         """Keep claim checks per deployment namespace: the nodes of one namespace share them, and
@@ -82,21 +103,51 @@ class WireCodec:
             key = self.signing_key(to)
             if key is None:
                 raise ProtocolError(f"no signing key for recipient {to!r}")
+            extra = self._grant_for(to, message)
             if message.payload is None:
-                frames.append(wire.encode_frame(sign(message.envelope, key), None))
+                frames.append(wire.encode_frame(sign(_with_body(message.envelope, extra), key), None))
                 continue
             big = _is_big(message)
-            ready = prepared.get(id(message.payload))
-            if ready is None:
-                ready = prepared[id(message.payload)] = await _maybe_offload(self._prepare, message, big=big)
-            frames.append(await _maybe_offload(self._frame, message, key, *ready, big=big and ready[1].ref is None))
+            grant = self._ledger.take(to, message.envelope)  # an answer to a node that granted a URL
+            ready: tuple[bytes | None, PayloadDescriptor] | None
+            if grant is not None:
+                ready = await _maybe_offload(self._prepare, message, grant, big=big)
+                extra = {**extra, CLAIM_KEY: grant.key} if ready[1].ref is not None else extra
+            else:
+                ready = prepared.get(id(message.payload))
+                if ready is None:
+                    ready = prepared[id(message.payload)] = await _maybe_offload(self._prepare, message, big=big)
+                extra = {**extra, **self._payload_url(ready[1])}
+            frames.append(
+                await _maybe_offload(self._frame, message, key, *ready, extra, big=big and ready[1].ref is None)
+            )
         return frames
 
-    def _prepare(self, message: Message) -> tuple[bytes | None, PayloadDescriptor]:
+    def _grant_for(self, to: str, message: Message) -> dict[str, str]:
+        """A TRAIN's PUT URL: where ``to`` writes its answer, a key nobody else is given."""
+        presigner = self._presigner
+        if presigner is None or message.kind is not Kind.TRAIN:
+            return {}
+        key = presigner.upload_key(to, message.envelope.round)
+        url = presigner.presign_put(key, self.retain_own_claims_s)
+        self._ledger.issue(to, key, self.retain_own_claims_s)
+        return {UPLOAD_URL: url, UPLOAD_KEY: key}
+
+    def _payload_url(self, desc: PayloadDescriptor) -> dict[str, str]:
+        presigner = self._presigner
+        if presigner is None or desc.ref is None:
+            return {}
+        return {PAYLOAD_URL: presigner.presign_get(desc.ref, self.retain_own_claims_s)}
+
+    def _prepare(self, message: Message, grant: Grant | None = None) -> tuple[bytes | None, PayloadDescriptor]:
         p = message.payload
-        if isinstance(p, Params) and self._claims is not None and p.nbytes > self.claim_check_bytes:
+        if isinstance(p, Params) and p.nbytes > self.claim_check_bytes and (grant or self._claims) is not None:
             # A big model goes to the store straight from its arrays, hashed on the way: no
-            # serialised copy of it is ever made.
+            # serialised copy of it is ever made (but for a URL upload, which needs one buffer).
+            if grant is not None:
+                sha, size = grant.upload(codec.encode_parts(p))
+                return None, PayloadDescriptor(codec=codec.CODEC, nbytes=size, sha256=sha, ref=ref_for(sha))
+            assert self._claims is not None
             ref, size = self._claims.put_parts(codec.encode_parts(p))
             self._remember(ref)
             return None, PayloadDescriptor(codec=codec.CODEC, nbytes=size, sha256=digest_of(ref), ref=ref)
@@ -104,6 +155,9 @@ class WireCodec:
         assert data is not None
         desc = wire.describe(data)
         if len(data) > self.claim_check_bytes:
+            if grant is not None:
+                grant.upload([data])
+                return None, desc.model_copy(update={"ref": ref_for(desc.sha256)})
             if self._claims is None:
                 raise PayloadError(
                     f"payload of {len(data)} bytes is over the claim-check threshold and no artifact store is set"
@@ -130,42 +184,68 @@ class WireCodec:
                 del self._own[r]
         for r in stale:
             try:
-                self._claims.delete(r)  # deleted, not recycled: a slow reader may still map it
+                self._claims.delete(r)  # deleted, not recycled: a slow reader may still be fetching it
             except StorageError as exc:
                 log.warning("could not delete an old claim-checked payload: %s", exc)
 
-    def _discard(self, desc: PayloadDescriptor) -> None:
-        """A received payload is used up: its space goes back to the store, unless the bytes are
-        also one of our own payloads (an update identical to the global model we sent)."""
-        assert self._claims is not None and desc.ref is not None
-        with self._own_lock:
-            if desc.ref in self._own:
-                return
-        try:
-            self._claims.recycle(desc.ref)
-        except StorageError as exc:
-            log.warning("could not recycle a claim-checked payload: %s", exc)
-
-    def _frame(self, message: Message, key: bytes, data: bytes | None, desc: PayloadDescriptor) -> bytes:
-        env = sign(message.envelope.model_copy(update={"payload": desc}), key)
+    def _frame(
+        self, message: Message, key: bytes, data: bytes | None, desc: PayloadDescriptor, extra: dict[str, str]
+    ) -> bytes:
+        env = sign(_with_body(message.envelope, extra).model_copy(update={"payload": desc}), key)
         return wire.encode_frame(env, data)
 
     async def decode(self, frame: bytes) -> Message:
         env, payload = await _maybe_offload(
             wire.decode_frame, frame, big=len(frame) > _OFFLOAD_BYTES, max_bytes=self.max_message_bytes
         )
-        self.verifier.verify(env)
+        self.verifier.verify(env)  # from here on, env.sender and every body field are authentic
+        self._ledger.offered(env)
         desc = env.payload
-        if desc is not None and desc.ref is not None:
-            if self._claims is None:
-                raise PayloadError("message refers to the artifact store, but none is configured")
-            if desc.nbytes > self.max_message_bytes:
-                raise PayloadError(f"referenced payload of {desc.nbytes} bytes exceeds the limit")
-            if self.defer_references:
-                load = functools.partial(_fetch, self._claims, desc)
-                return Message(env, Deferred(desc.nbytes, load, functools.partial(self._discard, desc)))
-            return Message(env, await _fetch_shared(self._claims, desc))
-        return Message(env, payload)
+        if desc is None or desc.ref is None:
+            return Message(env, payload)
+        if desc.nbytes > self.max_message_bytes:
+            raise PayloadError(f"referenced payload of {desc.nbytes} bytes exceeds the limit")
+        fetch, discard = self._claim_of(env, desc)
+        if self.defer_references:
+            return Message(env, Deferred(desc.nbytes, functools.partial(_verified, fetch, desc), discard))
+        return Message(env, await _fetch_shared(fetch, desc))
+
+    def _claim_of(self, env: Envelope, desc: PayloadDescriptor) -> tuple[Fetch, Callable[[], None] | None]:
+        """How to read a message's claim-checked payload, and how to give it back once used: only
+        ever a claim its sender wrote (docs/networked.md, "Claim checks")."""
+        assert desc.ref is not None
+        limit = self.max_message_bytes
+        key = env.body.get(CLAIM_KEY)
+        if key is not None:  # written through a PUT URL we issued
+            presigner = self._presigner
+            if presigner is None or not isinstance(key, str) or not self._ledger.redeem(env.sender, key):
+                raise ProtocolError(f"{env.sender} names a claim-check key that was not issued to it")
+            return functools.partial(presigner.read_key, key, max_bytes=limit), functools.partial(
+                _quietly, presigner.delete_key, key
+            )
+        url = env.body.get(PAYLOAD_URL)
+        if isinstance(url, str) and not self.grants_uploads:  # a node without store credentials
+            return functools.partial(claim_urls.download, url, max_bytes=limit), None
+        if self._claims is None:
+            raise PayloadError("message refers to the artifact store, but none is configured")
+        fetch = functools.partial(self._claims.get, desc.ref)
+        if not self.defer_references or self._presigner is not None:
+            # Nothing to give back: a client's copy of a broadcast is the sender's to delete, and
+            # with URLs (S3) a content-addressed object can only be one that we or our peers wrote.
+            return fetch, None
+        self._ledger.claim(env.sender, desc.ref, self.retain_own_claims_s)  # raises if another sender holds this claim
+        return fetch, functools.partial(self._discard, env.sender, desc.ref)
+
+    def _discard(self, sender: str, ref: str) -> None:
+        """A received payload is used up: its space goes back to the store, unless the bytes are
+        also one of our own payloads (an update identical to the global model we sent)."""
+        assert self._claims is not None
+        if not self._ledger.release(sender, ref):
+            return
+        with self._own_lock:
+            if ref in self._own:
+                return
+        _quietly(self._claims.recycle, ref)
 
 
 def claims_store(artifacts: ArtifactStore, namespace: str | None = None) -> ArtifactStore:
@@ -182,17 +262,19 @@ def _area_name(namespace: str) -> str:
 
 
 # Claim-checked payloads being fetched and verified in this process, by (ref, sha256, size).
-_IN_FLIGHT: dict[tuple[str, str, int], asyncio.Task[bytes | memoryview]] = {}
+_IN_FLIGHT: dict[tuple[str, str, int], asyncio.Task[bytes]] = {}
 
 
-async def _fetch_shared(artifacts: ArtifactStore, desc: PayloadDescriptor) -> bytes | memoryview:
-    """``_fetch`` in a worker thread, shared by concurrent receivers of the same payload.
+async def _fetch_shared(fetch: Fetch, desc: PayloadDescriptor) -> bytes:
+    """``_verified`` in a worker thread, shared by concurrent receivers of the same payload.
 
     Why: the virtual clients of one process (``fedhive client --virtual N``) all receive the same
     global model by reference at the same moment, and hashing 100 MB once per client was a third
-    of such a process's round. Only successes are shared, and only while the fetch is running
-    (no cache that could outlive the file): a receiver whose sharer failed fetches on its own,
-    since its store may hold what the other's did not."""
+    of such a process's round. They share one private copy, verified once: the bytes are
+    immutable and this process's own, so what was checked is what every one of them decodes.
+    Only successes are shared, and only while the fetch is running (no cache that could outlive
+    the claim): a receiver whose sharer failed fetches on its own, since its store or URL may
+    serve what the other's did not."""
     assert desc.ref is not None
     key = (desc.ref, desc.sha256, desc.nbytes)
     running = _IN_FLIGHT.get(key)
@@ -201,25 +283,39 @@ async def _fetch_shared(artifacts: ArtifactStore, desc: PayloadDescriptor) -> by
             return await asyncio.shield(running)
         except (PayloadError, StorageError):
             pass
-    task = asyncio.ensure_future(asyncio.to_thread(_fetch, artifacts, desc))
+    task = asyncio.ensure_future(asyncio.to_thread(_verified, fetch, desc))
     _IN_FLIGHT[key] = task
     task.add_done_callback(functools.partial(_fetched, key))
     return await asyncio.shield(task)
 
 
-def _fetched(key: tuple[str, str, int], task: asyncio.Task[bytes | memoryview]) -> None:
+def _fetched(key: tuple[str, str, int], task: asyncio.Task[bytes]) -> None:
     if _IN_FLIGHT.get(key) is task:
         del _IN_FLIGHT[key]
     if not task.cancelled():
         task.exception()  # retrieved here: its receivers may all have been cancelled meanwhile
 
 
-def _fetch(artifacts: ArtifactStore, desc: PayloadDescriptor) -> bytes | memoryview:
-    """The claim-checked bytes, refused unless they are exactly what the sender signed for."""
-    assert desc.ref is not None
-    data = artifacts.view(desc.ref)
+def _verified(fetch: Fetch, desc: PayloadDescriptor) -> bytes:
+    """The claim-checked bytes, refused unless they are exactly what the sender signed for. The
+    digest is checked on the very bytes returned (immutable, in this process's memory), never on
+    a file or a memory map that could change between the check and the decoding."""
+    data = fetch()
+    if not isinstance(data, bytes):
+        raise StorageError("the artifact store returned something other than a private copy of the payload")
     wire.verify_payload(data, desc)
     return data
+
+
+def _with_body(env: Envelope, extra: dict[str, str]) -> Envelope:
+    return env.model_copy(update={"body": {**env.body, **extra}}) if extra else env
+
+
+def _quietly(give_back: Callable[[str], None], name: str) -> None:
+    try:
+        give_back(name)
+    except StorageError as exc:  # costs store space, never the session
+        log.warning("could not give a claim-checked payload back to the store: %s", exc)
 
 
 def _is_big(message: Message) -> bool:

@@ -6,7 +6,15 @@ its ``ServerApp`` would have used (``server_capture``, ``strategy_map``). Flower
 imported only when a project is loaded.
 """
 
-from fedhive.compat.flower.project import FlowerProject, load_flower_project
+from fedhive.compat.flower.project import FLOWER_PREFIX, FlowerProject, installed_flower_project, load_flower_project
 from fedhive.compat.flower.version import SUPPORTED, check_version, require_flower
 
-__all__ = ["SUPPORTED", "FlowerProject", "check_version", "load_flower_project", "require_flower"]
+__all__ = [
+    "FLOWER_PREFIX",
+    "SUPPORTED",
+    "FlowerProject",
+    "check_version",
+    "installed_flower_project",
+    "load_flower_project",
+    "require_flower",
+]

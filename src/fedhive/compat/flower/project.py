@@ -9,6 +9,7 @@ Flower's fusion of those defaults with the run's overrides (an unknown key is re
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -71,3 +72,20 @@ def _load(load_app: Any, ref: str, folder: Path, kind: type, key: str) -> Any:
     if not isinstance(obj, kind):
         raise AppError(f"{key} {ref!r} is a {type(obj).__name__}, not a Flower {kind.__name__}")
     return obj
+
+
+FLOWER_PREFIX = "flower:"  # an installed app's reference: flower:PATH (fedhive serve --app, docs/flower.md)
+
+
+def installed_flower_project(folder: Path) -> FlowerProject:
+    """The Flower project at ``folder`` with its own run config, loaded once per process: the form a
+    site (``fedhive client --flower-app``) or a platform (``fedhive serve --app flower:PATH``)
+    installs, whose run config the session then sets."""
+    return _installed(folder.resolve())
+
+
+@functools.lru_cache(maxsize=16)
+def _installed(folder: Path) -> FlowerProject:
+    # One adapter per folder and process: every virtual client of a process shares it (its Flower
+    # Context is per client), and the app's modules are imported once.
+    return load_flower_project(folder, {})

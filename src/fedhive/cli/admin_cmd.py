@@ -1,0 +1,202 @@
+"""``fedhive admin``: the platform's people and sites, straight in its database.
+
+Works before ``fedhive serve`` starts and while it runs: both open the same database (``--home``
+or ``--db``, as ``serve`` is given them) and the same key that seals site secrets (``HOME/secrets-key``
+or ``FEDHIVE_SECRETS_KEY``). A running server notices a revoked or rotated site within its secret
+cache's lifetime (30 s).
+
+- ``admin create-admin EMAIL``: the first admin account (no HTTP request can make an admin);
+- ``admin site create|list|revoke|rotate``: site credentials for ``fedhive agent --id --secret``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from pydantic import ValidationError
+from sqlalchemy.orm import Session
+
+from fedhive.api.security import AuthError, check_password_rules, hash_password
+from fedhive.errors import ConfigError
+from fedhive.runtime.credentials import write_secret_file
+from fedhive.runtime.session_config import validation_message
+from fedhive.service.settings import Settings
+from fedhive.storage import users_repo
+from fedhive.storage.database import AlreadyExists, Database, NotFound
+from fedhive.storage.models import Role
+
+HomeOption = Annotated[Path, typer.Option(help="the server's home folder (as 'fedhive serve --home')")]
+DbOption = Annotated[str | None, typer.Option(help="the server's database URL (as 'fedhive serve --db')")]
+
+app = typer.Typer(help="Administer the platform: admin accounts and site credentials.", no_args_is_help=True)
+site_app = typer.Typer(help="Site credentials: the ids and secrets 'fedhive agent' signs with.", no_args_is_help=True)
+app.add_typer(site_app, name="site")
+
+
+def _settings(home: Path, db: str | None) -> Settings:
+    try:
+        return Settings.from_env(home=home, db_url=db)
+    except ValidationError as exc:
+        raise ConfigError(validation_message(exc)) from None
+
+
+@contextmanager
+def _unit_of_work(settings: Settings) -> Iterator[Session]:
+    """The migrated database (a fresh one is created, as ``serve`` would), one unit of work."""
+    settings.home.mkdir(parents=True, exist_ok=True)
+    database = Database(settings.database_url())
+    try:
+        database.upgrade()
+        with database.session() as s:
+            yield s
+    finally:
+        database.dispose()
+
+
+@app.command("create-admin", help="Create an admin account (the first one, or another).")
+def create_admin(
+    email: Annotated[str, typer.Argument(help="the admin's e-mail (their sign-in name)")],
+    password_stdin: Annotated[
+        bool, typer.Option("--password-stdin", help="read the password from the first line of stdin")
+    ] = False,
+    home: HomeOption = Path(".fedhive"),
+    db: DbOption = None,
+) -> None:
+    if "@" not in email or len(email) > 254:
+        raise ConfigError(f"{email!r} is not an e-mail address")
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = typer.prompt("password", hide_input=True, confirmation_prompt=True)
+    try:
+        check_password_rules(password)
+    except AuthError as exc:
+        raise ConfigError(f"password: {exc}") from None
+    settings = _settings(home, db)
+    hashed = hash_password(password, rounds=settings.bcrypt_rounds)
+    try:
+        with _unit_of_work(settings) as s:
+            user = users_repo.create_user(s, email, hashed, role=Role.ADMIN)
+            user_id = user.id
+    except AlreadyExists as exc:
+        raise ConfigError(str(exc)) from None
+    print(f"admin {users_repo.normalise_email(email)} created (user id {user_id}); sign in with that password")
+
+
+@site_app.command("create", help="Create a site's id and secret; the secret is shown once.")
+def create_site(
+    name: Annotated[str, typer.Argument(help="a name for people (e.g. hospital-a)")],
+    site_id: Annotated[str | None, typer.Option("--id", help="the site's id [default: a random one]")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="one JSON line: client_id, secret, name")] = False,
+    out_file: Annotated[
+        Path | None, typer.Option("--out-file", help="write the id and secret here (JSON, mode 0600), not stdout")
+    ] = None,
+    home: HomeOption = Path(".fedhive"),
+    db: DbOption = None,
+) -> None:
+    if not name.strip() or len(name) > 255:
+        raise ConfigError("the site's name must have 1 to 255 characters")
+    if site_id is not None and not _valid_id(site_id):
+        raise ConfigError(f"--id {site_id!r}: use 1 to 64 letters, digits, '.', '_' or '-'")
+    if out_file is not None and out_file.exists():
+        raise ConfigError(f"--out-file: {out_file} exists; remove it first")
+    settings = _settings(home, db)
+    try:
+        with _unit_of_work(settings) as s:
+            cid, secret = users_repo.create_client(s, name, box=settings.secret_box(), client_id=site_id)
+    except AlreadyExists as exc:
+        raise ConfigError(str(exc)) from None
+    _show_secret(cid, secret, name, as_json=as_json, out_file=out_file)
+
+
+@site_app.command("list", help="List sites: id, name, status, last heartbeat (never secrets).")
+def list_sites(
+    as_json: Annotated[bool, typer.Option("--json", help="one JSON object per site and line")] = False,
+    home: HomeOption = Path(".fedhive"),
+    db: DbOption = None,
+) -> None:
+    with _unit_of_work(_settings(home, db)) as s:
+        rows = users_repo.list_clients(s, None)
+        lines = [
+            {
+                "client_id": r.id,
+                "name": r.name,
+                "status": str(r.status),
+                "last_heartbeat": r.last_heartbeat.isoformat() if r.last_heartbeat else None,
+            }
+            for r in rows
+        ]
+    for line in lines:
+        if as_json:
+            print(json.dumps(line))
+        else:
+            print(f"{line['client_id']}\t{line['name']}\t{line['status']}\t{line['last_heartbeat'] or '-'}")
+
+
+@site_app.command("revoke", help="Delete a site's credentials: its messages are refused from then on.")
+def revoke_site(
+    site_id: Annotated[str, typer.Argument(help="the site's id")],
+    home: HomeOption = Path(".fedhive"),
+    db: DbOption = None,
+) -> None:
+    try:
+        with _unit_of_work(_settings(home, db)) as s:
+            users_repo.delete_client(s, site_id)
+    except NotFound:
+        raise ConfigError(f"no site {site_id!r} (see 'fedhive admin site list')") from None
+    print(f"revoked {site_id}")
+
+
+@site_app.command("rotate", help="Give a site a new secret (shown once); the old one stops working.")
+def rotate_site(
+    site_id: Annotated[str, typer.Argument(help="the site's id")],
+    as_json: Annotated[bool, typer.Option("--json", help="one JSON line: client_id, secret, name")] = False,
+    out_file: Annotated[
+        Path | None, typer.Option("--out-file", help="write the id and secret here (JSON, mode 0600), not stdout")
+    ] = None,
+    home: HomeOption = Path(".fedhive"),
+    db: DbOption = None,
+) -> None:
+    if out_file is not None and out_file.exists():
+        raise ConfigError(f"--out-file: {out_file} exists; remove it first")
+    settings = _settings(home, db)
+    try:
+        with _unit_of_work(settings) as s:
+            secret = users_repo.rotate_client_secret(s, site_id, box=settings.secret_box())
+            row = users_repo.get_client(s, site_id)
+            name = row.name if row is not None else site_id
+    except NotFound:
+        raise ConfigError(f"no site {site_id!r} (see 'fedhive admin site list')") from None
+    _show_secret(site_id, secret, name, as_json=as_json, out_file=out_file)
+
+
+def _valid_id(site_id: str) -> bool:
+    return 0 < len(site_id) <= 64 and all(c.isalnum() or c in "._-" for c in site_id)
+
+
+def _show_secret(cid: str, secret: str, name: str, *, as_json: bool, out_file: Path | None) -> None:
+    line = json.dumps({"client_id": cid, "secret": secret, "name": name})
+    if out_file is not None:
+        try:
+            write_secret_file(out_file, line + "\n", overwrite=False)
+        except (OSError, FileExistsError) as exc:
+            raise ConfigError(
+                f"--out-file: cannot write {out_file} ({exc}); rotate the secret again ('fedhive admin site rotate "
+                f"{cid}') to get a new one"
+            ) from None
+        typer.echo(f"site {cid}: id and secret in {out_file} (mode 0600)", err=True)
+    elif as_json:
+        print(line)
+    else:
+        print(f"site id  {cid}\nsecret   {secret}")
+        typer.echo(
+            "give them to the site (fedhive agent --id ID, secret in FEDHIVE_CLIENT_SECRET); the secret is not "
+            "shown again",
+            err=True,
+        )

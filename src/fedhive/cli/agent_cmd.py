@@ -1,0 +1,163 @@
+"""``fedhive agent``: a long-lived site that takes part in session after session over a broker.
+
+Exit codes: 0 when stopped (SIGTERM or Ctrl-C; a round in progress is reported lost first); 2 with
+one line when the agent cannot start (bad options, an app that does not load, missing data).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from fedhive.app.loader import BUILTIN, load_app
+from fedhive.cli.coordinator_cmd import (
+    ArtifactsOption,
+    BrokerOption,
+    CaFileOption,
+    NamespaceOption,
+    broker_settings,
+    service_logging,
+)
+from fedhive.cli.site_options import NodeOption, build_site
+from fedhive.errors import ConfigError
+from fedhive.learning.local_data import LocalData
+from fedhive.runtime import events as ev
+from fedhive.runtime.agent import Agent, AgentSettings, AgentSites
+from fedhive.runtime.bus import EventBus
+from fedhive.runtime.credentials import parse_secret
+from fedhive.runtime.site_app import SiteApp
+from fedhive.service.apps import state_folder_name
+
+
+def agent(
+    broker: BrokerOption,
+    client_id: Annotated[
+        str | None, typer.Option("--id", envvar="FEDHIVE_CLIENT_ID", help="the site's id (from 'fedhive admin')")
+    ] = None,
+    secret: Annotated[
+        str | None, typer.Option(envvar="FEDHIVE_CLIENT_SECRET", help="the site's secret (better: the env var)")
+    ] = None,
+    apps: Annotated[
+        list[str] | None,
+        typer.Option("--app", help="an app installed here (module:attr, file.py:attr, a folder, builtin); repeatable"),
+    ] = None,
+    node: NodeOption = None,
+    state_dir: Annotated[
+        Path | None, typer.Option(help="ctx.state goes to DIR/APP per app [default: ~/.fedhive/state/ID/APP]")
+    ] = None,
+    dataset_names: Annotated[
+        list[str] | None,
+        typer.Option("--dataset-name", help="a data set this site holds, announced by name; repeatable"),
+    ] = None,
+    csv: Annotated[Path | None, typer.Option("--csv", help="builtin app: this site's data (CSV with a header)")] = None,
+    label: Annotated[str | None, typer.Option(help="builtin app: label column of the CSV")] = None,
+    dataset: Annotated[str | None, typer.Option(help="builtin app, demo: a built-in data set (digits, iris)")] = None,
+    partition: Annotated[str, typer.Option(help="builtin app, demo: iid, dirichlet:ALPHA, ...")] = "iid",
+    part: Annotated[str | None, typer.Option(help="builtin app, demo: this site's part, I/N")] = None,
+    test_fraction: Annotated[float, typer.Option(help="builtin app, demo: held-out share")] = 0.2,
+    seed: Annotated[int, typer.Option(help="builtin app, demo: the seed of the split")] = 0,
+    namespace: NamespaceOption = "fedhive",
+    ca_file: CaFileOption = None,
+    artifacts: ArtifactsOption = None,
+    heartbeat_interval: Annotated[float, typer.Option(help="seconds between beats while idle")] = 5.0,
+    coordinator_timeout: Annotated[
+        float, typer.Option(help="seconds of coordinator silence that end a session for this agent")
+    ] = 60.0,
+    stop_grace: Annotated[
+        float, typer.Option(help="on SIGTERM, seconds to let a training call in progress finish (its state saved)")
+    ] = 10.0,
+) -> None:
+    if not client_id or not secret:
+        raise ConfigError("--id and --secret are required (from 'fedhive admin site create NAME')")
+    if heartbeat_interval <= 0 or coordinator_timeout <= 0 or stop_grace < 0:
+        raise ConfigError("--heartbeat-interval and --coordinator-timeout must be positive, --stop-grace not negative")
+    key = parse_secret(secret)
+    data = LocalData(csv=csv, label=label, dataset=dataset, partition=partition, part=part, test_fraction=test_fraction)
+    refs = list(apps or ([BUILTIN] if csv or dataset else []))
+    if not refs:
+        raise ConfigError("nothing to run: give --app REF (repeatable), or --dataset/--csv for the built-in app")
+    sites = _sites(client_id, refs, node, data, seed, state_dir)
+    names = list(dataset_names or []) or _default_dataset_names(csv, dataset)
+    agent_sites = AgentSites(client_id, sites, names)
+    settings = AgentSettings(heartbeat_interval_s=heartbeat_interval, coordinator_timeout_s=coordinator_timeout)
+    service_logging()
+    pool = ThreadPoolExecutor(1, thread_name_prefix=f"fedhive-agent-{client_id}")
+    runner = Agent(
+        key, agent_sites, broker_settings(broker, namespace, ca_file, artifacts), settings, [_print_milestones], pool
+    )
+    asyncio.run(_serve(runner, ", ".join(sites)))
+    if not _finish_training(pool, stop_grace):
+        # The app's ctx.state is written whole or not at all (a temporary file renamed over the old
+        # one), so leaving a training call behind cannot leave half-written state.
+        print(f"agent {client_id} stopped; a training call did not finish within {stop_grace:.0f} s", flush=True)
+        sys.stdout.flush()
+        os._exit(0)
+    print(f"agent {client_id} stopped", flush=True)
+
+
+async def _serve(runner: Agent, apps: str) -> None:
+    loop = asyncio.get_running_loop()
+    for sig, name in ((signal.SIGTERM, "SIGTERM"), (signal.SIGINT, "SIGINT")):
+        loop.add_signal_handler(sig, runner.stop, f"the site agent was stopped ({name})")
+    cid = runner.sites.client_id
+
+    def connected() -> None:
+        print(f"agent {cid} connected; apps: {apps}; waiting for sessions", flush=True)
+
+    await runner.run(on_connected=connected)
+
+
+def _sites(
+    client_id: str, refs: list[str], node: list[str] | None, data: LocalData, seed: int, state_dir: Path | None
+) -> dict[str, SiteApp]:
+    sites: dict[str, SiteApp] = {}
+    for ref in refs:
+        loaded = load_app(ref)
+        if loaded.name in sites:
+            raise ConfigError(f"--app {ref!r}: an app named {loaded.name!r} is given twice")
+        own_state = state_dir / state_folder_name(loaded.name) if state_dir is not None else None
+        site_data = data if ref.strip() == BUILTIN else LocalData()
+        sites[loaded.name] = build_site(client_id, ref, node, site_data, seed=seed, state_dir=own_state)
+    return sites
+
+
+def _default_dataset_names(csv: Path | None, dataset: str | None) -> list[str]:
+    return [csv.stem] if csv is not None else [dataset] if dataset else []
+
+
+def _print_milestones(bus: EventBus) -> None:
+    def registered(e: ev.ClientRegistered) -> None:
+        print(f"registered with a coordinator as {e.client_id}", flush=True)
+
+    def training(e: ev.TrainingStarted) -> None:
+        retry = f" (retry {e.attempt})" if e.attempt else ""
+        print(f"round {e.round}: training{retry}", flush=True)
+
+    def session_over(e: ev.ClientStopped) -> None:
+        print(
+            f"session {e.session_id} over after {e.rounds_trained} rounds of training; waiting for the next", flush=True
+        )
+
+    bus.on(ev.ClientRegistered, registered)
+    bus.on(ev.TrainingStarted, training)
+    bus.on(ev.ClientStopped, session_over)
+
+
+def _finish_training(pool: ThreadPoolExecutor, grace_s: float) -> bool:
+    """Let a training call in progress end (so that it saves its state), for at most ``grace_s``."""
+    done = threading.Event()
+
+    def wait() -> None:
+        pool.shutdown(wait=True, cancel_futures=True)
+        done.set()
+
+    threading.Thread(target=wait, daemon=True, name="fedhive-agent-grace").start()
+    return done.wait(grace_s)

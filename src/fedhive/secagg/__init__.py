@@ -1,0 +1,16 @@
+"""Secure aggregation (SecAgg, Bonawitz et al. 2017): the server learns the sum of the clients'
+updates and nothing else about any one of them (docs/secure_aggregation.md).
+
+- ``quantise``: updates as fixed-point ``uint64`` vectors, weighted as FedAvg weighs them;
+- ``shamir``: threshold secret sharing, so that survivors can remove a dropped client's masks;
+- ``masks``: X25519 key agreement, AES-CTR mask expansion, AES-GCM sealed shares;
+- ``client`` / ``server``: the two state machines of one round; ``messages``: what they exchange;
+- ``round``: one secure sum among in-process clients; ``host_link``: its place in ``simulate``.
+"""
+
+from fedhive.secagg.client import SecAggClient
+from fedhive.secagg.errors import SecAggError
+from fedhive.secagg.quantise import FixedPoint
+from fedhive.secagg.server import SecAggServer
+
+__all__ = ["FixedPoint", "SecAggClient", "SecAggError", "SecAggServer"]
