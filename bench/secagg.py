@@ -134,7 +134,11 @@ def main() -> None:
         "rounds_completed_with_dropout": dropped.rounds,
         "dropout": args.dropout,
         "accuracy": {"plain": plain.accuracy, "secure": secure.accuracy, "dropout": dropped.accuracy},
-        "median_round_s": {"plain": median_round(plain), "secure": median_round(secure), "dropout": median_round(dropped)},
+        "median_round_s": {
+            "plain": median_round(plain),
+            "secure": median_round(secure),
+            "dropout": median_round(dropped),
+        },
         "round_time_ratio": median_round(secure) / median_round(plain),
     }
     print(json.dumps(summary))

@@ -69,6 +69,14 @@ def test_run_config_overrides_reach_the_flower_context(tmp_path: Path) -> None:
     assert [float(r["lr"]) for r in trained(clients) if r["round"] == "1"] == pytest.approx([0.01] * 3)
 
 
+def test_command_line_options_win_over_the_serverapp(tmp_path: Path) -> None:
+    # Given options are told from defaults by their click parameter source (compared by name:
+    # typer may carry its own copy of click).
+    summary, rounds, _ = results(run_app("numpy_message", tmp_path, "--rounds", "2", "--evaluate", "none"), tmp_path)
+    assert summary["rounds"] == 2 and [r["round"] for r in rounds] == ["1", "2"]  # not num-server-rounds (3)
+    assert all(r.get("eval_mse", "") == "" for r in rounds)  # the ServerApp's clients would evaluate
+
+
 def test_legacy_numpyclient_sklearn_app_runs_unchanged(tmp_path: Path) -> None:
     summary, rounds, clients = results(run_app("sklearn_legacy", tmp_path), tmp_path)
     assert summary["rounds"] == 3

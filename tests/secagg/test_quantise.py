@@ -15,9 +15,7 @@ from fedhive.secagg.round import LocalSecureSum, round_context
 
 def _exact_mean(base: Params, updates: list[Params], weights: list[int]) -> dict[str, np.ndarray]:
     total = float(sum(weights))
-    return {
-        n: sum(w * u[n].astype(np.float64) for u, w in zip(updates, weights, strict=True)) / total for n in base
-    }
+    return {n: sum(w * u[n].astype(np.float64) for u, w in zip(updates, weights, strict=True)) / total for n in base}
 
 
 @settings(max_examples=40, deadline=None)

@@ -95,7 +95,9 @@ class SecAggClient:
         roster = self._roster
         assert roster is not None
         if request.survivors & request.dropped:
-            raise SecAggError(f"{self.client_id}: asked for both secrets of {sorted(request.survivors & request.dropped)}")
+            raise SecAggError(
+                f"{self.client_id}: asked for both secrets of {sorted(request.survivors & request.dropped)}"
+            )
         known = self._peers | {self.client_id}
         if not request.survivors | request.dropped <= known:
             raise SecAggError(f"{self.client_id}: asked about clients whose shares it does not hold")

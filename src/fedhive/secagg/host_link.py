@@ -111,7 +111,9 @@ class SecureHostLink(Transport):
         env = msg.envelope
         body = parse_body(TrainBody, msg)
         if body.app_digest is not None and body.app_digest != config.app_digest:
-            raise ProtocolError(f"TRAIN names app code {body.app_digest[:12]}, not the session's {config.app_digest[:12]}")
+            raise ProtocolError(
+                f"TRAIN names app code {body.app_digest[:12]}, not the session's {config.app_digest[:12]}"
+            )
         items = [(c, fit) for c, fit in train_items(body, env.round) if c in self._clients]
         params = payload_params(msg, spec, max_bytes=self._max_payload, what="global model")
         answer = await run_job(self._executor, self._secure_round, config, spec, env.round, body.attempt, params, items)

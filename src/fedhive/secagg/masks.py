@@ -22,8 +22,8 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from fedhive.secagg.errors import SecAggError
 from fedhive.secagg import shamir
+from fedhive.secagg.errors import SecAggError
 
 SEED_BYTES = 32
 KEY_BYTES = 32

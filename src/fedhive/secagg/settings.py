@@ -22,8 +22,7 @@ def secure_weighting(strategy: Strategy) -> bool:
     if isinstance(strategy, FedAvg | ServerOptimizer):
         return strategy.weighted
     raise ConfigError(
-        f"strategy {strategy.name!r} needs each client's update, which secure aggregation hides: "
-        f"use {FEDAVG_FAMILY}"
+        f"strategy {strategy.name!r} needs each client's update, which secure aggregation hides: use {FEDAVG_FAMILY}"
     )
 
 
