@@ -78,7 +78,8 @@ def test_the_screen_measures_3e38_in_float64_and_refuses_it() -> None:
     _, why = UpdateScreen(small, max_model_jump=1000.0).refusal(updates([float(BIG)])[0].params)
     assert why is not None and why.startswith("exploded")
     nan = Params({"w": np.full((4, 3), np.nan, np.float32)})
-    assert UpdateScreen(small).refusal(nan)[1] == "not finite (NaN or Inf)"
+    assert UpdateScreen(small).refusal(nan)[1] == "not finite: tensor 'w' holds NaN or infinite values"
+    assert UpdateScreen(small).checks_finite
 
 
 def test_the_norm_bound_refuses_what_lies_farther() -> None:

@@ -154,8 +154,12 @@ def read_only(params: Params) -> Params:
 
 
 def as_params(weights: object, *, where: str) -> Params:
-    if type(weights) is Params and weights and all(_plain(a) for a in weights.values()):
-        return weights  # already what the runtime wants: nothing to convert or copy
+    if type(weights) is Params and weights:
+        for arr in weights.values():
+            if type(arr) is not np.ndarray or not arr.flags.c_contiguous:
+                break
+        else:
+            return weights  # already what the runtime wants: nothing to convert or copy
     if not isinstance(weights, Mapping):
         raise AppError(f"{where} must give weights as a mapping of name -> numpy array, got {type(weights).__name__}")
     arrays: dict[str, np.ndarray] = {}
@@ -169,10 +173,6 @@ def as_params(weights: object, *, where: str) -> Params:
     if not arrays:
         raise AppError(f"{where} gave no weights")
     return Params(arrays)
-
-
-def _plain(arr: object) -> bool:
-    return type(arr) is np.ndarray and arr.flags.c_contiguous
 
 
 def _progress_sink(progress: ProgressFn) -> Callable[[int, int, Mapping[str, float]], None]:

@@ -118,7 +118,7 @@ def checked_metrics(metrics: object, *, where: str) -> dict[str, float]:
     finite number (they go into CSV columns, MLflow and aggregates, where NaN spreads silently)."""
     if metrics is None:
         return {}
-    if not isinstance(metrics, Mapping):
+    if type(metrics) is not dict and not isinstance(metrics, Mapping):  # a dict skips the ABC check
         raise AppError(f"{where}: metrics must be a mapping of name -> number, got {type(metrics).__name__}")
     out: dict[str, float] = {}
     for name, value in metrics.items():
@@ -138,6 +138,8 @@ def checked_metrics(metrics: object, *, where: str) -> dict[str, float]:
 
 
 def checked_count(value: object, *, where: str) -> int:
+    if type(value) is int and value >= 0:  # the common case, cheaply: every client, every round
+        return value
     if isinstance(value, bool) or not isinstance(value, int | np.integer) or int(value) < 0:
         raise AppError(f"{where}: num_examples must be a whole number >= 0, got {value!r}")
     return int(value)

@@ -45,7 +45,7 @@ def train_items(body: TrainBody, round: int = 0) -> list[tuple[str, FitConfig]]:
         base = dataclasses.replace(FitConfig.from_json(body.fit), round=round)
     except (TypeError, ValueError) as exc:
         raise ProtocolError(f"malformed fit configuration: {exc}") from None
-    return [(client, dataclasses.replace(base, seed=seed)) for client, seed in body.seeds()]
+    return [(client, base.with_seed(seed)) for client, seed in body.seeds()]
 
 
 class HostDirectory:

@@ -27,7 +27,7 @@ import numpy as np
 from fedhive.core.params import Params
 
 _CHUNK = 1 << 15  # elements per step: 256 KiB of float64 scratch, stays in cache
-_DOT_CHUNK = 8192  # values per BLAS dot: single-threaded in OpenBLAS (it threads above 10,000)
+_DOT_CHUNK = 1 << 15  # values per BLAS dot: measured single-threaded here (3.5 us for 32 Ki float32)
 
 
 def capped_examples(reported: int, registered: int, *, factor: float | None, ceiling: int | None) -> int:
@@ -54,6 +54,9 @@ class UpdateScreen:
         self, base: Params, *, max_update_norm: float | None = None, max_model_jump: float | None = None
     ) -> None:
         self._base = {n: a.reshape(-1) for n, a in base.items() if a.dtype.kind == "f"}
+        # Every ``refusal`` reads all of these: a NaN or Inf in any makes the update refused, so a
+        # caller need not look for them again when there are no complex tensors besides.
+        self.checks_finite = all(a.dtype.kind != "c" for a in base.values())
         most = min(_CHUNK, max((a.size for a in self._base.values()), default=1))
         self._scratch = np.empty(most, np.float64)
         self.max_update_norm = max_update_norm
@@ -83,7 +86,7 @@ class UpdateScreen:
                 return reach, None
         d = self.distance(params)
         if not math.isfinite(d):
-            return d, "not finite (NaN or Inf)"
+            return d, f"not finite: {self._non_finite(params)}"
         if self.max_update_norm is not None and d > self.max_update_norm:
             return d, f"lies {d:.4g} from the global model, over max_update_norm={self.max_update_norm:g}"
         if self.max_model_jump is not None and d > self.bound:
@@ -105,6 +108,13 @@ class UpdateScreen:
                 f"{self.max_model_jump:g} times the model's scale {self.scale:.4g}"
             )
         return None
+
+    def _non_finite(self, params: Mapping[str, np.ndarray]) -> str:
+        """Which tensor holds a NaN or Inf (or which difference from the model overflows)."""
+        for name in self._base:
+            if not np.isfinite(params[name]).all():
+                return f"tensor {name!r} holds NaN or infinite values"
+        return "its distance from the global model overflows"
 
     def _squared_distance(self, params: Mapping[str, np.ndarray]) -> float:
         total = 0.0
@@ -136,12 +146,16 @@ class UpdateScreen:
         total = 0.0
         with np.errstate(over="ignore", invalid="ignore"):
             for name in self._base:
-                x = params[name].reshape(-1)
+                x = params[name]
                 if x.dtype.itemsize < 4:  # float16: square in float32, as the exact path would
                     x = x.astype(np.float32)
+                if x.size <= _DOT_CHUNK:  # most tensors: one call, no slicing
+                    total += float(np.vdot(x, x))
+                    continue
+                x = x.reshape(-1)
                 for start in range(0, x.size, _DOT_CHUNK):
                     part = x[start : start + _DOT_CHUNK]
-                    total += float(np.dot(part, part))
+                    total += float(np.vdot(part, part))
         return total
 
 
