@@ -132,7 +132,7 @@ def _members(rows: Sequence[MemberRow]) -> list[Member]:
 
 # -- bodies ---------------------------------------------------------------------------------------
 class Body(BaseModel):
-    model_config = ConfigDict(extra="ignore", frozen=True)
+    model_config = ConfigDict(extra="ignore", frozen=True, defer_build=True)
     kind: ClassVar[Kind]
 
     def to_body(self) -> dict[str, Any]:

@@ -31,13 +31,19 @@ def aggregate_checked(
     """The round's new global model and its aggregate, or why it is refused. Blocking: run it
     where aggregation runs."""
     aggregate = r.aggregator.result()
-    if screen is not None:
+    # A strategy that takes the aggregate as it is (FedAvg and kin) gets one check of the model,
+    # not two of the same arrays. Any other is checked before its step too: a server optimiser
+    # must never fold an exploded aggregate into its state.
+    as_is = type(strategy).apply is Strategy.apply
+    if screen is not None and not as_is:
         why = screen.model_refusal(aggregate.params)
         if why is not None:
             return Refused(f"round {r.round}: the aggregate of {aggregate.count} updates is {why}", retry=True)
     params = strategy.apply(global_params, aggregate, r.round)
     if screen is not None:
         why = screen.model_refusal(params)
+        if why is not None and as_is:
+            return Refused(f"round {r.round}: the aggregate of {aggregate.count} updates is {why}", retry=True)
         if why is not None:
             return Refused(f"round {r.round}: the new global model from {strategy.name} is {why}", retry=False)
     return params, aggregate

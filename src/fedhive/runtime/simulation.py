@@ -30,8 +30,6 @@ from fedhive.runtime.coordinator import COORDINATOR_ID, Coordinator, SessionResu
 from fedhive.runtime.inline_executor import InlineExecutor
 from fedhive.runtime.session_config import SessionConfig
 from fedhive.runtime.site_app import ServerApp, SiteApp, session_with_app
-from fedhive.secagg.host_link import SecureHostLink
-from fedhive.secagg.settings import secure_weighting
 from fedhive.strategies.base import Strategy
 from fedhive.strategies.registry import parse_strategy
 from fedhive.transports.base import Transport
@@ -74,6 +72,8 @@ async def run_federation(
     if hosted is None:
         hosted = config.compression == "none"
     if config.secure_aggregation:
+        from fedhive.secagg.settings import secure_weighting  # here: only its sessions need cryptography
+
         secure_weighting(strategy or parse_strategy(config.strategy))
         if not hosted:
             raise ConfigError("secure aggregation runs simulated clients behind a client host: hosted=False is refused")
@@ -145,6 +145,8 @@ async def _run_hosted(
     clients = [HostedClient(c, t, n) for c, t, n in zip(ids, trainers, num_examples, strict=True)]
     link: Transport = net.connect(HOST_ID, aliases=ids)
     if config.secure_aggregation:  # TRAIN is answered by a secure sum, not by the host's plain one
+        from fedhive.secagg.host_link import SecureHostLink
+
         link = SecureHostLink(link, clients, executor=pool, dropout=secagg_dropout)
     host = ClientHost(
         HOST_ID,
@@ -279,6 +281,8 @@ def plan_simulation(
         raise ConfigError(f"--clients must be at least 1, got {clients}")
     strategy = parse_strategy(config.strategy)
     if config.secure_aggregation:
+        from fedhive.secagg.settings import secure_weighting
+
         secure_weighting(strategy)
     base = dict(node or {})
     mode, every = _evaluation(evaluate, loaded)

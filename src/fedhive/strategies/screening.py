@@ -20,7 +20,7 @@ small float64 scratch, no copy of the model, memory independent of the number of
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import numpy as np
 
@@ -61,7 +61,7 @@ class UpdateScreen:
         self._scratch = np.empty(most, np.float64)
         self.max_update_norm = max_update_norm
         self.max_model_jump = max_model_jump
-        self.base_norm = math.sqrt(self._squared_norm(self._base))
+        self.base_norm = _norm_of(base, lambda: math.sqrt(self._squared_norm(self._base)))
         # The model's own scale: its L2 norm, and at least an RMS of 1 per value.
         self.scale = max(self.base_norm, math.sqrt(sum(a.size for a in self._base.values())))
         self.bound = math.inf  # the farthest an update may lie from ``base``
@@ -157,6 +157,21 @@ class UpdateScreen:
                     part = x[start : start + _DOT_CHUNK]
                     total += float(np.vdot(part, part))
         return total
+
+
+_last_norm: tuple[Mapping[str, np.ndarray], float] | None = None  # (a round's model, its norm)
+
+
+def _norm_of(base: Mapping[str, np.ndarray], compute: Callable[[], float]) -> float:
+    """The norm of ``base``, kept for the last model asked for (by identity): the coordinator and
+    the client hosts of one process screen the same round's model, a pass over it each otherwise."""
+    global _last_norm
+    last = _last_norm
+    if last is not None and last[0] is base:
+        return last[1]
+    norm = compute()
+    _last_norm = (base, norm)
+    return norm
 
 
 def _sum_of_squares(s: np.ndarray) -> float:

@@ -8,23 +8,26 @@ may use it until it expires), so it never appears in an error or a log line; onl
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
-
-import httpx
 
 from fedhive.errors import StorageError
 
+if TYPE_CHECKING:
+    import httpx
+
 CONNECT_TIMEOUT_S = 10.0
 READ_TIMEOUT_S = 120.0  # per read of the body, not for the whole transfer
-_TIMEOUT = httpx.Timeout(READ_TIMEOUT_S, connect=CONNECT_TIMEOUT_S)
 
 
 def download(url: str, *, max_bytes: int) -> bytes:
     """The object's bytes, in this process's own memory (the caller checks their digest on this
     very copy); ``StorageError`` when it is missing, refused, or larger than ``max_bytes``."""
+    import httpx  # here: every node imports this module, few ever fetch by URL (httpx costs 80 ms)
+
     buf = bytearray()
     try:
-        with httpx.stream("GET", url, timeout=_TIMEOUT) as response:
+        with httpx.stream("GET", url, timeout=_timeout()) as response:
             _check(response, "read")
             for chunk in response.iter_bytes():
                 buf += chunk
@@ -37,12 +40,20 @@ def download(url: str, *, max_bytes: int) -> bytes:
 
 def upload(url: str, parts: Sequence[bytes | memoryview]) -> None:
     """PUT the concatenation of ``parts`` to a presigned URL (one request: S3 needs its length)."""
+    import httpx
+
     data = b"".join(parts)
     try:
-        response = httpx.put(url, content=data, timeout=_TIMEOUT)
+        response = httpx.put(url, content=data, timeout=_timeout())
     except httpx.HTTPError as exc:
         raise StorageError(f"cannot write a claim-checked payload to {_host(url)}: {type(exc).__name__}") from None
     _check(response, "write")
+
+
+def _timeout() -> httpx.Timeout:
+    import httpx
+
+    return httpx.Timeout(READ_TIMEOUT_S, connect=CONNECT_TIMEOUT_S)
 
 
 def _check(response: httpx.Response, what: str) -> None:
