@@ -25,7 +25,6 @@ import numpy as np
 
 import workload
 from fedhive.app.learner import EvalResult, FitConfig, FitResult, ProgressFn, Trainer
-from fedhive.cli.site_options import plan_builtin
 from fedhive.core.params import Params
 from fedhive.learning.federation_data import DataSpec, prepare
 from fedhive.runtime import events as ev
@@ -79,6 +78,8 @@ def session(kind: str, clients: int, rounds: int) -> SessionConfig:
 def export_shards(path: str, clients: int, spec: DataSpec) -> None:
     cfg = session("shards", clients, 1)
     fed = prepare(spec, clients, cfg.seed)
+    from fedhive.cli.site_options import plan_builtin  # the data cases only: the CLI's imports are not free
+
     init = plan_builtin(cfg, spec, clients).initial_params
     arrays = {f"x{i}": s.x for i, s in enumerate(fed.shards)} | {f"y{i}": s.y for i, s in enumerate(fed.shards)}
     np.savez(path, test_x=fed.test.x, test_y=fed.test.y, init_weight=init["weight"], init_bias=init["bias"], **arrays)
@@ -113,6 +114,8 @@ def main() -> None:
         trainers = [CopyTrainer() for _ in range(args.clients)]
         counts, initial = [workload.SAMPLES] * args.clients, trainers[0].initial_params(cfg.seed)
     else:
+        from fedhive.cli.site_options import plan_builtin
+
         plan = plan_builtin(cfg, spec, args.clients)
         trainers, counts, initial, evaluator = plan.trainers, plan.num_examples, plan.initial_params, plan.evaluator
 
