@@ -12,8 +12,9 @@ from __future__ import annotations
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from fastapi import Request, Response
+from fastapi import HTTPException, Request, Response
 from fastapi.routing import APIRoute
+from python_multipart.exceptions import FormParserError
 
 _FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
 
@@ -28,7 +29,10 @@ def form_limited(*, max_files: int, max_fields: int) -> type[APIRoute]:
             async def limited(request: Request) -> Response:
                 content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
                 if content_type in _FORM_TYPES:
-                    await request.form(max_files=max_files, max_fields=max_fields)
+                    try:
+                        await request.form(max_files=max_files, max_fields=max_fields)
+                    except FormParserError as exc:  # a malformed body is the caller's mistake: 400, not 500
+                        raise HTTPException(400, f"the form could not be read: {exc}") from None
                 return await handler(request)
 
             return limited

@@ -1,17 +1,14 @@
 """A combiner: a coordinator towards its clients, a client towards the coordinator (nested FedAvg).
 
-It owns what a coordinator owns towards its participants — a ``Downstream`` with its clients'
-registry, heartbeats and round collection, and a ``ClientMembership`` — but it runs no round loop
-of its own: a sub-round starts when the coordinator's ``train`` arrives, on the coordinator's
-model, and ends by sending one ``partial`` upstream (``runtime.partials``) instead of applying the
-aggregate. A strategy that cannot merge gets the raw updates forwarded in that one message. The
-session's settings come from the coordinator's ``enable``: a combiner is started with nothing but
-an id, a secret and where the broker is.
+It owns what a coordinator owns towards its participants (a ``Downstream`` and a
+``ClientMembership``) but runs no round loop of its own: the coordinator's ``train`` starts a
+sub-round on the coordinator's model that ends with one ``partial`` upstream (``runtime.partials``),
+or with the raw updates for a strategy that cannot merge. Its session settings come from the
+coordinator's ``enable``: it starts with an id, a secret and a broker address.
 
-A combiner beats towards the coordinator like a client, and the coordinator's heartbeats tell it
-that the coordinator is alive; ``upstream_timeout_s`` of silence ends it. If its sub-round misses
-quorum it reports an ``error`` for the round and waits for the next ``train``: the coordinator,
-which sees all combiners, decides whether the round can go on.
+It beats towards the coordinator like a client; ``upstream_timeout_s`` of the coordinator's
+silence ends it. A sub-round that misses quorum is reported as an ``error``: the coordinator, which
+sees all combiners, decides whether the round goes on.
 """
 
 from __future__ import annotations
@@ -54,6 +51,10 @@ from fedhive.transports.base import Transport
 
 log = logging.getLogger("fedhive.combiner")
 
+# The coordinator selected this combiner: it trains all its clients, and a failed sub-round is
+# reported upstream (where the round's fate is decided), never retried here.
+_SUB_ROUND = {"min_clients": 1, "fraction": 1.0, "fraction_evaluate": 1.0, "max_clients": None, "max_round_retries": 0}
+
 
 class Combiner:
     def __init__(
@@ -84,7 +85,6 @@ class Combiner:
         self._executor = executor or ThreadPoolExecutor(1, thread_name_prefix=f"fedhive-{node_id}")
         self.down = Downstream(self.config, transport, self.bus, self._executor, sender_id=node_id)
         self.membership = ClientMembership(self.down, on_late_joiner=self._enable_one, on_ready=self._no_op)
-        self.registry = self.down.registry
         self.upstream_id = upstream_id
         self.upstream_timeout_s = upstream_timeout_s
         self.exact_partials = exact_partials  # float64 sums on the wire: see runtime.partials
@@ -125,13 +125,13 @@ class Combiner:
             rnd, attempt, params, self.strategy.aggregator(params), self.membership, self._fit
         )
         if isinstance(r, str):
-            await self._upstream(Kind.ERROR, rnd, {"reason": r[:500], "attempt": attempt})
+            await self._error(rnd, attempt, r)
             return
         need = self.config.quorum_size(len(r.selected))
         if len(r.accepted) < need:
             failure = shortfall_reason(r, need, r.missing(), self.config.round_timeout_s)
             log.warning("%s: %s", self.node_id, failure)
-            await self._upstream(Kind.ERROR, rnd, {"reason": failure[:500], "attempt": attempt})
+            await self._error(rnd, attempt, failure)
         else:
             await self.down.send(self.upstream_id, self._partial(r))
             self._rounds_combined.add(rnd)
@@ -174,8 +174,7 @@ class Combiner:
                 await self._finish()
         except FedhiveError as exc:
             log.warning("%s: cannot act on %s from the coordinator: %s", self.node_id, msg.kind, exc)
-            error = ErrorBody.model_construct(reason=str(exc)[:MAX_REASON], attempt=0)
-            await self._upstream(Kind.ERROR, msg.envelope.round, error.to_body())
+            await self._error(msg.envelope.round, 0, str(exc))
 
     async def _from_client(self, msg: Message) -> None:
         await self.down.on_message(msg, self.membership)
@@ -184,19 +183,12 @@ class Combiner:
 
     def _on_enable(self, msg: Message) -> None:
         upstream, self.spec = read_enable(msg)
-        # Our clients get the coordinator's settings, with our own liveness rules and no retries:
-        # a failed sub-round is reported upstream, where the round's fate is decided.
-        self.config = upstream.model_copy(
-            update={
-                "min_clients": 1,
-                "fraction": 1.0,  # the coordinator selected us; we train all our clients
-                "fraction_evaluate": 1.0,
-                "max_clients": None,
-                "max_round_retries": 0,
-                "heartbeat_interval_s": self.config.heartbeat_interval_s,
-                "heartbeat_timeout_s": self.config.heartbeat_timeout_s,
-            }
-        )
+        # Our clients get the coordinator's settings with our own liveness rules (_SUB_ROUND).
+        own = {
+            "heartbeat_interval_s": self.config.heartbeat_interval_s,
+            "heartbeat_timeout_s": self.config.heartbeat_timeout_s,
+        }
+        self.config = upstream.model_copy(update={**_SUB_ROUND, **own})
         self.down.config = self.config
         upstream_strategy = parse_strategy(upstream.strategy)
         self.strategy = upstream_strategy if upstream_strategy.mergeable else ForwardRaw()
@@ -207,10 +199,10 @@ class Combiner:
             raise ProtocolError("TRAIN before ENABLE")
         if not self.down.started:  # clients waited (ONLINE) for the coordinator's ENABLE
             self.down.started = True
-            await self._enable(self.registry.online())
+            await self._enable(self.down.registry.online())
         env = msg.envelope
         attempt = parse_body(TrainBody, msg).attempt
-        if not self.registry.online():
+        if not self.down.registry.online():
             raise ProtocolError(f"{self.node_id} has no clients ONLINE for round {env.round}")
         params = payload_params(msg, self.spec, max_bytes=self.config.max_update_bytes, what="global model")
         if self._sub_round is not None and not self._sub_round.done():
@@ -232,9 +224,8 @@ class Combiner:
 
     async def _enable(self, clients: list[str]) -> None:
         spec = self.spec.to_json() if self.spec else []
-        await self.down.enable(
-            clients, EnableBody.model_construct(config=self.config.model_dump(mode="json"), spec=spec)
-        )
+        body = EnableBody.model_construct(config=self.config.model_dump(mode="json"), spec=spec)
+        await self.down.enable(clients, body)
 
     async def _enable_one(self, client: str) -> None:
         if self._enabled:
@@ -272,8 +263,8 @@ class Combiner:
     # -- upstream liveness -------------------------------------------------------------------------
     async def _report(self) -> None:
         """(Re-)register upstream with our current clients, so the coordinator knows our load."""
-        online = self.registry.online()
-        examples = sum(c.num_examples for c in self.registry.all() if c.client_id in online)
+        online = self.down.registry.online()
+        examples = sum(c.num_examples for c in self.down.registry.all() if c.client_id in online)
         if self._reported == (len(online), examples) and self._upstream_registered:
             return
         self._reported = (len(online), examples)
@@ -288,18 +279,21 @@ class Combiner:
         self._schedule_heartbeat_check()
         await self.down.check_liveness()
         if time.monotonic() - self._upstream_heard > self.upstream_timeout_s:
-            self.bus.stop(
-                SessionFailed(f"{self.node_id}: no word from the coordinator for {self.upstream_timeout_s:.0f} s")
-            )
+            silence = f"{self.node_id}: no word from the coordinator for {self.upstream_timeout_s:.0f} s"
+            self.bus.stop(SessionFailed(silence))
             return
         if not self._upstream_registered:
             self._reported = None
             await self._report()
         current = self.down.collector.current
-        beat = HeartbeatBody.model_construct(
-            status="TRAINING" if current else "ONLINE", clients=self.registry.online_count()
-        )
+        status = "TRAINING" if current else "ONLINE"
+        beat = HeartbeatBody.model_construct(status=status, clients=self.down.registry.online_count())
         await self._upstream(Kind.HEARTBEAT, current.round if current else 0, beat.to_body())
+
+    async def _error(self, round: int, attempt: int, reason: str) -> None:
+        """This sub-round (or message) failed here: the coordinator decides what the round does."""
+        error = ErrorBody.model_construct(reason=reason[:MAX_REASON], attempt=attempt)
+        await self._upstream(Kind.ERROR, round, error.to_body())
 
     async def _upstream(self, kind: Kind, round: int, body: Mapping[str, object]) -> None:
         session = self.config.session_id if self._enabled else ""
