@@ -26,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, File, Form, HTTPException, UploadFile
 
@@ -168,6 +168,13 @@ async def start_session(
     batch_size: Annotated[int | None, Form(ge=1, le=1_000_000)] = None,
     lr: Annotated[float | None, Form(gt=0, le=1_000, allow_inf_nan=False, description="learning rate")] = None,
     min_peers: Annotated[int, Form(ge=1, le=100_000, description="ONLINE peers needed to start")] = 2,
+    key_metric: Annotated[
+        str | None, Form(min_length=1, max_length=64, description="the metric that picks the best round's model")
+    ] = None,
+    mode: Annotated[Literal["min", "max"] | None, Form(description="best is the key metric's min or max")] = None,
+    patience: Annotated[
+        int | None, Form(ge=1, le=100_000, description="stop after this many rounds without a new best")
+    ] = None,
     app: Annotated[str, Form(min_length=1, max_length=200, description="an installed app (GET /apps)")] = BUILTIN,
     run_config: Annotated[
         str | None,
@@ -230,6 +237,9 @@ async def start_session(
         compression=compression,
         min_clients=min_peers,
         run_config=settings_for_app,
+        key_metric=key_metric,
+        mode=mode,
+        patience=patience,
     )
     config = session_with_app(config, loaded_app)
 

@@ -47,6 +47,7 @@ class SessionRecorder:
         self.owner_id = owner_id
         self.model_name = model_name
         self.model_spec = model_spec
+        self._best: ev.BestModel | None = None  # the best round's model so far (the event's own arrays)
 
     def attach(self, bus: EventBus) -> None:
         bus.on(ev.SessionStarted, self._on_started)
@@ -54,6 +55,7 @@ class SessionRecorder:
         bus.on(ev.UpdateRejected, self._on_rejected)
         bus.on(ev.RoundCompleted, self._on_round)
         bus.on(ev.SessionCompleted, self._on_completed)
+        bus.on(ev.BestModel, self._on_best)
         bus.on(ev.SessionFailedEvent, self._on_failed)
 
     async def _write(self, what: Callable[[], T]) -> T:
@@ -115,11 +117,30 @@ class SessionRecorder:
 
         await self._write(write)
 
+    async def _on_best(self, e: ev.BestModel) -> None:
+        self._best = e
+
     async def _on_completed(self, e: ev.SessionCompleted) -> None:
+        best = self._best
+
         def write() -> None:
             ref = self.artifacts.put(codec.encode(e.params))
             with self.db.session() as s:
                 if self.owner_id is not None:
+                    if best is not None and best.params is not e.params:
+                        # The best round's model beside the final one: its own version, marked by
+                        # ``best_round`` (and the figure that made it the best) in its metrics.
+                        models_repo.add_model_version(
+                            s,
+                            self.owner_id,
+                            self.model_name,
+                            artifact_ref=self.artifacts.put(codec.encode(best.params)),
+                            spec={"tensors": best.params.spec.to_json()},
+                            model_spec=self.model_spec,
+                            session_id=self.session_id,
+                            metrics={best.metric: best.value, "best_round": float(best.round)},
+                            create=True,
+                        )
                     version = models_repo.add_model_version(
                         s,
                         self.owner_id,
@@ -128,7 +149,8 @@ class SessionRecorder:
                         spec={"tensors": e.params.spec.to_json()},
                         model_spec=self.model_spec,
                         session_id=self.session_id,
-                        metrics=e.metrics,
+                        metrics=e.metrics
+                        | ({"best_round": float(best.round)} if best is not None and best.params is e.params else {}),
                         create=True,
                     )
                     sessions_repo.set_final_model(s, self.session_id, version.id)
