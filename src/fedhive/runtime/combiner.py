@@ -184,10 +184,11 @@ class Combiner:
     def _on_enable(self, msg: Message) -> None:
         upstream, self.spec = read_enable(msg)
         # Our clients get the coordinator's settings with our own liveness rules (_SUB_ROUND).
-        own = {
-            "heartbeat_interval_s": self.config.heartbeat_interval_s,
-            "heartbeat_timeout_s": self.config.heartbeat_timeout_s,
-        }
+        # ... but never quicker to give a client up than the session itself: ten clients importing
+        # torch at once on two cores sent no heartbeat for 20 s (the combiner's default), and
+        # their combiner dropped them all while the session allowed 60.
+        timeout = max(self.config.heartbeat_timeout_s or 0.0, upstream.heartbeat_timeout_s or 0.0) or None
+        own = {"heartbeat_interval_s": self.config.heartbeat_interval_s, "heartbeat_timeout_s": timeout}
         self.config = upstream.model_copy(update={**_SUB_ROUND, **own})
         self.down.config = self.config
         upstream_strategy = parse_strategy(upstream.strategy)
