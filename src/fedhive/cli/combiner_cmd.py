@@ -43,7 +43,9 @@ def combiner(
     ca_file: CaFileOption = None,
     artifacts: ArtifactsOption = None,
     heartbeat_interval: Annotated[float, typer.Option(help="seconds between heartbeats to clients")] = 5.0,
-    heartbeat_timeout: Annotated[float, typer.Option(help="seconds of client silence: OFFLINE")] = 20.0,
+    heartbeat_timeout: Annotated[
+        float, typer.Option(help="seconds of client silence: OFFLINE (never less than the session's)")
+    ] = 20.0,
     coordinator_timeout: Annotated[float, typer.Option(help="seconds of coordinator silence before giving up")] = 60.0,
     exact: Annotated[bool, typer.Option(help="send float64 partial sums (twice the bytes, exact merge)")] = False,
 ) -> None:
