@@ -89,14 +89,19 @@ def create_admin(
     print(f"admin {users_repo.normalise_email(email)} created (user id {user_id}); sign in with that password")
 
 
+# Where a new secret goes (create, rotate): shown once, on stdout or in a 0600 file.
+SecretJsonOption = Annotated[bool, typer.Option("--json", help="one JSON line: client_id, secret, name")]
+SecretFileOption = Annotated[
+    Path | None, typer.Option("--out-file", help="write the id and secret here (JSON, mode 0600), not stdout")
+]
+
+
 @site_app.command("create", help="Create a site's id and secret; the secret is shown once.")
 def create_site(
     name: Annotated[str, typer.Argument(help="a name for people (e.g. hospital-a)")],
     site_id: Annotated[str | None, typer.Option("--id", help="the site's id [default: a random one]")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="one JSON line: client_id, secret, name")] = False,
-    out_file: Annotated[
-        Path | None, typer.Option("--out-file", help="write the id and secret here (JSON, mode 0600), not stdout")
-    ] = None,
+    as_json: SecretJsonOption = False,
+    out_file: SecretFileOption = None,
     home: HomeOption = Path(".fedhive"),
     db: DbOption = None,
 ) -> None:
@@ -156,10 +161,8 @@ def revoke_site(
 @site_app.command("rotate", help="Give a site a new secret (shown once); the old one stops working.")
 def rotate_site(
     site_id: Annotated[str, typer.Argument(help="the site's id")],
-    as_json: Annotated[bool, typer.Option("--json", help="one JSON line: client_id, secret, name")] = False,
-    out_file: Annotated[
-        Path | None, typer.Option("--out-file", help="write the id and secret here (JSON, mode 0600), not stdout")
-    ] = None,
+    as_json: SecretJsonOption = False,
+    out_file: SecretFileOption = None,
     home: HomeOption = Path(".fedhive"),
     db: DbOption = None,
 ) -> None:
