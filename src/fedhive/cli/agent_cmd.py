@@ -26,7 +26,17 @@ from fedhive.cli.coordinator_cmd import (
     broker_settings,
     service_logging,
 )
-from fedhive.cli.site_options import NodeOption, build_site
+from fedhive.cli.site_options import (
+    CsvOption,
+    DatasetOption,
+    LabelOption,
+    NodeOption,
+    PartitionOption,
+    PartOption,
+    SeedOption,
+    TestFractionOption,
+    build_site,
+)
 from fedhive.errors import ConfigError
 from fedhive.learning.local_data import LocalData
 from fedhive.runtime import events as ev
@@ -57,13 +67,13 @@ def agent(
         list[str] | None,
         typer.Option("--dataset-name", help="a data set this site holds, announced by name; repeatable"),
     ] = None,
-    csv: Annotated[Path | None, typer.Option("--csv", help="builtin app: this site's data (CSV with a header)")] = None,
-    label: Annotated[str | None, typer.Option(help="builtin app: label column of the CSV")] = None,
-    dataset: Annotated[str | None, typer.Option(help="builtin app, demo: a built-in data set (digits, iris)")] = None,
-    partition: Annotated[str, typer.Option(help="builtin app, demo: iid, dirichlet:ALPHA, ...")] = "iid",
-    part: Annotated[str | None, typer.Option(help="builtin app, demo: this site's part, I/N")] = None,
-    test_fraction: Annotated[float, typer.Option(help="builtin app, demo: held-out share")] = 0.2,
-    seed: Annotated[int, typer.Option(help="builtin app, demo: the seed of the split")] = 0,
+    csv: CsvOption = None,
+    label: LabelOption = None,
+    dataset: DatasetOption = None,
+    partition: PartitionOption = "iid",
+    part: PartOption = None,
+    test_fraction: TestFractionOption = 0.2,
+    seed: SeedOption = 0,
     namespace: NamespaceOption = "fedhive",
     ca_file: CaFileOption = None,
     artifacts: ArtifactsOption = None,

@@ -24,7 +24,19 @@ from fedhive.cli.coordinator_cmd import (
     service_logging,
 )
 from fedhive.cli.flower_options import FlowerAppOption, flower_site
-from fedhive.cli.site_options import AppOption, NodeOption, StateDirOption, build_site
+from fedhive.cli.site_options import (
+    AppOption,
+    CsvOption,
+    DatasetOption,
+    LabelOption,
+    NodeOption,
+    PartitionOption,
+    PartOption,
+    SeedOption,
+    StateDirOption,
+    TestFractionOption,
+    build_site,
+)
 from fedhive.errors import ConfigError, FedhiveError, SessionFailed
 from fedhive.learning.local_data import LocalData
 from fedhive.runtime import events as ev
@@ -47,13 +59,13 @@ def client(
     secret: Annotated[
         str | None, typer.Option(envvar="FEDHIVE_CLIENT_SECRET", help="from 'clients add' (better: the env var)")
     ] = None,
-    csv: Annotated[Path | None, typer.Option("--csv", help="this client's own data (CSV with a header)")] = None,
-    label: Annotated[str | None, typer.Option(help="label column of the CSV")] = None,
-    dataset: Annotated[str | None, typer.Option(help="demo: a built-in data set (digits, iris, ...)")] = None,
-    partition: Annotated[str, typer.Option(help="demo: iid, dirichlet:ALPHA, label-shards:K, label-range")] = "iid",
-    part: Annotated[str | None, typer.Option(help="demo: this client's part, I/N (e.g. 3/10)")] = None,
-    test_fraction: Annotated[float, typer.Option(help="demo: held-out share, as in the session file")] = 0.2,
-    seed: Annotated[int, typer.Option(help="demo: the session's seed (re-drawn if the session's differs)")] = 0,
+    csv: CsvOption = None,
+    label: LabelOption = None,
+    dataset: DatasetOption = None,
+    partition: PartitionOption = "iid",
+    part: PartOption = None,
+    test_fraction: TestFractionOption = 0.2,
+    seed: SeedOption = 0,
     virtual: Annotated[int, typer.Option(help="host N virtual clients (parts 1/N..N/N) in this process")] = 0,
     credentials: Annotated[
         Path | None, typer.Option(help="with --virtual: 'clients add --json' output, or the client store")

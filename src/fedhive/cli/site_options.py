@@ -34,6 +34,16 @@ StateDirOption = Annotated[
 ]
 
 
+# The built-in app's data at a site (client, agent): its own CSV, or a part of a demo data set.
+CsvOption = Annotated[Path | None, typer.Option("--csv", help="builtin app: this site's own data (CSV with a header)")]
+LabelOption = Annotated[str | None, typer.Option(help="builtin app: label column of the CSV")]
+DatasetOption = Annotated[str | None, typer.Option(help="builtin app, demo: a built-in data set (digits, iris, ...)")]
+PartitionOption = Annotated[str, typer.Option(help="demo: iid, dirichlet:ALPHA, label-shards:K, label-range")]
+PartOption = Annotated[str | None, typer.Option(help="demo: this site's part, I/N (e.g. 3/10)")]
+TestFractionOption = Annotated[float, typer.Option(help="demo: held-out share, as in the session file")]
+SeedOption = Annotated[int, typer.Option(help="demo: the session's seed (re-drawn if the session's differs)")]
+
+
 def build_site(
     client_id: str,
     app: str,
