@@ -59,10 +59,17 @@ class BrokerSettings:
     publish_timeout_s: float = 30.0
 
     def transport(
-        self, node_id: str, codec: WireCodec, *, declares: bool = True, logins: SenderLogins | None = None
+        self,
+        node_id: str,
+        codec: WireCodec,
+        *,
+        declares: bool = True,
+        logins: SenderLogins | None = None,
+        ephemeral: bool = False,
     ) -> AmqpTransport:
         """``declares``: False for a client (it needs no configure rights on the broker);
-        ``logins``: the broker users of the clients this node hears from, checked on every message."""
+        ``logins``: the broker users of the clients this node hears from, checked on every message;
+        ``ephemeral``: the node's id is used once (a peer), so its queue goes when it does."""
         return AmqpTransport(
             self.url,
             node_id,
@@ -75,6 +82,7 @@ class BrokerSettings:
             declares=declares,
             downstream=logins.provisioned if logins else None,
             sender_check=logins,
+            ephemeral=ephemeral,
         )
 
 

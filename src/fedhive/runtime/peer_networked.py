@@ -61,7 +61,7 @@ async def run_peer(
     kind: Callable[..., PeerNode] = (
         functools.partial(GossipPeer, gossip=settings.gossip) if settings.gossip else PeerNode
     )
-    async with broker.transport(node_id, peer_codec(key)) as transport:
+    async with broker.transport(node_id, peer_codec(key), ephemeral=True) as transport:
         node = kind(
             transport,
             trainer,

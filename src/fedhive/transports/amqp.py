@@ -79,6 +79,7 @@ _RETRY_PAUSE_S = 0.5
 # cannot take the broker's memory or disk.
 MAX_QUEUE_MESSAGES = 100_000
 MAX_QUEUE_BYTES = 2 << 30
+EPHEMERAL_QUEUE_EXPIRES_S = 60.0  # see AmqpTransport: the queue of a node whose id is never used again
 
 
 class _Stop:
@@ -138,8 +139,15 @@ class AmqpTransport(Transport):
         topology_wait_s: float = 120.0,
         max_queue_messages: int = MAX_QUEUE_MESSAGES,
         max_queue_bytes: int = MAX_QUEUE_BYTES,
+        ephemeral: bool = False,
     ) -> None:
         self.node_id = node_id
+        # An ephemeral node (a peer: a fresh random id per process) is never addressed again once
+        # it is gone, so its queue must not outlive it: deleted on close, and expired by the
+        # broker a minute after a crash (long enough to ride out a reconnect).
+        self._ephemeral = ephemeral
+        if ephemeral:
+            queue_expires_s = EPHEMERAL_QUEUE_EXPIRES_S
         self._url = url
         self._codec = codec
         codec.bind_namespace(namespace)  # claim checks are per namespace, like queues
@@ -251,6 +259,8 @@ class AmqpTransport(Transport):
         if self._connection is not None:
             try:
                 async with _broker_call(f"{self.node_id}: closing the connection", self._connect_timeout):
+                    if self._ephemeral and self._channel is not None and not self._channel.is_closed:
+                        await self._channel.queue_delete(self._queue_name)
                     await self._connection.close()
             except TransportError as exc:
                 log.warning("%s", exc)  # nothing left to do: the broker drops the connection anyway
