@@ -167,6 +167,9 @@ class RegisterBody(Body):
 class RegisteredBody(Body):
     kind = Kind.REGISTERED
     heartbeat_interval_s: Annotated[float | None, _or_none(int | float)] = None
+    # How long a silence from the registered node means the registrar gives it up: a combiner's
+    # clients give the combiner up after as long, and ask for another (runtime.assigned_client).
+    heartbeat_timeout_s: Annotated[float | None, _or_none(int | float)] = None
     combiner: NodeId | None = None  # the answer to a client's request for a combiner
 
 

@@ -1,9 +1,11 @@
 """A client of a hierarchical federation: asks the coordinator for a combiner, then serves it.
 
 Clients connect outbound only, so the coordinator cannot move them: instead a client that stops
-hearing its combiner (``combiner_timeout_s``) asks the coordinator again, naming the silent
-combiner in ``avoid``, and registers with the one it is given. Every wait is bounded: each
-request for an assignment (``assign_timeout_s``), and the number of moves (``max_moves``).
+hearing its combiner for the heartbeat timeout the combiner announced when it registered the
+client (``combiner_timeout_s`` if it announced none) asks the coordinator again, naming the silent
+combiner in ``avoid``, and registers with the one it is given: moved within two heartbeat
+timeouts. Every wait is bounded: each request for an assignment (``assign_timeout_s``), and the
+number of moves (``max_moves``).
 """
 
 from __future__ import annotations
@@ -90,6 +92,7 @@ async def run_assigned_client(
             num_examples=num_examples,
             coordinator_id=combiner,
             coordinator_timeout_s=combiner_timeout_s,
+            follow_announced_timeout=True,
             register_timeout_s=combiner_timeout_s,
             **client_kwargs,
         )

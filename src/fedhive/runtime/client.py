@@ -115,6 +115,7 @@ class ClientNode:
         fit_gate: FitGate | None = None,
         agent: bool = False,
         announce: Mapping[str, object] | None = None,
+        follow_announced_timeout: bool = False,
     ) -> None:
         self.node_id = node_id
         self._fit_gate = fit_gate
@@ -138,6 +139,11 @@ class ClientNode:
         self._beat_failed = False
         self._registered = False
         self._coordinator_timeout_s = coordinator_timeout_s
+        # A combiner's client gives it up after the heartbeat timeout the combiner announces (as
+        # long as the combiner waits for the client), not after coordinator_timeout_s: it can move
+        # to another combiner, so waiting a minute for a dead one only idles it.
+        self._follow_announced_timeout = follow_announced_timeout
+        self._announced_timeout_s: float | None = None
         self._coordinator_interval_s: float | None = None
         self._last_heard = time.monotonic()
         self._reconnects_seen = transport.reconnects
@@ -298,11 +304,17 @@ class ClientNode:
             self._reconnects_seen = self.transport.reconnects
             self._last_heard = now
             return None
-        limit = max(self._coordinator_timeout_s, 3 * (self._coordinator_interval_s or 0.0))
+        timeout = self._coordinator_timeout_s
+        if self._follow_announced_timeout and self._announced_timeout_s:
+            timeout = self._announced_timeout_s
+        limit = max(timeout, 3 * (self._coordinator_interval_s or 0.0))
         silence = now - self._last_heard
         return silence if silence > limit else None
 
-    def _mark_registered(self, interval: float | None) -> None:
+    def _mark_registered(self, body: RegisteredBody) -> None:
+        interval = body.heartbeat_interval_s
+        if body.heartbeat_timeout_s is not None and body.heartbeat_timeout_s > 0:
+            self._announced_timeout_s = float(body.heartbeat_timeout_s)
         if interval is not None and interval > 0:
             # Beat as often as the coordinator expects; it beats as often, so a silence of a few
             # intervals means that it is gone.
@@ -333,7 +345,7 @@ class ClientNode:
             return
         try:
             if msg.kind is Kind.REGISTERED:
-                self._mark_registered(parse_body(RegisteredBody, msg).heartbeat_interval_s)
+                self._mark_registered(parse_body(RegisteredBody, msg))
             elif msg.kind is Kind.HEARTBEAT:
                 pass  # the coordinator is alive; noted above
             elif msg.kind is Kind.ENABLE:
@@ -385,7 +397,7 @@ class ClientNode:
             # One session at a time: a new one is accepted once the previous one has ended (STOP,
             # or its coordinator fell silent).
             raise ConfigError(f"{self.node_id} is busy in session {self._session_id}")
-        self._mark_registered(None)
+        self._mark_registered(RegisteredBody.model_construct())
         self._session_id = session
         trainer = self._trainer_for(config)
         own = getattr(trainer, "param_spec", None)

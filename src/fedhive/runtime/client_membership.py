@@ -65,8 +65,10 @@ class ClientMembership:
         if previous is not PeerStatus.ONLINE:
             down.bus.emit(ev.ClientStatusChanged(msg.sender, PeerStatus.ONLINE, previous))
         # The interval tells a networked client how often to beat, and how long a silence from us
-        # means that we are gone.
-        reply = RegisteredBody.model_construct(heartbeat_interval_s=down.config.heartbeat_interval_s)
+        # means that we are gone; the timeout, how long a silence from it means it is gone for us.
+        reply = RegisteredBody.model_construct(
+            heartbeat_interval_s=down.config.heartbeat_interval_s, heartbeat_timeout_s=down.config.heartbeat_timeout_s
+        )
         await down.send(msg.sender, down.message(Kind.REGISTERED, body=reply.to_body()))
         if down.started:
             await self._late_joiner(msg.sender)  # takes part from the next round
