@@ -29,7 +29,7 @@ import uvicorn
 from fedhive.api.app import create_app
 from fedhive.app.learner import Trainer
 from fedhive.app.loader import BUILTIN
-from fedhive.core.signing import Verifier
+from fedhive.core.signing import SenderClocks, Verifier
 from fedhive.errors import DataError
 from fedhive.runtime.bus import EventBus
 from fedhive.runtime.client import ClientNode
@@ -39,6 +39,7 @@ from fedhive.runtime.networked import BrokerSettings
 from fedhive.runtime.session_config import SessionConfig
 from fedhive.runtime.site_app import SiteApp
 from fedhive.service.apps import InstalledApps, state_folder_name
+from fedhive.service.clock_file import ClockFile
 from fedhive.service.peer_status import PeerStatusRecorder, SecretCache
 from fedhive.service.platform_data_app import PlatformDataApp, platform_builtin
 from fedhive.service.services import Services, open_stores
@@ -71,7 +72,9 @@ async def serve(settings: Settings, options: ServeOptions, *, on_ready: Callable
     async with AsyncExitStack() as stack:
         stack.callback(db.dispose)
         network = MemoryNetwork() if settings.broker_url is None else None
-        transport = await stack.enter_async_context(_hub_transport(settings, db, artifacts, network))
+        clock_file = ClockFile(settings.home / "sender-clocks.json")
+        clocks = await asyncio.to_thread(clock_file.load)
+        transport = await stack.enter_async_context(_hub_transport(settings, db, artifacts, network, clocks))
         hub = Hub(transport, heartbeat_timeout_s=settings.heartbeat_timeout_s)
         PeerStatusRecorder(db).attach(hub.bus)
         live = LiveFeed()  # the dashboard's server-sent events: peer facts from the hub, rounds per session
@@ -91,6 +94,7 @@ async def serve(settings: Settings, options: ServeOptions, *, on_ready: Callable
         peers = await asyncio.to_thread(_local_peer_ids, db, settings.secret_box(), options.local_clients)
         async with asyncio.TaskGroup() as tg:
             hub_task = tg.create_task(hub.run(), name="hub")
+            keeping = tg.create_task(clock_file.keep(clocks), name="sender-clocks") if network is None else None
             sites = LocalSites(apps, artifacts, settings.home)
             peer_tasks = [
                 tg.create_task(_run_local_peer(p, network, settings, db, artifacts, sites), name=p) for p in peers
@@ -105,6 +109,8 @@ async def serve(settings: Settings, options: ServeOptions, *, on_ready: Callable
             await manager.close()
             hub.stop()
             await hub_task
+            if keeping is not None:
+                keeping.cancel()  # saves the leads once more
             for task in peer_tasks:
                 task.cancel()
 
@@ -115,15 +121,22 @@ def _mark_all_offline(db: Database) -> None:
 
 
 def _hub_transport(
-    settings: Settings, db: Database, artifacts: ArtifactStore, network: MemoryNetwork | None
+    settings: Settings, db: Database, artifacts: ArtifactStore, network: MemoryNetwork | None, clocks: SenderClocks
 ) -> Transport:
     if network is not None:
         return network.connect(COORDINATOR_ID)
-    secrets = SecretCache(db, settings.secret_box())
-    # see coordinator_codec
-    codec = WireCodec(secrets, Verifier(secrets), artifacts, defer_references=True, grants_uploads=True)
+    codec = hub_codec(SecretCache(db, settings.secret_box()), artifacts, clocks)
     assert settings.broker_url is not None
     return BrokerSettings(settings.broker_url, settings.namespace, artifacts=artifacts).transport(COORDINATOR_ID, codec)
+
+
+def hub_codec(secret_of: Callable[[str], bytes | None], artifacts: ArtifactStore, clocks: SenderClocks) -> WireCodec:
+    """The hub's codec (see ``runtime.networked.coordinator_codec``). With ``clocks`` (kept by
+    ``service.clock_file``) nothing signed before this process started is accepted, so frames
+    captured before a restart cannot be replayed after it."""
+    return WireCodec(
+        secret_of, Verifier(secret_of, clocks=clocks), artifacts, defer_references=True, grants_uploads=True
+    )
 
 
 def _local_peer_ids(db: Database, box: SecretBox, count: int) -> list[str]:
