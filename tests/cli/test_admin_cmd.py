@@ -135,6 +135,8 @@ def test_site_mistakes_are_one_line_errors(fedhive: Callable[..., Result], tmp_p
     assert "no site 'nope'" in one_error_line(fedhive("admin", "site", "revoke", "nope", "--home", home))
     assert "no site 'nope'" in one_error_line(fedhive("admin", "site", "rotate", "nope", "--home", home))
     assert "--id 'a b'" in one_error_line(fedhive("admin", "site", "create", "x", "--id", "a b", "--home", home))
+    many = fedhive("admin", "site", "create", "w", "--count", "3", "--home", home)  # secrets on a terminal: no
+    assert "--count N takes --json or --out-file" in one_error_line(many)
     existing = tmp_path / "taken.json"
     existing.write_text("{}")
     refused = fedhive("admin", "site", "rotate", "dup", "--out-file", str(existing), "--home", home)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 import stat
 from pathlib import Path
 
@@ -48,10 +49,19 @@ def test_bad_names_are_config_errors(tmp_path: Path, name: str) -> None:
         CredentialStore(tmp_path / "c.json").add(name)
 
 
-@pytest.mark.parametrize("text", ["", "abc", "zz" * 32, "ab" * 31])
+@pytest.mark.parametrize("text", ["", "abc", "zz" * 32, "ab" * 31, "a" * 42 + "!", "a" * 44])
 def test_malformed_secrets_are_config_errors(text: str) -> None:
     with pytest.raises(ConfigError, match="64 hexadecimal digits"):
         parse_secret(text)
+
+
+def test_both_printed_forms_of_a_secret_are_keys() -> None:
+    """``clients add`` prints the key in hex; ``admin site create`` (the platform) prints a token
+    whose own bytes are the key, as the server's check takes it (``get_client_secret``)."""
+    hex_secret = "0f" * 32
+    assert parse_secret(hex_secret) == bytes.fromhex(hex_secret)
+    token = secrets.token_urlsafe(32)
+    assert parse_secret(f" {token}\n") == token.encode()
 
 
 def test_a_corrupt_store_is_a_storage_error_naming_the_file(tmp_path: Path) -> None:

@@ -100,24 +100,38 @@ SecretFileOption = Annotated[
 def create_site(
     name: Annotated[str, typer.Argument(help="a name for people (e.g. hospital-a)")],
     site_id: Annotated[str | None, typer.Option("--id", help="the site's id [default: a random one]")] = None,
+    count: Annotated[
+        int, typer.Option(help="create this many sites, named NAME-001, NAME-002, ... (with --json or --out-file)")
+    ] = 1,
     as_json: SecretJsonOption = False,
     out_file: SecretFileOption = None,
     home: HomeOption = Path(".fedhive"),
     db: DbOption = None,
 ) -> None:
-    if not name.strip() or len(name) > 255:
-        raise ConfigError("the site's name must have 1 to 255 characters")
+    if not name.strip() or len(name) > 250:
+        raise ConfigError("the site's name must have 1 to 250 characters")
     if site_id is not None and not _valid_id(site_id):
         raise ConfigError(f"--id {site_id!r}: use 1 to 64 letters, digits, '.', '_' or '-'")
+    if not 1 <= count <= 10_000:
+        raise ConfigError(f"--count must be between 1 and 10000, got {count}")
+    if count > 1 and (site_id is not None or not (as_json or out_file)):
+        raise ConfigError("--count N takes --json or --out-file (one JSON line per site), and no --id")
     if out_file is not None and out_file.exists():
         raise ConfigError(f"--out-file: {out_file} exists; remove it first")
     settings = _settings(home, db)
+    names = [name] if count == 1 else [f"{name}-{i:0{len(str(count))}d}" for i in range(1, count + 1)]
+    created = []
     try:
-        with _unit_of_work(settings) as s:
-            cid, secret = users_repo.create_client(s, name, box=settings.secret_box(), client_id=site_id)
+        with _unit_of_work(settings) as s:  # all or none
+            for each in names:
+                cid, secret = users_repo.create_client(s, each, box=settings.secret_box(), client_id=site_id)
+                created.append((cid, secret, each))
     except AlreadyExists as exc:
         raise ConfigError(str(exc)) from None
-    _show_secret(cid, secret, name, as_json=as_json, out_file=out_file)
+    if count == 1:
+        _show_secret(*created[0], as_json=as_json, out_file=out_file)
+    else:
+        _show_secrets(created, out_file=out_file)
 
 
 @site_app.command("list", help="List sites: id, name, status, last heartbeat (never secrets).")
@@ -181,6 +195,22 @@ def rotate_site(
 
 def _valid_id(site_id: str) -> bool:
     return 0 < len(site_id) <= 64 and all(c.isalnum() or c in "._-" for c in site_id)
+
+
+def _show_secrets(created: list[tuple[str, str, str]], *, out_file: Path | None) -> None:
+    """Many sites' ids and secrets, one JSON line each (what ``fedhive agent --virtual N
+    --credentials FILE`` reads)."""
+    lines = "".join(json.dumps({"client_id": c, "secret": s, "name": n}) + "\n" for c, s, n in created)
+    if out_file is None:
+        print(lines, end="")
+        return
+    try:
+        write_secret_file(out_file, lines, overwrite=False)
+    except (OSError, FileExistsError) as exc:
+        raise ConfigError(
+            f"--out-file: cannot write {out_file} ({exc}); revoke the sites and create them again"
+        ) from None
+    typer.echo(f"{len(created)} sites: ids and secrets in {out_file} (mode 0600)", err=True)
 
 
 def _show_secret(cid: str, secret: str, name: str, *, as_json: bool, out_file: Path | None) -> None:

@@ -7,6 +7,7 @@ one line when the agent cannot start (bad options, an app that does not load, mi
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import signal
 import sys
@@ -18,6 +19,7 @@ from typing import Annotated
 import typer
 
 from fedhive.app.loader import BUILTIN, load_app
+from fedhive.cli.client_cmd import read_credentials
 from fedhive.cli.coordinator_cmd import (
     ArtifactsOption,
     BrokerOption,
@@ -26,6 +28,7 @@ from fedhive.cli.coordinator_cmd import (
     broker_settings,
     service_logging,
 )
+from fedhive.cli.flower_options import FlowerAppsOption, flower_agent_sites
 from fedhive.cli.site_options import (
     CsvOption,
     DatasetOption,
@@ -59,6 +62,7 @@ def agent(
         list[str] | None,
         typer.Option("--app", help="an app installed here (module:attr, file.py:attr, a folder, builtin); repeatable"),
     ] = None,
+    flower_apps: FlowerAppsOption = None,
     node: NodeOption = None,
     state_dir: Annotated[
         Path | None, typer.Option(help="ctx.state goes to DIR/APP per app [default: ~/.fedhive/state/ID/APP]")
@@ -84,45 +88,82 @@ def agent(
     stop_grace: Annotated[
         float, typer.Option(help="on SIGTERM, seconds to let a training call in progress finish (its state saved)")
     ] = 10.0,
+    virtual: Annotated[
+        int, typer.Option(help="run N agents in this process (demo parts 1/N..N/N), e.g. to measure idle cost")
+    ] = 0,
+    credentials: Annotated[
+        Path | None, typer.Option(help="with --virtual: 'fedhive admin site create NAME --count N --json' output")
+    ] = None,
 ) -> None:
-    if not client_id or not secret:
-        raise ConfigError("--id and --secret are required (from 'fedhive admin site create NAME')")
     if heartbeat_interval <= 0 or coordinator_timeout <= 0 or stop_grace < 0:
         raise ConfigError("--heartbeat-interval and --coordinator-timeout must be positive, --stop-grace not negative")
-    key = parse_secret(secret)
-    data = LocalData(csv=csv, label=label, dataset=dataset, partition=partition, part=part, test_fraction=test_fraction)
+    if virtual:
+        if client_id or secret or csv or part:
+            raise ConfigError("--virtual N takes --credentials and --dataset, not --id, --secret, --csv or --part")
+        if credentials is None:
+            raise ConfigError("--virtual N needs --credentials FILE (from 'fedhive admin site create NAME --count N')")
+        idents = read_credentials(credentials, virtual)
+    elif not client_id or not secret:
+        raise ConfigError("--id and --secret are required (from 'fedhive admin site create NAME')")
+    else:
+        idents = [(client_id, parse_secret(secret))]
     refs = list(apps or ([BUILTIN] if csv or dataset else []))
-    if not refs:
-        raise ConfigError("nothing to run: give --app REF (repeatable), or --dataset/--csv for the built-in app")
-    sites = _sites(client_id, refs, node, data, seed, state_dir)
+    if not refs and not flower_apps:
+        raise ConfigError(
+            "nothing to run: give --app REF or --flower-app PATH (repeatable), or --dataset/--csv for the built-in app"
+        )
     names = list(dataset_names or []) or _default_dataset_names(csv, dataset)
-    agent_sites = AgentSites(client_id, sites, names)
     settings = AgentSettings(heartbeat_interval_s=heartbeat_interval, coordinator_timeout_s=coordinator_timeout)
+    runners: list[Agent] = []
+    # One training thread for the process: virtual agents train one after another, as virtual clients do.
+    pool = ThreadPoolExecutor(1, thread_name_prefix="fedhive-agent")
+    for i, (cid, key) in enumerate(idents, start=1):
+        own_part = f"{i}/{virtual}" if virtual and dataset else part
+        data = LocalData(
+            csv=csv, label=label, dataset=dataset, partition=partition, part=own_part, test_fraction=test_fraction
+        )
+        own_state = state_dir / cid if virtual and state_dir is not None else state_dir
+        # A virtual agent's share of the data, for apps that read it from ctx.node as Flower apps do.
+        own_node = [*(node or []), f"partition_id={i - 1}", f"num_partitions={virtual}"] if virtual else node
+        sites = _sites(cid, refs, own_node, data, seed, own_state)
+        sites |= flower_agent_sites(cid, flower_apps or [], own_node, own_state, taken=sites)
+        observers = [] if virtual else [_print_milestones]
+        broker_at = broker_settings(broker, namespace, ca_file, artifacts)
+        runners.append(Agent(key, AgentSites(cid, sites, names), broker_at, settings, observers, pool))
     service_logging()
-    pool = ThreadPoolExecutor(1, thread_name_prefix=f"fedhive-agent-{client_id}")
-    runner = Agent(
-        key, agent_sites, broker_settings(broker, namespace, ca_file, artifacts), settings, [_print_milestones], pool
-    )
-    asyncio.run(_serve(runner, ", ".join(sites)))
+    asyncio.run(_serve(runners, ", ".join(runners[0].sites.sites)))
+    who = f"{len(runners)} agents" if virtual else f"agent {runners[0].sites.client_id}"
     if not _finish_training(pool, stop_grace):
         # The app's ctx.state is written whole or not at all (a temporary file renamed over the old
         # one), so leaving a training call behind cannot leave half-written state.
-        print(f"agent {client_id} stopped; a training call did not finish within {stop_grace:.0f} s", flush=True)
+        print(f"{who} stopped; a training call did not finish within {stop_grace:.0f} s", flush=True)
         sys.stdout.flush()
         os._exit(0)
-    print(f"agent {client_id} stopped", flush=True)
+    print(f"{who} stopped", flush=True)
 
 
-async def _serve(runner: Agent, apps: str) -> None:
+async def _serve(runners: list[Agent], apps: str) -> None:
     loop = asyncio.get_running_loop()
+
+    def stop(reason: str) -> None:
+        for runner in runners:
+            runner.stop(reason)
+
     for sig, name in ((signal.SIGTERM, "SIGTERM"), (signal.SIGINT, "SIGINT")):
-        loop.add_signal_handler(sig, runner.stop, f"the site agent was stopped ({name})")
-    cid = runner.sites.client_id
+        loop.add_signal_handler(sig, stop, f"the site agent was stopped ({name})")
+    connected = 0
 
-    def connected() -> None:
-        print(f"agent {cid} connected; apps: {apps}; waiting for sessions", flush=True)
+    def on_connected(cid: str) -> None:
+        nonlocal connected
+        connected += 1
+        if len(runners) == 1:
+            print(f"agent {cid} connected; apps: {apps}; waiting for sessions", flush=True)
+        elif connected == len(runners):  # once, not a line per virtual agent
+            print(f"{connected} agents connected; apps: {apps}; waiting for sessions", flush=True)
 
-    await runner.run(on_connected=connected)
+    async with asyncio.TaskGroup() as tg:
+        for r in runners:
+            tg.create_task(r.run(on_connected=functools.partial(on_connected, r.sites.client_id)))
 
 
 def _sites(

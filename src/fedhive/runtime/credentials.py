@@ -34,6 +34,10 @@ log = logging.getLogger("fedhive.credentials")
 DEFAULT_STORE = "fedhive-clients.json"
 SECRET_BYTES = 32
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,47}$")
+_HEX_SECRET = re.compile(f"[0-9a-fA-F]{{{2 * SECRET_BYTES}}}")
+# What secrets.token_urlsafe(32) gives (the platform's secrets): exactly 43 characters, so that a
+# hex secret with a digit lost or added is an error here, not a key that no one else holds.
+_TOKEN_SECRET = re.compile(r"[A-Za-z0-9_-]{43}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,14 +48,19 @@ class ClientRecord:
 
 
 def parse_secret(text: str) -> bytes:
-    """The HMAC key a secret (as printed by ``fedhive clients add``) stands for."""
-    try:
-        key = bytes.fromhex(text.strip())
-    except ValueError:
-        key = b""
-    if len(key) != SECRET_BYTES:
-        raise ConfigError(f"a client secret is {2 * SECRET_BYTES} hexadecimal digits, as 'fedhive clients add' prints")
-    return key
+    """The HMAC key a secret stands for, in either form fedhive prints one: 64 hexadecimal digits
+    (``fedhive clients add``, the key itself) or a URL-safe token of 43 characters
+    (``fedhive admin site create`` and the platform's API, whose key is the token's own bytes, as
+    the server's check takes it: ``storage.users_repo.get_client_secret``)."""
+    text = text.strip()
+    if _HEX_SECRET.fullmatch(text):
+        return bytes.fromhex(text)
+    if _TOKEN_SECRET.fullmatch(text):
+        return text.encode()
+    raise ConfigError(
+        f"a client secret is {2 * SECRET_BYTES} hexadecimal digits ('fedhive clients add') or the token "
+        "'fedhive admin site create' printed"
+    )
 
 
 class CredentialStore:
