@@ -15,10 +15,10 @@ import httpx
 import pytest
 from platform_user_app import NAME, write_app
 from serve_process import Server
-from service.test_platform_flow import sign_up_and_in, wait_for
 
 from fedhive.transports.amqp import delete_namespace
 from processes import Proc
+from service.test_platform_flow import sign_up_and_in, wait_for
 
 pytestmark = [pytest.mark.amqp, pytest.mark.slow]
 
