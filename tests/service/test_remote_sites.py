@@ -10,6 +10,7 @@ import json
 import sys
 import uuid
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -63,7 +64,7 @@ async def test_sites_created_by_the_admin_join_a_running_server_and_train(rabbit
             assert r.status_code == 201, r.text
             sid = r.json()["id"]
 
-            async def finished() -> dict | None:
+            async def finished() -> dict[str, Any] | None:
                 status = (await http.get(f"/sessions/{sid}/training-status", headers=auth)).json()
                 return status if status["status"] in ("COMPLETED", "FAILED", "CANCELLED") else None
 
