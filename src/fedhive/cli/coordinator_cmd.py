@@ -16,6 +16,13 @@ from rich.console import Console
 from rich.markup import escape
 
 from fedhive.cli.broker_url import BrokerOption as BrokerOption  # re-exported: client, combiner, peer
+from fedhive.cli.mlflow_cli import (
+    MlflowExperimentOption,
+    MlflowFlag,
+    MlflowRegisterOption,
+    MlflowUriOption,
+    report_tracking,
+)
 from fedhive.cli.progress import SessionProgress
 from fedhive.cli.session_file import load_session_file, with_initial_model
 from fedhive.core.params import ParamSpec
@@ -28,6 +35,7 @@ from fedhive.runtime.networked import BrokerSettings, plan_coordinator, run_coor
 from fedhive.runtime.resume import Checkpoint, strategy_for
 from fedhive.runtime.session_plan import SessionFile
 from fedhive.storage.artifacts import artifact_store_from_url
+from fedhive.tracking.mlflow_options import MlflowOptions
 from fedhive.tracking.run_checkpoint import CHECKPOINT_FILE, RunCheckpoint, fingerprint, load_run_checkpoint
 from fedhive.tracking.run_directory import RunDirectory, write_model
 from fedhive.tracking.session_folders import latest_session_folder, new_session_folder, newest_folder_of
@@ -84,6 +92,10 @@ def coordinator(
     fresh: Annotated[
         bool, typer.Option("--fresh", help="start over in a new folder, even if --out holds a checkpoint to resume")
     ] = False,
+    mlflow: MlflowFlag = False,
+    mlflow_tracking_uri: MlflowUriOption = None,
+    mlflow_experiment: MlflowExperimentOption = "fedhive",
+    mlflow_register: MlflowRegisterOption = None,
 ) -> None:
     started = time.perf_counter()
     if combiners < 0:
@@ -93,6 +105,8 @@ def coordinator(
         session = with_initial_model(session, initial_model)
     settings = broker_settings(broker, namespace, ca_file, artifacts)
     plan = plan_coordinator(session, settings)  # data and model errors come before connecting
+    ml = MlflowOptions(mlflow_tracking_uri, mlflow, register=mlflow_register, experiment=mlflow_experiment)
+    tracker = ml.tracker()  # an unreachable MLflow server fails here, before any client is kept waiting
     service_logging()
     resume: Checkpoint | None = None
     # Every session, flat or hierarchical, checkpoints each round into its own folder under --out.
@@ -141,6 +155,8 @@ def coordinator(
     try:
         # The checkpoint after the round's rows: rounds.csv then holds every checkpointed round.
         observers = [run_dir.attach, checkpoints.attach, progress.attach, status.attach]
+        if tracker is not None:
+            observers.append(tracker.attach)
         if combiners:
             run = run_hierarchical_coordinator(
                 session, creds, settings, min_combiners=combiners, observers=observers, on_ready=ready,
@@ -167,6 +183,7 @@ def coordinator(
         f"loss {m.get('loss', float('nan')):.4f} after {result.rounds} rounds in {wall:.1f} s; results in "
         f"[bold]{escape(str(folder))}[/] (config.json, rounds.csv, clients.csv, model.safetensors)"
     )
+    tracked = report_tracking(console, tracker, ml) if tracker is not None else {}
     if as_json:
         summary = {
             "session_id": cfg.session_id,
@@ -177,6 +194,7 @@ def coordinator(
             "wall_s": round(wall, 3),
             "out": str(folder),
             "model": str(run_dir.model_path),
+            **tracked,
         }
         print(json.dumps(summary))
 
