@@ -13,8 +13,9 @@ measures, over the window:
   verifying every heartbeat's signature and recording each site's last heartbeat in the database;
 - the broker's memory: RabbitMQ's total (``rabbitmqctl status``) before the agents connected and
   at the end of the window, and the namespace's queues' own memory (``rabbitmqctl list_queues``).
-  The broker is shared with whatever else runs on the machine, so the difference of totals is
-  noisy; the queues' figure is this run's alone.
+  On a broker shared with other work the difference of totals is noise; for a clean figure give a
+  node of the benchmark's own (``--broker amqp://guest:guest@127.0.0.1:5699/ --broker-node
+  idle@localhost``, a node started with ``RABBITMQ_NODENAME=idle@localhost RABBITMQ_NODE_PORT=5699``).
 
 Prints a table and, last, one JSON line (targets: server < 5 % of one core, broker < 50 MB).
 """
@@ -43,12 +44,16 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICKS  # utime + stime
 
 
+BROKER_NODE: list[str] = []  # ["-n", NODE] with --broker-node
+
+
 def rabbitmqctl(*args: str) -> object | None:
     if shutil.which("rabbitmqctl") is None:
         return None
     done = subprocess.run(
-        ["rabbitmqctl", *args, "--formatter", "json"], capture_output=True, text=True, timeout=120, check=False
-    )
+        ["rabbitmqctl", *BROKER_NODE, *args, "--formatter", "json"],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
     return json.loads(done.stdout) if done.returncode == 0 else None
 
 
@@ -158,7 +163,10 @@ def main() -> None:
     parser.add_argument("--agents", type=int, default=100)
     parser.add_argument("--window", type=float, default=60.0, help="seconds measured once all are ONLINE")
     parser.add_argument("--broker", default=os.environ.get("FEDHIVE_BROKER", "amqp://guest:guest@127.0.0.1:5672/"))
+    parser.add_argument("--broker-node", help="the RabbitMQ node behind --broker, for rabbitmqctl (default: its own)")
     args = parser.parse_args()
+    if args.broker_node:
+        BROKER_NODE.extend(["-n", args.broker_node])
     result = run(args.agents, args.window, args.broker)
     print(f"{'idle agents':<34}{result['agents']}")
     print(f"{'all ONLINE after':<34}{result['all_online_after_s']} s")
