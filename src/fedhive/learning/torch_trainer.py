@@ -162,4 +162,3 @@ def _seed_cpu(seed: int) -> None:
     lazy checks cost about 0.3 ms per call on a machine without one (a tenth of a small model's
     round in simulation, once per client)."""
     torch.default_generator.manual_seed(seed)
-
