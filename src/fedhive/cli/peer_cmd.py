@@ -24,12 +24,15 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.console import Console
 
 from fedhive.app.learner import Evaluator
 from fedhive.app.loader import BUILTIN, load_app
 from fedhive.cli.broker_url import BrokerOption
 from fedhive.cli.coordinator_cmd import CaFileOption, NamespaceOption, broker_settings, service_logging
+from fedhive.cli.flower_options import FlowerAppOption, flower_run, flower_site
 from fedhive.cli.initial_model import load_initial_model
+from fedhive.cli.key_values import parse_pairs
 from fedhive.cli.site_options import AppOption, NodeOption, StateDirOption, build_site
 from fedhive.core.params import Params
 from fedhive.errors import ConfigError
@@ -47,8 +50,10 @@ from fedhive.tracking.session_folders import new_session_folder
 
 
 def peer(
+    ctx: typer.Context,
     broker: BrokerOption,
     app: AppOption = BUILTIN,
+    flower_app: FlowerAppOption = None,
     node: NodeOption = None,
     state_dir: StateDirOption = None,
     secret: Annotated[
@@ -113,10 +118,22 @@ def peer(
         min_clients=min_peers,
     )
     data = LocalData(csv=csv, label=label, dataset=dataset, partition=partition, part=part, test_fraction=test_fraction)
-    loaded = load_app(app)
-    config = session_with_app(config, loaded)
     peer_name = f"peer-{part.replace('/', '-of-')}" if part else "peer"
-    site = build_site(peer_name, app, node, data, seed=seed, state_dir=state_dir)
+    seed_index = parse_part(part)[0] - 1 if part else None
+    if flower_app is not None:
+        flower = flower_run(ctx, flower_app, {}, Console(stderr=True))
+        # The ServerApp's rounds and strategy unless given here; its fraction and evaluation have
+        # no meaning among peers, where every peer trains and evaluates.
+        config = config.model_copy(update={"rounds": flower.rounds, "strategy": flower.strategy})
+        loaded = flower.loaded
+        partition_id = parse_pairs(node, "--node").get("partition-id")
+        if isinstance(partition_id, int):  # a Flower node's name and seed order: its partition
+            peer_name, seed_index = f"peer-{partition_id}", partition_id
+        site = flower_site(peer_name, flower_app, node, data, state_dir=state_dir)
+    else:
+        loaded = load_app(app)
+        site = build_site(peer_name, app, node, data, seed=seed, state_dir=state_dir)
+    config = session_with_app(config, loaded)
     settings = PeerSettings(min_peers, beat, peer_timeout, discovery_timeout, gossip=gossip)
     initial = None
     if initial_model is not None:  # checked against the app's model before anything connects
@@ -149,7 +166,7 @@ def peer(
         broker_settings(broker, namespace, ca_file, None),
         settings,
         evaluator=_evaluator(site, config, data),
-        seed_index=parse_part(part)[0] - 1 if part else None,
+        seed_index=seed_index,
         initial=initial,
         observers=[watch],
         on_ready=ready,

@@ -3,7 +3,7 @@
     session_id = "digits-demo"      # optional; a random id when left out
     rounds = 20
     min_clients = 5
-    app = "builtin"                 # or module:attr, file.py:attr, a project folder (default builtin)
+    app = "builtin"                 # or module:attr, file.py:attr, a project folder, flower:PATH (default builtin)
     model = "logreg-np"             # the built-in app's model
     lr = 0.1
 
@@ -37,7 +37,9 @@ from typing import Any
 from pydantic import ValidationError
 
 from fedhive.app.loader import BUILTIN, load_app
+from fedhive.cli.flower_options import flower_session_app
 from fedhive.cli.initial_model import load_initial_model
+from fedhive.compat.flower import FLOWER_PREFIX
 from fedhive.errors import ConfigError, FedhiveError
 from fedhive.learning.federation_data import DataSpec
 from fedhive.learning.models import parse_model_spec
@@ -68,7 +70,13 @@ def parse_session(raw: dict[str, Any], path: Path) -> SessionFile:
     app_ref = raw.pop("app", BUILTIN)
     if not isinstance(app_ref, str):
         raise ConfigError(f"{path}: app must be a string (module:attr, file.py:attr or a folder)")
-    if app_ref != BUILTIN and (path.parent / app_ref.split(":")[0]).exists():
+    flower = None
+    if app_ref.startswith(FLOWER_PREFIX):  # a Flower project; its ServerApp fills settings left out
+        try:
+            flower = flower_session_app(app_ref, raw, path)
+        except FedhiveError as exc:
+            raise type(exc)(f"{path}: {exc}") from None
+    elif app_ref != BUILTIN and (path.parent / app_ref.split(":")[0]).exists():
         first, colon, rest = app_ref.partition(":")
         app_ref = str((path.parent / first).resolve()) + colon + rest
     initial_model = raw.pop("initial_model", None)
@@ -100,7 +108,7 @@ def parse_session(raw: dict[str, Any], path: Path) -> SessionFile:
         parse_strategy(config.strategy)
         if data is not None:
             data.check()
-        loaded = load_app(app_ref)
+        loaded = flower or load_app(app_ref)
     except FedhiveError as exc:
         raise type(exc)(f"{path}: {exc}") from None
     server_node = {**(data.model_dump(exclude_none=True) if data else {}), **node}

@@ -11,8 +11,9 @@ and its legacy ``client_fn`` handling run as under Flower:
 - legacy (``ClientApp(client_fn=...)`` returning a ``NumPyClient`` or ``Client``): ``FitIns`` /
   ``EvaluateIns`` / ``GetParametersIns`` records made by Flower's own ``recorddict_compat``.
 
-Fidelity: each fedhive client keeps ONE Flower ``Context`` for the whole run, so
-``context.state`` lasts across rounds; its ``node_config`` is the site's settings plus
+Fidelity: each fedhive client keeps ONE Flower ``Context`` for the whole run (a session), so
+``context.state`` lasts across rounds and, kept in the client's fedhive ``ctx.state`` after every
+call (``state``), across a restart of the client process; its ``node_config`` is the site's settings plus
 ``partition-id`` / ``num-partitions`` (from fedhive's ``partition_id`` / ``num_partitions``); its
 ``run_config`` is the Flower project's ``[tool.flwr.app.config]`` with the run's overrides.
 """
@@ -44,6 +45,7 @@ from fedhive.compat.flower.records import (
     to_parameters,
 )
 from fedhive.compat.flower.server_capture import LEGACY, ServerPlan
+from fedhive.compat.flower.state import STATE_KEY, load_state, save_state
 from fedhive.core.params import Params
 from fedhive.errors import AppError
 
@@ -60,7 +62,8 @@ class FlowerClientAdapter:
         self.plan = plan
         self.name = name
         self._run_config_keys = list(run_config_keys)
-        self._contexts: dict[str, Context] = {}
+        # client id -> (its session, its Context, the state text last saved into its ctx.state)
+        self._contexts: dict[str, tuple[str, Context, object]] = {}
         self._round = 0  # the latest round this process trained: evaluation follows it
 
     def fedhive_app(self) -> ClientApp:
@@ -122,7 +125,8 @@ class FlowerClientAdapter:
         self, ctx: FedhiveContext, config: Mapping[str, Any], kind: str, content: RecordDict, server_round: int
     ) -> RecordDict:
         """Send ``content`` to the Flower app as a message of ``kind``; its reply's content."""
-        context = self._context(ctx, config)
+        run = str(config.get("session_id", ""))
+        context = self._context(ctx, config, run)
         # The message as a SuperNode hands it to its ClientApp: from the SuperLink, with an id.
         metadata = Metadata(
             run_id=context.run_id,
@@ -137,6 +141,8 @@ class FlowerClientAdapter:
         )
         message = make_message(metadata, content)
         reply = self.flower_app(message, context)
+        save_state(context.state, run, ctx.state)  # fedhive's state store writes it after this call
+        self._contexts[ctx.client_id] = (run, context, ctx.state[STATE_KEY])
         if not isinstance(reply, Message):
             raise AppError(f"{self.name} {kind} returned {type(reply).__name__}, not a flwr Message")
         if reply.has_error():
@@ -166,24 +172,25 @@ class FlowerClientAdapter:
             round_config["proximal_mu" if self.plan.style == LEGACY else "proximal-mu"] = float(mu)
         return round_config
 
-    def _context(self, ctx: FedhiveContext, config: Mapping[str, Any]) -> Context:
-        """This client's one Flower ``Context``, made on first use and kept for the whole run."""
-        context = self._contexts.get(ctx.client_id)
-        if context is None:
-            node_config = dict(ctx.node)
-            for ours, theirs in _NODE_NAMES.items():
-                if ours in node_config and theirs not in node_config:
-                    node_config[theirs] = node_config[ours]
-            run_config = {key: config[key] for key in self._run_config_keys if key in config}
-            context = Context(
-                run_id=_stable_int(str(config.get("session_id", ""))),
-                node_id=_stable_int(ctx.client_id),
-                node_config=node_config,
-                state=RecordDict(),
-                run_config=run_config,
-            )
-            self._contexts[ctx.client_id] = context
-        return context
+    def _context(self, ctx: FedhiveContext, config: Mapping[str, Any], run: str) -> Context:
+        """This client's one Flower ``Context`` of session ``run``: kept from call to call while
+        ``ctx.state`` holds what it last saved there; otherwise (first use, a restarted process, a
+        state handed over by another process) made with the state saved in ``ctx.state``."""
+        known = self._contexts.get(ctx.client_id)
+        if known is not None and known[0] == run and ctx.state.get(STATE_KEY) is known[2]:
+            return known[1]
+        node_config = dict(ctx.node)
+        for ours, theirs in _NODE_NAMES.items():
+            if ours in node_config and theirs not in node_config:
+                node_config[theirs] = node_config[ours]
+        run_config = {key: config[key] for key in self._run_config_keys if key in config}
+        return Context(
+            run_id=_stable_int(run),
+            node_id=_stable_int(ctx.client_id),
+            node_config=node_config,
+            state=load_state(ctx.state, run),
+            run_config=run_config,
+        )
 
 
 def _stable_int(text: str) -> int:

@@ -1,5 +1,7 @@
 """flhive-numpy: a Flower / NumPy app."""
 
+import time
+
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
@@ -27,6 +29,9 @@ def train(msg: Message, context: Context):
     progress = context.state.config_records.get("progress", ConfigRecord({"trained": 0}))
     progress["trained"] = int(progress["trained"]) + 1
     context.state["progress"] = progress
+    # A node that stalls in one round, for tests of what a restarted node keeps: --node stall-round=R.
+    if server_round == int(context.node_config.get("stall-round", 0)):
+        time.sleep(600)
 
     metrics = {
         "train_loss": loss,
