@@ -55,6 +55,7 @@ async def test_every_dashboard_page_works_with_no_policy_violation(tmp_path: Pat
             checks = {
                 "/ui/new": "#app-info:has-text('code')",  # filled from GET /apps
                 "/ui/models": "#models p.muted",  # filled from GET /models
+                "/ui/sites": "#sites thead th",  # its script lists GET /sites
                 "/ui/sessions/none-such": "#error:not([hidden])",  # the script ran and reported the 404
             }
             for path, filled_by_script in checks.items():

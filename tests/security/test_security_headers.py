@@ -15,7 +15,7 @@ from guarded_app import GuardedFactory
 import fedhive.web
 from fedhive.api.security_headers import DOCS_POLICY, PAGE_POLICY
 
-UI_PAGES = ["/ui", "/ui/signin", "/ui/new", "/ui/peers", "/ui/models", "/ui/sessions/abc"]
+UI_PAGES = ["/ui", "/ui/signin", "/ui/new", "/ui/sites", "/ui/models", "/ui/sessions/abc"]
 EVERYTHING = [
     ("GET", "/", 307),
     *(("GET", page, 200) for page in UI_PAGES),

@@ -131,8 +131,8 @@ async def test_sign_in_start_session_and_watch_it_train(tmp_path: Path) -> None:
             shot = tmp_path / "dashboard.png"
             await page.screenshot(path=str(shot), full_page=True)
 
-            await page.click("nav >> text=Peers")
-            await page.wait_for_selector("#peers tbody tr >> nth=2")
+            await page.click("nav >> text=Sites")
+            await page.wait_for_selector("#sites tbody tr >> nth=2")
             await page.click("nav >> text=Models")
             await page.wait_for_selector("#models button.download")
             assert errors == []
@@ -216,7 +216,7 @@ async def check_metric_charts(page: Any, width: int) -> None:
     r2 = page.locator(chart("r2"))
     assert await r2.get_attribute("data-points") == str(ROUNDS - 1)  # r2 from round 2 on
     assert await page.locator(chart("mse")).get_attribute("data-points") == str(ROUNDS)
-    legend = await page.locator(f"{chart('r2')} .u-legend .u-series").all_inner_texts()
+    legend = await page.locator(f"{chart('r2')} .u-legend .u-series .u-label").all_inner_texts()
     assert {"r2", "train_r2"} <= {label.strip() for label in legend}, legend
     assert await page.locator("#boxes h2").all_inner_texts() == ["mse", "r2"]
     assert await page.locator(f"{boxes('r2')} g").count() == ROUNDS - 1

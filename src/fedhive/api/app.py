@@ -10,6 +10,7 @@ Routes (every one but ``/health``, ``/auth/signup`` and ``/auth/signin`` needs a
     POST   /sessions/{id}/cancel;  DELETE /sessions/{id}                     (api.sessions)
     GET    /datasets, /datasets/{id}                                          (api.datasets)
     GET    /peers;  POST /peers (admin)                                       (api.peers)
+    GET    /sites   peers with what their site agents announced               (api.sites)
     GET    /apps                                   the installed apps           (api.apps)
     POST   /models;  GET /models, /models/{name}/versions[/{v}[/download]]   (api.models)
     GET    /ui/..., /static/...  the dashboard; /ui/events: server-sent events     (web.routes)
@@ -29,7 +30,7 @@ import secrets
 
 from fastapi import FastAPI
 
-from fedhive.api import apps, auth, datasets, models, peers, session_start, sessions
+from fedhive.api import apps, auth, datasets, models, peers, session_start, sessions, sites
 from fedhive.api.body_limit import BodyLimit
 from fedhive.api.deps import ServicesDep
 from fedhive.api.errors import install_error_handlers
@@ -83,6 +84,7 @@ def create_app(settings: Settings, services: Services, live: LiveFeed | None = N
     app.include_router(sessions.routes())
     app.include_router(datasets.routes())
     app.include_router(peers.routes())
+    app.include_router(sites.routes())
     app.include_router(models.routes())
     app.include_router(apps.routes())
     # The dashboard (/ui, /static); without a feed wired to the buses its pages still work, unlive.

@@ -122,6 +122,7 @@ class ModelRef(BaseModel):
 
 class SessionOut(BaseModel):
     id: str
+    name: str | None = Field(default=None, description="the name given at the start, if any")
     status: SessionStatus
     reason: str | None
     created_at: datetime
@@ -138,6 +139,7 @@ class SessionOut(BaseModel):
     def from_row(cls, row: SessionRow, final_model: ModelRef | None = None) -> SessionOut:
         return cls(
             id=row.id,
+            name=row.name,
             status=row.status,
             reason=row.reason,
             created_at=row.created_at,

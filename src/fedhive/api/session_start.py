@@ -53,6 +53,7 @@ from fedhive.tracking.mlflow_registry import (
     load_registered_model,
     parse_model_ref,
 )
+from fedhive.tracking.mlflow_tracker import start_tags
 
 _DEFAULT_MODEL = SessionConfig.model_fields["model"].default
 _RUN_CONFIG_HINT = 'run_config: must be a JSON object of numbers, strings and booleans, e.g. {"local_epochs": 2}'
@@ -95,6 +96,16 @@ def _storable(text: str, *, key: bool) -> bool:
 _BUILTIN_ONLY = ("dataset", "label", "dataset_id", "model", "model_name", "model_version", "mlflow_model")
 
 
+def _session_name(name: str | None) -> str | None:
+    """The name given, trimmed, as every database stores it (422 otherwise); None if blank."""
+    if name is None or not name.strip():
+        return None
+    try:
+        return clean_text(name.strip())
+    except ValueError as exc:
+        raise HTTPException(422, f"name: {exc}") from None
+
+
 def resolve_model(
     services: Services, user: Principal, model: str | None, name: str | None, version: int | None
 ) -> tuple[str, tuple[str, int] | None]:
@@ -122,11 +133,13 @@ def load_mlflow_model(settings: Settings, model: str, use_case: str | None) -> R
         raise HTTPException(503, "the MLflow tracking server is unreachable; try again later") from None
 
 
-def initial_weights(services: Services, settings: Settings, ref: str) -> tuple[str, Params]:
-    """Blocking. The weights ``initial_model`` names, with what to call them in messages."""
+def initial_weights(services: Services, settings: Settings, ref: str) -> tuple[str, Params, dict[str, str]]:
+    """Blocking. The weights ``initial_model`` names, with what to call them in messages and the
+    tracking tags that link the session to them (a registered MLflow version's)."""
     if ref.startswith("models:/"):
-        return f"initial model {ref}", load_mlflow_model(settings, ref.removeprefix("models:/"), None).params
-    return f"initial model {ref}", load_from_bucket(services, ref)
+        loaded = load_mlflow_model(settings, ref.removeprefix("models:/"), None)
+        return f"initial model {ref}", loaded.params, start_tags(loaded)
+    return f"initial model {ref}", load_from_bucket(services, ref), {}
 
 
 async def start_session(
@@ -176,6 +189,9 @@ async def start_session(
         int | None, Form(ge=1, le=100_000, description="stop after this many rounds without a new best")
     ] = None,
     app: Annotated[str, Form(min_length=1, max_length=200, description="an installed app (GET /apps)")] = BUILTIN,
+    name: Annotated[
+        str | None, Form(min_length=1, max_length=100, description="a name for the session, shown in lists")
+    ] = None,
     run_config: Annotated[
         str | None,
         Form(max_length=16_384, description='the app\'s settings: a JSON object of scalars, e.g. {"local_epochs": 2}'),
@@ -218,13 +234,17 @@ async def start_session(
     if initial_model is not None and (model_name is not None or mlflow_model is not None):
         raise HTTPException(422, "initial_model: give a model_name, an mlflow_model or an initial_model, only one")
 
+    session_name = _session_name(name)
     spec_text, registered = await asyncio.to_thread(resolve_model, services, user, model, model_name, model_version)
     initial_params = None
+    tags: dict[str, str] = {}  # for the session's MLflow runs: where it started from
     if mlflow_model is not None:
         loaded = await asyncio.to_thread(load_mlflow_model, settings, mlflow_model, mlflow_use_case)
         spec_text, initial_params = loaded.model_spec, (f"MLflow model {loaded.ref}", loaded.params)
+        tags = start_tags(loaded, mlflow_use_case)
     if initial_model is not None:  # checked against the session's model by the launcher (422 naming the tensor)
-        initial_params = await asyncio.to_thread(initial_weights, services, settings, initial_model.strip())
+        source, weights, tags = await asyncio.to_thread(initial_weights, services, settings, initial_model.strip())
+        initial_params = (source, weights)
     spec = parse_model_spec(spec_text)  # ConfigError: 422 naming the valid forms
     parse_strategy(strategy)
     config = make_config(
@@ -257,6 +277,8 @@ async def start_session(
         dataset_id=dataset_id,
         initial_model=registered,
         initial_params=initial_params,
+        name=session_name,
+        tags=tags,
     )
     session_id = await services.launcher.start(request)
     return await asyncio.to_thread(read_session, services, session_id, user.user_id)

@@ -8,12 +8,16 @@ Delete semantics: only an ended session (COMPLETED, FAILED, CANCELLED) can be de
 or RUNNING one answers 409 "cancel it first". Deleting a live session would pull its rows from
 under a coordinator still recording rounds, and an explicit cancel keeps "stop training" and
 "forget the results" two separate decisions. Rounds, per-peer results and checkpoints go with
-the session; model versions it produced stay in the registry.
+the session; model versions it produced stay in the registry. When the platform tracks sessions in
+MLflow, the session's runs are marked deleted too (restorable in MLflow until its garbage
+collection); an MLflow server that does not answer leaves them, with a warning in the log, and
+never fails the delete.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Path, Query, Response
@@ -33,6 +37,9 @@ from fedhive.service.services import Services
 from fedhive.storage import sessions_repo, users_repo
 from fedhive.storage.models import TERMINAL_STATUSES, ModelRow, ModelVersionRow, SessionRow, SessionStatus
 
+log = logging.getLogger("fedhive.api")
+# A delete waits this long for MLflow to mark the session's runs deleted, then answers anyway.
+MLFLOW_DELETE_WAIT_S = 30.0
 SessionId = Annotated[str, Path(pattern=ID_PATTERN, description="the session's id")]
 _NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"description": "no such session (or not yours)"}}
 
@@ -134,7 +141,27 @@ async def delete_session(services: ServicesDep, user: UserDep, session_id: Sessi
             sessions_repo.delete_session(s, session_id, owner_id=user.user_id)
 
     await asyncio.to_thread(delete)
+    uri = services.settings.mlflow_tracking_uri
+    if uri is not None:
+        await _delete_runs(uri, session_id)
     return Response(status_code=204)
+
+
+async def _delete_runs(tracking_uri: str, session_id: str) -> None:
+    from fedhive.tracking.mlflow_registry import check_reachable, redact
+    from fedhive.tracking.mlflow_tracker import delete_session_runs
+
+    def delete() -> int:
+        check_reachable(tracking_uri)  # one bounded probe, not MLflow's minutes of retries
+        return delete_session_runs(tracking_uri, session_id)
+
+    try:
+        count = await asyncio.wait_for(asyncio.to_thread(delete), MLFLOW_DELETE_WAIT_S)
+    except Exception as exc:  # the session is gone either way; its runs stay in MLflow
+        why = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
+        log.warning("session %s deleted, but its MLflow runs in %s were not: %s", session_id, redact(tracking_uri), why)
+        return
+    log.info("session %s deleted with its %d MLflow run(s)", session_id, count)
 
 
 def routes() -> APIRouter:

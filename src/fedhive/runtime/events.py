@@ -52,6 +52,15 @@ class HeartbeatReceived:
 
 
 @dataclass(frozen=True, slots=True)
+class SiteAnnounced:
+    """A site agent told the hub what it is (``site``: agent version, apps, data sets), first or changed."""
+
+    client_id: str
+    site: dict[str, object]
+    num_examples: int = 0  # what it registered with
+
+
+@dataclass(frozen=True, slots=True)
 class SessionStarted:
     session_id: str
     config: dict[str, object]
@@ -165,6 +174,14 @@ class BestModel:
 
 @dataclass(frozen=True, slots=True)
 class SessionFailedEvent:
+    session_id: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class SessionCancelled:
+    """Someone stopped the session (the platform's cancel); dispatched after its coordinator is gone."""
+
     session_id: str
     reason: str
 

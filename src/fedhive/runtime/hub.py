@@ -74,6 +74,7 @@ class Hub:
         self.registry = ClientRegistry(heartbeat_timeout_s=heartbeat_timeout_s)
         self._ports: dict[str, SessionPort] = {}
         self._session_of: dict[str, str] = {}  # peer id -> the session holding it
+        self._sites: dict[str, tuple[dict[str, object], int]] = {}  # peer id -> its agent's last announcement
         self._timeout = heartbeat_timeout_s
         self.bus.on(ev.MessageIn, self._on_message)
         self.bus.on(ev.HeartbeatCheck, self._on_heartbeat_check)
@@ -136,6 +137,7 @@ class Hub:
     async def _on_register(self, msg: Message) -> None:
         body = parse_body(RegisterBody, msg)
         previous = self.registry.register(msg.sender, body.num_examples or 0, body.label_counts)
+        self._announced(msg.sender, body.site, body.num_examples)
         session = self._session_of.get(msg.sender)
         if session is not None:
             self.registry.set_status(msg.sender, PeerStatus.TRAINING)
@@ -157,11 +159,14 @@ class Hub:
             log.info("%s registered before a restart; taking it back", msg.sender)
             again = RegisterBody.model_construct(num_examples=0).to_body()
             await self._on_register(make(Kind.REGISTER, msg.sender, body=again))
+            self._announced(msg.sender, msg.envelope.body.get("site"), msg.envelope.body.get("num_examples"))
             return
         if self.registry.seen(msg.sender) is PeerStatus.OFFLINE:
             status = PeerStatus.TRAINING if msg.sender in self._session_of else PeerStatus.ONLINE
             self.registry.set_status(msg.sender, status)
             self.bus.emit(ev.ClientStatusChanged(msg.sender, status, PeerStatus.OFFLINE))
+        # an idle agent's beat carries its registration
+        self._announced(msg.sender, msg.envelope.body.get("site"), msg.envelope.body.get("num_examples"))
         b = parse_body(HeartbeatBody, msg)
         self.bus.emit(
             ev.HeartbeatReceived(msg.sender, b.status, msg.envelope.round, b.epoch, b.epochs, b.loss, b.accuracy)
@@ -169,6 +174,16 @@ class Hub:
         session = self._session_of.get(msg.sender)
         if session is not None:
             self._route(msg, session)
+
+    def _announced(self, peer: str, site: object, num_examples: object) -> None:
+        """Passes a site agent's announcement on when it is new or changed: an idle agent repeats
+        it in every beat, and observers (the platform's sites page) need it once."""
+        if not isinstance(site, dict):
+            return
+        count = num_examples if isinstance(num_examples, int) and not isinstance(num_examples, bool) else 0
+        if self._sites.get(peer) != (site, max(0, count)):
+            self._sites[peer] = (site, max(0, count))
+            self.bus.emit(ev.SiteAnnounced(peer, dict(site), max(0, count)))
 
     def _route(self, msg: Message, session_id: str) -> None:
         port = self._ports.get(session_id)

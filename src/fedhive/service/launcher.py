@@ -7,7 +7,8 @@ the real coordinator behind it, whatever transport that coordinator uses.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from fedhive.core.params import Params
@@ -33,6 +34,9 @@ class SessionRequest:
     initial_model: tuple[str, int] | None = None  # registered (model name, version) to start from
     # weights from elsewhere (an MLflow registry version), with what to call them in messages
     initial_params: tuple[str, Params] | None = None
+    name: str | None = None  # the user's name for the session
+    # labels for the session's tracking runs: its use case, the registered model it started from
+    tags: Mapping[str, str] = field(default_factory=dict)
 
 
 class SessionLauncher(Protocol):

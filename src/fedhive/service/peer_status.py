@@ -1,6 +1,7 @@
-"""Mirrors the hub's view of its peers into the metadata store, for ``GET /peers`` and the
-dashboard: statuses on every change, heartbeats (epoch, loss, accuracy) at most once a second
-per peer so that a thousand chatty peers cannot saturate the database."""
+"""Mirrors the hub's view of its peers into the metadata store, for ``GET /peers``, ``GET /sites``
+and the dashboard: statuses on every change, heartbeats (epoch, loss, accuracy) at most once a
+second per peer so that a thousand chatty peers cannot saturate the database, and what a site
+agent announces when it is new or changed (the hub passes on nothing else; ``service.sites``)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from collections.abc import Callable
 from fedhive.errors import StorageError
 from fedhive.runtime import events as ev
 from fedhive.runtime.bus import EventBus
+from fedhive.service.sites import site_record
 from fedhive.storage import users_repo
 from fedhive.storage.database import Database
 from fedhive.storage.models import ClientStatus
@@ -29,6 +31,7 @@ class PeerStatusRecorder:
     def attach(self, bus: EventBus) -> None:
         bus.on(ev.ClientStatusChanged, self._on_status)
         bus.on(ev.HeartbeatReceived, self._on_heartbeat)
+        bus.on(ev.SiteAnnounced, self._on_site)
 
     async def _on_status(self, e: ev.ClientStatusChanged) -> None:
         def write() -> None:
@@ -47,6 +50,16 @@ class PeerStatusRecorder:
         def write() -> None:
             with self.db.session() as s:
                 users_repo.record_heartbeat(s, e.client_id, epoch=e.epoch, epochs=e.epochs, metrics=metrics or None)
+
+        await self._guard(write)
+
+    async def _on_site(self, e: ev.SiteAnnounced) -> None:
+        record = site_record(e.site)
+
+        def write() -> None:
+            with self.db.session() as s:
+                if users_repo.record_site(s, e.client_id, record):
+                    users_repo.record_heartbeat(s, e.client_id, num_examples=e.num_examples)
 
         await self._guard(write)
 

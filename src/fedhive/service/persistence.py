@@ -5,6 +5,10 @@ After every round the global parameters and the strategy state go to the artifac
 are written; a restarted coordinator resumes from the last checkpoint. Database and artifact I/O
 are blocking, so each write runs in a worker thread; the coordinator's bus waits for it, so the
 next round never starts before the previous one is durable.
+
+A round row also holds what the round cost on the wire (``bytes_received``: the accepted updates'
+payload bytes); a client behind a combiner gets a result row of its own naming the combiner
+(``via``), beside the combiner's row for its merged partial.
 """
 
 from __future__ import annotations
@@ -48,10 +52,12 @@ class SessionRecorder:
         self.model_name = model_name
         self.model_spec = model_spec
         self._best: ev.BestModel | None = None  # the best round's model so far (the event's own arrays)
+        self._round_bytes: dict[int, int] = {}  # round -> payload bytes of its accepted updates so far
 
     def attach(self, bus: EventBus) -> None:
         bus.on(ev.SessionStarted, self._on_started)
         bus.on(ev.UpdateAccepted, self._on_accepted)
+        bus.on(ev.UpdateAcceptedVia, self._on_accepted_via)
         bus.on(ev.UpdateRejected, self._on_rejected)
         bus.on(ev.RoundCompleted, self._on_round)
         bus.on(ev.SessionCompleted, self._on_completed)
@@ -69,6 +75,8 @@ class SessionRecorder:
         await self._write(write)
 
     async def _on_accepted(self, e: ev.UpdateAccepted) -> None:
+        self._round_bytes[e.round] = self._round_bytes.get(e.round, 0) + e.nbytes
+
         def write() -> None:
             with self.db.session() as s:
                 sessions_repo.record_client_result(
@@ -79,6 +87,22 @@ class SessionRecorder:
                     status=ResultStatus.ACCEPTED,
                     num_examples=e.num_examples,
                     metrics=e.metrics,
+                )
+
+        await self._write(write)
+
+    async def _on_accepted_via(self, e: ev.UpdateAcceptedVia) -> None:
+        def write() -> None:
+            with self.db.session() as s:
+                sessions_repo.record_client_result(
+                    s,
+                    self.session_id,
+                    e.round,
+                    e.client_id,
+                    status=ResultStatus.ACCEPTED,
+                    num_examples=e.num_examples,
+                    metrics=e.metrics,
+                    via=e.via,
                 )
 
         await self._write(write)
@@ -96,6 +120,7 @@ class SessionRecorder:
 
     async def _on_round(self, e: ev.RoundCompleted) -> None:
         state = self.strategy.state()
+        nbytes = self._round_bytes.pop(e.round, 0)
 
         def write() -> None:
             params_ref = self.artifacts.put(codec.encode(e.params))
@@ -106,6 +131,7 @@ class SessionRecorder:
                 "train": e.train_metrics,
                 "selected": e.num_selected,
                 "missing": e.late_or_missing,
+                "bytes_received": nbytes,
                 **self.strategy.round_metrics(),
             }
             with self.db.session() as s:
@@ -122,6 +148,11 @@ class SessionRecorder:
 
     async def _on_completed(self, e: ev.SessionCompleted) -> None:
         best = self._best
+        ended = (
+            f"stopped early after round {e.rounds}: no new best within the session's patience"
+            if e.stopped_early
+            else f"completed all {e.rounds} rounds"
+        )
 
         def write() -> None:
             ref = self.artifacts.put(codec.encode(e.params))
@@ -154,7 +185,7 @@ class SessionRecorder:
                         create=True,
                     )
                     sessions_repo.set_final_model(s, self.session_id, version.id)
-                sessions_repo.set_session_status(s, self.session_id, SessionStatus.COMPLETED)
+                sessions_repo.set_session_status(s, self.session_id, SessionStatus.COMPLETED, reason=ended)
                 users_repo.release_clients(s, self.session_id)
 
         await self._write(write)

@@ -31,7 +31,6 @@ from fedhive.app.learner import Trainer
 from fedhive.app.loader import BUILTIN
 from fedhive.core.signing import SenderClocks, Verifier
 from fedhive.errors import DataError
-from fedhive.runtime.bus import EventBus
 from fedhive.runtime.client import ClientNode
 from fedhive.runtime.coordinator import COORDINATOR_ID
 from fedhive.runtime.hub import Hub
@@ -43,7 +42,7 @@ from fedhive.service.clock_file import ClockFile
 from fedhive.service.peer_status import PeerStatusRecorder, SecretCache
 from fedhive.service.platform_data_app import PlatformDataApp, platform_builtin
 from fedhive.service.services import Services, open_stores
-from fedhive.service.session_manager import SessionManager
+from fedhive.service.session_manager import SessionManager, SessionObserver
 from fedhive.service.settings import Settings
 from fedhive.storage import users_repo
 from fedhive.storage.artifacts import ArtifactStore
@@ -79,7 +78,7 @@ async def serve(settings: Settings, options: ServeOptions, *, on_ready: Callable
         PeerStatusRecorder(db).attach(hub.bus)
         live = LiveFeed()  # the dashboard's server-sent events: peer facts from the hub, rounds per session
         live.attach_hub(hub.bus)
-        observers: list[Callable[[str, EventBus], None]] = [live.attach_session]
+        observers: list[SessionObserver] = [live.attach_session]
         if settings.mlflow_tracking_uri is not None:  # every session tracked (and its model registered)
             uri, name = settings.mlflow_tracking_uri, settings.mlflow_register_as
             observers.append(await asyncio.to_thread(lambda: session_observer(uri, register_as=name)))

@@ -12,6 +12,12 @@ session keeps the platform's data plan (an uploaded CSV's shards, a built-in dat
 evaluates on its held-out split (``PlatformDataApp``); any other installed app reads its own data
 at each site, and the session's ``data`` only lists its peers (``{"peers": [...]}``, sorted: a
 local peer's ``partition_id`` is its place in that list).
+
+Observers (the dashboard's live feed, an MLflow tracker) are attached to each session's bus with
+the session's tags (``SessionRequest.tags``: its use case, the registered model it started from).
+A cancelled session's coordinator is stopped mid-round, so it never says how the session ended:
+the manager says it for it, dispatching ``SessionCancelled`` on that bus once the database holds
+CANCELLED (the live feed then shows it, a tracker ends its runs KILLED).
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -33,6 +39,7 @@ from fedhive.core.params import Params, ParamSpec, check_against_spec
 from fedhive.errors import ConfigError, FedhiveError, PayloadError, SessionFailed
 from fedhive.learning.federation_data import DataSpec
 from fedhive.learning.models import parse_model_spec
+from fedhive.runtime import events as ev
 from fedhive.runtime.bus import EventBus
 from fedhive.runtime.coordinator import COORDINATOR_ID, Coordinator
 from fedhive.runtime.hub import Hub
@@ -52,6 +59,12 @@ from fedhive.strategies.registry import parse_strategy
 
 log = logging.getLogger("fedhive.sessions")
 _MAX_MODEL_BYTES = 1 << 33
+CANCELLED_REASON = "cancelled by its owner"
+# How long closing the manager waits for observers still recording a cancellation (a tracker's
+# call to a slow MLflow server): they are told the news, not waited on for ever.
+_ENDING_WAIT_S = 10.0
+# What is attached to each session's bus: (session id, bus, the session's tags).
+SessionObserver = Callable[[str, EventBus, Mapping[str, str]], None]
 
 
 class SessionManager:
@@ -61,17 +74,19 @@ class SessionManager:
         artifacts: ArtifactStore,
         hub: Hub,
         *,
-        observers: Sequence[Callable[[str, EventBus], None]] = (),
+        observers: Sequence[SessionObserver] = (),
         apps: InstalledApps | None = None,
     ) -> None:
         self.db = db
         self.apps = apps if apps is not None else InstalledApps.load()
-        # Extra observers (the dashboard's live feed, a tracker): called with (session id, bus)
-        # for every session started or resumed, after the persistence observer.
+        # Extra observers (the dashboard's live feed, a tracker): called with (session id, bus,
+        # tags) for every session started or resumed, after the persistence observer.
         self._observers = list(observers)
         self.artifacts = artifacts
         self.hub = hub
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._buses: dict[str, EventBus] = {}  # running sessions' buses: where a cancellation is told
+        self._ending: set[asyncio.Task[None]] = set()  # cancellations still being told to observers
 
     # -- SessionLauncher ---------------------------------------------------------------------
     async def start(self, request: SessionRequest) -> str:
@@ -94,11 +109,13 @@ class SessionManager:
             # The caller gets the error; no half-created session stays behind, peers go free.
             await asyncio.to_thread(self._discard, config.session_id, int(request.owner_id))
             raise
-        self._launch(config, peers, plan, initial, owner_id=int(request.owner_id), checkpoint=None)
+        tags = dict(request.tags)
+        self._launch(config, peers, plan, initial, owner_id=int(request.owner_id), checkpoint=None, tags=tags)
         return config.session_id
 
     async def cancel(self, session_id: str) -> bool:
         task = self._tasks.pop(session_id, None)
+        bus = self._buses.pop(session_id, None)
         if task is not None:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
@@ -110,11 +127,27 @@ class SessionManager:
 
         def write() -> bool:
             with self.db.session() as s:
-                changed = sessions_repo.set_session_status(s, session_id, SessionStatus.CANCELLED, reason="cancelled")
+                changed = sessions_repo.set_session_status(
+                    s, session_id, SessionStatus.CANCELLED, reason=CANCELLED_REASON
+                )
                 users_repo.release_clients(s, session_id)
                 return changed
 
-        return await asyncio.to_thread(write)
+        changed = await asyncio.to_thread(write)
+        if changed and bus is not None:
+            # In a task of its own: the caller (an API request) is answered now, whatever a
+            # tracker's server takes to hear that the session ended.
+            told = asyncio.create_task(
+                bus.dispatch(ev.SessionCancelled(session_id, CANCELLED_REASON)), name=f"cancelled-{session_id}"
+            )
+            self._ending.add(told)
+            told.add_done_callback(self._told)
+        return changed
+
+    def _told(self, task: asyncio.Task[None]) -> None:
+        self._ending.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("an observer failed on a cancellation: %s", task.exception())
 
     # -- crash resume ---------------------------------------------------------------------------
     async def resume_running(self) -> list[str]:
@@ -142,6 +175,11 @@ class SessionManager:
             task.cancel()
         await asyncio.gather(*self._tasks.values(), return_exceptions=True)
         self._tasks.clear()
+        self._buses.clear()
+        if self._ending:
+            _, late = await asyncio.wait(list(self._ending), timeout=_ENDING_WAIT_S)
+            for task in late:
+                task.cancel()
 
     @property
     def running(self) -> list[str]:
@@ -157,6 +195,7 @@ class SessionManager:
         *,
         owner_id: int | None,
         checkpoint: Checkpoint | None,
+        tags: Mapping[str, str] | None = None,
     ) -> None:
         evaluator = self._server_app(config, plan).evaluator()
         port = self.hub.open_session(config.session_id, peers)
@@ -171,7 +210,8 @@ class SessionManager:
             model_spec=config.model if config.app == BUILTIN else f"app:{config.app}",
         ).attach(coordinator.bus)
         for attach in self._observers:
-            attach(config.session_id, coordinator.bus)
+            attach(config.session_id, coordinator.bus, dict(tags or {}))
+        self._buses[config.session_id] = coordinator.bus
         self._tasks[config.session_id] = asyncio.create_task(
             self._run(coordinator), name=f"session-{config.session_id}"
         )
@@ -185,6 +225,7 @@ class SessionManager:
         finally:
             self.hub.release(sid)
             self._tasks.pop(sid, None)
+            self._buses.pop(sid, None)
 
     # -- blocking helpers (run in threads) ------------------------------------------------------
     def _create_and_claim(self, request: SessionRequest) -> list[str]:
@@ -197,6 +238,7 @@ class SessionManager:
                 owner_id=int(request.owner_id),
                 dataset_id=request.dataset_id,
                 session_id=config.session_id,
+                name=request.name,
             )
             peers = users_repo.claim_online_clients(
                 s, config.session_id, min_count=request.min_peers, max_count=config.max_clients

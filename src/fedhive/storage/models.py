@@ -164,6 +164,8 @@ class ClientRow(Base):
     epoch: Mapped[int | None]
     epochs: Mapped[int | None]
     metrics: Mapped[dict[str, Any] | None]  # from the last heartbeat: loss, accuracy
+    # A site agent's announcement, checked and bounded (service.sites): agent version, apps, data sets.
+    site: Mapped[dict[str, Any] | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
@@ -228,6 +230,7 @@ class SessionRow(Base):
         status_type(SessionStatus, "session_status"), default=SessionStatus.PENDING, index=True
     )
     config: Mapped[dict[str, Any]]
+    name: Mapped[str | None] = mapped_column(sa.String(100))  # the user's name for it, if given
     reason: Mapped[str | None] = mapped_column(sa.Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     started_at: Mapped[datetime | None]
@@ -269,6 +272,8 @@ class ClientResultRow(Base):
     metrics: Mapped[dict[str, Any]] = mapped_column(default=dict)
     status: Mapped[ResultStatus] = mapped_column(status_type(ResultStatus, "result_status"))
     reason: Mapped[str | None] = mapped_column(sa.Text)
+    # The combiner whose partial carried this client's update (hierarchical sessions), else empty.
+    via: Mapped[str | None] = mapped_column(sa.String(64))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 

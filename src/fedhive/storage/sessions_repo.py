@@ -41,11 +41,13 @@ def create_session(
     owner_id: int | None = None,
     dataset_id: str | None = None,
     session_id: str | None = None,
+    name: str | None = None,
 ) -> SessionRow:
     """A PENDING session; ``config`` is the JSON form of the session configuration."""
     row = SessionRow(
         id=session_id or uuid.uuid4().hex,
         owner_id=owner_id,
+        name=name,
         config=json_document(config, "session config"),
         rounds_total=rounds_total,
         dataset_id=dataset_id,
@@ -169,7 +171,9 @@ def record_client_result(
     num_examples: int = 0,
     metrics: Mapping[str, Any] | None = None,
     reason: str | None = None,
+    via: str | None = None,
 ) -> ClientResultRow:
+    """One client's outcome in one round (``via``: the combiner that carried its update)."""
     key = (
         ClientResultRow.session_id == session_id,
         ClientResultRow.round == rnd,
@@ -182,7 +186,7 @@ def record_client_result(
             row = ClientResultRow(session_id=session_id, round=rnd, client_id=client_id)
             s.add(row)
         row.metrics = document
-        row.status, row.num_examples, row.reason = status, num_examples, reason
+        row.status, row.num_examples, row.reason, row.via = status, num_examples, reason, via
         row.created_at = utcnow()
         s.flush()
     return row

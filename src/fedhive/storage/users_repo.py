@@ -145,6 +145,14 @@ def record_heartbeat(
     return True
 
 
+def record_site(s: Session, client_id: str, site: Mapping[str, Any]) -> bool:
+    """What a site agent announced (agent version, apps, data sets); False for an unknown node."""
+    document = json_document(site, "site announcement")
+    with atomic(s, f"cannot record the site of client {client_id!r}"):
+        done = s.execute(sa.update(ClientRow).where(ClientRow.id == client_id).values(site=document))
+    return cast(sa.CursorResult[Any], done).rowcount > 0
+
+
 def mark_silent_clients_offline(s: Session, silent_since: datetime) -> list[str]:
     """Nodes not heard from since ``silent_since`` become OFFLINE; returns their ids."""
     silent = (ClientRow.status != ClientStatus.OFFLINE) & (

@@ -11,7 +11,7 @@ and then its absence is a one-line error naming the extra to install.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,7 +25,7 @@ from fedhive.tracking.mlflow_registry import (
     parse_model_ref,
     redact,
 )
-from fedhive.tracking.mlflow_tracker import MlflowTracker, default_tracking_uri
+from fedhive.tracking.mlflow_tracker import MlflowTracker, default_tracking_uri, start_tags
 
 SIMULATE_STORE = Path("mlruns")
 ENV_VAR = "FEDHIVE_MLFLOW_TRACKING_URI"
@@ -65,7 +65,7 @@ class MlflowOptions:
         check_reachable(self.uri)
         tags = {USE_CASE_TAG: self.use_case} if self.use_case else {}
         if start is not None:
-            tags["fedhive.initial_model"] = str(start.ref)
+            tags = start_tags(start, self.use_case)
         return MlflowTracker(self.uri, experiment=self.experiment, register_as=self.register, tags=tags)
 
     def where(self) -> str:
@@ -73,12 +73,15 @@ class MlflowOptions:
         return redact(self.uri)
 
 
-def session_observer(tracking_uri: str, *, register_as: str | None = None) -> Callable[[str, EventBus], None]:
-    """Blocking (one bounded probe). The platform's hook: a tracker per session started."""
+def session_observer(
+    tracking_uri: str, *, register_as: str | None = None
+) -> Callable[[str, EventBus, Mapping[str, str]], None]:
+    """Blocking (one bounded probe). The platform's hook: a tracker per session started, with
+    the session's tags (its use case, the registered model it started from)."""
     import_mlflow()
     check_reachable(tracking_uri)
 
-    def attach(session_id: str, bus: EventBus) -> None:
-        MlflowTracker(tracking_uri, register_as=register_as).attach(bus)
+    def attach(session_id: str, bus: EventBus, tags: Mapping[str, str]) -> None:
+        MlflowTracker(tracking_uri, register_as=register_as, tags=dict(tags)).attach(bus)
 
     return attach

@@ -13,6 +13,13 @@ API keeps its active run in process globals, which two sessions in one platform 
 
 Tracking is an observer and must never end a training session: the first MLflow failure (server
 gone, disk full) is logged once, kept in ``failure`` and turns the tracker off for the session.
+
+How a session ends is how its runs end: FINISHED, FAILED (the reason tagged ``fedhive.failure``),
+or KILLED for a cancelled one (``SessionCancelled``; the reason tagged ``fedhive.cancelled``). A
+session deleted from the platform has its runs marked deleted (``delete_session_runs``). A session
+started from a registered model carries tags naming it (``start_tags``: its ``use_case``, the
+model version and the run that produced it), on its runs and on the version it registers; a
+session resumed after a crash takes them back from its run.
 """
 
 from __future__ import annotations
@@ -20,15 +27,25 @@ from __future__ import annotations
 import asyncio
 import logging
 import tempfile
+import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, urlsplit
 
 from fedhive.runtime import events as ev
 from fedhive.runtime.bus import EventBus
 from fedhive.tracking.mlflow_model import import_mlflow, save_pyfunc
+from fedhive.tracking.mlflow_registry import USE_CASE_TAG, RegisteredModel, redact
 
 log = logging.getLogger("fedhive.mlflow")
+SESSION_TAG = "fedhive.session_id"
+INITIAL_MODEL_TAG = "fedhive.initial_model"  # NAME/VERSION of the registered model it started from
+INITIAL_MODEL_URI_TAG = "fedhive.initial_model_uri"  # models:/NAME/VERSION
+INITIAL_MODEL_RUN_TAG = "fedhive.initial_model_run_id"  # the run that produced that version
+# Tags a resumed session takes back from its parent run (they were given at its start)
+START_TAGS = (USE_CASE_TAG, INITIAL_MODEL_TAG, INITIAL_MODEL_URI_TAG, INITIAL_MODEL_RUN_TAG)
 PARAM_KEYS = (
     "strategy",
     "model",
@@ -80,6 +97,7 @@ class MlflowTracker:
         self.best_version: str | None = None  # the registered version of the best round's model
         self._best: ev.BestModel | None = None
         self.failure: str | None = None
+        self._mutex = threading.Lock()
         prefix = "sqlite:///"
         if tracking_uri.startswith(prefix):  # SQLite creates the file, not its directory
             Path(tracking_uri[len(prefix) :]).resolve().parent.mkdir(parents=True, exist_ok=True)
@@ -90,6 +108,7 @@ class MlflowTracker:
         bus.on(ev.RoundCompleted, self._on_round)
         bus.on(ev.SessionCompleted, self._on_completed)
         bus.on(ev.SessionFailedEvent, self._on_failed)
+        bus.on(ev.SessionCancelled, self._on_cancelled)
         bus.on(ev.BestModel, self._on_best)
 
     # -- handlers: each hands its blocking part to a thread ------------------------------------
@@ -97,10 +116,17 @@ class MlflowTracker:
         if self.failure is not None:
             return
         try:
-            await asyncio.to_thread(fn, *args)
+            await asyncio.to_thread(self._one_at_a_time, fn, *args)
         except Exception as exc:  # any MLflow failure ends tracking, never training
             self.failure = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
             log.warning("MLflow tracking is off for the rest of this session: %s", self.failure)
+
+    def _one_at_a_time(self, fn: Callable[..., None], *args: Any) -> None:
+        # The bus keeps calls in order, but a cancelled session's coordinator is stopped while a
+        # call may still run in its thread: the cancellation's call waits for it (the run it
+        # ends may be the one that call is creating).
+        with self._mutex:
+            fn(*args)
 
     async def _on_started(self, e: ev.SessionStarted) -> None:
         await self._guarded(self._start, e.session_id, e.config, e.clients, e.start_round > 1)
@@ -127,6 +153,9 @@ class MlflowTracker:
     async def _on_failed(self, e: ev.SessionFailedEvent) -> None:
         await self._guarded(self._end_all, "FAILED", e.reason)
 
+    async def _on_cancelled(self, e: ev.SessionCancelled) -> None:
+        await self._guarded(self._end_all, "KILLED", e.reason, "fedhive.cancelled")
+
     # -- blocking work ------------------------------------------------------------------------
     def _start(self, session_id: str, config: dict[str, object], clients: list[str], resumed: bool) -> None:
         experiment = self._client.get_experiment_by_name(self._experiment)
@@ -142,7 +171,7 @@ class MlflowTracker:
         if resumed and self._reopen(session_id):
             return  # the runs of the crashed process go on: one parent run per session, still
         run = self._client.create_run(
-            experiment_id, run_name=f"session-{session_id}", tags={**self._tags, "fedhive.session_id": session_id}
+            experiment_id, run_name=f"session-{session_id}", tags={**self._tags, SESSION_TAG: session_id}
         )
         self.parent_run_id = run.info.run_id
         raw = config.get("data")
@@ -158,11 +187,13 @@ class MlflowTracker:
         """Take over the parent and child runs of a session resumed after a crash, if there are
         any: its metrics go on at the next round's step instead of starting a second parent run."""
         found = self._client.search_runs(
-            [self._experiment_id], filter_string=f"tags.`fedhive.session_id` = '{_quote(session_id)}'", max_results=1
+            [self._experiment_id], filter_string=_session_filter(session_id), max_results=1
         )
         if not found:
             return False
         self.parent_run_id = found[0].info.run_id
+        given = found[0].data.tags
+        self._tags.update({k: given[k] for k in START_TAGS if k in given and k not in self._tags})
         children = self._client.search_runs(
             [self._experiment_id], filter_string=f"tags.mlflow.parentRunId = '{self.parent_run_id}'", max_results=10_000
         )
@@ -240,13 +271,87 @@ class MlflowTracker:
         version = self._client.create_model_version(name, source, run_id=run_id, tags={**self._tags, **tags})
         self.best_version = str(version.version)
 
-    def _end_all(self, status: str, reason: str | None) -> None:
+    def _end_all(self, status: str, reason: str | None, reason_tag: str = "fedhive.failure") -> None:
         for run_id in self.child_runs.values():
             self._client.set_terminated(run_id, status)
         if self.parent_run_id is not None:
             if reason:
-                self._client.set_tag(self.parent_run_id, "fedhive.failure", reason[:5000])
+                self._client.set_tag(self.parent_run_id, reason_tag, reason[:5000])
             self._client.set_terminated(self.parent_run_id, status)
+
+
+def start_tags(model: RegisteredModel, use_case: str | None = None) -> dict[str, str]:
+    """The tags of a session started from registered model ``model``: its use case (the one asked
+    for, else the version's own ``use_case`` tag) and a link to the version and its run."""
+    tags = {
+        INITIAL_MODEL_TAG: str(model.ref),
+        INITIAL_MODEL_URI_TAG: f"models:/{model.ref.name}/{model.ref.version}",
+    }
+    if model.run_id:
+        tags[INITIAL_MODEL_RUN_TAG] = model.run_id
+    chosen = use_case if use_case is not None else model.tags.get(USE_CASE_TAG)
+    if chosen:
+        tags[USE_CASE_TAG] = chosen
+    return tags
+
+
+@dataclass(frozen=True)
+class SessionRun:
+    """A session's parent run, and where a person can look at it (None: a store with no web page)."""
+
+    run_id: str
+    experiment_id: str
+    status: str
+    url: str | None
+
+
+def run_url(tracking_uri: str, experiment_id: str, run_id: str) -> str | None:
+    """The MLflow UI's page of a run on a tracking server (credentials left out); None for a
+    local store, which has no web page until someone runs ``mlflow ui`` on it."""
+    parts = urlsplit(tracking_uri)
+    if parts.scheme not in ("http", "https"):
+        return None
+    base = redact(tracking_uri).rstrip("/")
+    return f"{base}/#/experiments/{quote(experiment_id, safe='')}/runs/{quote(run_id, safe='')}"
+
+
+def find_session_run(tracking_uri: str, session_id: str, experiment: str = "fedhive") -> SessionRun | None:
+    """Blocking. The parent run tracking ``session_id``, if there is one."""
+    client = import_mlflow().MlflowClient(tracking_uri=tracking_uri)
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        return None
+    runs = client.search_runs([found.experiment_id], filter_string=_session_filter(session_id), max_results=1)
+    if not runs:
+        return None
+    info = runs[0].info
+    return SessionRun(
+        info.run_id, found.experiment_id, info.status, run_url(tracking_uri, found.experiment_id, info.run_id)
+    )
+
+
+def delete_session_runs(tracking_uri: str, session_id: str, experiment: str = "fedhive") -> int:
+    """Blocking. Marks the runs of a deleted session deleted (its parent run and its clients'
+    runs): MLflow keeps them restorable until its garbage collection. Returns how many."""
+    client = import_mlflow().MlflowClient(tracking_uri=tracking_uri)
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        return 0
+    ids = [found.experiment_id]
+    parents = client.search_runs(ids, filter_string=_session_filter(session_id), max_results=100)
+    runs = [r.info.run_id for r in parents]
+    for parent in parents:
+        children = client.search_runs(
+            ids, filter_string=f"tags.mlflow.parentRunId = '{_quote(parent.info.run_id)}'", max_results=10_000
+        )
+        runs += [c.info.run_id for c in children]
+    for run_id in runs:
+        client.delete_run(run_id)
+    return len(runs)
+
+
+def _session_filter(session_id: str) -> str:
+    return f"tags.`{SESSION_TAG}` = '{_quote(session_id)}'"
 
 
 def _params(values: dict[str, object]) -> list[Any]:

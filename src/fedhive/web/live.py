@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import math
 from collections import deque
+from collections.abc import Mapping
 from typing import Any
 
 from fedhive.runtime import events as ev
@@ -73,8 +74,9 @@ class LiveFeed:
             sub.offer(item)
 
     # -- observers ----------------------------------------------------------------------------
-    def attach_session(self, session_id: str, bus: EventBus) -> None:
-        """Coordinator facts of one session; the events carry no session id, so it is added here."""
+    def attach_session(self, session_id: str, bus: EventBus, tags: Mapping[str, str] | None = None) -> None:
+        """Coordinator facts of one session; the events carry no session id, so it is added here.
+        (``tags``: the session's labels, which the page reads from the database when it needs them.)"""
 
         def on_round(e: ev.RoundCompleted) -> None:
             self.publish(
@@ -106,13 +108,17 @@ class LiveFeed:
         def on_failed(e: ev.SessionFailedEvent) -> None:
             self.publish({"type": "failed", "session_id": session_id, "reason": e.reason})
 
+        def on_cancelled(e: ev.SessionCancelled) -> None:
+            self.publish({"type": "cancelled", "session_id": session_id, "reason": e.reason})
+
         bus.on(ev.RoundCompleted, on_round)
         bus.on(ev.UpdateAccepted, on_update)
         bus.on(ev.SessionCompleted, on_done)
         bus.on(ev.SessionFailedEvent, on_failed)
+        bus.on(ev.SessionCancelled, on_cancelled)
 
     def attach_hub(self, bus: EventBus) -> None:
-        """Platform-wide peer facts: status changes and heartbeats with epoch progress."""
+        """Platform-wide peer facts: status changes, heartbeats with epoch progress, site announcements."""
 
         def on_status(e: ev.ClientStatusChanged) -> None:
             self.publish({"type": "peer_status", "client_id": e.client_id, "status": str(e.status)})
@@ -130,8 +136,12 @@ class LiveFeed:
                 }
             )
 
+        def on_site(e: ev.SiteAnnounced) -> None:
+            self.publish({"type": "site", "client_id": e.client_id})  # the page reads what it announced
+
         bus.on(ev.ClientStatusChanged, on_status)
         bus.on(ev.HeartbeatReceived, on_heartbeat)
+        bus.on(ev.SiteAnnounced, on_site)
 
 
 def _num(value: float | None) -> float | None:

@@ -6,20 +6,28 @@ scripts alike and no CSRF defence is needed. The page script reads the API with 
 listens to ``/ui/events`` (server-sent events from the ``LiveFeed``) to refresh what changed when
 it changed, instead of polling. ``EventSource`` cannot send headers, so that one endpoint takes
 the token as a query parameter and checks it exactly as ``deps.current_user`` does.
+
+A page opened without a token sends the browser to ``/ui/signin?next=<the page>``; after signing in
+it goes back there. ``next`` is checked here (``same_site_page``) before the sign-in page holds it:
+only a path of this dashboard is kept, so a crafted link cannot send someone who signs in to
+another site (no open redirect).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import re
 from collections.abc import AsyncIterator
-from pathlib import Path
+from pathlib import Path as FilePath
 from typing import Annotated, cast
 
-from fastapi import APIRouter, FastAPI, Query, Request
+from fastapi import APIRouter, FastAPI, Path, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
+from pydantic import BaseModel
 
 from fedhive.api.deps import ServicesDep, SettingsDep, UserDep
 from fedhive.api.schemas import ID_PATTERN
@@ -27,10 +35,15 @@ from fedhive.api.security import AuthError, read_token
 from fedhive.api.sessions import owned_session
 from fedhive.service.services import Services
 from fedhive.web.live import LiveFeed
-from fedhive.web.summary import SessionSummary, session_summary
+from fedhive.web.summary import SessionListRow, SessionSummary, session_summary, sessions_overview
 
-_HERE = Path(__file__).parent
-PAGES = {"sessions": "Sessions", "new": "New session", "peers": "Peers", "models": "Models"}
+log = logging.getLogger("fedhive.web")
+_HERE = FilePath(__file__).parent
+PAGES = {"sessions": "Sessions", "new": "New session", "sites": "Sites", "models": "Models"}
+HOME = "/ui"
+# The MLflow run link of a session page waits this long for the tracking server, then says so.
+MLFLOW_LOOKUP_S = 10.0
+_PAGE_PATH = re.compile(r"/ui(/[A-Za-z0-9._~%/-]*)?")
 # An open stream ends after this long and the browser's EventSource reconnects by itself: a
 # server shutting down never waits on a dashboard left open for days.
 STREAM_LIFETIME_S = 300.0
@@ -51,7 +64,12 @@ def routes() -> APIRouter:
 
     def page(name: str, template: str) -> None:
         async def render(request: Request) -> HTMLResponse:
-            context = {"page": name, "pages": PAGES, "session_id": request.path_params.get("session_id", "")}
+            context = {
+                "page": name,
+                "pages": PAGES,
+                "session_id": request.path_params.get("session_id", ""),
+                "next": same_site_page(request.query_params.get("next")) if name == "signin" else "",
+            }
             return templates.TemplateResponse(request, template, context)
 
         r.add_api_route(f"/{name}" if name != "sessions" else "", render, methods=["GET"], name=f"ui-{name}")
@@ -59,17 +77,72 @@ def routes() -> APIRouter:
     page("sessions", "sessions.html")
     page("signin", "signin.html")
     page("new", "new_session.html")
-    page("peers", "peers.html")
+    page("sites", "sites.html")
     page("models", "models.html")
 
-    async def session_page(request: Request, session_id: str) -> HTMLResponse:
-        context = {"page": "session", "pages": PAGES, "session_id": session_id}
+    async def peers_page() -> RedirectResponse:  # the page's old name: bookmarks still work
+        return RedirectResponse(f"{HOME}/sites")
+
+    async def session_page(request: Request, session_id: Annotated[str, Path(pattern=ID_PATTERN)]) -> HTMLResponse:
+        context = {"page": "session", "pages": PAGES, "session_id": session_id, "next": ""}
         return templates.TemplateResponse(request, "session.html", context)
 
+    r.add_api_route("/peers", peers_page, methods=["GET"])
     r.add_api_route("/sessions/{session_id}", session_page, methods=["GET"])
+    r.add_api_route("/data/sessions", overview, methods=["GET"])
     r.add_api_route("/data/sessions/{session_id}", summary, methods=["GET"])
+    r.add_api_route("/data/sessions/{session_id}/mlflow", mlflow_run, methods=["GET"])
     r.add_api_route("/events", events, methods=["GET"])
     return r
+
+
+def same_site_page(target: str | None) -> str:
+    """``target`` if it is a page of this dashboard (a path under /ui, with an optional query),
+    else /ui. Anything that a browser could read as another origin is refused: a scheme, a
+    network path (``//host``), a backslash, an encoded one, control characters, ``..``."""
+    if not target or len(target) > 2048:
+        return HOME
+    path, _, query = target.partition("?")
+    if not _PAGE_PATH.fullmatch(path) or "//" in path or ".." in path or "%5c" in path.lower():
+        return HOME
+    if query and not re.fullmatch(r"[A-Za-z0-9._~%&=+-]*", query):
+        return HOME
+    return target
+
+
+async def overview(services: ServicesDep, user: UserDep) -> list[SessionListRow]:
+    return await asyncio.to_thread(sessions_overview, services, user.user_id)
+
+
+class MlflowRunOut(BaseModel):
+    configured: bool  # the platform tracks sessions in MLflow
+    run_id: str | None = None
+    status: str | None = None  # RUNNING, FINISHED, FAILED, KILLED
+    url: str | None = None  # the run's page on the tracking server (None: a local store)
+    error: str | None = None  # why the run could not be looked up
+
+
+async def mlflow_run(services: ServicesDep, user: UserDep, session_id: str) -> MlflowRunOut:
+    """The session's MLflow run, looked up by its tag in the platform's tracking store."""
+    await asyncio.to_thread(_check_owner, services, session_id, user.user_id)
+    uri = services.settings.mlflow_tracking_uri
+    if uri is None:
+        return MlflowRunOut(configured=False)
+    from fedhive.tracking.mlflow_registry import check_reachable, redact
+    from fedhive.tracking.mlflow_tracker import SessionRun, find_session_run
+
+    def look_up() -> SessionRun | None:
+        check_reachable(uri)
+        return find_session_run(uri, session_id)
+
+    try:
+        run = await asyncio.wait_for(asyncio.to_thread(look_up), MLFLOW_LOOKUP_S)
+    except Exception as exc:  # the page shows the rest; the log says what went wrong
+        log.warning("MLflow run of session %s: %s", session_id, " ".join(str(exc).split())[:300])
+        return MlflowRunOut(configured=True, error=f"the MLflow store {redact(uri)} did not answer")
+    if run is None:
+        return MlflowRunOut(configured=True)
+    return MlflowRunOut(configured=True, run_id=run.run_id, status=run.status, url=run.url)
 
 
 async def summary(services: ServicesDep, user: UserDep, session_id: str) -> SessionSummary:

@@ -9,6 +9,13 @@
   const fmt = (v, d = 3) => (v === null || v === undefined ? "–" : Number(v).toFixed(d));
   const esc = (s) => String(s ?? "").replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
 
+  // Sign in, then come back here: the sign-in page keeps this page only if the server finds it
+  // one of the dashboard's own (routes.same_site_page), and goes to /ui otherwise.
+  function toSignin() {
+    const here = location.pathname + location.search;
+    location.href = here === "/ui" ? "/ui/signin" : `/ui/signin?next=${encodeURIComponent(here)}`;
+  }
+
   function showError(message) {
     const el = $("#error");
     el.textContent = message;
@@ -21,7 +28,7 @@
     if (token) headers.Authorization = `Bearer ${token}`;
     const r = await fetch(path, { ...options, headers });
     if (r.status === 401 && page !== "signin") {
-      location.href = "/ui/signin";
+      toSignin();
       throw new Error("not signed in");
     }
     if (!r.ok) {
@@ -59,7 +66,7 @@
     if (create) await api("/auth/signup", json);
     const token = (await (await api("/auth/signin", json)).json()).access_token;
     sessionStorage.setItem(TOKEN, token);
-    location.href = "/ui";
+    location.href = document.body.dataset.next || "/ui"; // checked by the server
   }
 
   function initSignin() {
@@ -73,22 +80,28 @@
   }
 
   // -- sessions -------------------------------------------------------------------------------
+  // A session's name as the lists show it: the one it was given, else what it trains
+  const what = (s) => (s.app === "builtin" ? s.config.model : `app ${s.app}`);
+  const nameOf = (s) => s.name || `${what(s)} · ${s.config.strategy}`;
+
   async function loadSessions() {
-    const rows = await getJSON("/sessions");
+    const rows = await getJSON("/ui/data/sessions");
     $("#sessions tbody").innerHTML = rows
-      .map(
-        (s) => `<tr><td><a href="/ui/sessions/${esc(s.id)}">${esc(s.id)}</a></td>
-        <td><span class="badge ${esc(s.status)}">${esc(s.status)}</span></td>
-        <td>${s.rounds_done} / ${s.rounds_total}</td><td>${esc(s.app === "builtin" ? s.config.model : `app ${s.app}`)}</td>
-        <td>${esc(s.config.strategy)}</td><td>${new Date(s.created_at).toLocaleString()}</td></tr>`,
-      )
+      .map(({ session: s, key_metric: k }) => {
+        const key = k ? `${esc(k.name)} <b>${fedhiveCharts.short(k.value, 4)}</b> <span class="muted">r${k.round}</span>` : "–";
+        return `<tr id="session-${esc(s.id)}"><td><a href="/ui/sessions/${esc(s.id)}" class="${s.name ? "" : "unnamed"}">${esc(nameOf(s))}</a>
+        <div class="muted small">${esc(s.id)}</div></td>
+        <td><span class="badge ${esc(s.status)}">${esc(s.status)}</span></td><td class="key">${key}</td>
+        <td>${s.rounds_done} / ${s.rounds_total}</td><td>${esc(what(s))}</td>
+        <td>${esc(s.config.strategy)}</td><td>${new Date(s.created_at).toLocaleString()}</td></tr>`;
+      })
       .join("");
   }
 
   function initSessions() {
     const refresh = debounced(loadSessions);
     refresh();
-    listen(null, { round: refresh, completed: refresh, failed: refresh });
+    listen(null, { round: refresh, completed: refresh, failed: refresh, cancelled: refresh });
   }
 
   // The installed apps (GET /apps), builtin first. Another app reads its own data at each site:
@@ -133,57 +146,165 @@
     });
   }
 
-  // -- one session: a chart per metric, a box plot per client metric (static/charts.js) -------
+  // -- one session: what it is, a chart per metric, box plots, per-client curves, combiners ----
+  const ACTIVE = ["PENDING", "RUNNING"];
+
+  function duration(seconds) {
+    if (seconds === null || seconds === undefined) return "not started";
+    if (seconds < 10) return `${seconds.toFixed(1)} s`;
+    const s = Math.round(seconds);
+    const h = Math.floor(s / 3600), m = Math.floor((s % 3600) / 60);
+    return h ? `${h} h ${m} min` : m ? `${m} min ${s % 60} s` : `${s} s`;
+  }
+
+  function bytes(n) {
+    if (n === null || n === undefined) return "–";
+    const units = ["B", "KB", "MB", "GB", "TB"];
+    let i = 0;
+    while (n >= 1000 && i < units.length - 1) [n, i] = [n / 1000, i + 1];
+    return `${i ? n.toFixed(n < 10 ? 2 : 1) : n} ${units[i]}`;
+  }
+
+  function infoList(d) {
+    const i = d.info;
+    const entry = (key, label, value) => `<div data-key="${key}"><dt>${esc(label)}</dt><dd>${value}</dd></div>`;
+    const pairs = (obj) => Object.entries(obj).map(([k, v]) => `<span class="pair">${esc(k)} <b>${esc(v)}</b></span>`).join(" ") || "–";
+    return [
+      entry("app", "App", `${esc(i.app)}${i.app_digest ? ` <span class="muted">code ${esc(i.app_digest)}</span>` : ""}`),
+      i.model ? entry("model", "Model", esc(i.model)) : "",
+      entry("strategy", "Strategy", esc(i.strategy)),
+      entry("hyperparameters", "Hyperparameters", pairs(i.hyperparameters)),
+      Object.keys(i.run_config).length ? entry("run-config", "App settings", pairs(i.run_config)) : "",
+      entry("dataset", "Data", esc(i.dataset)),
+      entry("duration", "Duration", esc(duration(i.duration_s))),
+      entry("bytes", "Bytes per round", `${esc(bytes(i.bytes_per_round))}${i.bytes_per_round !== null ? " <span class='muted'>(mean, received)</span>" : ""}`),
+      entry("ended", "Ended", esc(i.ended ?? "still going")),
+      `<div data-key="mlflow" id="mlflow"${mlflowState.shown ? "" : " hidden"}><dt>MLflow run</dt><dd>${mlflowState.html}</dd></div>`,
+    ].join("");
+  }
+
+  // The session's MLflow run (when the platform tracks sessions): asked for on the first load and
+  // whenever the session ends, not on every round.
+  const mlflowState = { shown: false, html: "", askedFor: null };
+  async function loadMlflow(status) {
+    if (mlflowState.askedFor === status) return;
+    mlflowState.askedFor = status;
+    const m = await getJSON(`/ui/data/sessions/${encodeURIComponent(sessionId)}/mlflow`);
+    mlflowState.shown = m.configured;
+    if (!m.configured) return;
+    if (m.run_id && m.url) {
+      mlflowState.html = `<a id="mlflow-link" href="${esc(m.url)}" target="_blank" rel="noopener noreferrer">${esc(m.run_id)}</a> <span class="muted">${esc(m.status)}</span>`;
+    } else if (m.run_id) {
+      mlflowState.html = `<code>${esc(m.run_id)}</code> <span class="muted">${esc(m.status)} · a local store: open it with mlflow ui</span>`;
+    } else {
+      mlflowState.html = `<span class="muted">${esc(m.error ?? "no run yet")}</span>`;
+      mlflowState.askedFor = null; // ask again on the next refresh
+    }
+    const el = $("#mlflow");
+    if (el) {
+      el.hidden = false;
+      el.querySelector("dd").innerHTML = mlflowState.html;
+    }
+  }
+
   async function loadSession() {
     const d = await getJSON(`/ui/data/sessions/${encodeURIComponent(sessionId)}`);
     const s = d.session;
+    document.title = `fedhive · ${nameOf(s)}`;
+    $("#name").textContent = s.name || "Session";
     $("#status").textContent = s.status;
     $("#status").className = `badge ${s.status}`;
-    const what = s.app === "builtin" ? `model ${s.config.model}` : `app ${s.app}`;
-    $("#progress").textContent = `round ${s.rounds_done} of ${s.rounds_total} · ${what} · strategy ${s.config.strategy}`;
+    $("#progress").textContent = `round ${s.rounds_done} of ${s.rounds_total} · ${what(s)} · strategy ${s.config.strategy}`;
     $("#app").textContent = s.app;
-    if (d.rounds.length) fedhiveCharts.lines($("#charts"), d.charts, d.rounds);
+    $("#cancel").hidden = !ACTIVE.includes(s.status);
+    $("#delete").hidden = ACTIVE.includes(s.status); // the API answers 409 for a live session
+    $("#info").innerHTML = infoList(d);
+    if (d.rounds.length) {
+      fedhiveCharts.lines($("#charts"), d.charts, d.rounds);
+      const traffic = { metric: "bytes received", series: [{ label: "bytes", values: d.bytes }] };
+      fedhiveCharts.lines($("#traffic"), d.bytes.some((b) => b !== null) ? [traffic] : [], d.rounds);
+    }
+    fedhiveCharts.lines($("#curves"), d.curves.charts, d.curves.rounds);
+    $("#curves-note").textContent = d.curves.total > d.curves.shown ? `(the first ${d.curves.shown} of ${d.curves.total} clients)` : "";
     fedhiveCharts.boxPlots($("#boxes"), d.boxes);
-    const columns = ["Client", "Rounds", "Last round", "Status", "Examples", ...d.client_metrics];
+    const hierarchical = d.combiners.length > 0;
+    $("#hierarchy").hidden = !hierarchical;
+    $("#combiners tbody").innerHTML = d.combiners
+      .map(
+        (c) => `<tr><td>${esc(c.combiner_id)}</td><td>${c.clients.length}</td><td>${c.clients.map(esc).join(", ")}</td>
+        <td>${c.rounds}</td><td>${c.last_round}</td><td>${c.num_examples}</td></tr>`,
+      )
+      .join("");
+    const perCombiner = d.combiner_boxes.flatMap((c) =>
+      c.charts.map((b) => ({ ...b, key: `${c.combiner}/${b.metric}`, title: `${c.combiner} · ${c.clients} clients · ${b.metric}` })),
+    );
+    fedhiveCharts.boxPlots($("#combiner-boxes"), perCombiner);
+    const columns = ["Client", ...(hierarchical ? ["Combiner"] : []), "Rounds", "Last round", "Status", "Examples", ...d.client_metrics];
     $("#clients thead tr").innerHTML = columns.map((c) => `<th>${esc(c)}</th>`).join("");
     $("#clients tbody").innerHTML = d.clients
       .map(
-        (c) => `<tr><td>${esc(c.client_id)}</td><td>${c.rounds}</td><td>${c.last_round}</td><td>${esc(c.status)}</td>
-        <td>${c.num_examples}</td>${d.client_metrics.map((m) => `<td>${fedhiveCharts.short(c.metrics[m] ?? null, 4)}</td>`).join("")}</tr>`,
+        (c) => `<tr><td>${esc(c.client_id)}</td>${hierarchical ? `<td>${esc(c.via ?? "–")}</td>` : ""}<td>${c.rounds}</td><td>${c.last_round}</td>
+        <td>${esc(c.status)}</td><td>${c.num_examples}</td>${d.client_metrics.map((m) => `<td>${fedhiveCharts.short(c.metrics[m] ?? null, 4)}</td>`).join("")}</tr>`,
       )
       .join("");
     const m = s.final_model;
     $("#final-model").innerHTML = m ? `Final model: <a href="/ui/models">${esc(m.name)} v${m.version}</a>` : "";
+    await loadMlflow(ACTIVE.includes(s.status) ? "live" : s.status);
   }
 
   function initSession() {
     const refresh = debounced(loadSession);
     refresh();
-    listen(sessionId, { round: refresh, update: refresh, completed: refresh, failed: refresh });
+    listen(sessionId, { round: refresh, update: refresh, completed: refresh, failed: refresh, cancelled: refresh });
+    const path = `/sessions/${encodeURIComponent(sessionId)}`;
+    $("#cancel").addEventListener("click", async () => {
+      if (!confirm("Cancel this session? Its training stops now and its sites are released.")) return;
+      try {
+        await api(`${path}/cancel`, { method: "POST" });
+        refresh(); // the live feed says so too; this page need not wait for it
+      } catch (err) {
+        showError(err.message);
+      }
+    });
+    $("#delete").addEventListener("click", async () => {
+      if (!confirm("Delete this session with its rounds and results? Models it registered stay.")) return;
+      try {
+        await api(path, { method: "DELETE" });
+        location.href = "/ui";
+      } catch (err) {
+        showError(err.message);
+      }
+    });
   }
 
-  // -- peers and models ---------------------------------------------------------------------
-  async function loadPeers() {
-    const peers = await getJSON("/peers");
-    $("#peers tbody").innerHTML = peers
+  // -- sites and models ----------------------------------------------------------------------
+  async function loadSites() {
+    const sites = await getJSON("/sites");
+    const list = (items) => (items.length ? items.map((x) => `<span class="tag">${x}</span>`).join(" ") : "–");
+    $("#sites tbody").innerHTML = sites
       .map(
-        (p) => `<tr id="peer-${esc(p.id)}"><td>${esc(p.name)}</td><td class="status"><span class="badge ${esc(p.status)}">${esc(p.status)}</span></td>
-        <td class="beat">${p.last_heartbeat ? new Date(p.last_heartbeat).toLocaleTimeString() : "–"}</td>
+        (p) => `<tr id="site-${esc(p.id)}"><td>${esc(p.name)}${p.name !== p.id ? `<div class="muted small">${esc(p.id)}</div>` : ""}</td>
+        <td class="status"><span class="badge ${esc(p.status)}">${esc(p.status)}</span></td>
+        <td class="beat">${p.last_heartbeat ? new Date(p.last_heartbeat).toLocaleString() : "–"}</td>
+        <td class="agent">${esc(p.agent ?? "–")}</td>
+        <td class="apps">${list(Object.entries(p.apps).map(([a, digest]) => `${esc(a)} <span class="muted">${esc(digest)}</span>`))}</td>
+        <td class="datasets">${list(p.datasets.map(esc))}</td><td>${p.num_examples}</td>
         <td class="epoch">${p.epoch ?? "–"} / ${p.epochs ?? "–"}</td><td class="loss">${fmt(p.loss)}</td><td class="acc">${fmt(p.accuracy)}</td></tr>`,
       )
       .join("");
   }
 
-  function initPeers() {
-    const refresh = debounced(loadPeers);
+  function initSites() {
+    const refresh = debounced(loadSites);
     refresh();
     listen(null, {
       peer_status: refresh,
+      site: refresh,
       heartbeat: (h) => {
-        const row = document.getElementById(`peer-${h.client_id}`);
+        const row = document.getElementById(`site-${h.client_id}`);
         if (!row) return refresh();
         row.querySelector(".status").innerHTML = `<span class="badge ${esc(h.status)}">${esc(h.status)}</span>`;
-        row.querySelector(".beat").textContent = new Date().toLocaleTimeString();
+        row.querySelector(".beat").textContent = new Date().toLocaleString();
         row.querySelector(".epoch").textContent = `${h.epoch ?? "–"} / ${h.epochs ?? "–"}`;
         row.querySelector(".loss").textContent = fmt(h.loss);
         row.querySelector(".acc").textContent = fmt(h.accuracy);
@@ -233,7 +354,7 @@
     });
   }
 
-  const init = { signin: initSignin, sessions: initSessions, new: initNew, session: initSession, peers: initPeers, models: initModels };
-  if (page !== "signin" && !sessionStorage.getItem(TOKEN)) location.href = "/ui/signin";
+  const init = { signin: initSignin, sessions: initSessions, new: initNew, session: initSession, sites: initSites, models: initModels };
+  if (page !== "signin" && !sessionStorage.getItem(TOKEN)) toSignin();
   else init[page]?.();
 })();
