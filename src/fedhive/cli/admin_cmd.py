@@ -16,20 +16,22 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from pydantic import ValidationError
-from sqlalchemy.orm import Session
 
-from fedhive.api.security import AuthError, check_password_rules, hash_password
 from fedhive.errors import ConfigError
 from fedhive.runtime.credentials import write_secret_file
 from fedhive.runtime.session_config import validation_message
-from fedhive.service.settings import Settings
-from fedhive.storage import users_repo
-from fedhive.storage.database import AlreadyExists, Database, NotFound
-from fedhive.storage.models import Role
+
+# The database, the password hashing and the settings are imported where they are used: they pull
+# in SQLAlchemy and FastAPI (about a second), and every fedhive command imports this module to
+# build its command line.
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
+    from fedhive.service.settings import Settings
 
 HomeOption = Annotated[Path, typer.Option(help="the server's home folder (as 'fedhive serve --home')")]
 DbOption = Annotated[str | None, typer.Option(help="the server's database URL (as 'fedhive serve --db')")]
@@ -40,6 +42,8 @@ app.add_typer(site_app, name="site")
 
 
 def _settings(home: Path, db: str | None) -> Settings:
+    from fedhive.service.settings import Settings
+
     try:
         return Settings.from_env(home=home, db_url=db)
     except ValidationError as exc:
@@ -49,6 +53,8 @@ def _settings(home: Path, db: str | None) -> Settings:
 @contextmanager
 def _unit_of_work(settings: Settings) -> Iterator[Session]:
     """The migrated database (a fresh one is created, as ``serve`` would), one unit of work."""
+    from fedhive.storage.database import Database
+
     settings.home.mkdir(parents=True, exist_ok=True)
     database = Database(settings.database_url())
     try:
@@ -74,6 +80,11 @@ def create_admin(
         password = sys.stdin.readline().rstrip("\r\n")
     else:
         password = typer.prompt("password", hide_input=True, confirmation_prompt=True)
+    from fedhive.api.security import AuthError, check_password_rules, hash_password
+    from fedhive.storage import users_repo
+    from fedhive.storage.database import AlreadyExists
+    from fedhive.storage.models import Role
+
     try:
         check_password_rules(password)
     except AuthError as exc:
@@ -118,6 +129,9 @@ def create_site(
         raise ConfigError("--count N takes --json or --out-file (one JSON line per site), and no --id")
     if out_file is not None and out_file.exists():
         raise ConfigError(f"--out-file: {out_file} exists; remove it first")
+    from fedhive.storage import users_repo
+    from fedhive.storage.database import AlreadyExists
+
     settings = _settings(home, db)
     names = [name] if count == 1 else [f"{name}-{i:0{len(str(count))}d}" for i in range(1, count + 1)]
     created = []
@@ -140,6 +154,8 @@ def list_sites(
     home: HomeOption = Path(".fedhive"),
     db: DbOption = None,
 ) -> None:
+    from fedhive.storage import users_repo
+
     with _unit_of_work(_settings(home, db)) as s:
         rows = users_repo.list_clients(s, None)
         lines = [
@@ -164,6 +180,9 @@ def revoke_site(
     home: HomeOption = Path(".fedhive"),
     db: DbOption = None,
 ) -> None:
+    from fedhive.storage import users_repo
+    from fedhive.storage.database import NotFound
+
     try:
         with _unit_of_work(_settings(home, db)) as s:
             users_repo.delete_client(s, site_id)
@@ -182,6 +201,9 @@ def rotate_site(
 ) -> None:
     if out_file is not None and out_file.exists():
         raise ConfigError(f"--out-file: {out_file} exists; remove it first")
+    from fedhive.storage import users_repo
+    from fedhive.storage.database import NotFound
+
     settings = _settings(home, db)
     try:
         with _unit_of_work(settings) as s:

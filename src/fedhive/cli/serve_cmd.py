@@ -14,10 +14,7 @@ from pydantic import ValidationError
 from fedhive.cli.broker_url import OptionalBrokerOption
 from fedhive.errors import ConfigError
 from fedhive.runtime.session_config import validation_message
-from fedhive.service.platform import ServeOptions, serve
-from fedhive.service.settings import Settings
 from fedhive.tracking.mlflow_options import ENV_VAR
-from fedhive.tracking.mlflow_tracker import default_tracking_uri
 
 
 def serve_cmd(
@@ -48,6 +45,12 @@ def serve_cmd(
     ] = None,
 ) -> None:
     """Serve the REST API (OpenAPI at /docs) and run the sessions it starts."""
+    # Imported here, not at the top: the platform pulls in FastAPI, SQLAlchemy and uvicorn, and
+    # every fedhive command imports this module to build its command line.
+    from fedhive.service.platform import ServeOptions, serve
+    from fedhive.service.settings import Settings
+    from fedhive.tracking.mlflow_tracker import default_tracking_uri
+
     if local_clients < 0:
         raise ConfigError("--local-clients must be zero or more")
     if (mlflow or mlflow_register) and mlflow_tracking_uri is None and os.environ.get(ENV_VAR) is None:

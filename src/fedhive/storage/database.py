@@ -25,6 +25,8 @@ from sqlalchemy import event, exc
 from sqlalchemy.orm import Session, sessionmaker
 
 from fedhive.errors import ConfigError, StorageError
+from fedhive.storage.errors import AlreadyExists as AlreadyExists  # re-exported: where callers have found them
+from fedhive.storage.errors import NotFound as NotFound
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 # Any constant works: it only has to be the same in every process that migrates this database.
@@ -32,14 +34,6 @@ _MIGRATION_LOCK_KEY = 0x66656468  # "fedh"
 _PG_CONNECT_TIMEOUT_S = 10
 _SQLITE_BUSY_TIMEOUT_S = 30
 _READ_ONLY = "fedhive_read_only"  # execution option read by _sqlite_on_begin
-
-
-class AlreadyExists(StorageError):
-    """A write would duplicate a unique key (an e-mail, a model name, a client id)."""
-
-
-class NotFound(StorageError):
-    """A write names a row that does not exist (reads return None instead)."""
 
 
 def sqlite_url(path: str | Path) -> str:

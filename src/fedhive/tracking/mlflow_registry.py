@@ -22,13 +22,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-import httpx
-
 from fedhive.core import codec
 from fedhive.core.params import Params, ParamSpec
 from fedhive.errors import ConfigError, PayloadError, TransportError
 from fedhive.learning.models import parse_model_spec
-from fedhive.storage.database import NotFound
+from fedhive.storage.errors import NotFound
 from fedhive.tracking.mlflow_model import WEIGHTS, import_mlflow
 
 USE_CASE_TAG = "use_case"
@@ -85,6 +83,8 @@ def check_reachable(tracking_uri: str, timeout_s: float = PROBE_TIMEOUT_S) -> No
     may refuse ``/health``); only a failed connection or a timeout does not."""
     if urlsplit(tracking_uri).scheme not in ("http", "https"):
         return
+    import httpx  # here: only a server's URL needs it, and it costs every command's start otherwise
+
     try:
         httpx.get(f"{tracking_uri.rstrip('/')}/health", timeout=timeout_s)
     except httpx.HTTPError as exc:
