@@ -7,6 +7,7 @@ messages (registrations, heartbeats, updates) are handled as they come, by the `
 in a hierarchical session); observers (run directory, checkpoint, MLflow, dashboard) follow the
 events the loop emits. The coordinator never knows whether its clients are coroutines in this
 process or processes on other continents. Every wait has a deadline with a readable outcome.
+A session with ``aggregation = "async"`` runs ``runtime.async_rounds``' loop instead (FedBuff).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from fedhive.core.bodies import EnableBody, EvaluateBody, TrainBody
 from fedhive.core.params import Params
 from fedhive.errors import SessionFailed
 from fedhive.runtime import events as ev
+from fedhive.runtime.async_rounds import AsyncRounds
 from fedhive.runtime.best_round import BestRound
 from fedhive.runtime.bus import BusStopped, EventBus
 from fedhive.runtime.client_membership import ClientMembership
@@ -105,10 +107,14 @@ class Coordinator:
         b.on(ev.RegistrationDeadline, self._on_registration_deadline)
         b.on(ev.HeartbeatCheck, self._on_heartbeat_check)
         b.on(ev.SessionFailedEvent, self._on_failed)
+        # aggregation = async: clients train continuously and the loop is runtime.async_rounds'.
+        self._async = AsyncRounds(self) if config.aggregation == "async" else None
 
     # -- the session ------------------------------------------------------------------------------
     async def _rounds(self) -> None:
         """Round after round: train (with retries) -> aggregate -> evaluate -> complete."""
+        if self._async is not None:
+            return await self._async.run()
         first_attempt = 0  # above 0 when a refused global model sends the round back to training
         while self._next_round <= self.config.rounds:
             rnd = self._next_round
@@ -290,7 +296,8 @@ class Coordinator:
                 return
 
     async def _on_message(self, event: ev.MessageIn) -> None:
-        await self.down.on_message(event.message, self.membership)
+        if self._async is None or not await self._async.on_message(event.message):
+            await self.down.on_message(event.message, self.membership)
 
     def _fail(self, reason: str) -> None:
         log.error("session %s failed: %s", self.config.session_id, reason)

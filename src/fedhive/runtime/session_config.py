@@ -93,9 +93,38 @@ class SessionConfig(BaseModel):
         default=0.5,
         gt=0,
         le=1,
-        description="secure aggregation: share of a round's clients whose shares unmask the sum (at least 2); "
-        "fewer colluding clients learn nothing",
+        description="secure aggregation: share of each client's neighbours whose shares rebuild its secrets "
+        "(ceil(share * neighbours), at least 2); fewer colluding neighbours learn nothing",
     )
+    secagg_neighbours: int | None = Field(
+        default=None,
+        ge=1,
+        description="secure aggregation (SecAgg+): each client pairs with, and shares its secrets among, this many "
+        "others (none: the fewest that meet the failure bounds of docs/secure_aggregation.md for the round's "
+        "clients; about log n)",
+    )
+    # Asynchronous, buffered aggregation (FedBuff; docs/async.md): clients train continuously and
+    # every buffer_size accepted updates make a new global model version, which counts as a round.
+    aggregation: Literal["sync", "async"] = Field(
+        default="sync",
+        description="sync: rounds of selected clients; async: clients train continuously and every buffer_size "
+        "updates make a new model version (a round)",
+    )
+    buffer_size: int = Field(
+        default=10, ge=1, le=100_000, description="async: accepted updates folded into each new model version"
+    )
+    max_staleness: int = Field(
+        default=10,
+        ge=0,
+        le=1000,
+        description="async: an update trained from a model more than this many versions old is rejected (the "
+        "coordinator holds max_staleness + 1 model versions)",
+    )
+    staleness_weighting: Literal["constant", "polynomial"] = Field(
+        default="polynomial",
+        description="async: an update s versions stale weighs 1 (constant) or 1/(1+s)**staleness_exponent",
+    )
+    staleness_exponent: float = Field(default=0.5, ge=0, le=10, description="async: see staleness_weighting")
     data: dict[str, Any] = Field(default_factory=dict, description="what demo clients load (dataset, partition)")
     evaluate_every: int | None = Field(
         default=None,
@@ -140,6 +169,8 @@ class SessionConfig(BaseModel):
             raise ValueError("secure aggregation sums fixed-point updates: compression must be none")
         if self.secure_aggregation and self.secagg_clip * 2.0**self.secagg_bits >= 2.0**62:
             raise ValueError("secagg_clip * 2**secagg_bits must stay below 2**62 (64-bit fixed point)")
+        if self.aggregation == "async" and self.secure_aggregation:
+            raise ValueError("secure aggregation sums whole rounds: it cannot be used with aggregation = async")
         if self.min_round_clients is not None and self.min_round_clients > self.min_clients:
             raise ValueError("min_round_clients must not be more than min_clients")
         return self
