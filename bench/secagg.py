@@ -1,11 +1,15 @@
 """Secure aggregation against plain FedAvg in ``simulate``: same model, how close, how fast.
 
-    python bench/secagg.py [--clients 100] [--rounds 10] [--dropout 0.2]
+    python bench/secagg.py [--clients 100] [--rounds 10] [--dropout 0.2] [--neighbours K]
 
 Digits, ``--clients`` virtual clients (iid), the built-in simple-dnn, FedAvg. Three sessions with
-the same seed, one after the other in this process: plain FedAvg, secure aggregation, and secure
-aggregation with ``--dropout`` of each round's clients vanishing after sending their masked
-update. Reported:
+the same seed, one after the other in this process: plain FedAvg, secure aggregation (SecAgg+,
+each client paired with ``--neighbours`` others; by default the number ``secagg.sizing`` picks for
+the clients), and secure aggregation with ``--dropout`` of each round's clients vanishing after
+sending their masked update. Reported:
+
+- the neighbours ``k`` and threshold ``t`` used, with the failure bounds they give under the
+  assumptions of ``secagg.sizing`` (a round failing for lost shares; more than the sum exposed);
 
 - the largest per-coordinate difference between the secure and the plain final model, beside the
   quantisation bound ``2**-(secagg_bits+1)`` per round of aggregation (after the first round the
@@ -36,6 +40,8 @@ from fedhive.runtime import events as ev
 from fedhive.runtime.bus import EventBus
 from fedhive.runtime.session_config import make_config
 from fedhive.runtime.simulation import plan_simulation, run_federation
+from fedhive.secagg.graph import degree
+from fedhive.secagg.sizing import ASSUMED_CORRUPT, ASSUMED_DROPOUT, default_neighbours, failure_bounds, threshold_for
 
 NODE = {"dataset": "digits", "partition": "iid", "test_fraction": 0.2}
 
@@ -46,11 +52,13 @@ class Run:
     params: Params
     rounds: int
     round_s: list[float]
+    round_cpu_s: list[float]  # this process's CPU time from each round's start to its end
+    retries: int  # round attempts that failed and were run again
     wall_s: float
     accuracy: float
 
 
-def run(clients: int, rounds: int, *, secure: bool, dropout: float = 0.0) -> Run:
+def run(clients: int, rounds: int, *, secure: bool, dropout: float = 0.0, neighbours: int | None = None) -> Run:
     config = make_config(
         session_id="bench-secagg",
         rounds=rounds,
@@ -59,12 +67,19 @@ def run(clients: int, rounds: int, *, secure: bool, dropout: float = 0.0) -> Run
         model="simple-dnn",
         data={"dataset": "digits", "partition": "iid"},
         secure_aggregation=secure,
+        secagg_neighbours=neighbours,
     )
     plan = plan_simulation(config, load_app("builtin"), clients, node=NODE, evaluate="central")
     durations: list[float] = []
+    cpu: list[float] = []
+    cpu_started: list[float] = []
+    retried: list[int] = []
 
     def observe(bus: EventBus) -> None:
+        bus.on(ev.RoundStarted, lambda e: cpu_started.append(time.process_time()))
+        bus.on(ev.RoundCompleted, lambda e: cpu.append(time.process_time() - cpu_started[-1]))
         bus.on(ev.RoundCompleted, lambda e: durations.append(e.duration_s))
+        bus.on(ev.RoundRetried, lambda e: retried.append(e.round))
 
     started = time.perf_counter()
     result = asyncio.run(
@@ -80,7 +95,8 @@ def run(clients: int, rounds: int, *, secure: bool, dropout: float = 0.0) -> Run
     )
     wall = time.perf_counter() - started
     name = "plain fedavg" if not secure else f"secure, {dropout:.0%} dropout" if dropout else "secure"
-    return Run(name, result.params, result.rounds, durations, wall, result.metrics.get("accuracy", float("nan")))
+    accuracy = result.metrics.get("accuracy", float("nan"))
+    return Run(name, result.params, result.rounds, durations, cpu, len(retried), wall, accuracy)
 
 
 def max_diff(a: Params, b: Params) -> float:
@@ -96,25 +112,37 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=100)
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--dropout", type=float, default=0.2)
+    parser.add_argument("--neighbours", type=int, default=None, help="k  [default: secagg.sizing's for --clients]")
     args = parser.parse_args()
-    bits = make_config(secure_aggregation=True).secagg_bits
+    defaults = make_config(secure_aggregation=True)
+    bits, fraction = defaults.secagg_bits, defaults.secagg_threshold
     bound = 2.0 ** -(bits + 1)
+    k = degree(args.clients, args.neighbours or default_neighbours(args.clients, fraction))
+    t = threshold_for(k, fraction)
+    risk = failure_bounds(args.clients, k, t)
 
     one_plain = run(args.clients, 1, secure=False)
-    one_secure = run(args.clients, 1, secure=True)
+    one_secure = run(args.clients, 1, secure=True, neighbours=k)
     plain = run(args.clients, args.rounds, secure=False)
-    secure = run(args.clients, args.rounds, secure=True)
-    dropped = run(args.clients, args.rounds, secure=True, dropout=args.dropout)
+    secure = run(args.clients, args.rounds, secure=True, neighbours=k)
+    dropped = run(args.clients, args.rounds, secure=True, dropout=args.dropout, neighbours=k)
 
     def median_round(r: Run) -> float:
         return statistics.median(r.round_s[1:] or r.round_s)
 
-    table = Table(title=f"secure aggregation, digits, {args.clients} clients, {args.rounds} rounds")
-    for col in ("session", "rounds", "accuracy", "median round s", "wall s", "max |diff| vs plain"):
+    def median_cpu(r: Run) -> float:  # less swayed than wall time by other work on a shared machine
+        return statistics.median(r.round_cpu_s[1:] or r.round_cpu_s)
+
+    table = Table(
+        title=f"secure aggregation, digits, {args.clients} clients, {args.rounds} rounds, {k} neighbours, threshold {t}"
+    )
+    columns = ("session", "rounds", "retried", "accuracy", "median round s", "median round cpu s", "wall s")
+    for col in (*columns, "max |diff| vs plain"):
         table.add_column(col, justify="right" if col != "session" else "left")
     for r in (plain, secure, dropped):
         diff = "-" if r is plain else f"{max_diff(r.params, plain.params):.3g}"
-        table.add_row(r.name, str(r.rounds), f"{r.accuracy:.4f}", f"{median_round(r):.3f}", f"{r.wall_s:.1f}", diff)
+        times = (f"{median_round(r):.3f}", f"{median_cpu(r):.3f}", f"{r.wall_s:.1f}")
+        table.add_row(r.name, str(r.rounds), str(r.retries), f"{r.accuracy:.4f}", *times, diff)
     console = Console()
     console.print(table)
     one_round = max_diff(one_secure.params, one_plain.params)
@@ -122,9 +150,17 @@ def main() -> None:
         f"after 1 round (same updates): max |diff| {one_round:.3g}, bound {bound:.3g} "
         f"+ float32 half-ulp {half_ulp(one_plain.params):.3g}"
     )
+    console.print(
+        f"k={k}, t={t}: per round, a failure for lost shares <= {risk.unrecoverable:.2g}, more than the sum "
+        f"exposed <= {risk.exposed:.2g} (at most {ASSUMED_DROPOUT:.0%} dropping, {ASSUMED_CORRUPT:.0%} colluding)"
+    )
     summary = {
         "clients": args.clients,
         "rounds": args.rounds,
+        "neighbours": k,
+        "threshold": t,
+        "bound_unrecoverable": risk.unrecoverable,
+        "bound_exposed": risk.exposed,
         "secagg_bits": bits,
         "bound_per_round": bound,
         "one_round_max_abs_diff": one_round,
@@ -132,6 +168,7 @@ def main() -> None:
         "final_max_abs_diff": max_diff(secure.params, plain.params),
         "final_max_abs_diff_with_dropout": max_diff(dropped.params, plain.params),
         "rounds_completed_with_dropout": dropped.rounds,
+        "rounds_retried_with_dropout": dropped.retries,
         "dropout": args.dropout,
         "accuracy": {"plain": plain.accuracy, "secure": secure.accuracy, "dropout": dropped.accuracy},
         "median_round_s": {
@@ -139,7 +176,9 @@ def main() -> None:
             "secure": median_round(secure),
             "dropout": median_round(dropped),
         },
+        "median_round_cpu_s": {r.name: median_cpu(r) for r in (plain, secure, dropped)},
         "round_time_ratio": median_round(secure) / median_round(plain),
+        "round_cpu_ratio": median_cpu(secure) / median_cpu(plain),
     }
     print(json.dumps(summary))
 

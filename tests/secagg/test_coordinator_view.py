@@ -10,6 +10,7 @@ quantised update must fail, or they would prove nothing.
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from scipy import stats
 
 from fedhive.core.params import Params
@@ -41,12 +42,14 @@ def _uniformity_p_values(vector: np.ndarray) -> tuple[float, float]:
     return float(ks), float(chi)
 
 
-def _masked_views(updates: list[Params], base: Params) -> tuple[list[np.ndarray], list[np.ndarray]]:
+def _masked_views(
+    updates: list[Params], base: Params, neighbours: int | None = None
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
     fp = FixedPoint(clip=4.0, frac_bits=28)
     ctx = round_context("view", 1, 0)
     ids = [f"c{i}" for i in range(len(updates))]
     clients = {c: SecAggClient(c, ctx) for c in ids}
-    server = RecordingServer(ctx, fp.vector_length(base.spec), 0.5)
+    server = RecordingServer(ctx, fp.vector_length(base.spec), 0.5, neighbours=neighbours)
     for cl in clients.values():
         server.add_keys(cl.advertise())
     roster = server.roster()
@@ -61,11 +64,12 @@ def _masked_views(updates: list[Params], base: Params) -> tuple[list[np.ndarray]
     return server.seen, plain
 
 
-def test_each_masked_vector_looks_uniform_and_the_plain_one_does_not() -> None:
+@pytest.mark.parametrize(("clients", "neighbours"), [(4, None), (9, 2)])  # everyone; SecAgg+'s sparse graph
+def test_each_masked_vector_looks_uniform_and_the_plain_one_does_not(clients: int, neighbours: int | None) -> None:
     base = Params({"w": np.zeros(LENGTH - 2, np.float32)})
-    updates = [Params({"w": np.full(LENGTH - 2, 0.25 * (i + 1), np.float32)}) for i in range(4)]
-    seen, plain = _masked_views(updates, base)
-    assert len(seen) == 4
+    updates = [Params({"w": np.full(LENGTH - 2, 0.25 * (i + 1), np.float32)}) for i in range(clients)]
+    seen, plain = _masked_views(updates, base, neighbours)
+    assert len(seen) == clients
     for vector in seen:
         ks, chi = _uniformity_p_values(vector)
         assert ks > ALPHA and chi > ALPHA, (ks, chi)

@@ -15,7 +15,10 @@ from fedhive.secagg.round import LocalSecureSum, round_context
 
 def _exact_mean(base: Params, updates: list[Params], weights: list[int]) -> dict[str, np.ndarray]:
     total = float(sum(weights))
-    return {n: sum(w * u[n].astype(np.float64) for u, w in zip(updates, weights, strict=True)) / total for n in base}
+    out: dict[str, np.ndarray] = {}
+    for n in base:
+        out[n] = np.sum([w * u[n].astype(np.float64) for u, w in zip(updates, weights, strict=True)], axis=0) / total
+    return out
 
 
 @settings(max_examples=40, deadline=None)

@@ -4,6 +4,7 @@ dropouts recovered, too many dropouts a failed session with a reason, unfit sett
 from __future__ import annotations
 
 import asyncio
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -24,7 +25,9 @@ NODE = {"dataset": "digits", "partition": "iid", "test_fraction": 0.2}
 CLIENTS = 10
 
 
-def _run(secure: bool, *, rounds: int = 2, dropout: float = 0.0, **settings: object) -> tuple[SessionResult, list]:
+def _run(
+    secure: bool, *, rounds: int = 2, dropout: float = 0.0, **settings: object
+) -> tuple[SessionResult, list[ev.RoundCompleted]]:
     config = make_config(
         session_id="secagg-test",
         rounds=rounds,
@@ -63,9 +66,10 @@ def _max_diff(a: Params, b: Params) -> float:
     return max(float(np.max(np.abs(a[n].astype(np.float64) - b[n].astype(np.float64)))) for n in a)
 
 
-def test_one_secure_round_is_fedavg_within_the_quantisation_bound() -> None:
+@pytest.mark.parametrize("neighbours", [None, 2])
+def test_one_secure_round_is_fedavg_within_the_quantisation_bound(neighbours: int | None) -> None:
     plain, plain_completed = _run(False, rounds=1)
-    secure, completed = _run(True, rounds=1, secagg_bits=20)
+    secure, completed = _run(True, rounds=1, secagg_bits=20, secagg_neighbours=neighbours)
     bound = 2.0**-21  # 2**-(bits+1): the fixed point's rounding, larger than float32's here
     half_ulp = max(float(np.spacing(np.max(np.abs(a)))) / 2 for a in plain.params.values())
     assert 0 < _max_diff(plain.params, secure.params) <= bound + half_ulp
@@ -83,9 +87,13 @@ def test_dropouts_after_the_masked_update_leave_every_round_complete() -> None:
 
 
 def test_too_many_dropouts_fail_the_session_with_the_reason() -> None:
+    # 4 neighbours each, threshold 4 of a client's 5 share holders: with 6 of 10 gone, some
+    # client keeps at most 3 of them.
     with pytest.raises(SessionFailed) as info:
-        _run(True, rounds=1, dropout=0.6)  # 4 of 10 left, threshold 5
-    assert "only 4 clients sent unmasking shares, fewer than the threshold 5" in str(info.value)
+        _run(True, rounds=1, dropout=0.6, secagg_neighbours=4, secagg_threshold=1.0)
+    assert re.search(
+        r"only [0-3] of client-\d+'s 5 share holders sent unmasking shares, fewer than the threshold 4", str(info.value)
+    ), str(info.value)
 
 
 @pytest.mark.parametrize("strategy", ["fedmedian", "krum:f=1", "dp-fedavg:clip=1.0,noise=1.0", "fedavg+clip=1.0"])

@@ -1,6 +1,9 @@
-"""Secure aggregation (SecAgg, Bonawitz et al. 2017): the server learns the sum of the clients'
-updates and nothing else about any one of them (docs/secure_aggregation.md).
+"""Secure aggregation (SecAgg+, Bell et al. 2020, over the steps of Bonawitz et al. 2017): the
+server learns the sum of the clients' updates and nothing else about any one of them
+(docs/secure_aggregation.md).
 
+- ``graph``: the k-regular neighbour graph each client pairs and shares its secrets in;
+- ``sizing``: the default ``k`` for a round's clients, and the failure bounds of any ``k`` and ``t``;
 - ``quantise``: updates as fixed-point ``uint64`` vectors, weighted as FedAvg weighs them;
 - ``shamir``: threshold secret sharing, so that survivors can remove a dropped client's masks;
 - ``masks``: X25519 key agreement, AES-CTR mask expansion, AES-GCM sealed shares;

@@ -1,9 +1,12 @@
-"""One client's side of secure aggregation (Bonawitz et al. 2017, the honest-but-curious version).
+"""One client's side of secure aggregation: SecAgg+ (Bell et al. 2020) over the steps of Bonawitz
+et al. 2017, the honest-but-curious version.
 
 A client takes the four steps in order, each answering what the server sent: ``advertise`` ->
-``share_keys(roster)`` -> ``masked_input(routed, vector)`` -> ``unmask(request)``. A step out of
-order, or a request that would make it reveal both secrets of one client (its self mask and its
-mask key: together they unmask that client's input), is refused with ``SecAggError``.
+``share_keys(roster)`` -> ``masked_input(routed, vector)`` -> ``unmask(request)``. It deals only
+with its neighbours in the roster's graph: it shares its secrets among them (and keeps one share),
+and masks its input towards those of them whose shares reached it. A step out of order, or a
+request that would make it reveal both secrets of one client (its self mask and its mask key:
+together they unmask that client's input), is refused with ``SecAggError``.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from fedhive.secagg import masks, shamir
 from fedhive.secagg.errors import SecAggError
+from fedhive.secagg.graph import degree
 from fedhive.secagg.messages import AdvertiseKeys, MaskedInput, Roster, ShareKeys, UnmaskRequest, UnmaskShares
 
 
@@ -28,8 +32,10 @@ class SecAggClient:
         self._s_key = X25519PrivateKey.generate()
         self._self_seed = os.urandom(masks.SEED_BYTES)
         self._roster: Roster | None = None
+        self._neighbours: frozenset[str] = frozenset()
+        self._share_keys: dict[str, bytes] = {}  # neighbour -> the AES-GCM key we both derive for shares
         self._held: dict[str, tuple[int, int]] = {}  # client -> (self-mask share, mask-key share) we hold
-        self._peers: frozenset[str] = frozenset()  # those whose shares we hold: our masks pair with them
+        self._peers: frozenset[str] = frozenset()  # neighbours whose shares we hold: our masks pair with them
 
     def _advance(self, expected: str, following: str) -> None:
         if self._step != expected:
@@ -42,55 +48,64 @@ class SecAggClient:
 
     def share_keys(self, roster: Roster) -> ShareKeys:
         self._advance("share keys", "send a masked input")
-        ids = roster.ids
         if self.client_id not in roster.keys:
             raise SecAggError(f"{self.client_id}: the roster leaves us out")
-        if not 2 <= roster.threshold <= len(ids):
-            raise SecAggError(f"threshold {roster.threshold} is not between 2 and the {len(ids)} clients")
-        publics = [k for pair in roster.keys.values() for k in pair]
+        n, k, t = len(roster.keys), roster.neighbours, roster.threshold
+        if k != degree(n, k):
+            raise SecAggError(f"{k} neighbours cannot make a regular graph of {n} clients")
+        if not 2 <= t <= k + 1:
+            raise SecAggError(f"threshold {t} is not between 2 and the {k + 1} holders of each client's shares")
+        publics = [p for pair in roster.keys.values() for p in pair]
         if len(set(publics)) != len(publics):
             raise SecAggError("the roster repeats a public key")
         self._roster = roster
-        own_secret = self._s_key.private_bytes_raw()
-        self_shares = shamir.split(self._self_seed, len(ids), roster.threshold)
-        key_shares = shamir.split(own_secret, len(ids), roster.threshold)
+        self._neighbours = roster.graph[self.client_id]
+        holders = sorted(self._neighbours | {self.client_id}, key=roster.point)
+        xs = [roster.point(h) for h in holders]
+        self_shares = shamir.split(self._self_seed, xs, t)
+        key_shares = shamir.split(self._s_key.private_bytes_raw(), xs, t)
         sealed = {}
-        for (x, b), (_, s), other in zip(self_shares, key_shares, ids, strict=True):
-            if other == self.client_id:
-                self._held[other] = (b, s)
+        for holder, b, s in zip(holders, self_shares, key_shares, strict=True):
+            if holder == self.client_id:
+                self._held[holder] = (b, s)
                 continue
-            key = masks.agree(self._c_key, roster.keys[other][0], self._context, b"share", self.client_id, other)
-            ad = masks.share_ad(self._context, self.client_id, other)
-            sealed[other] = masks.seal_shares(key, ad, b, s)
-            assert x == roster.point(other)
+            key = masks.agree(self._c_key, roster.public(holder)[0], self._context, b"share", self.client_id, holder)
+            self._share_keys[holder] = key  # the same key opens what ``holder`` seals for us
+            sealed[holder] = masks.seal_shares(key, masks.share_ad(self._context, self.client_id, holder), b, s)
         return ShareKeys(self.client_id, sealed)
 
     def masked_input(self, routed: Mapping[str, bytes], vector: np.ndarray) -> MaskedInput:
         """``vector`` (``uint64``, the quantised update) plus our self mask plus one pairwise mask
-        per client whose shares reached us (added towards a higher id, subtracted towards a lower:
-        each pair's masks cancel in the sum)."""
+        per neighbour whose shares reached us (added towards a higher id, subtracted towards a
+        lower: each pair's masks cancel in the sum)."""
         self._advance("send a masked input", "unmask")
         roster = self._roster
         assert roster is not None
-        if any(u not in roster.keys or u == self.client_id for u in routed):
-            raise SecAggError(f"{self.client_id}: shares from clients outside the roster")
+        if not set(routed) <= self._neighbours:
+            raise SecAggError(f"{self.client_id}: shares from clients that are not our neighbours")
         if len(routed) + 1 < roster.threshold:
-            raise SecAggError(f"{self.client_id}: only {len(routed) + 1} clients shared keys, below the threshold")
+            raise SecAggError(
+                f"{self.client_id}: only {len(routed)} of our {len(self._neighbours)} neighbours shared keys, "
+                f"below the threshold {roster.threshold}"
+            )
         for u, sealed in routed.items():
-            key = masks.agree(self._c_key, roster.keys[u][0], self._context, b"share", self.client_id, u)
-            self._held[u] = masks.open_shares(key, masks.share_ad(self._context, u, self.client_id), sealed)
+            ad = masks.share_ad(self._context, u, self.client_id)
+            self._held[u] = masks.open_shares(self._share_keys[u], ad, sealed)
         self._peers = frozenset(routed)
         y = np.array(vector, dtype=np.uint64, copy=True)
-        y += masks.expand(self._self_seed, y.size)
+        masker = masks.Masker(y.size)
+        masker.add(y, self._self_seed)
         for v in sorted(self._peers):
-            seed = masks.agree(self._s_key, roster.keys[v][1], self._context, b"mask", self.client_id, v)
+            seed = masks.agree(self._s_key, roster.public(v)[1], self._context, b"mask", self.client_id, v)
             if self.client_id < v:
-                y += masks.expand(seed, y.size)
+                masker.add(y, seed)
             else:
-                y -= masks.expand(seed, y.size)
+                masker.subtract(y, seed)
         return MaskedInput(self.client_id, y)
 
     def unmask(self, request: UnmaskRequest) -> UnmaskShares:
+        """The shares we hold of our neighbours' (and our own) self masks if they sent a masked
+        input, of their mask keys if they did not."""
         self._advance("unmask", "done")
         roster = self._roster
         assert roster is not None
@@ -98,13 +113,16 @@ class SecAggClient:
             raise SecAggError(
                 f"{self.client_id}: asked for both secrets of {sorted(request.survivors & request.dropped)}"
             )
-        known = self._peers | {self.client_id}
-        if not request.survivors | request.dropped <= known:
-            raise SecAggError(f"{self.client_id}: asked about clients whose shares it does not hold")
-        if self.client_id not in request.survivors or len(request.survivors) < roster.threshold:
-            raise SecAggError(f"{self.client_id}: fewer survivors than the threshold {roster.threshold}, or not us")
+        survivors = request.survivors & (self._peers | {self.client_id})
+        dropped = request.dropped & self._peers
+        # Our input stays hidden behind the masks we share with surviving neighbours: refuse to
+        # help unmask it unless enough of them are in the sum with us.
+        if self.client_id not in survivors or len(survivors) < roster.threshold:
+            raise SecAggError(
+                f"{self.client_id}: fewer of our neighbours survived than the threshold {roster.threshold}, or not us"
+            )
         return UnmaskShares(
             self.client_id,
-            {u: self._held[u][0] for u in sorted(request.survivors)},
-            {u: self._held[u][1] for u in sorted(request.dropped)},
+            {u: self._held[u][0] for u in sorted(survivors)},
+            {u: self._held[u][1] for u in sorted(dropped)},
         )

@@ -136,8 +136,17 @@ class SecureHostLink(Transport):
         try:
             context = round_context(config.session_id, round, attempt)
             secure = LocalSecureSum(
-                [c for c, _ in items], context, fp.vector_length(spec), config.secagg_threshold, f"round {round}"
+                [c for c, _ in items],
+                context,
+                fp.vector_length(spec),
+                config.secagg_threshold,
+                f"round {round}",
+                neighbours=config.secagg_neighbours,
             )
+            log.debug(
+                "%s: round %d: %d clients, %d neighbours each, threshold %d",
+                self.node_id, round, len(items), secure.neighbours, secure.threshold,
+            )  # fmt: skip
             for cid, fit in items:
                 update = self._train_one(cid, params, fit, spec, screen, failures)
                 if update is None:

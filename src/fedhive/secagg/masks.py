@@ -1,11 +1,12 @@
 """The cryptography of secure aggregation, all from ``cryptography``'s primitives.
 
 - Key agreement: X25519. Each client has two key pairs per round: ``c`` encrypts the shares it
-  sends to the others, ``s`` agrees the pairwise mask seeds. A shared secret goes through HKDF-SHA256
-  with the round's context and the (sorted) pair of ids, so a seed is never reused across sessions,
-  rounds, attempts, pairs or purposes.
+  sends to its neighbours, ``s`` agrees the pairwise mask seeds (kept apart so that rebuilding a
+  dropped client's ``s`` key never opens the shares sent to it). A shared secret goes through
+  HKDF-SHA256 with the round's context and the (sorted) pair of ids, so a seed is never reused
+  across sessions, rounds, attempts, pairs or purposes.
 - Masks: AES-256-CTR keystream of a 32-byte seed (a zero counter block is safe: each key is used for
-  one stream only), read as ``uint64`` with ``numpy.frombuffer``.
+  one stream only), written into a reused buffer and read as ``uint64`` (``Masker``).
 - Shares between clients: AES-256-GCM under the agreed ``c`` key, the sender, recipient and round
   bound in as associated data, so a relaying server can neither read, alter nor redirect them.
 """
@@ -13,6 +14,7 @@
 from __future__ import annotations
 
 import os
+from functools import lru_cache
 
 import numpy as np
 from cryptography.exceptions import InvalidTag
@@ -28,30 +30,66 @@ from fedhive.secagg.errors import SecAggError
 SEED_BYTES = 32
 KEY_BYTES = 32
 NONCE_BYTES = 12
+SEALED_BYTES = NONCE_BYTES + 2 * shamir.SHARE_BYTES + 16
 _ZERO_COUNTER = bytes(16)
+_SHA256 = hashes.SHA256()
+_AES_BLOCK = 16
 
 
 def public_bytes(key: X25519PrivateKey) -> bytes:
     return key.public_key().public_bytes_raw()
 
 
-def agree(own: X25519PrivateKey, peer_public: bytes, context: bytes, purpose: bytes, a: str, b: str) -> bytes:
+def parse_public(raw: bytes) -> X25519PublicKey:
+    try:
+        return X25519PublicKey.from_public_bytes(raw)
+    except ValueError as exc:
+        raise SecAggError(f"unusable public key: {exc}") from None
+
+
+def agree(own: X25519PrivateKey, peer: X25519PublicKey, context: bytes, purpose: bytes, a: str, b: str) -> bytes:
     """The 32-byte key two clients ``a`` and ``b`` both derive for ``purpose`` in this round."""
     try:
-        peer = X25519PublicKey.from_public_bytes(peer_public)
         shared = own.exchange(peer)
-    except ValueError as exc:  # a malformed or low-order public key
+    except ValueError as exc:  # a low-order public key
         raise SecAggError(f"unusable public key: {exc}") from None
-    low, high = sorted((a, b))
-    info = b"fedhive-secagg/" + purpose + b"/" + context + b"/" + _length_prefixed(low) + _length_prefixed(high)
-    return HKDF(algorithm=hashes.SHA256(), length=KEY_BYTES, salt=None, info=info).derive(shared)
+    low, high = (a, b) if a < b else (b, a)
+    info = _prefix(purpose, context) + _length_prefixed(low) + _length_prefixed(high)
+    return HKDF(algorithm=_SHA256, length=KEY_BYTES, salt=None, info=info).derive(shared)
 
 
-def expand(seed: bytes, length: int) -> np.ndarray:
-    """``length`` pseudo-random ``uint64`` values from ``seed`` (AES-256-CTR keystream)."""
-    encryptor = Cipher(algorithms.AES(seed), modes.CTR(_ZERO_COUNTER)).encryptor()
-    stream = encryptor.update(bytes(8 * length)) + encryptor.finalize()
-    return np.frombuffer(stream, dtype=np.uint64).copy()  # writable, and independent of ``stream``
+@lru_cache(maxsize=64)
+def _prefix(purpose: bytes, context: bytes) -> bytes:
+    return b"fedhive-secagg/" + purpose + b"/" + context + b"/"
+
+
+@lru_cache(maxsize=8)
+def _zeros(nbytes: int) -> bytes:
+    return bytes(nbytes)
+
+
+class Masker:
+    """Adds masks to ``uint64`` vectors of one length: each mask is a seed's AES-256-CTR keystream,
+    expanded into one buffer that every mask reuses (no allocation, no copy per mask)."""
+
+    def __init__(self, length: int) -> None:
+        self.length = length
+        self._zeros = _zeros(8 * length)
+        self._buffer = bytearray(8 * length + _AES_BLOCK - 1)  # update_into's room for a block
+        self._stream = np.frombuffer(self._buffer, dtype=np.uint64, count=length)
+
+    def stream(self, seed: bytes) -> np.ndarray:
+        """The mask of ``seed``: a view of the buffer, overwritten by the next call."""
+        encryptor = Cipher(algorithms.AES(seed), modes.CTR(_ZERO_COUNTER)).encryptor()
+        encryptor.update_into(self._zeros, self._buffer)
+        encryptor.finalize()
+        return self._stream
+
+    def add(self, vector: np.ndarray, seed: bytes) -> None:
+        np.add(vector, self.stream(seed), out=vector)  # modulo 2**64
+
+    def subtract(self, vector: np.ndarray, seed: bytes) -> None:
+        np.subtract(vector, self.stream(seed), out=vector)
 
 
 def seal_shares(key: bytes, ad: bytes, self_mask_share: int, key_share: int) -> bytes:
@@ -62,7 +100,7 @@ def seal_shares(key: bytes, ad: bytes, self_mask_share: int, key_share: int) -> 
 
 
 def open_shares(key: bytes, ad: bytes, sealed: bytes) -> tuple[int, int]:
-    if len(sealed) != NONCE_BYTES + 2 * shamir.SHARE_BYTES + 16:
+    if len(sealed) != SEALED_BYTES:
         raise SecAggError("an encrypted share has the wrong length")
     try:
         plain = AESGCM(key).decrypt(sealed[:NONCE_BYTES], sealed[NONCE_BYTES:], ad)
@@ -75,9 +113,10 @@ def open_shares(key: bytes, ad: bytes, sealed: bytes) -> tuple[int, int]:
 
 
 def share_ad(context: bytes, sender: str, recipient: str) -> bytes:
-    return b"fedhive-secagg/share/" + context + b"/" + _length_prefixed(sender) + _length_prefixed(recipient)
+    return _prefix(b"share", context) + _length_prefixed(sender) + _length_prefixed(recipient)
 
 
+@lru_cache(maxsize=65536)  # every id is prefixed once per pair and purpose: cache each once
 def _length_prefixed(text: str) -> bytes:
     raw = text.encode()
     return len(raw).to_bytes(2, "big") + raw

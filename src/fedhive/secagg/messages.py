@@ -4,20 +4,25 @@ Transport-agnostic: the simulation hands them over in-process; over a broker eac
 message of its own (docs/secure_aggregation.md, "Message flow").
 
     client -> server   AdvertiseKeys   two X25519 public keys
-    server -> clients  Roster          everyone's public keys and the threshold
-    client -> server   ShareKeys       its shares for each other client, encrypted to them
-    server -> client   its ``routed`` shares (a mapping sender -> ciphertext)
+    server -> clients  Roster          everyone's public keys, the threshold, the neighbour graph
+    client -> server   ShareKeys       its shares for each neighbour, encrypted to them
+    server -> client   its ``routed`` shares (a mapping neighbour -> ciphertext)
     client -> server   MaskedInput     its quantised update plus masks (uint64)
     server -> clients  UnmaskRequest   who sent a masked input, who dropped out before
-    client -> server   UnmaskShares    self-mask shares of the first, key shares of the second
+    client -> server   UnmaskShares    the shares it holds of the first's self masks, the second's keys
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
+
+from fedhive.secagg import masks
+from fedhive.secagg.graph import neighbour_graph
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,24 +32,49 @@ class AdvertiseKeys:
     s_public: bytes  # agrees mask seeds
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Roster:
+    """Everyone who advertised keys, and the round's graph: each client pairs with, and shares its
+    secrets among, its ``neighbours`` neighbours in the graph drawn from ``graph_seed``; any
+    ``threshold`` of a client's share holders (its neighbours and itself) rebuild its secrets."""
+
     keys: Mapping[str, tuple[bytes, bytes]]  # client -> (c_public, s_public)
     threshold: int
+    neighbours: int  # k, the graph's degree (graph.degree: at most n - 1)
+    graph_seed: bytes
+    _parsed: dict[str, tuple[X25519PublicKey, X25519PublicKey]] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
-    @property
+    @cached_property
     def ids(self) -> list[str]:
         return sorted(self.keys)
 
+    @cached_property
+    def graph(self) -> dict[str, frozenset[str]]:
+        return neighbour_graph(self.ids, self.neighbours, self.graph_seed)
+
+    @cached_property
+    def _points(self) -> dict[str, int]:
+        return {c: i for i, c in enumerate(self.ids, start=1)}
+
     def point(self, client: str) -> int:
-        """The x at which ``client`` holds every other client's shares."""
-        return self.ids.index(client) + 1
+        """The x at which ``client`` holds the shares it is given."""
+        return self._points[client]
+
+    def public(self, client: str) -> tuple[X25519PublicKey, X25519PublicKey]:
+        """``client``'s (c, s) public keys, parsed once per roster."""
+        parsed = self._parsed.get(client)
+        if parsed is None:
+            c_raw, s_raw = self.keys[client]
+            parsed = self._parsed[client] = (masks.parse_public(c_raw), masks.parse_public(s_raw))
+        return parsed
 
 
 @dataclass(frozen=True, slots=True)
 class ShareKeys:
     client: str
-    sealed: Mapping[str, bytes]  # recipient -> its encrypted shares
+    sealed: Mapping[str, bytes]  # neighbour -> its encrypted shares
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,5 +92,5 @@ class UnmaskRequest:
 @dataclass(frozen=True, slots=True)
 class UnmaskShares:
     client: str
-    self_mask: Mapping[str, int]  # survivor -> this client's share of its self-mask seed
-    mask_key: Mapping[str, int]  # dropped client -> this client's share of its mask key
+    self_mask: Mapping[str, int]  # survivor among its neighbours (or itself) -> its share of the self-mask seed
+    mask_key: Mapping[str, int]  # dropped neighbour -> its share of that client's mask key

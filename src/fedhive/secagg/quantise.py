@@ -59,17 +59,23 @@ class FixedPoint:
     def encode(self, update: Params, base: Params, weight: int, examples: int) -> tuple[np.ndarray, int]:
         """The update as one ``uint64`` vector (see the module docstring) and how many of its
         coordinates were clipped (the client's own business: never sent)."""
-        parts = []
-        clipped = 0
-        w = np.uint64(weight)
+        size = sum(arr.size for arr in base.values())
+        delta = np.empty(size, np.float64)  # every tensor's change, in one buffer worked on in place
+        start = 0
         for name, arr in base.items():
-            delta = np.subtract(update[name], arr, dtype=np.float64).reshape(-1)
-            clipped += int(np.count_nonzero(np.abs(delta) > self.clip))
-            np.clip(delta, -self.clip, self.clip, out=delta)
-            q = np.rint(delta * self.scale).astype(np.int64).view(np.uint64)
-            parts.append(q * w)  # wraps modulo 2**64, which is what the masks live in
-        parts.append(np.array([weight, examples], np.uint64))
-        return np.concatenate(parts), clipped
+            stop = start + arr.size
+            np.subtract(update[name].reshape(-1), arr.reshape(-1), out=delta[start:stop], dtype=np.float64)
+            start = stop
+        clipped = int(np.count_nonzero(delta > self.clip)) + int(np.count_nonzero(delta < -self.clip))
+        np.clip(delta, -self.clip, self.clip, out=delta)
+        delta *= self.scale
+        np.rint(delta, out=delta)
+        out = np.empty(size + TRAILER, np.int64)
+        out[:size] = delta  # exact: |delta| <= clip * scale < 2**62
+        vector = out.view(np.uint64)
+        vector[:size] *= np.uint64(weight)  # wraps modulo 2**64, which is what the masks live in
+        vector[size:] = (weight, examples)
+        return vector, clipped
 
     def decode(self, total: np.ndarray, base: Params) -> tuple[Params, float, int]:
         """From the unmasked sum: (the weighted sums ``sum(w_i * x_i)`` in float64 as a FedAvg

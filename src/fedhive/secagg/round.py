@@ -25,12 +25,20 @@ def round_context(session_id: str, round: int, attempt: int) -> bytes:
 
 class LocalSecureSum:
     def __init__(
-        self, client_ids: Sequence[str], context: bytes, vector_length: int, threshold_fraction: float, label: str
+        self,
+        client_ids: Sequence[str],
+        context: bytes,
+        vector_length: int,
+        threshold_fraction: float,
+        label: str,
+        *,
+        neighbours: int | None = None,
     ) -> None:
-        """Advertise keys and share them among ``client_ids``; raises ``SecAggError`` when fewer
-        clients than the threshold (or than 2) take part."""
+        """Advertise keys and share them among each client's ``neighbours`` (None: the default for
+        their number, ``sizing.default_neighbours``); raises ``SecAggError`` when fewer than 2
+        clients take part."""
         self.clients = {c: SecAggClient(c, context) for c in client_ids}
-        self.server = SecAggServer(context, vector_length, threshold_fraction, label=label)
+        self.server = SecAggServer(context, vector_length, threshold_fraction, neighbours=neighbours, label=label)
         for client in self.clients.values():
             self.server.add_keys(client.advertise())
         roster = self.server.roster()
@@ -43,6 +51,10 @@ class LocalSecureSum:
     def threshold(self) -> int:
         return self.server.threshold
 
+    @property
+    def neighbours(self) -> int:
+        return self.server.neighbours
+
     def submit(self, client_id: str, vector: np.ndarray) -> None:
         """``client_id`` masks its quantised update; the server adds it to the sum."""
         masked = self.clients[client_id].masked_input(self._routed[client_id], vector)
@@ -51,7 +63,8 @@ class LocalSecureSum:
 
     def finish(self, gone: Collection[str] = ()) -> np.ndarray:
         """The unmasked sum of every submitted vector; the clients in ``gone`` (dropped out after
-        submitting) send no unmasking shares. ``SecAggError`` when fewer than the threshold are left."""
+        submitting) send no unmasking shares. ``SecAggError`` when some client's secret has fewer
+        than the threshold of share holders left."""
         request = self.server.unmask_request()
         for c in sorted(request.survivors - set(gone)):
             self.server.add_unmask(self.clients[c].unmask(request))

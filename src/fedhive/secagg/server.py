@@ -3,45 +3,58 @@
 Four stages, each collecting one kind of message and then closed by the node that runs the round
 (at its deadline, or once everyone answered):
 
-    add_keys*      -> roster()          U1: who advertised keys (at least ``threshold``)
-    add_shares*    -> routed()          U2: who shared keys; each gets the ciphertexts meant for it
+    add_keys*      -> roster()          U1: who advertised keys; the neighbour graph is drawn
+    add_shares*    -> routed()          U2: who shared keys; each gets its neighbours' ciphertexts
     add_masked*    -> unmask_request()  U3: who sent a masked input (summed as they come)
     add_unmask*    -> result()          the sum of U3's quantised inputs, masks removed
 
-Too few clients at any stage ends the round with ``SecAggError``, one line saying how many are
-left and the threshold. The server holds a running sum, never a client's vector after adding it.
+SecAgg+ (Bell et al. 2020): each client pairs with its ``k`` neighbours only, so each secret the
+server rebuilds needs ``threshold`` answers from that client's neighbours (and itself), not from
+everyone. A stage that leaves some client with fewer possible holders than that ends the round
+with ``SecAggError``, one line naming the client, how many are left and the threshold. The server
+holds a running sum, never a client's vector after adding it.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Mapping
+import os
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from fedhive.secagg import masks, shamir
 from fedhive.secagg.errors import SecAggError
+from fedhive.secagg.graph import degree
 from fedhive.secagg.messages import AdvertiseKeys, MaskedInput, Roster, ShareKeys, UnmaskRequest, UnmaskShares
+from fedhive.secagg.sizing import default_neighbours, threshold_for
 
-
-def threshold_for(clients: int, fraction: float) -> int:
-    """Shares needed to unmask: ``ceil(fraction * clients)``, at least 2 (with 1, a client's own
-    shares would reveal it)."""
-    return max(2, math.ceil(fraction * clients))
+GRAPH_SEED_BYTES = 32
 
 
 class SecAggServer:
-    def __init__(self, context: bytes, vector_length: int, threshold_fraction: float, *, label: str = "") -> None:
+    def __init__(
+        self,
+        context: bytes,
+        vector_length: int,
+        threshold_fraction: float,
+        *,
+        neighbours: int | None = None,
+        label: str = "",
+    ) -> None:
+        """``neighbours``: each client's ``k`` (None: ``sizing.default_neighbours`` for the number
+        of clients that advertise keys); ``threshold_fraction``: the share of ``k`` that unmasks."""
         if not 0 < threshold_fraction <= 1:
             raise ValueError(f"threshold fraction must be in (0, 1], got {threshold_fraction}")
+        if neighbours is not None and neighbours < 1:
+            raise ValueError(f"neighbours must be at least 1, got {neighbours}")
         self._context = context
         self._length = vector_length
         self._fraction = threshold_fraction
+        self._neighbours = neighbours
         self._label = label or "secure aggregation"
         self._keys: dict[str, tuple[bytes, bytes]] = {}
         self._roster: Roster | None = None
-        self._sealed: dict[str, Mapping[str, bytes]] = {}
+        self._sealed: dict[str, dict[str, bytes]] = {}
         self._shared: frozenset[str] = frozenset()
         self._sum = np.zeros(vector_length, np.uint64)
         self._masked: set[str] = set()
@@ -53,10 +66,14 @@ class SecAggServer:
         assert self._roster is not None
         return self._roster.threshold
 
-    def _enough(self, have: int, what: str) -> None:
+    @property
+    def neighbours(self) -> int:
+        assert self._roster is not None
+        return self._roster.neighbours
+
+    def _abort(self, have: int, what: str) -> SecAggError:
         t = self.threshold
-        if have < t:
-            raise SecAggError(f"{self._label}: only {have} clients {what}, fewer than the threshold {t}: round aborted")
+        return SecAggError(f"{self._label}: only {have} {what}, fewer than the threshold {t}: round aborted")
 
     # -- 1. keys ---------------------------------------------------------------------------------
     def add_keys(self, msg: AdvertiseKeys) -> None:
@@ -67,10 +84,11 @@ class SecAggServer:
     def roster(self) -> Roster:
         if self._roster is None:
             n = len(self._keys)
-            self._roster = Roster(dict(self._keys), threshold_for(n, self._fraction))
             if n < 2:
                 raise SecAggError(f"{self._label}: {n} client advertised keys; secure aggregation needs at least 2")
-            self._enough(n, "advertised keys")
+            k = degree(n, self._neighbours or default_neighbours(n, self._fraction))
+            seed = os.urandom(GRAPH_SEED_BYTES)  # drawn now: no client could pick its keys to choose its place
+            self._roster = Roster(dict(self._keys), threshold_for(k, self._fraction), k, seed)
         return self._roster
 
     # -- 2. shares -------------------------------------------------------------------------------
@@ -78,15 +96,21 @@ class SecAggServer:
         roster = self._roster
         if roster is None or self._shared or msg.client not in roster.keys or msg.client in self._sealed:
             raise SecAggError(f"shares from {msg.client} out of place")
-        if set(msg.sealed) != set(roster.keys) - {msg.client}:
-            raise SecAggError(f"{msg.client} did not share with exactly the other clients of the roster")
-        self._sealed[msg.client] = msg.sealed
+        if set(msg.sealed) != roster.graph[msg.client]:
+            raise SecAggError(f"{msg.client} did not share with exactly its neighbours")
+        self._sealed[msg.client] = dict(msg.sealed)
 
     def routed(self) -> dict[str, dict[str, bytes]]:
-        """For each client that shared keys: sender -> the ciphertext that sender sealed for it."""
-        self._shared = frozenset(self._sealed)
-        self._enough(len(self._shared), "shared keys")
-        return {v: {u: self._sealed[u][v] for u in sorted(self._shared) if u != v} for v in sorted(self._shared)}
+        """For each client that shared keys: neighbour -> the ciphertext that neighbour sealed for it.
+        Every one of them must keep enough share holders (its neighbours in U2, and itself)."""
+        roster = self._roster
+        assert roster is not None
+        shared = self._shared = frozenset(self._sealed)
+        for u in sorted(shared):
+            holders = roster.graph[u] & shared
+            if len(holders) + 1 < roster.threshold:
+                raise self._abort(len(holders) + 1, f"holders of {u}'s shares shared keys (its neighbours and itself)")
+        return {v: {u: self._sealed[u][v] for u in sorted(roster.graph[v] & shared)} for v in sorted(shared)}
 
     # -- 3. masked inputs --------------------------------------------------------------------------
     def add_masked(self, msg: MaskedInput) -> None:
@@ -101,17 +125,32 @@ class SecAggServer:
         self._masked.add(msg.client)
 
     def unmask_request(self) -> UnmaskRequest:
+        """Who sent a masked input (survivors) and who shared keys but did not (dropped); fails
+        when some client's secret could no longer reach the threshold."""
         if self._request is None:
-            self._request = UnmaskRequest(frozenset(self._masked), self._shared - self._masked)
-            self._enough(len(self._masked), "sent a masked input")
+            roster = self._roster
+            assert roster is not None
+            survivors = frozenset(self._masked)
+            for u in sorted(self._shared):
+                holders = (roster.graph[u] | {u}) & survivors
+                if len(holders) < roster.threshold:
+                    raise self._abort(len(holders), f"holders of {u}'s shares sent a masked input")
+            self._request = UnmaskRequest(survivors, self._shared - survivors)
         return self._request
 
     # -- 4. unmasking ------------------------------------------------------------------------------
+    def _holds(self, client: str) -> frozenset[str]:
+        """The clients whose shares ``client`` holds: its neighbours that shared keys, and itself."""
+        roster = self._roster
+        assert roster is not None
+        return (roster.graph[client] & self._shared) | {client}
+
     def add_unmask(self, msg: UnmaskShares) -> None:
         r = self._request
         if r is None or msg.client not in r.survivors or msg.client in self._unmask:
             raise SecAggError(f"unmasking shares from {msg.client} out of place")
-        if set(msg.self_mask) != r.survivors or set(msg.mask_key) != r.dropped:
+        holds = self._holds(msg.client)
+        if set(msg.self_mask) != r.survivors & holds or set(msg.mask_key) != r.dropped & holds:
             raise SecAggError(f"{msg.client} did not send exactly the shares asked for")
         self._unmask[msg.client] = msg
 
@@ -120,26 +159,39 @@ class SecAggServer:
         r, roster = self._request, self._roster
         if r is None or roster is None:
             raise SecAggError("unmasking before the masked inputs were closed")
-        self._enough(len(self._unmask), "sent unmasking shares")
-        holders = sorted(self._unmask, key=roster.point)[: roster.threshold]
-        coefficients = shamir.lagrange_at_zero([roster.point(c) for c in holders])
+        holders = {u: self._answering(roster, u) for u in sorted(self._shared)}  # all checked before any work
+        coefficients: dict[tuple[int, ...], list[int]] = {}
+
+        def recover(u: str, share: int, length: int) -> bytes:
+            who = holders[u]
+            xs = tuple(roster.point(c) for c in who)
+            if xs not in coefficients:
+                coefficients[xs] = shamir.lagrange_at_zero(xs)
+            ys = [self._unmask[c].self_mask[u] if share == 0 else self._unmask[c].mask_key[u] for c in who]
+            try:
+                return shamir.combine(ys, coefficients[xs], length)
+            except ValueError as exc:
+                raise SecAggError(f"{self._label}: {exc}") from None
+
         total = self._sum.copy()
+        masker = masks.Masker(self._length)
         for u in sorted(r.survivors):
-            seed = self._recover([self._unmask[c].self_mask[u] for c in holders], coefficients, masks.SEED_BYTES)
-            total -= masks.expand(seed, self._length)
+            masker.subtract(total, recover(u, 0, masks.SEED_BYTES))
         for u in sorted(r.dropped):
-            raw = self._recover([self._unmask[c].mask_key[u] for c in holders], coefficients, masks.KEY_BYTES)
-            key = X25519PrivateKey.from_private_bytes(raw)
-            for v in sorted(r.survivors):  # v added +mask towards a higher id, -mask towards a lower
-                seed = masks.agree(key, roster.keys[v][1], self._context, b"mask", u, v)
+            key = X25519PrivateKey.from_private_bytes(recover(u, 1, masks.KEY_BYTES))
+            for v in sorted(roster.graph[u] & r.survivors):  # v added +mask towards a higher id, -mask to a lower
+                seed = masks.agree(key, roster.public(v)[1], self._context, b"mask", u, v)
                 if v < u:
-                    total -= masks.expand(seed, self._length)
+                    masker.subtract(total, seed)
                 else:
-                    total += masks.expand(seed, self._length)
+                    masker.add(total, seed)
         return total
 
-    def _recover(self, ys: list[int], coefficients: list[int], length: int) -> bytes:
-        try:
-            return shamir.combine(ys, coefficients, length)
-        except ValueError as exc:
-            raise SecAggError(f"{self._label}: {exc}") from None
+    def _answering(self, roster: Roster, u: str) -> list[str]:
+        """The first ``threshold`` clients (by point) that sent shares of ``u``'s secret."""
+        assert self._request is not None
+        pool = roster.graph[u] | ({u} if u in self._request.survivors else set())
+        answered = sorted((c for c in pool if c in self._unmask), key=roster.point)
+        if len(answered) < roster.threshold:
+            raise self._abort(len(answered), f"of {u}'s {len(pool)} share holders sent unmasking shares")
+        return answered[: roster.threshold]

@@ -2,9 +2,13 @@
 
 ``cryptography`` has no secret sharing, so this is the textbook scheme (Shamir 1979), kept small:
 a random polynomial of degree ``threshold - 1`` whose constant term is the secret, evaluated at
-``x = 1..n``; any ``threshold`` points give the secret back by Lagrange interpolation at 0, and
-fewer reveal nothing about it (every secret is equally likely). Coefficients come from
-``secrets`` (the OS's CSPRNG). Secrets are at most 64 bytes, below the prime.
+each holder's point ``x`` (a client's place in the roster, from 1); any ``threshold`` points give
+the secret back by Lagrange interpolation at 0, and fewer reveal nothing about it (every secret is
+equally likely). Coefficients come from ``secrets`` (the OS's CSPRNG). Secrets are at most 64
+bytes, below the prime.
+
+With SecAgg+ a client's secrets go to its ``k`` neighbours and itself only, so a split costs
+``(k + 1) * threshold`` small multiplications, not ``n * threshold``.
 """
 
 from __future__ import annotations
@@ -19,19 +23,23 @@ MAX_SECRET_BYTES = 64
 Share = tuple[int, int]  # (x, y)
 
 
-def split(secret: bytes, n: int, threshold: int) -> list[Share]:
-    """``n`` shares of ``secret``, any ``threshold`` of which recover it."""
+def split(secret: bytes, xs: Sequence[int], threshold: int) -> list[int]:
+    """The shares of ``secret`` at the points ``xs`` (distinct, 1 <= x < 2**32), any ``threshold``
+    of which recover it."""
     if not 0 < len(secret) <= MAX_SECRET_BYTES:
         raise ValueError(f"a secret is 1 to {MAX_SECRET_BYTES} bytes, got {len(secret)}")
-    if not 1 <= threshold <= n:
-        raise ValueError(f"threshold must be between 1 and n={n}, got {threshold}")
+    if not 1 <= threshold <= len(xs):
+        raise ValueError(f"threshold must be between 1 and the {len(xs)} holders, got {threshold}")
+    if len(set(xs)) != len(xs) or any(not 0 < x < 2**32 for x in xs):
+        raise ValueError("share points must be distinct and in [1, 2**32)")
     coefficients = [int.from_bytes(secret, "big")] + [secrets.randbelow(PRIME) for _ in range(threshold - 1)]
+    coefficients.reverse()
     shares = []
-    for x in range(1, n + 1):
+    for x in xs:
         y = 0
-        for c in reversed(coefficients):  # Horner
-            y = (y * x + c) % PRIME
-        shares.append((x, y))
+        for c in coefficients:  # Horner; x is small, so reducing once at the end is cheaper
+            y = y * x + c
+        shares.append(y % PRIME)
     return shares
 
 
@@ -40,14 +48,28 @@ def lagrange_at_zero(xs: Sequence[int]) -> list[int]:
     of share holders and reuse them for every secret those holders share."""
     if len(set(xs)) != len(xs) or any(not 0 < x < PRIME for x in xs):
         raise ValueError("share points must be distinct and non-zero")
-    out = []
+    nums, dens = [], []
     for j, xj in enumerate(xs):
         num, den = 1, 1
         for m, xm in enumerate(xs):
             if m != j:
-                num = num * xm % PRIME
-                den = den * (xm - xj) % PRIME
-        out.append(num * pow(den, -1, PRIME) % PRIME)
+                num *= xm
+                den *= xm - xj
+        nums.append(num % PRIME)
+        dens.append(den % PRIME)
+    return [n * inv % PRIME for n, inv in zip(nums, _inverses(dens), strict=True)]
+
+
+def _inverses(values: list[int]) -> list[int]:
+    """Every value's inverse modulo PRIME with one modular inversion (Montgomery's trick)."""
+    prefix = [1]
+    for v in values:
+        prefix.append(prefix[-1] * v % PRIME)
+    inv = pow(prefix[-1], -1, PRIME)
+    out = [0] * len(values)
+    for i in range(len(values) - 1, -1, -1):
+        out[i] = inv * prefix[i] % PRIME
+        inv = inv * values[i] % PRIME
     return out
 
 
