@@ -5,7 +5,11 @@
 
 WORKLOAD is ``logreg``, ``copy`` or ``shards`` (see bench/workload.py). The session runs as a user
 of the library would run it: ``run_federation`` (what ``fedhive simulate`` calls) with one trainer
-per virtual client, defaults everywhere else (memory transport, inline training). For ``shards``
+per virtual client, defaults everywhere else (memory transport, inline training). The compute-bound
+workloads, ``logreg-compute`` (bench/workload_app.py) and ``cnn`` (the PyTorch example app,
+examples/torch_mnist, on mnist5k), run as apps loaded by reference, as ``fedhive simulate --app``
+runs them, in ``--workers`` worker processes (default: one per core), and report the time the
+workers spent in the app (``compute_s``: the clients' summed compute). For ``shards``
 the trainers are fedhive's own ``logreg-np`` ones, built by ``plan_simulation`` from a built-in
 data set and partition (``--dataset digits --partition dirichlet:0.5``); ``export`` writes those
 very shards, the test split and the initial model to a file that the Flower side loads. Prints one
@@ -20,17 +24,23 @@ import itertools
 import json
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
 import workload
 from fedhive.app.learner import EvalResult, FitConfig, FitResult, ProgressFn, Trainer
+from fedhive.app.loader import load_app
 from fedhive.core.params import Params
 from fedhive.learning.federation_data import DataSpec, prepare
 from fedhive.runtime import events as ev
 from fedhive.runtime.bus import EventBus
 from fedhive.runtime.session_config import SessionConfig
-from fedhive.runtime.simulation import run_federation
+from fedhive.runtime.simulation import SimulationPlan, plan_simulation, run_federation
+from fedhive.runtime.worker_devices import cores, one_thread_per_trainer
+from fedhive.runtime.worker_pool import WorkerPool, app_source
+
+BENCH = Path(__file__).resolve().parent
 
 
 class SyntheticLogReg:
@@ -75,6 +85,24 @@ def session(kind: str, clients: int, rounds: int) -> SessionConfig:
     )
 
 
+def app_plan(kind: str, clients: int, rounds: int, workers: int) -> tuple[SimulationPlan, WorkerPool | None]:
+    """A compute-bound case as an app: its plan, and its worker processes (started first: they
+    load the app while this process plans, as ``fedhive simulate`` does)."""
+    common = {"rounds": rounds, "min_clients": clients, "round_timeout_s": 3600, "seed": workload.SEED}
+    if kind == "logreg-compute":
+        loaded = load_app(f"{BENCH / 'workload_app.py'}:app")
+        hp = {"lr": workload.LR, "momentum": 0.0, "local_steps": workload.COMPUTE_STEPS, "batch_size": workload.SAMPLES}
+        cfg = SessionConfig(**common, **hp)
+    else:
+        loaded = load_app(str(BENCH.parent / "examples" / "torch_mnist"))
+        cfg = SessionConfig(**common, **workload.CNN_HP, run_config=dict(workload.CNN_DATA))
+    one_thread_per_trainer()
+    source = app_source(loaded, {}, clients)
+    assert source is not None
+    pool = WorkerPool(source, [None] * workers) if workers > 1 else None
+    return plan_simulation(cfg, loaded, clients, evaluate="none"), pool
+
+
 def export_shards(path: str, clients: int, spec: DataSpec) -> None:
     cfg = session("shards", clients, 1)
     fed = prepare(spec, clients, cfg.seed)
@@ -93,9 +121,10 @@ def main() -> None:
         ap.add_argument("file")
         ap.add_argument("clients", type=int)
     else:
-        ap.add_argument("workload", choices=["logreg", "copy", "shards"])
+        ap.add_argument("workload", choices=["logreg", "copy", "shards", "logreg-compute", "cnn"])
         ap.add_argument("clients", type=int)
         ap.add_argument("rounds", type=int)
+        ap.add_argument("--workers", type=int, default=cores(), help="compute-bound workloads: worker processes")
     ap.add_argument("--dataset", default="digits")
     ap.add_argument("--partition", default="dirichlet:0.5")
     ap.add_argument("--data", help="ignored: the Flower side's shard file (here rebuilt from the same spec)")
@@ -107,7 +136,11 @@ def main() -> None:
     cfg = session(args.workload, args.clients, args.rounds)
     evaluator: Trainer | None = None
     trainers: list[Trainer]
-    if args.workload == "logreg":
+    pool: WorkerPool | None = None
+    if args.workload in ("logreg-compute", "cnn"):
+        plan, pool = app_plan(args.workload, args.clients, args.rounds, args.workers)
+        cfg, trainers, counts, initial = plan.config, plan.trainers, plan.num_examples, plan.initial_params
+    elif args.workload == "logreg":
         trainers = [SyntheticLogReg(i) for i in range(args.clients)]
         counts, initial = [workload.SAMPLES] * args.clients, trainers[0].initial_params(cfg.seed)
     elif args.workload == "copy":
@@ -131,9 +164,13 @@ def main() -> None:
         bus.on(ev.RoundStarted, lambda e: stamps.append(time.time()) if (e.round, e.attempt) == (1, 0) else None)
         bus.on(ev.RoundCompleted, completed)
 
-    federation = run_federation(cfg, trainers, counts, initial, evaluator=evaluator, observers=[attach])
+    federation = run_federation(cfg, trainers, counts, initial, evaluator=evaluator, observers=[attach], workers=pool)
     del initial  # the harness keeps no copy of its own: memory is the framework's (flower_side.py alike)
-    result = asyncio.run(federation)
+    try:
+        result = asyncio.run(federation)
+    finally:
+        if pool is not None:
+            pool.close()
     print(
         json.dumps(
             {
@@ -142,6 +179,8 @@ def main() -> None:
                 "round_end": stamps[1:],
                 "accuracy": accuracy,
                 "norm": workload.norm(dict(result.params)),
+                "workers": pool.size if pool is not None else 1,
+                "compute_s": pool.busy_s if pool is not None else None,
             }
         ),
         flush=True,

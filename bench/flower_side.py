@@ -3,7 +3,10 @@
     bench/.flwr-venv/bin/python bench/flower_side.py WORKLOAD CLIENTS ROUNDS [--data FILE.npz]
 
 WORKLOAD is ``logreg``, ``copy`` or ``shards`` (see bench/workload.py; ``shards`` trains on the
-shards that ``fedhive_side.py export`` wrote, from fedhive's own partition code). Written the way Flower's
+shards that ``fedhive_side.py export`` wrote, from fedhive's own partition code), or a compute-bound
+one: ``logreg-compute`` (``logreg`` with ``COMPUTE_STEPS``) or ``cnn`` (the PyTorch example app's
+own ``task.py``, examples/torch_mnist, on mnist5k: the same split, parts, seeds and training loop
+as fedhive's side runs through the app). Written the way Flower's
 1.4x documentation writes an app: a ``ClientApp`` with a ``@app.train()`` function, a
 ``ServerApp`` whose main runs the message-API ``FedAvg`` strategy, started in-process with
 ``flwr.simulation.run_simulation`` on the Ray backend. Federated evaluation is off
@@ -20,7 +23,9 @@ import argparse
 import itertools
 import json
 import os
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -31,6 +36,11 @@ from flwr.serverapp.strategy import FedAvg
 from flwr.simulation import run_simulation
 
 import workload
+
+# The example app's own code (its task.py), in the driver and in every Ray worker that imports this.
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "torch_mnist"
+if str(EXAMPLE) not in sys.path:
+    sys.path.insert(0, str(EXAMPLE))
 
 client_app = ClientApp()
 server_app = ServerApp()
@@ -58,7 +68,10 @@ def train(msg: Message, context: Context) -> Message:
     config = msg.content["config"]
     arrays = _arrays(msg.content["arrays"])
     kind = str(config["workload"])
-    if kind == "logreg":
+    if kind == "cnn":
+        out, n, loss = _cnn_train(arrays, config, index)
+        acc = 0.0
+    elif kind in ("logreg", "logreg-compute"):
         x, y = workload.logreg_client_data(int(config["seed"]), index)
         w, b, loss, acc = workload.logreg_fit(
             arrays["weight"], arrays["bias"], x, y, int(config["steps"]), float(config["lr"])
@@ -85,6 +98,41 @@ def train(msg: Message, context: Context) -> Message:
     return Message(content=RecordDict({"arrays": _record(out), "metrics": metrics}), reply_to=msg)
 
 
+def _cnn_train(arrays: dict[str, np.ndarray], config: Any, index: int) -> tuple[dict[str, np.ndarray], int, float]:
+    """Client ``index`` of the CNN case: what examples/torch_mnist/torch_mnist/app.py's ``train`` does."""
+    import torch
+    from torch_mnist import task
+
+    torch.set_num_threads(1)
+    seed, clients = int(config["data_seed"]), int(config["clients"])
+    train_idx, _ = task.split(float(config["test_fraction"]), seed)
+    mine = task.partition(train_idx, index, clients, seed)
+    x, y = task.load_mnist()
+    model = task.Net()
+    model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in arrays.items()})
+    loss = task.train(
+        model,
+        x[mine],
+        y[mine],
+        epochs=int(config["epochs"]),
+        batch_size=int(config["batch_size"]),
+        lr=float(config["lr"]),
+        momentum=float(config["momentum"]),
+        seed=workload.derive_seed(int(config["seed"]), int(config["server-round"]), index),
+    )
+    out = {k: v.detach().numpy().copy() for k, v in model.state_dict().items()}
+    return out, len(mine), loss
+
+
+def _cnn_initial() -> dict[str, np.ndarray]:
+    """The example app's ``init``: its CNN drawn from the session's seed."""
+    import torch
+    from torch_mnist import task
+
+    torch.manual_seed(workload.SEED)
+    return {k: v.detach().numpy().copy() for k, v in task.Net().state_dict().items()}
+
+
 @server_app.main()
 def main(grid: Grid, context: Context) -> None:
     clients, rounds, kind = int(_RUN["clients"]), int(_RUN["rounds"]), str(_RUN["workload"])
@@ -92,9 +140,13 @@ def main(grid: Grid, context: Context) -> None:
     accuracy: list[float] = []
     config: dict[str, int | float | str] = {"workload": kind, "seed": workload.SEED}
     test = None
-    if kind == "logreg":
+    if kind in ("logreg", "logreg-compute"):
         initial = workload.logreg_initial()
-        config |= {"steps": workload.STEPS, "lr": workload.LR}
+        steps = workload.COMPUTE_STEPS if kind == "logreg-compute" else workload.STEPS
+        config |= {"steps": steps, "lr": workload.LR}
+    elif kind == "cnn":
+        initial = _cnn_initial()
+        config |= dict(workload.CNN_HP) | dict(workload.CNN_DATA) | {"clients": clients}
     elif kind == "copy":
         initial = workload.copy_initial()
     else:
@@ -127,7 +179,7 @@ def main(grid: Grid, context: Context) -> None:
 
 def cli() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("workload", choices=["logreg", "copy", "shards"])
+    ap.add_argument("workload", choices=["logreg", "copy", "shards", "logreg-compute", "cnn"])
     ap.add_argument("clients", type=int)
     ap.add_argument("rounds", type=int)
     ap.add_argument("--data", help="shards written by fedhive_side.py export")

@@ -19,6 +19,7 @@ TARGETS = [  # (name, case, figure, at least): Flower / fedhive
     ("(c) peak memory <= 1/4", "c", "memory", 4.0),
     ("(d) peak memory <= 1/3", "d", "memory", 3.0),
 ]
+COMPUTE_TARGETS = {"floor": 1.15, "wall": 1.3}  # compute-bound: fedhive within 1.15x of the floor, 1.3x Flower's
 ACCURACY_TOLERANCE = 0.01  # final accuracies must agree within 1 point
 MARK_START, MARK_END = "<!-- compare_flower:start -->", "<!-- compare_flower:end -->"
 
@@ -27,8 +28,8 @@ def _ratio(a: float, b: float) -> float:
     return a / b if b > 0 else math.nan
 
 
-def _six(x: float) -> str:
-    return f"{x:.6g}"
+def _digits(x: float, digits: int) -> str:
+    return f"{x:.{digits}g}"
 
 
 def _final_accuracy(runs: list[dict[str, Any]]) -> float:
@@ -53,25 +54,30 @@ def summary(results: dict[str, Any], cases: dict[str, Any]) -> dict[str, Any]:
             }
             continue
         fl, fh = res["flower"], res["fedhive"]
-        norms = {_six(float(r["norm"])) for side in ("flower", "fedhive") for r in runs[side]}
+        digits = cases[key].norm_digits
+        norms = {_digits(float(r["norm"]), digits) for side in ("flower", "fedhive") for r in runs[side]}
         ratio: dict[str, Any] = {
             "wall": round(_ratio(fl["wall_s"], fh["wall_s"]), 2),
             "round": round(_ratio(fl["round_s"], fh["round_s"]), 2),
             "memory": round(_ratio(fl["peak_mb"], fh["peak_mb"]), 2),
         }
         if cases[key].workload != "copy":
-            ratio["norms_agree_6_digits"] = len(norms) == 1
+            ratio["norms_agree"] = len(norms) == 1
         case = {
             "title": cases[key].title,
             "label": cases[key].label,
             "flower": {k: round(v, 4) for k, v in fl.items()},
             "fedhive": {k: round(v, 4) for k, v in fh.items()},
             "norms": sorted(norms),
+            "norm_digits": digits,
         }
         if cases[key].workload == "shards":
             a_fl, a_fh = _final_accuracy(runs["flower"]), _final_accuracy(runs["fedhive"])
             case["final_accuracy"] = {"flower": round(a_fl, 4), "fedhive": round(a_fh, 4)}
             ratio["accuracy_within_1_point"] = abs(a_fl - a_fh) <= ACCURACY_TOLERANCE
+        if "compute_s" in fh:
+            case["floor"] = _floor(fl, fh)
+            ratio["fedhive_vs_floor"] = case["floor"]["fedhive_x"]
         out["ratios"][key] = ratio
         out["cases"][key] = case
     met = {}
@@ -79,8 +85,37 @@ def summary(results: dict[str, Any], cases: dict[str, Any]) -> dict[str, Any]:
         r = out["ratios"].get(key, {})
         if figure in r:
             met[name] = {"ratio": r[figure], "met": bool(r[figure] >= least)}
+    for key, r in out["ratios"].items():
+        if "fedhive_vs_floor" in r:
+            most, least = COMPUTE_TARGETS["floor"], COMPUTE_TARGETS["wall"]
+            met[f"({key}) fedhive whole-run wall <= {most}x the parallel floor"] = {
+                "ratio": r["fedhive_vs_floor"],
+                "met": bool(r["fedhive_vs_floor"] <= most),
+            }
+            met[f"({key}) whole-process wall time >= {least}x"] = {"ratio": r["wall"], "met": bool(r["wall"] >= least)}
     out["targets"] = met
     return out
+
+
+def _floor(fl: dict[str, float], fh: dict[str, float]) -> dict[str, float]:
+    """The parallel floor of a compute-bound case: the clients' summed compute (fedhive's workers
+    time each task) over the cores (one worker per core), and each side's wall time against it."""
+    floor = fh["compute_s"] / fh["workers"]
+    return {
+        "compute_s": round(fh["compute_s"], 2),
+        "cores": fh["workers"],
+        "floor_s": round(floor, 2),
+        "fedhive_x": round(fh["wall_s"] / floor, 3),
+        "flower_x": round(fl["wall_s"] / floor, 3),
+    }
+
+
+def floor_line(key: str, f: dict[str, float], fl_wall: float, fh_wall: float) -> str:
+    return (
+        f"({key}) parallel floor {f['floor_s']:.1f} s (clients' summed compute {f['compute_s']:.1f} s / "
+        f"{f['cores']:.0f} cores): fedhive {fh_wall:.1f} s = {f['fedhive_x']:.2f}x, "
+        f"Flower {fl_wall:.1f} s = {f['flower_x']:.2f}x"
+    )
 
 
 def print_table(s: dict[str, Any], info: dict[str, Any], titles: dict[str, str]) -> None:
@@ -121,12 +156,17 @@ def print_table(s: dict[str, Any], info: dict[str, Any], titles: dict[str, str])
     console = Console(width=170)
     console.print(t)
     for key, c in s["cases"].items():
-        if "norms_agree_6_digits" in s["ratios"][key]:
-            ok = "agree" if s["ratios"][key]["norms_agree_6_digits"] else "DIFFER"
-            console.print(f"({key}) final model norm, 6 significant digits, all runs of both sides: {c['norms']} {ok}")
+        if "norms_agree" in s["ratios"][key]:
+            ok = "agree" if s["ratios"][key]["norms_agree"] else "DIFFER"
+            digits = c["norm_digits"]
+            console.print(
+                f"({key}) final model norm, {digits} significant digits, all runs of both sides: {c['norms']} {ok}"
+            )
         if "final_accuracy" in c:
             fa = c["final_accuracy"]
             console.print(f"({key}) final test accuracy: Flower {fa['flower']:.4f}, fedhive {fa['fedhive']:.4f}")
+        if "floor" in c:
+            console.print(floor_line(key, c["floor"], c["flower"]["wall_s"], c["fedhive"]["wall_s"]))
     for key, r in s["ratios"].items():
         if "status" in r:
             console.print(f"({key}) {r['status']}: {r['why']}")
@@ -230,15 +270,17 @@ def markdown(s: dict[str, Any], info: dict[str, Any], titles: dict[str, str], pl
             lines.append(f"| ({key}) {titles.get(key, '')} | {r['status']}: {r['why']} |||||||||")
     lines.append("")
     for key, c in s["cases"].items():
-        if "norms_agree_6_digits" in s["ratios"][key]:
-            verdict = "agree" if s["ratios"][key]["norms_agree_6_digits"] else "**differ**"
+        if "norms_agree" in s["ratios"][key]:
+            verdict = "agree" if s["ratios"][key]["norms_agree"] else "**differ**"
             lines.append(
-                f"- ({key}) final model norm to 6 significant digits, every run of both sides: "
+                f"- ({key}) final model norm to {c['norm_digits']} significant digits, every run of both sides: "
                 f"{', '.join(c['norms'])} ({verdict})"
             )
         if "final_accuracy" in c:
             fa = c["final_accuracy"]
             lines.append(f"- ({key}) final test accuracy: Flower {fa['flower']:.4f}, fedhive {fa['fedhive']:.4f}")
+        if "floor" in c:
+            lines.append("- " + floor_line(key, c["floor"], c["flower"]["wall_s"], c["fedhive"]["wall_s"]))
     if "digits" in s:
         d = s["digits"]
         lines.append(

@@ -9,6 +9,10 @@ difference between the two runs is the framework around them.
   when it trains, on both sides: holding 1000 clients' data (2 GB) in memory would measure the
   workload's memory rather than the framework's, and Flower's ClientApp is rebuilt per message
   anyway.
+- ``logreg`` with ``COMPUTE_STEPS`` steps: the same client, about 20 ms of work instead of 0.3 ms
+  (one core of the 2-core Xeon), for the compute-bound case: every core busy on both sides.
+- ``CNN_*``: the settings of the other compute-bound case, the PyTorch CNN example app
+  (examples/torch_mnist: its ``task.train`` on mnist5k, which both sides import); numbers only here.
 - ``copy_*``: a 25M-parameter float32 model whose "training" is one copy: pure framework cost
   (serialisation, transport, aggregation) of moving 100 MB per client per round.
 - ``softmax_*``: multinomial logistic regression trained by minibatch SGD with heavy-ball momentum,
@@ -23,6 +27,9 @@ import numpy as np
 
 SEED = 0
 FEATURES, SAMPLES, STEPS, LR = 10_000, 50, 5, 0.003
+COMPUTE_STEPS = 330  # about 20 ms per client, data included (0.06 ms a step, 0.8 ms of data)
+CNN_HP = {"epochs": 10, "batch_size": 32, "lr": 0.05, "momentum": 0.9}  # examples/torch_mnist, per round
+CNN_DATA = {"test_fraction": 0.2, "data_seed": 0}  # its run config: the held-out split and the parts
 COPY_SHAPE = (5_000, 5_000)  # + a 5,000 bias: 25,005,000 float32 parameters, 100 MB
 SOFTMAX_HP = {"epochs": 1, "batch_size": 32, "lr": 0.05, "momentum": 0.9}
 

@@ -20,8 +20,11 @@ from fedhive.cli.progress import SessionProgress
 from fedhive.errors import ConfigError
 from fedhive.learning.federation_data import DataSpec
 from fedhive.learning.models import parse_model_spec
+from fedhive.runtime.async_rounds import staleness_settings
+from fedhive.runtime.heterogeneity import Heterogeneity
 from fedhive.runtime.session_config import make_config
-from fedhive.runtime.simulation import plan_simulation, run_federation
+from fedhive.runtime.simulation import client_id, plan_simulation, run_federation, start_workers
+from fedhive.runtime.worker_devices import one_thread_per_trainer
 from fedhive.tracking.mlflow_options import ENV_VAR, MlflowOptions
 from fedhive.tracking.mlflow_registry import check_fits
 from fedhive.tracking.mlflow_tracker import MlflowTracker
@@ -53,6 +56,13 @@ def simulate(
         str | None, typer.Option(help="simple-dnn[:128,64], logreg, cnn or logreg-np  [default: simple-dnn]")
     ] = None,
     clients: Annotated[int, typer.Option(help="number of virtual clients")] = 10,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            help="worker processes that train the clients; 1: in this process  "
+            "[default: one per core, or per GPU for a torch app]"
+        ),
+    ] = None,
     rounds: Annotated[int, typer.Option(help="federated rounds")] = 20,
     partition: Annotated[str, typer.Option(help="iid, dirichlet:ALPHA, label-shards:K or label-range")] = "iid",
     epochs: Annotated[int, typer.Option(help="local epochs per round")] = 1,
@@ -72,12 +82,34 @@ def simulate(
         int | None, typer.Option(help="secure aggregation: fixed-point fraction bits  [default: 28]")
     ] = None,
     secagg_threshold: Annotated[
-        float | None, typer.Option(help="secure aggregation: share of clients needed to unmask  [default: 0.5]")
+        float | None,
+        typer.Option(help="secure aggregation: share of a client's neighbours needed to unmask it  [default: 0.5]"),
+    ] = None,
+    secagg_neighbours: Annotated[
+        int | None,
+        typer.Option(help="secure aggregation (SecAgg+): neighbours each client pairs with  [default: from --clients]"),
     ] = None,
     secagg_dropout: Annotated[
         float, typer.Option(help="secure aggregation test: share of clients that vanish after their masked update")
     ] = 0.0,
     seed: Annotated[int, typer.Option(help="seed for data split, partition, init and training")] = 0,
+    # Asynchronous aggregation and heterogeneous clients (docs/async.md).
+    aggregation: Annotated[
+        str, typer.Option(help="sync (rounds) or async (FedBuff: clients train continuously)")
+    ] = "sync",
+    buffer_size: Annotated[int | None, typer.Option(help="async: updates per model version  [default: 10]")] = None,
+    max_staleness: Annotated[
+        int | None, typer.Option(help="async: reject updates trained this many versions ago  [default: 10]")
+    ] = None,
+    staleness_weighting: Annotated[
+        str | None, typer.Option(help="async: constant or polynomial[:EXPONENT]  [default: polynomial:0.5]")
+    ] = None,
+    client_speed: Annotated[
+        str | None, typer.Option(help="client slowdowns: lognormal:SIGMA or slow:SHARExFACTOR, optionally @BASE")
+    ] = None,
+    availability: Annotated[
+        str | None, typer.Option(help="share of clients online (0.8, 0.8:PERIOD_S) or a CSV of client,start_s,end_s")
+    ] = None,
     key_metric: Annotated[
         str | None, typer.Option(help="metric that judges the best round [default: accuracy, else loss]")
     ] = None,
@@ -108,6 +140,7 @@ def simulate(
     ] = None,
 ) -> None:
     started = time.perf_counter()
+    one_thread_per_trainer()  # as in the workers: the same bits, whatever the number of workers
     overrides = parse_pairs(run_config, "--run-config")
     flower = flower_run(ctx, flower_app, overrides, Console(stderr=True)) if flower_app else None
     if flower is not None:  # the Flower app's ServerApp settings, under the options given here
@@ -145,7 +178,12 @@ def simulate(
         secagg_clip=secagg_clip,
         secagg_bits=secagg_bits,
         secagg_threshold=secagg_threshold,
+        secagg_neighbours=secagg_neighbours,
         data={"dataset": dataset, "partition": partition} if builtin else {},
+        aggregation=aggregation,
+        buffer_size=buffer_size,
+        max_staleness=max_staleness,
+        **staleness_settings(staleness_weighting),
     )
     data = (
         DataSpec(
@@ -164,6 +202,15 @@ def simulate(
         if builtin
         else parse_pairs(node, "--node")
     )
+    # Worker processes load the app while this one plans; paced clients (below) are nodes of their own.
+    paced = bool(client_speed or availability)
+    pool, why_not = (
+        (None, "paced clients train in this process")
+        if paced
+        else start_workers(workers, loaded, site, clients, config)
+    )
+    if why_not is not None and workers is not None and workers > 1:
+        Console(stderr=True).print(f"[yellow]--workers {workers}: {escape(why_not)}[/]", soft_wrap=True)
     plan = plan_simulation(config, loaded, clients, node=site, evaluate=evaluate)
     initial, ml_summary = plan.initial_params, dict[str, object]()
     if initial_model is not None:
@@ -182,20 +229,32 @@ def simulate(
             f"accuracy {ml_summary['initial_accuracy']:.4f} before training"
         )
     settings = {**plan.config.model_dump(mode="json"), "clients": clients}
+    # Heterogeneous clients: paced trainers and transports, each client a node of its own.
+    ids = [client_id(i, clients) for i in range(clients)]
+    het = Heterogeneity(ids, seed, speed=client_speed, online=availability) if client_speed or availability else None
+    if het is not None:
+        settings |= {"client_speed": client_speed, "availability": availability}
     folder = new_session_folder(out, plan.config.session_id)
     run_dir = RunDirectory(folder, {**settings, **data.model_dump()} if builtin else {**settings, "node": site})
     with SessionProgress(console, rounds) as progress:
-        result = asyncio.run(
-            run_federation(
-                plan.config,
-                plan.trainers,
-                plan.num_examples,
-                initial,
-                evaluator=plan.evaluator,
-                observers=[run_dir.attach, progress.attach, *([tracker.attach] if tracker else [])],
-                secagg_dropout=_dropout(secagg_dropout, secure_aggregation),
+        try:
+            result = asyncio.run(
+                run_federation(
+                    plan.config,
+                    het.trainers(plan.trainers) if het else plan.trainers,
+                    plan.num_examples,
+                    initial,
+                    evaluator=plan.evaluator,
+                    observers=[run_dir.attach, progress.attach, *([tracker.attach] if tracker else [])],
+                    secagg_dropout=_dropout(secagg_dropout, secure_aggregation),
+                    network=het.network() if het else None,
+                    hosted=False if het else None,
+                    workers=pool,
+                )
             )
-        )
+        finally:
+            if pool is not None:
+                pool.close()
     wall = time.perf_counter() - started
     console.print(progress.table())
     m = result.metrics
@@ -222,6 +281,7 @@ def simulate(
                     "clients": clients,
                     "wall_s": round(wall, 3),
                     "compression": config.compression,
+                    "aggregation": config.aggregation,
                     "secure_aggregation": config.secure_aggregation,
                     "bytes_received": run_dir.bytes_received,
                     "compression_ratio": round(run_dir.float32_bytes / max(run_dir.bytes_received, 1), 3),

@@ -187,6 +187,20 @@ class ClientHost:
         attempt = body.attempt
         items = train_items(body, env.round)
         params = payload_params(msg, spec, max_bytes=self._max_payload, what="global model")
+        await self._train_items(config, env.round, attempt, items, params, spec)
+        self._rounds_done.add(env.round)
+
+    async def _train_items(
+        self,
+        config: SessionConfig,
+        round: int,
+        attempt: int,
+        items: list[tuple[str, FitConfig]],
+        params: Params,
+        spec: ParamSpec,
+    ) -> None:
+        """Train ``items`` in their order and send one partial per chunk of them (a
+        ``ParallelClientHost`` trains them in worker processes and folds the same chunks)."""
         strategy = parse_strategy(config.strategy)
         screen = UpdateScreen(params, max_update_norm=config.max_update_norm, max_model_jump=config.max_model_jump)
         size = 1 if not isinstance(self._executor, InlineExecutor) else chunk_size(params.nbytes)
@@ -196,13 +210,12 @@ class ClientHost:
             # one update would cost twice its memory and bytes for nothing.
             agg = strategy.aggregator(params) if strategy.mergeable and len(part) > 1 else None
             chunk = await run_job(self._executor, self._train_chunk, params, part, agg, spec, screen)
-            await self._send(self._answer(env.round, attempt, chunk, spec))
+            await self._send(self._answer(round, attempt, chunk, spec))
             del chunk
             # Let the coordinator fold it before the next chunk trains: in one process its receiver
             # runs in this pause (it was woken by the send), and a round's chunks of a big model
             # are then never all alive at once (ten 100 MB updates: 1 GB).
             await asyncio.sleep(0)
-        self._rounds_done.add(env.round)
 
     async def _evaluate(self, msg: Message) -> None:
         """Each named client judges the global model on its own data; one EVALUATION for all."""
@@ -216,9 +229,13 @@ class ClientHost:
         if named is None:
             raise ProtocolError("a host's EVALUATE must list its clients")
         params = payload_params(msg, spec, max_bytes=self._max_payload, what="global model")
-        members, failures = await run_job(self._executor, self._evaluate_clients, params, named)
+        members, failures = await self._evaluate_named(params, named)
         answer = evaluation_body(members, failures)
         await self._send(make(Kind.EVALUATION, self.host_id, session_id=self._session_id, round=env.round, body=answer))
+
+    async def _evaluate_named(self, params: Params, named: list[str]) -> tuple[list[Member], list[tuple[str, str]]]:
+        """(members, failures) of the named clients' evaluations, in their order."""
+        return await run_job(self._executor, self._evaluate_clients, params, named)
 
     def _evaluate_clients(self, params: Params, named: list[str]) -> tuple[list[Member], list[tuple[str, str]]]:
         members: list[Member] = []

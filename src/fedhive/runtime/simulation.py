@@ -4,9 +4,10 @@ This is the same coordinator that runs over RabbitMQ; only the transport differs
 behind one ``ClientHost`` (one TRAIN per round, one partial per chunk of clients: the per-message
 cost of 1000 client nodes was a third of the training time of a small model), or, for sessions
 that compress updates and with ``hosted=False``, as one ``ClientNode`` each, exactly as they run
-over a broker. Either way the virtual clients train one at a time in a fixed order, inline or in
-one worker thread: the run is bitwise reproducible for a seed, and the event loop stays free for
-messaging.
+over a broker. The virtual clients train one at a time in a fixed order, inline or in one worker
+thread, or, given a ``WorkerPool``, in worker processes on every core (``runtime.parallel_host``),
+whose updates are folded in that same fixed order: either way the run is bitwise reproducible for
+a seed, whatever the number of workers.
 """
 
 from __future__ import annotations
@@ -28,8 +29,11 @@ from fedhive.runtime.client import ClientNode
 from fedhive.runtime.client_host import ClientHost, HostedClient
 from fedhive.runtime.coordinator import COORDINATOR_ID, Coordinator, SessionResult
 from fedhive.runtime.inline_executor import InlineExecutor
+from fedhive.runtime.parallel_host import ParallelClientHost
 from fedhive.runtime.session_config import SessionConfig
 from fedhive.runtime.site_app import ServerApp, SiteApp, session_with_app
+from fedhive.runtime.worker_devices import cores, visible_gpus, worker_devices
+from fedhive.runtime.worker_pool import WorkerPool, app_source
 from fedhive.strategies.base import Strategy
 from fedhive.strategies.registry import parse_strategy
 from fedhive.transports.base import Transport
@@ -57,6 +61,7 @@ async def run_federation(
     threaded: bool = False,
     hosted: bool | None = None,
     secagg_dropout: float = 0.0,
+    workers: WorkerPool | None = None,
 ) -> SessionResult:
     """Run one session with ``len(trainers)`` virtual clients; returns the final model and history.
 
@@ -65,12 +70,16 @@ async def run_federation(
     ``hosted`` (the default unless the session compresses updates) runs the clients behind one
     ``ClientHost``; ``hosted=False`` gives each its own ``ClientNode``, as over a broker.
 
+    ``workers`` (``parallel_ok`` says when they can be used) train the hosted clients in worker
+    processes instead; ``trainers`` then only check, at ENABLE, that the model fits each client.
+    The pool is started here and closed when the session ends.
+
     With ``config.secure_aggregation`` the host's clients are summed by secure aggregation
     (``secagg.host_link``); ``secagg_dropout`` of each round's clients then drop out after sending
     their masked update (a test of the protocol's recovery).
     """
     if hosted is None:
-        hosted = config.compression == "none"
+        hosted = config.compression == "none" and config.aggregation == "sync"  # async: each client a node
     if config.secure_aggregation:
         from fedhive.secagg.settings import secure_weighting  # here: only its sessions need cryptography
 
@@ -93,6 +102,16 @@ async def run_federation(
     )
     for attach in observers:
         attach(coordinator.bus)
+    if workers is not None:
+        if not (hosted and parallel_ok(config)):
+            await workers.aclose()
+            raise ConfigError("worker processes train hosted clients of sync sessions without compression or secagg")
+        try:
+            if not workers.adaptive:  # an adaptive pool is started by its host, if its clients are worth it
+                await workers.start(initial_params.spec)
+            return _unwrap(await _run_parallel(coordinator, net, ids, trainers, num_examples, workers, config))
+        finally:
+            await workers.aclose()
     # Not a ``with`` block: leaving it would wait for a virtual client stuck in its trainer, and a
     # session must end at its deadlines whatever its clients do.
     pool = ThreadPoolExecutor(1, thread_name_prefix="fedhive-virtual-clients") if threaded else InlineExecutor()
@@ -132,6 +151,49 @@ async def run_federation(
 HOST_ID = "client-host"
 
 
+def start_workers(
+    requested: int | None, loaded: LoadedApp, node: Mapping[str, Any], clients: int, config: SessionConfig
+) -> tuple[WorkerPool | None, str | None]:
+    """The worker processes a simulation trains its clients in, or None to train them in this
+    process (with the reason, when more than one worker cannot be had).
+
+    ``requested`` workers are started now, so that they load the app while this process plans
+    the session. By default (None) the pool is adaptive: one worker per core, or per GPU for a
+    torch app (``worker_devices``), started only if the clients prove slow enough to be worth
+    it (``parallel_host.launch_worth_it``)."""
+    devices = worker_devices(requested, cores=cores(), gpus=visible_gpus(node.get("device")), clients=clients)
+    if len(devices) == 1:
+        return None, None
+    if not parallel_ok(config):
+        return None, "sessions that compress updates, aggregate asynchronously or use secure aggregation train here"
+    source = app_source(loaded, node, clients)
+    if source is None:
+        return None, f"app {loaded.name!r} is not one a worker process can load by reference: trained in this process"
+    return WorkerPool(source, devices, adaptive=requested is None), None
+
+
+def parallel_ok(config: SessionConfig) -> bool:
+    """Whether the session's clients can train in worker processes: hosted, as the default is for
+    a synchronous session without compression, and not summed by secure aggregation (whose host
+    link trains its clients itself)."""
+    return config.compression == "none" and config.aggregation == "sync" and not config.secure_aggregation
+
+
+async def _run_parallel(
+    coordinator: Coordinator,
+    net: MemoryNetwork,
+    ids: list[str],
+    trainers: Sequence[Trainer],
+    num_examples: Sequence[int],
+    workers: WorkerPool,
+    config: SessionConfig,
+) -> SessionResult | FedhiveError:
+    clients = [HostedClient(c, t, n) for c, t, n in zip(ids, trainers, num_examples, strict=True)]
+    link = net.connect(HOST_ID, aliases=ids)
+    host = ParallelClientHost(HOST_ID, link, clients, workers, register_timeout_s=config.registration_timeout_s)
+    return await _serve(coordinator, host)
+
+
 async def _run_hosted(
     coordinator: Coordinator,
     net: MemoryNetwork,
@@ -155,6 +217,10 @@ async def _run_hosted(
         executor=pool,
         register_timeout_s=config.registration_timeout_s,
     )
+    return await _serve(coordinator, host)
+
+
+async def _serve(coordinator: Coordinator, host: ClientHost) -> SessionResult | FedhiveError:
     async with asyncio.TaskGroup() as tg:
         run = tg.create_task(_run_node(host.run(), HOST_ID), name=HOST_ID)  # registers before the coordinator looks
         session = tg.create_task(_outcome(coordinator.run()), name="coordinator")
