@@ -16,6 +16,13 @@ from fedhive.app.loader import BUILTIN, load_app
 from fedhive.cli.flower_options import FlowerAppOption, flower_run
 from fedhive.cli.initial_model import load_initial_model
 from fedhive.cli.key_values import parse_pairs
+from fedhive.cli.mlflow_cli import (
+    MlflowExperimentOption,
+    MlflowFlag,
+    MlflowRegisterOption,
+    MlflowUriOption,
+    report_tracking,
+)
 from fedhive.cli.progress import SessionProgress
 from fedhive.errors import ConfigError
 from fedhive.learning.federation_data import DataSpec
@@ -25,9 +32,8 @@ from fedhive.runtime.heterogeneity import Heterogeneity
 from fedhive.runtime.session_config import make_config
 from fedhive.runtime.simulation import client_id, plan_simulation, run_federation, start_workers
 from fedhive.runtime.worker_devices import one_thread_per_trainer
-from fedhive.tracking.mlflow_options import ENV_VAR, MlflowOptions
+from fedhive.tracking.mlflow_options import MlflowOptions
 from fedhive.tracking.mlflow_registry import check_fits
-from fedhive.tracking.mlflow_tracker import MlflowTracker
 from fedhive.tracking.run_directory import RunDirectory
 from fedhive.tracking.session_folders import new_session_folder
 
@@ -120,15 +126,10 @@ def simulate(
         Path, typer.Option(help="results: each session gets a folder of its own here, named by its id")
     ] = Path("runs"),
     as_json: Annotated[bool, typer.Option("--json", help="print a JSON summary as the last line of stdout")] = False,
-    mlflow: Annotated[bool, typer.Option("--mlflow", help="track the run in MLflow (local store ./mlruns)")] = False,
-    mlflow_tracking_uri: Annotated[
-        str | None,
-        typer.Option(envvar=ENV_VAR, help="track in this MLflow store or server, e.g. http://mlflow:5000"),
-    ] = None,
-    mlflow_experiment: Annotated[str, typer.Option(help="MLflow experiment of the run")] = "fedhive",
-    mlflow_register: Annotated[
-        str | None, typer.Option(help="register the final model in MLflow under this name (tracks the run)")
-    ] = None,
+    mlflow: MlflowFlag = False,
+    mlflow_tracking_uri: MlflowUriOption = None,
+    mlflow_experiment: MlflowExperimentOption = "fedhive",
+    mlflow_register: MlflowRegisterOption = None,
     mlflow_model: Annotated[
         str | None, typer.Option(help="start from a registered MLflow model NAME/VERSION, e.g. iris_model/1")
     ] = None,
@@ -264,7 +265,7 @@ def simulate(
         f"(config.json, rounds.csv, clients.csv, model.safetensors)"
     )
     if tracker is not None:
-        ml_summary |= _report_tracking(console, tracker, ml)
+        ml_summary |= report_tracking(console, tracker, ml)
     if as_json:
         print(
             json.dumps(
@@ -300,15 +301,6 @@ def _dropout(share: float, secure: bool) -> float:
     if not 0 <= share < 1:
         raise ConfigError(f"--secagg-dropout must be in [0, 1), got {share}")
     return share
-
-
-def _report_tracking(console: Console, tracker: MlflowTracker, ml: MlflowOptions) -> dict[str, object]:
-    if tracker.failure is not None:
-        console.print(f"[yellow]MLflow tracking stopped early: {tracker.failure}[/]")
-    else:
-        registered = f"; registered {ml.register} version {tracker.model_version}" if tracker.model_version else ""
-        console.print(f"tracked in MLflow at {ml.where()}: run {tracker.parent_run_id}{registered}")
-    return {"mlflow_run_id": tracker.parent_run_id, "mlflow_model_version": tracker.model_version}
 
 
 def _bad_fraction(value: float) -> DataSpec:
