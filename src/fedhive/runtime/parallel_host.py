@@ -1,17 +1,17 @@
-"""A ``ClientHost`` whose clients train in worker processes: every core (or GPU) of the machine.
+"""A ``ClientHost``'s clients trained in worker processes: every core (or GPU) of the machine.
 
-It answers the coordinator exactly as a ``ClientHost`` does (the same registrations, one
-``partial`` per chunk of clients, the same members and failures), and its partials are the same
-bits: chunks are cut by model size as in one process (``client_host.chunk_size``), never by the
-number of workers, and each chunk's updates are folded here, in the coordinator's order, as they
-come back from the workers (``WorkerPool`` batches give outcomes in job order). The workers only
-train and check; the float64 sums are formed in this one process, in one fixed order. So a seed
-gives the same model with 1, 2 or 16 workers. Which process trained a client does not matter
-either, and that lets an *adaptive* pool (``fedhive simulate`` without ``--workers``) start
-late: clients train here, one after another, until they prove slow enough for worker processes
-to pay for their start (``launch_worth_it``); the pool then starts while training goes on here,
-and takes over, mid-round if need be, once every worker has loaded the app. A session of cheap
-clients never starts a worker.
+A host whose ``HostTraining`` is a ``PoolTraining`` answers the coordinator exactly as one that
+trains in its own process (the same registrations, one ``partial`` per chunk of clients, the same
+members and failures), and its partials are the same bits: chunks are cut by model size as in one
+process (``client_host.train_in_chunks``), never by the number of workers, and each chunk's
+updates are folded here, in the coordinator's order, as they come back from the workers
+(``WorkerPool`` batches give outcomes in job order). The workers only train and check; the
+float64 sums are formed in this one process, in one fixed order. So a seed gives the same model
+with 1, 2 or 16 workers. Which process trained a client does not matter either, and that lets an
+*adaptive* pool (``fedhive simulate`` without ``--workers``) start late: clients train here, one
+after another, until they prove slow enough for worker processes to pay for their start
+(``launch_worth_it``); the pool then starts while training goes on here, and takes over, mid-round
+if need be, once every worker has loaded the app. A session of cheap clients never starts a worker.
 
 Memory does not grow with the number of clients: the global model is shared with the workers once
 per round, updates wait in a few reused slots until their turn to be folded, and a client's
@@ -23,21 +23,26 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
 
-from fedhive.app.learner import FitConfig
 from fedhive.app.state_store import encode_state
 from fedhive.core.bodies import Member
 from fedhive.core.params import Params, ParamSpec
 from fedhive.errors import AppError
-from fedhive.runtime.client_host import ClientHost, HostedClient, _Chunk, chunk_size
-from fedhive.runtime.coordinator import COORDINATOR_ID
+from fedhive.runtime.client_host import (
+    Chunk,
+    Deliver,
+    Evaluated,
+    FitItems,
+    HostedClient,
+    HostedClients,
+    TrainRound,
+    chunk_size,
+    train_in_chunks,
+)
 from fedhive.runtime.session_config import SessionConfig
 from fedhive.runtime.worker_pool import Batch, Job, Outcome, WorkerPool
 from fedhive.strategies.base import Update
-from fedhive.strategies.registry import parse_strategy
 from fedhive.strategies.screening import UpdateScreen
-from fedhive.transports.base import Transport
 
 log = logging.getLogger("fedhive.client_host")
 
@@ -56,22 +61,12 @@ def launch_worth_it(mean_client_s: float, clients_left: int) -> bool:
     return mean_client_s >= MIN_CLIENT_S and mean_client_s * clients_left >= MIN_WORK_LEFT_S
 
 
-class ParallelClientHost(ClientHost):
-    def __init__(
-        self,
-        host_id: str,
-        transport: Transport,
-        clients: Sequence[HostedClient],
-        pool: WorkerPool,
-        *,
-        coordinator_id: str = COORDINATOR_ID,
-        register_timeout_s: float = 120.0,
-    ) -> None:
-        super().__init__(
-            host_id, transport, clients, coordinator_id=coordinator_id, register_timeout_s=register_timeout_s
-        )
+class PoolTraining:
+    """A ``HostTraining`` whose clients train in ``pool``'s worker processes, once it has taken
+    over (``_take_over``); until then, in this process, as ``InProcessTraining`` trains them."""
+
+    def __init__(self, pool: WorkerPool) -> None:
         self._pool = pool
-        self._index = {c.client_id: i for i, c in enumerate(clients)}  # its partition_id
         self._states: dict[str, bytes] = {}  # ctx.state of the clients that have one, between tasks
         self._in_use = False  # whether the workers train the clients (``_take_over``)
         self._launched = False  # an adaptive pool: its start is under way (or over)
@@ -79,68 +74,57 @@ class ParallelClientHost(ClientHost):
         self._here_s = 0.0  # training time of the clients trained here, and how many
         self._here_n = -1  # the first is not counted: a first call warms caches up (imports, data)
 
-    async def _train_items(
-        self,
-        config: SessionConfig,
-        round: int,
-        attempt: int,
-        items: list[tuple[str, FitConfig]],
-        params: Params,
-        spec: ParamSpec,
-    ) -> None:
-        strategy = parse_strategy(config.strategy)
+    async def train_items(self, clients: HostedClients, work: TrainRound, deliver: Deliver) -> None:
+        items, rounds_left = work.items, work.config.rounds - work.round
         screen: UpdateScreen | None = None  # for clients trained here
-        size = chunk_size(params.nbytes)  # as in one process: the same chunks, the same sums
-        batch: Batch | None = None
-        try:
-            for start in range(0, len(items), size):
-                part = items[start : start + size]
-                agg = strategy.aggregator(params) if strategy.mergeable and len(part) > 1 else None
-                chunk = _Chunk(agg, [], [], [])
-                for j, (cid, fit) in enumerate(part, start):
-                    if batch is None and await self._take_over():
-                        batch = await self._batch(config, params, items[j:], round)
-                    if batch is not None:
-                        await self._fold_from(batch, chunk, cid)
-                        continue
-                    if screen is None:
-                        mj, mu = config.max_model_jump, config.max_update_norm
-                        screen = UpdateScreen(params, max_update_norm=mu, max_model_jump=mj)
-                    await self._train_here(chunk, params, cid, fit, spec, screen)
-                    self._maybe_launch(spec, len(items) - j - 1 + len(items) * (config.rounds - round))
-                await self._send(self._answer(round, attempt, chunk, spec))
-                del chunk
-                await asyncio.sleep(0)  # the coordinator folds it before the next chunk (as ClientHost)
+        batch: Batch | None = None  # the workers' outcomes, once they have taken over
+
+        async def fill(chunk: Chunk, start: int, part: FitItems) -> None:
+            nonlocal screen, batch
+            for j, (cid, fit) in enumerate(part, start):
+                if batch is None and await self._take_over(clients):
+                    batch = await self._batch(clients, work, items[j:])
+                if batch is not None:
+                    await self._fold_from(clients, work, batch, chunk, cid)
+                    continue
+                if screen is None:
+                    screen = work.screen()
+                await self._train_here(clients, work, chunk, [(cid, fit)], screen)
+                self._maybe_launch(clients, work.spec, len(items) - j - 1 + len(items) * rounds_left)
+
+        try:  # chunks cut as in one process: the same chunks, the same sums
+            await train_in_chunks(work, chunk_size(work.params.nbytes), fill, deliver)
         finally:
             if batch is not None:
                 batch.close()
 
-    async def _batch(
-        self, config: SessionConfig, params: Params, items: list[tuple[str, FitConfig]], round: int
-    ) -> Batch:
-        self._pool.enable(config)
-        await self._pool.publish(params)
+    async def _batch(self, clients: HostedClients, work: TrainRound, items: FitItems) -> Batch:
+        self._pool.enable(work.config)
+        await self._pool.publish(work.params)
         jobs = [
-            Job("fit", self._index[cid], cid, {"fit": fit.to_json(), "round": round}, self._states.get(cid, b""))
+            Job(
+                "fit",
+                clients.position[cid],
+                cid,
+                {"fit": fit.to_json(), "round": work.round},
+                self._states.get(cid, b""),
+            )
             for cid, fit in items
-            if cid in self._clients and cid not in self._unfit
+            if cid in clients.by_id and cid not in clients.unfit
         ]
-        return self._pool.batch(jobs, within_s=_answer_within(config))
+        return self._pool.batch(jobs, within_s=_answer_within(work.config))
 
-    async def _fold_from(self, batch: Batch, chunk: _Chunk, cid: str) -> None:
-        """Client ``cid``'s outcome into its chunk, as ``ClientHost._train_chunk`` folds a result."""
-        if cid not in self._clients:
-            log.warning("%s: TRAIN names %s, which it does not host", self.host_id, cid)
-            return
-        if cid in self._unfit:
-            chunk.failures.append((cid, self._unfit[cid]))
+    async def _fold_from(self, clients: HostedClients, work: TrainRound, batch: Batch, chunk: Chunk, cid: str) -> None:
+        """Client ``cid``'s outcome into its chunk, as ``HostedClients.train`` folds a result."""
+        client = clients.admit(cid, chunk)
+        if client is None:
             return
         outcome = await batch.next()
         self._keep_state(outcome)
         if outcome.reason is not None or outcome.params is None:
             chunk.failures.append((cid, outcome.reason or "its worker gave no update"))
             return
-        weight = self._weight(self._clients[cid], outcome.num_examples)
+        weight = work.weight(client, outcome.num_examples)
         if chunk.aggregator is not None:
             chunk.aggregator.add(Update(cid, outcome.params, weight, outcome.metrics))  # summed from the slot
         else:  # kept until the chunk goes out, and the slot is reused meanwhile
@@ -149,31 +133,28 @@ class ParallelClientHost(ClientHost):
         chunk.members.append(Member(cid, weight, outcome.metrics))
 
     async def _train_here(
-        self, chunk: _Chunk, params: Params, cid: str, fit: FitConfig, spec: ParamSpec, screen: UpdateScreen
+        self, clients: HostedClients, work: TrainRound, chunk: Chunk, one: FitItems, screen: UpdateScreen
     ) -> None:
-        """One client in this process, by ``ClientHost``'s own code, into the same chunk."""
+        """One client in this process, by ``HostedClients.train``, into the same chunk."""
         began = time.perf_counter()
-        one = self._train_chunk(params, [(cid, fit)], chunk.aggregator, spec, screen)
+        clients.train(work, one, chunk, screen)
         if self._here_n >= 0:
             self._here_s += time.perf_counter() - began
         self._here_n += 1
-        chunk.updates += one.updates
-        chunk.members += one.members
-        chunk.failures += one.failures
         if self._launched and not self._in_use:
             await asyncio.sleep(0)  # the workers' start handshakes go on meanwhile
 
-    def _maybe_launch(self, spec: ParamSpec, clients_left: int) -> None:
+    def _maybe_launch(self, clients: HostedClients, spec: ParamSpec, clients_left: int) -> None:
         """An adaptive pool: start the workers once the clients trained here show they pay."""
         if self._in_use or self._given_up or self._launched or not self._pool.adaptive:
             return
         if self._here_n >= MIN_MEASURED and launch_worth_it(self._here_s / self._here_n, clients_left):
-            log.info("%s: clients take %.1f ms each: starting %d worker processes", self.host_id,
+            log.info("%s: clients take %.1f ms each: starting %d worker processes", clients.host_id,
                      1000 * self._here_s / self._here_n, self._pool.size)  # fmt: skip
             self._pool.start_soon(spec)
             self._launched = True
 
-    async def _take_over(self) -> bool:
+    async def _take_over(self, clients: HostedClients) -> bool:
         """Whether the workers train the next client: from the first round for a pool started
         before the session, from when it is ready for an adaptive one. The clients' ``ctx.state``
         (kept by their trainers here so far: an app's ``init`` may have set it) moves to this host."""
@@ -184,28 +165,29 @@ class ParallelClientHost(ClientHost):
                 if not self._launched or self._given_up or not self._pool.started():
                     return False
             except Exception as exc:  # the workers could not start: every client stays here
-                log.warning("%s: clients train in this process, not in worker processes: %s", self.host_id, exc)
+                log.warning("%s: clients train in this process, not in worker processes: %s", clients.host_id, exc)
                 self._given_up = True
                 await self._pool.aclose()
                 return False
-        for c in self._clients.values():
+        for c in clients.by_id.values():
             if (state := _state_of(c)) is not None:
                 try:
                     self._states[c.client_id] = encode_state(state)
                 except AppError as exc:  # as a client process that cannot save its state: it fails
-                    self._unfit[c.client_id] = str(exc)
+                    clients.unfit[c.client_id] = str(exc)
         self._in_use = True
         return True
 
-    async def _evaluate_named(self, params: Params, named: list[str]) -> tuple[list[Member], list[tuple[str, str]]]:
-        if not await self._take_over():
-            return await super()._evaluate_named(params, named)
-        assert self._config is not None
-        self._pool.enable(self._config)
+    async def evaluate_named(
+        self, clients: HostedClients, config: SessionConfig, params: Params, named: list[str]
+    ) -> Evaluated:
+        if not await self._take_over(clients):
+            return clients.evaluate(params, named)  # in this process, inline
+        self._pool.enable(config)
         await self._pool.publish(params)
-        ours = [cid for cid in named if cid in self._clients]
-        jobs = [Job("evaluate", self._index[c], c, {}, self._states.get(c, b"")) for c in ours]
-        batch = self._pool.batch(jobs, within_s=_answer_within(self._config))
+        ours = [cid for cid in named if cid in clients.by_id]
+        jobs = [Job("evaluate", clients.position[c], c, {}, self._states.get(c, b"")) for c in ours]
+        batch = self._pool.batch(jobs, within_s=_answer_within(config))
         members: list[Member] = []
         failures: list[tuple[str, str]] = []
         try:

@@ -26,10 +26,10 @@ from fedhive.errors import ConfigError, FedhiveError
 from fedhive.runtime import events as ev
 from fedhive.runtime.bus import EventBus
 from fedhive.runtime.client import ClientNode
-from fedhive.runtime.client_host import ClientHost, HostedClient
+from fedhive.runtime.client_host import ClientHost, HostedClient, InProcessTraining
 from fedhive.runtime.coordinator import COORDINATOR_ID, Coordinator, SessionResult
 from fedhive.runtime.inline_executor import InlineExecutor
-from fedhive.runtime.parallel_host import ParallelClientHost
+from fedhive.runtime.parallel_host import PoolTraining
 from fedhive.runtime.session_config import SessionConfig
 from fedhive.runtime.site_app import ServerApp, SiteApp, session_with_app
 from fedhive.runtime.worker_devices import cores, visible_gpus, worker_devices
@@ -190,7 +190,8 @@ async def _run_parallel(
 ) -> SessionResult | FedhiveError:
     clients = [HostedClient(c, t, n) for c, t, n in zip(ids, trainers, num_examples, strict=True)]
     link = net.connect(HOST_ID, aliases=ids)
-    host = ParallelClientHost(HOST_ID, link, clients, workers, register_timeout_s=config.registration_timeout_s)
+    training = PoolTraining(workers)
+    host = ClientHost(HOST_ID, link, clients, training=training, register_timeout_s=config.registration_timeout_s)
     return await _serve(coordinator, host)
 
 
@@ -214,7 +215,7 @@ async def _run_hosted(
         HOST_ID,
         link,
         clients,
-        executor=pool,
+        training=InProcessTraining(pool),
         register_timeout_s=config.registration_timeout_s,
     )
     return await _serve(coordinator, host)

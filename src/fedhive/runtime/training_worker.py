@@ -151,7 +151,7 @@ class Worker:
     def _fit(
         self, trainer: Trainer, cid: str, params: Params, screen: UpdateScreen, header: dict[str, Any]
     ) -> dict[str, Any]:
-        """As ``ClientHost._train_chunk`` does for one client; the update goes to its slot."""
+        """As ``HostedClients.train`` does for one client; the update goes to its slot."""
         fit = dataclasses.replace(FitConfig.from_json(header["fit"]), round=int(header["round"]))
         try:
             result = trainer.fit(params, fit)
@@ -171,7 +171,7 @@ class Worker:
         return {"num_examples": result.num_examples, "metrics": dict(result.metrics)}
 
     def _evaluate(self, trainer: Trainer, cid: str, params: Params) -> dict[str, Any]:
-        """As ``ClientHost._evaluate_clients`` does for one client."""
+        """As ``HostedClients.evaluate`` does for one client."""
         try:
             result = trainer.evaluate(params)
         except FedhiveError:
