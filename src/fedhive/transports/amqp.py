@@ -14,7 +14,8 @@ Delivery guarantees, and why:
   without subscribers is not an error, and broadcasts sent while a subscriber is disconnected are
   lost for it, as on the memory transport.
 - Receiving is at-least-once into the inbox: a delivery is acked only once it is in the inbox (or
-  rejected), so nothing acked is ever lost in flight. A delivery whose ack is cut off by a broker
+  rejected), so nothing acked is ever lost in flight. A burst of deliveries is acked with a few
+  frames (``multiple``), not one per message. A delivery whose ack is cut off by a broker
   restart comes again; ``WireCodec``'s replay check drops that copy (counted in ``duplicates``).
   What sits in the inbox when the process dies is gone: nodes resend on their own deadlines.
 - Deliveries are decoded one by one in arrival order, so a node sees a sender's messages in the
@@ -75,6 +76,9 @@ CONTENT_TYPE = "application/vnd.fedhive.frame"
 # Failures that mean "the broker is (for now) unreachable": worth waiting for a reconnect.
 _RETRYABLE = (ConnectionError, OSError, ChannelInvalidStateError)
 _RETRY_PAUSE_S = 0.5
+# At most this many handled deliveries wait for one ack: below the prefetch limit (8), so that the
+# broker keeps sending while a burst is acked in a few frames.
+_ACK_BATCH = 4
 # Bounds of every node queue: far above what a round queues, low enough that a flood of messages
 # cannot take the broker's memory or disk.
 MAX_QUEUE_MESSAGES = 100_000
@@ -176,6 +180,7 @@ class AmqpTransport(Transport):
         self._inbox: asyncio.Queue[Message | _Stop] = asyncio.Queue(inbox_size)
         # Raw deliveries waiting to be decoded; the broker's prefetch limit bounds it.
         self._deliveries: asyncio.Queue[pika.AbstractIncomingMessage] = asyncio.Queue()
+        self._unacked: list[pika.AbstractIncomingMessage] = []  # handled, their ack not sent yet
         self._connection: pika.AbstractRobustConnection | None = None
         self._channel: pika.AbstractRobustChannel | None = None
         self._subscriptions: pika.AbstractRobustQueue | None = None
@@ -259,6 +264,7 @@ class AmqpTransport(Transport):
         if self._connection is not None:
             try:
                 async with _broker_call(f"{self.node_id}: closing the connection", self._connect_timeout):
+                    await self._ack_handled()  # what is in the inbox stays taken, as if acked one by one
                     if self._ephemeral and self._channel is not None and not self._channel.is_closed:
                         await self._channel.queue_delete(self._queue_name)
                     await self._connection.close()
@@ -403,7 +409,9 @@ class AmqpTransport(Transport):
                 message = await self._decode(delivery)
                 if message is not None:
                     await self._inbox.put(message)  # waits while the node is behind: backpressure
-                await self._ack(delivery)
+                self._unacked.append(delivery)
+                if len(self._unacked) >= _ACK_BATCH or self._deliveries.empty():
+                    await self._ack_handled()
         except Exception as exc:  # a bug here must surface in recv, not leave the node deaf
             log.exception("%s: the receive loop failed", self.node_id)
             self._failure = exc
@@ -429,12 +437,20 @@ class AmqpTransport(Transport):
         self._keeper.heard_from(message.sender)
         return message
 
-    async def _ack(self, delivery: pika.AbstractIncomingMessage) -> None:
+    async def _ack_handled(self) -> None:
+        """Ack the deliveries handled so far (each in the inbox, or rejected). A burst (a round's
+        updates at a coordinator) takes one ack frame, not one per message: deliveries are handled
+        in the order the broker numbered them on their channel, so acking the last one with
+        ``multiple`` acks exactly the handled ones. (Any from before a reconnect came on a channel
+        that is gone: the broker redelivers those, and the replay check drops them.)"""
+        handled, self._unacked = self._unacked, []
+        if not handled:
+            return
         try:
-            await delivery.ack()
+            await handled[-1].ack(multiple=len(handled) > 1)
         except CONNECTION_EXCEPTIONS as exc:
             # The channel it came on is gone: the broker redelivers it and the replay check drops it.
-            log.debug("%s: could not ack a delivery (%s)", self.node_id, exc)
+            log.debug("%s: could not ack %d deliveries (%s)", self.node_id, len(handled), exc)
 
     # -- state ----------------------------------------------------------------------------------
     def _exchange(self, exchange: pika.AbstractExchange | None) -> pika.AbstractExchange:

@@ -73,21 +73,26 @@ class WireCodec:
     def __post_init__(self) -> None:
         # Claim checks live apart from models and data sets (a sub-store): they are transient, and
         # recycling one must never touch a stored model that happens to have the same bytes.
-        self._claims = claims_store(self.artifacts) if self.artifacts is not None else None
+        self._set_claims(claims_store(self.artifacts) if self.artifacts is not None else None)
         self._own: dict[str, float] = {}  # ref -> when we last put it
         self._own_lock = threading.Lock()
         self._ledger = ClaimLedger()
 
+    def _set_claims(self, claims: ArtifactStore | None) -> None:
+        self._claims = claims
+        # Decided once per store: ``isinstance`` against a runtime-checkable Protocol walks its
+        # members (7 us), and a coordinator asked twice for each of a round's 100 TRAIN messages.
+        self._presigning: PresigningStore | None = claims if isinstance(claims, PresigningStore) else None
+
     @property
     def _presigner(self) -> PresigningStore | None:
-        claims = self._claims
-        return claims if self.grants_uploads and isinstance(claims, PresigningStore) else None
+        return self._presigning if self.grants_uploads else None
 
     def bind_namespace(self, namespace: str) -> None:
         """Keep claim checks per deployment namespace: the nodes of one namespace share them, and
         nothing one deployment recycles can be a payload another is still reading."""
         if self.artifacts is not None:
-            self._claims = claims_store(self.artifacts, namespace)
+            self._set_claims(claims_store(self.artifacts, namespace))
 
     async def encode(self, to: str, message: Message) -> bytes:
         (frame,) = await self.encode_many([(to, message)])
