@@ -19,7 +19,7 @@ from typing import Annotated
 import typer
 
 from fedhive.app.loader import BUILTIN, load_app
-from fedhive.cli.client_cmd import read_credentials
+from fedhive.cli.client_cmd import virtual_identities
 from fedhive.cli.coordinator_cmd import (
     ArtifactsOption,
     BrokerOption,
@@ -98,11 +98,10 @@ def agent(
     if heartbeat_interval <= 0 or coordinator_timeout <= 0 or stop_grace < 0:
         raise ConfigError("--heartbeat-interval and --coordinator-timeout must be positive, --stop-grace not negative")
     if virtual:
-        if client_id or secret or csv or part:
-            raise ConfigError("--virtual N takes --credentials and --dataset, not --id, --secret, --csv or --part")
-        if credentials is None:
-            raise ConfigError("--virtual N needs --credentials FILE (from 'fedhive admin site create NAME --count N')")
-        idents = read_credentials(credentials, virtual)
+        single = bool(client_id or secret or csv or part)
+        idents = virtual_identities(
+            virtual, credentials, single=single, made_by="'fedhive admin site create NAME --count N'"
+        )
     elif not client_id or not secret:
         raise ConfigError("--id and --secret are required (from 'fedhive admin site create NAME')")
     else:

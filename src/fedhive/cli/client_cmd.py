@@ -95,11 +95,10 @@ def client(
     builtin = app == BUILTIN and flower_app is None
     watch = Watch(verbose=virtual == 0)
     if virtual:
-        if client_id or secret or csv or part:
-            raise ConfigError("--virtual N takes --credentials and --dataset, not --id, --secret, --csv or --part")
-        if credentials is None:
-            raise ConfigError("--virtual N needs --credentials FILE ('fedhive clients add NAME --count N --json')")
-        idents = read_credentials(credentials, virtual)
+        single = bool(client_id or secret or csv or part)
+        idents = virtual_identities(
+            virtual, credentials, single=single, made_by="'fedhive clients add NAME --count N --json'"
+        )
         hosted = []
         for i, (cid, key) in enumerate(idents, start=1):
             part = f"{i}/{virtual}" if builtin else None
@@ -164,6 +163,18 @@ class Watch:
             )
             raise typer.Exit(2)
         raise exc
+
+
+def virtual_identities(
+    virtual: int, credentials: Path | None, *, single: bool, made_by: str
+) -> list[tuple[str, bytes]]:
+    """The identities of ``--virtual N`` (client or agent) from ``--credentials FILE``; ``single``:
+    one identity's options (``--id``, ``--secret``, ``--csv``, ``--part``) were given as well."""
+    if single:
+        raise ConfigError("--virtual N takes --credentials and --dataset, not --id, --secret, --csv or --part")
+    if credentials is None:
+        raise ConfigError(f"--virtual N needs --credentials FILE (from {made_by})")
+    return read_credentials(credentials, virtual)
 
 
 def read_credentials(path: Path, count: int) -> list[tuple[str, bytes]]:
