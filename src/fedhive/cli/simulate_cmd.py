@@ -98,6 +98,13 @@ def simulate(
     secagg_dropout: Annotated[
         float, typer.Option(help="secure aggregation test: share of clients that vanish after their masked update")
     ] = 0.0,
+    local_dp_clip: Annotated[
+        float | None,
+        typer.Option(help="local DP: each client clips its change to this L2 norm and adds noise before sending it"),
+    ] = None,
+    local_dp_noise: Annotated[
+        float | None, typer.Option(help="local DP: noise standard deviation over --local-dp-clip  [default: 1.0]")
+    ] = None,
     seed: Annotated[int, typer.Option(help="seed for data split, partition, init and training")] = 0,
     # Asynchronous aggregation and heterogeneous clients (docs/async.md).
     aggregation: Annotated[
@@ -180,6 +187,8 @@ def simulate(
         secagg_bits=secagg_bits,
         secagg_threshold=secagg_threshold,
         secagg_neighbours=secagg_neighbours,
+        local_dp_clip=local_dp_clip,
+        local_dp_noise=local_dp_noise,
         data={"dataset": dataset, "partition": partition} if builtin else {},
         aggregation=aggregation,
         buffer_size=buffer_size,

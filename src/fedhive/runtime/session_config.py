@@ -103,6 +103,19 @@ class SessionConfig(BaseModel):
         "others (none: the fewest that meet the failure bounds of docs/secure_aggregation.md for the round's "
         "clients; about log n)",
     )
+    # Client-side differential privacy (app.local_dp): each site clips and noises its own update.
+    local_dp_clip: float | None = Field(
+        default=None,
+        gt=0,
+        description="local DP: each site scales its change to the global model down to this L2 norm and adds "
+        "Gaussian noise before sending it (none: off)",
+    )
+    local_dp_noise: float = Field(
+        default=1.0, ge=0, le=1000, description="local DP: noise standard deviation over local_dp_clip (sigma)"
+    )
+    local_dp_delta: float = Field(
+        default=1e-5, gt=0, lt=1, description="local DP: the delta of the epsilon each site reports"
+    )
     # Asynchronous, buffered aggregation (FedBuff; docs/async.md): clients train continuously and
     # every buffer_size accepted updates make a new global model version, which counts as a round.
     aggregation: Literal["sync", "async"] = Field(

@@ -17,6 +17,7 @@ from fedhive.app.app_trainer import AppTrainer
 from fedhive.app.contract import Context, EvalResult
 from fedhive.app.learner import Trainer
 from fedhive.app.loader import LoadedApp
+from fedhive.app.local_dp import LocalDP
 from fedhive.app.state_store import StateStore
 from fedhive.core.params import Params
 from fedhive.errors import AppError
@@ -52,7 +53,7 @@ class SiteApp:
     def trainer_for(self, config: SessionConfig) -> Trainer:
         check_same_app(self.loaded, config, self.client_id)
         store = StateStore(self.state_dir) if self.state_dir is not None else None
-        return AppTrainer(
+        trainer = AppTrainer(
             self.loaded.app,
             self.ctx,
             config.app_config(),
@@ -60,6 +61,11 @@ class SiteApp:
             state_store=store,
             pinned=config.run_config.keys(),
         )
+        if config.local_dp_clip is None:
+            return trainer
+        # The site's own privacy, applied here so that every way a site runs (simulated, over a
+        # broker, in a worker process, as an agent) sends only clipped and noised updates.
+        return LocalDP(trainer, clip=config.local_dp_clip, noise=config.local_dp_noise, delta=config.local_dp_delta)
 
 
 def check_same_app(loaded: LoadedApp, config: SessionConfig, who: str) -> None:
