@@ -197,12 +197,14 @@ async def test_an_apps_own_metrics_get_their_charts_live_at_both_widths(tmp_path
 
 async def check_metric_charts(page: Any, width: int) -> None:
     # every line chart drawn at its card's width (redrawn on resize), each box plot at 1:1 scale
-    # so its labels keep their size: nothing wider than the page
+    # so its labels keep their size: nothing wider than the page. Both are redrawn by a
+    # ResizeObserver after the viewport changes: wait for the box plots too, not only the lines.
     await page.wait_for_function(
         """() => [...document.querySelectorAll('#charts .chart')].every((el) => {
              const u = el.querySelector('.uplot');
              return u && Math.abs(u.getBoundingClientRect().width - el.clientWidth) <= 1;
-           })""",
+           }) && [...document.querySelectorAll('#boxes svg')].every((s) =>
+             Math.abs(s.viewBox.baseVal.width - s.clientWidth) <= 1 || s.clientWidth < 240)""",
         timeout=10_000,
     )
     assert await page.evaluate("document.documentElement.scrollWidth") <= width
