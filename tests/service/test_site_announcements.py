@@ -29,12 +29,21 @@ def no_training(_: SessionConfig) -> Trainer:
     raise AssertionError("no session in this test")
 
 
-async def until(check: Callable[[], bool], deadline_s: float = 10.0) -> None:
-    async with asyncio.timeout(deadline_s):
-        while True:
-            if check():
-                return
-            await asyncio.sleep(0.02)
+class HubEvents:
+    """Set by every hub event the test watches, after the status recorder's own handler (attached
+    first) has written it: a check is made again only when something has happened."""
+
+    def __init__(self) -> None:
+        self.happened = asyncio.Event()
+
+    def note(self, _: object) -> None:
+        self.happened.set()
+
+    async def until(self, check: Callable[[], bool], deadline_s: float = 10.0) -> None:
+        async with asyncio.timeout(deadline_s):
+            while not check():
+                self.happened.clear()
+                await self.happened.wait()
 
 
 def site_of(db: Database, client_id: str) -> SiteOut:
@@ -62,6 +71,10 @@ async def test_an_idle_agents_announcement_is_stored_once_and_again_when_it_chan
         hub.bus.on(ev.SiteAnnounced, announced.append)
         beats: list[ev.HeartbeatReceived] = []
         hub.bus.on(ev.HeartbeatReceived, beats.append)
+        events = HubEvents()
+        for kind in (ev.HeartbeatReceived, ev.SiteAnnounced, ev.ClientStatusChanged):
+            hub.bus.on(kind, events.note)
+        until = events.until
         hub_task = asyncio.create_task(hub.run())
         stack.push_async_callback(lambda: asyncio.wait_for(hub_task, 5))
         stack.callback(hub.stop)
