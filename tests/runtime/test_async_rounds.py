@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +26,7 @@ from fedhive.runtime.resume import coordinator_kwargs, strategy_for
 from fedhive.runtime.session_config import SessionConfig, make_config
 from fedhive.runtime.simulation import plan_simulation, run_federation
 from fedhive.tracking.run_checkpoint import RunCheckpoint, fingerprint, load_run_checkpoint
-from fedhive.transports.base import Transport
+from fedhive.transports.base import Transport, TransportWrapper
 from fedhive.transports.memory import MemoryNetwork
 
 
@@ -107,32 +107,18 @@ async def test_each_update_counts_by_its_staleness(weighting: str, expected: flo
 
 
 # -- a stale update -------------------------------------------------------------------------------------
-class _HeldTransport(Transport):
+class _HeldTransport(TransportWrapper):
     """Holds the client's first UPDATE until ``release`` is set (a client slower than all others)."""
 
     def __init__(self, inner: Transport, release: asyncio.Event) -> None:
-        self.inner, self.release, self.node_id, self.held = inner, release, inner.node_id, False
+        super().__init__(inner)
+        self.release, self.held = release, False
 
     async def send(self, to: str, message: Message) -> None:
         if message.kind is Kind.UPDATE and not self.held:
             self.held = True
             await self.release.wait()
         await self.inner.send(to, message)
-
-    def __aiter__(self) -> AsyncIterator[Message]:
-        return self.inner.__aiter__()
-
-    async def recv(self) -> Message:
-        return await self.inner.recv()
-
-    async def close(self) -> None:
-        await self.inner.close()
-
-    async def publish(self, topic: str, message: Message) -> None:
-        await self.inner.publish(topic, message)
-
-    async def subscribe(self, topic: str) -> None:
-        await self.inner.subscribe(topic)
 
 
 class _HoldingNetwork(MemoryNetwork):

@@ -41,7 +41,7 @@ from fedhive.app.learner import EvalResult, FitConfig, FitResult, ProgressFn, Tr
 from fedhive.core.envelope import Kind, Message
 from fedhive.core.params import Params
 from fedhive.errors import ConfigError
-from fedhive.transports.base import Transport
+from fedhive.transports.base import Transport, TransportWrapper
 from fedhive.transports.memory import MemoryNetwork
 
 DEFAULT_PERIOD_S = 10.0
@@ -222,13 +222,12 @@ class PacedTrainer:
         return getattr(self.inner, name)
 
 
-class PacedTransport(Transport):
+class PacedTransport(TransportWrapper):
     """A client's transport that holds its UPDATE for the slowdown, and everything while offline."""
 
     def __init__(self, inner: Transport, pace: Pace) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.pace = pace
-        self.node_id = inner.node_id
 
     async def send(self, to: str, message: Message) -> None:
         if message.kind in (Kind.UPDATE, Kind.ERROR) and self.pace.compute_s:
@@ -248,26 +247,6 @@ class PacedTransport(Transport):
             if message.kind in _HOLD and not await self.pace.wait_online():
                 continue  # never online again: it never gets it
             yield message
-
-    async def recv(self) -> Message:
-        return await self.inner.recv()
-
-    async def close(self) -> None:
-        await self.inner.close()
-
-    async def publish(self, topic: str, message: Message) -> None:
-        await self.inner.publish(topic, message)
-
-    async def subscribe(self, topic: str) -> None:
-        await self.inner.subscribe(topic)
-
-    @property
-    def connected(self) -> bool:
-        return self.inner.connected
-
-    @property
-    def reconnects(self) -> int:
-        return self.inner.reconnects
 
 
 class Heterogeneity:

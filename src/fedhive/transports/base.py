@@ -85,3 +85,39 @@ class Transport(ABC):
                 yield await self.recv()
             except TransportClosed:
                 return
+
+
+class TransportWrapper(Transport):
+    """A transport that hands everything to ``inner``: a wrapper that changes one thing (holds a
+    message, paces a client) overrides only that. Receiving goes through ``recv`` (the base
+    iteration), so a wrapper that filters what arrives overrides ``recv`` or ``__aiter__``."""
+
+    def __init__(self, inner: Transport) -> None:
+        self.inner = inner
+        self.node_id = inner.node_id
+
+    async def start(self) -> None:
+        await self.inner.start()
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+    @property
+    def connected(self) -> bool:
+        return self.inner.connected
+
+    @property
+    def reconnects(self) -> int:
+        return self.inner.reconnects
+
+    async def send(self, to: str, message: Message) -> None:
+        await self.inner.send(to, message)
+
+    async def publish(self, topic: str, message: Message) -> None:
+        await self.inner.publish(topic, message)
+
+    async def subscribe(self, topic: str) -> None:
+        await self.inner.subscribe(topic)
+
+    async def recv(self) -> Message:
+        return await self.inner.recv()
