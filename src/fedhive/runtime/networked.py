@@ -27,7 +27,7 @@ from fedhive.core.envelope import Kind, Message, make
 from fedhive.core.params import Params
 from fedhive.core.signing import SenderClocks, Verifier
 from fedhive.core.wire import MAX_ENVELOPE_BYTES
-from fedhive.errors import ConfigError, FedhiveError, TransportError
+from fedhive.errors import ConfigError, FedhiveError
 from fedhive.runtime.bus import EventBus
 from fedhive.runtime.client import ClientNode
 from fedhive.runtime.coordinator import COORDINATOR_ID, Coordinator, SessionResult
@@ -38,7 +38,7 @@ from fedhive.runtime.site_app import ServerApp, SiteApp
 from fedhive.storage.artifacts import ArtifactStore
 from fedhive.strategies.base import Strategy
 from fedhive.transports.amqp import AmqpTransport
-from fedhive.transports.base import Transport
+from fedhive.transports.base import Transport, TransportWrapper
 from fedhive.transports.broker_users import SenderLogins
 from fedhive.transports.wire_codec import DEFAULT_CLAIM_CHECK_BYTES, DEFAULT_MAX_MESSAGE_BYTES, WireCodec
 
@@ -174,7 +174,7 @@ async def run_coordinator(
         return await coordinator.run()
 
 
-class Reintroducing(Transport):
+class Reintroducing(TransportWrapper):
     """The coordinator's transport, which takes back clients of this session that it has not heard
     register: they registered with an earlier process of the same coordinator that crashed.
 
@@ -191,8 +191,7 @@ class Reintroducing(Transport):
     """
 
     def __init__(self, inner: Transport, session_id: str) -> None:
-        self.node_id = inner.node_id
-        self._inner = inner
+        super().__init__(inner)
         self._session_id = session_id
         self._known: set[str] = set()
         self._held: Message | None = None
@@ -201,7 +200,7 @@ class Reintroducing(Transport):
         if self._held is not None:
             msg, self._held = self._held, None
             return msg
-        msg = await self._inner.recv()
+        msg = await self.inner.recv()
         if msg.kind is Kind.REGISTER:
             self._known.add(msg.sender)
         elif msg.sender not in self._known and msg.envelope.session_id == self._session_id:
@@ -215,32 +214,6 @@ class Reintroducing(Transport):
             body = {k: msg.envelope.body[k] for k in _REGISTER_KEYS if k in msg.envelope.body}
             return make(Kind.REGISTER, msg.sender, body=body)
         return msg
-
-    async def start(self) -> None:
-        await self._inner.start()
-
-    async def close(self) -> None:
-        await self._inner.close()
-
-    @property
-    def connected(self) -> bool:
-        return self._inner.connected
-
-    @property
-    def reconnects(self) -> int:
-        return self._inner.reconnects
-
-    async def send(self, to: str, message: Message) -> None:
-        await self._inner.send(to, message)
-
-    async def send_many(self, items: Sequence[tuple[str, Message]]) -> list[TransportError | None]:
-        return await self._inner.send_many(items)
-
-    async def publish(self, topic: str, message: Message) -> None:
-        await self._inner.publish(topic, message)
-
-    async def subscribe(self, topic: str) -> None:
-        await self._inner.subscribe(topic)
 
 
 _REGISTER_KEYS = ("num_examples", "label_counts", "site")

@@ -44,12 +44,12 @@ from fedhive.secagg.settings import fixed_point, secure_weighting
 from fedhive.strategies.base import Partial
 from fedhive.strategies.registry import parse_strategy
 from fedhive.strategies.screening import UpdateScreen, capped_examples
-from fedhive.transports.base import Transport
+from fedhive.transports.base import Transport, TransportWrapper
 
 log = logging.getLogger("fedhive.secagg")
 
 
-class SecureHostLink(Transport):
+class SecureHostLink(TransportWrapper):
     def __init__(
         self,
         inner: Transport,
@@ -62,8 +62,7 @@ class SecureHostLink(Transport):
     ) -> None:
         if not 0 <= dropout < 1:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
-        self.node_id = inner.node_id
-        self._inner = inner
+        super().__init__(inner)
         self._clients = {c.client_id: c for c in clients}
         self._executor = executor or InlineExecutor()
         self._coordinator = coordinator_id
@@ -73,25 +72,10 @@ class SecureHostLink(Transport):
         self._spec: ParamSpec | None = None
         self.clipped = 0  # coordinates clipped to [-secagg_clip, secagg_clip] so far (kept here, never sent)
 
-    # -- the transport, delegated ------------------------------------------------------------------
-    async def start(self) -> None:
-        await self._inner.start()
-
-    async def close(self) -> None:
-        await self._inner.close()
-
-    async def send(self, to: str, message: Message) -> None:
-        await self._inner.send(to, message)
-
-    async def publish(self, topic: str, message: Message) -> None:
-        await self._inner.publish(topic, message)
-
-    async def subscribe(self, topic: str) -> None:
-        await self._inner.subscribe(topic)
-
+    # -- the transport: TransportWrapper's, but for what arrives from the coordinator ---------
     async def recv(self) -> Message:
         while True:
-            msg = await self._inner.recv()
+            msg = await self.inner.recv()
             if msg.sender != self._coordinator:
                 return msg
             if msg.kind is Kind.ENABLE:
@@ -117,7 +101,7 @@ class SecureHostLink(Transport):
         items = [(c, fit) for c, fit in train_items(body, env.round) if c in self._clients]
         params = payload_params(msg, spec, max_bytes=self._max_payload, what="global model")
         answer = await run_job(self._executor, self._secure_round, config, spec, env.round, body.attempt, params, items)
-        await self._inner.send(self._coordinator, answer)
+        await self.inner.send(self._coordinator, answer)
 
     def _secure_round(
         self,

@@ -113,6 +113,11 @@ class TransportWrapper(Transport):
     async def send(self, to: str, message: Message) -> None:
         await self.inner.send(to, message)
 
+    async def send_many(self, items: Sequence[tuple[str, Message]]) -> list[TransportError | None]:
+        if type(self).send is TransportWrapper.send:  # sends unchanged: keep the inner one's batching
+            return await self.inner.send_many(items)
+        return await super().send_many(items)  # each through this wrapper's own send
+
     async def publish(self, topic: str, message: Message) -> None:
         await self.inner.publish(topic, message)
 
