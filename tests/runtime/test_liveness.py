@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Sequence
 
 import pytest
 
 from fakes import ShiftTrainer
+from fedhive.app.learner import Trainer
+from fedhive.core.bodies import RegisteredBody
 from fedhive.core.envelope import Message
 from fedhive.errors import SessionFailed, TransportError
 from fedhive.runtime import events as ev
@@ -167,3 +170,26 @@ async def test_a_client_cut_off_goes_offline_and_is_online_again_when_heard() ->
         for task in (serving, session):
             task.cancel()
         await asyncio.gather(serving, session, return_exceptions=True)
+
+
+@pytest.mark.parametrize(("announced", "gives_up_after"), [(2.0, 2.0), (86_400.0, 20.0)])
+def test_a_combiners_client_follows_its_announced_timeout_only_to_leave_sooner(
+    announced: float, gives_up_after: float
+) -> None:
+    """A combiner announces how long it waits for its clients; its clients give it up after as
+    long, so that they move to another combiner, but never later than their own timeout: a
+    combiner announcing a day cannot hold its clients while it is silent."""
+    net = MemoryNetwork()
+    node = ClientNode(
+        "c1", net.connect("c1"), lambda _: _no_trainer(), num_examples=1, coordinator_timeout_s=20.0,
+        follow_announced_timeout=True, heartbeat_interval_s=None,
+    )  # fmt: skip
+    node._mark_registered(RegisteredBody.model_construct(heartbeat_interval_s=0.1, heartbeat_timeout_s=announced))
+    node._last_heard = time.monotonic() - (gives_up_after - 0.5)
+    assert node._coordinator_silence() is None
+    node._last_heard = time.monotonic() - (gives_up_after + 0.5)
+    assert node._coordinator_silence() is not None
+
+
+def _no_trainer() -> Trainer:
+    raise AssertionError("no training in this test")

@@ -306,7 +306,9 @@ class ClientNode:
             return None
         timeout = self._coordinator_timeout_s
         if self._follow_announced_timeout and self._announced_timeout_s:
-            timeout = self._announced_timeout_s
+            # The announcement can only shorten the wait: a combiner that announced a day would
+            # otherwise keep its clients from moving on after it goes silent.
+            timeout = min(timeout, self._announced_timeout_s)
         limit = max(timeout, 3 * (self._coordinator_interval_s or 0.0))
         silence = now - self._last_heard
         return silence if silence > limit else None
