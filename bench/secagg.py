@@ -1,6 +1,7 @@
 """Secure aggregation against plain FedAvg in ``simulate``: same model, how close, how fast.
 
     python bench/secagg.py [--clients 100] [--rounds 10] [--dropout 0.2] [--neighbours K]
+    python bench/secagg.py --amqp [--url amqp://guest:guest@127.0.0.1:5672/] [--clients 100] [--rounds 10]
 
 Digits, ``--clients`` virtual clients (iid), the built-in simple-dnn, FedAvg. Three sessions with
 the same seed, one after the other in this process: plain FedAvg, secure aggregation (SecAgg+,
@@ -18,7 +19,9 @@ sending their masked update. Reported:
   plus the float32 rounding of the result: half an ulp of the largest weight);
 - rounds completed with dropouts, and the median round time of each session (rounds 2..R).
 
-Prints a table and, last, one JSON line.
+Prints a table and, last, one JSON line. ``--amqp``: the same three sessions over RabbitMQ, with
+``fedhive coordinator`` in a child process and the clients as virtual clients in this one
+(``bench/secagg_amqp.py``).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import json
 import statistics
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from rich.console import Console
@@ -113,7 +117,13 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--dropout", type=float, default=0.2)
     parser.add_argument("--neighbours", type=int, default=None, help="k  [default: secagg.sizing's for --clients]")
+    parser.add_argument("--amqp", action="store_true", help="over RabbitMQ (bench/secagg_amqp.py)")
+    parser.add_argument("--url", default="amqp://guest:guest@127.0.0.1:5672/", help="with --amqp: the broker")
+    parser.add_argument("--profile", type=Path, default=None, help="cProfile the secure session into this file")
     args = parser.parse_args()
+    if args.amqp:
+        main_amqp(args)
+        return
     defaults = make_config(secure_aggregation=True)
     bits, fraction = defaults.secagg_bits, defaults.secagg_threshold
     bound = 2.0 ** -(bits + 1)
@@ -179,6 +189,57 @@ def main() -> None:
         "median_round_cpu_s": {r.name: median_cpu(r) for r in (plain, secure, dropped)},
         "round_time_ratio": median_round(secure) / median_round(plain),
         "round_cpu_ratio": median_cpu(secure) / median_cpu(plain),
+    }
+    print(json.dumps(summary))
+
+
+def main_amqp(args: argparse.Namespace) -> None:
+    from secagg_amqp import max_diff as diff
+    from secagg_amqp import run_amqp
+
+    defaults = make_config(secure_aggregation=True)
+    bound = 2.0 ** -(defaults.secagg_bits + 1)
+    k = degree(args.clients, args.neighbours or default_neighbours(args.clients, defaults.secagg_threshold))
+    t = threshold_for(k, defaults.secagg_threshold)
+    plain = run_amqp(args.url, args.clients, args.rounds, secure=False)
+    secure = run_amqp(args.url, args.clients, args.rounds, secure=True)
+    dropped = run_amqp(args.url, args.clients, args.rounds, secure=True, dropout=args.dropout)
+    table = Table(
+        title=f"secure aggregation over RabbitMQ, digits, {args.clients} clients, {args.rounds} rounds, "
+        f"{k} neighbours, threshold {t}"
+    )
+    columns = ("session", "rounds", "updates per round", "accuracy", "median round s", "wall s", "cpu s", "round cpu s")
+    for col in (*columns, "max |diff| vs plain"):
+        table.add_column(col, justify="right" if col != "session" else "left")
+    for r in (plain, secure, dropped):
+        d = "-" if r is plain else f"{diff(r.params, plain.params):.3g}"
+        ups = f"{min(r.updates)}-{max(r.updates)}"
+        times = (f"{r.median_round:.3f}", f"{r.wall_s:.1f}", f"{r.cpu_s:.1f}", f"{r.round_cpu_s:.2f}")
+        table.add_row(r.name, str(r.rounds), ups, f"{r.accuracy:.4f}", *times, d)
+    console = Console(width=160)
+    console.print(table)
+    for r in (secure, dropped):
+        console.print(f"{r.name}: {r.steps}", highlight=False)
+    summary = {
+        "mode": "amqp",
+        "clients": args.clients,
+        "rounds": args.rounds,
+        "neighbours": k,
+        "threshold": t,
+        "bound_per_round": bound,
+        "final_max_abs_diff": diff(secure.params, plain.params),
+        "final_max_abs_diff_with_dropout": diff(dropped.params, plain.params),
+        "rounds_completed": {r.name: r.rounds for r in (plain, secure, dropped)},
+        "updates_per_round_with_dropout": dropped.updates,
+        "dropout": args.dropout,
+        "accuracy": {r.name: r.accuracy for r in (plain, secure, dropped)},
+        "median_round_s": {r.name: r.median_round for r in (plain, secure, dropped)},
+        "round_time_ratio": secure.median_round / plain.median_round,
+        "round_time_ratio_with_dropout": dropped.median_round / plain.median_round,
+        "session_cpu_s": {r.name: r.cpu_s for r in (plain, secure, dropped)},
+        "session_cpu_ratio": secure.cpu_s / plain.cpu_s,
+        "round_cpu_s": {r.name: r.round_cpu_s for r in (plain, secure, dropped)},
+        "round_cpu_ratio": secure.round_cpu_s / plain.round_cpu_s,
     }
     print(json.dumps(summary))
 

@@ -36,13 +36,14 @@ class Proc:
         with self._changed:
             self._changed.notify_all()  # end of output: the process is exiting
 
-    def wait_for(self, text: str, *, timeout: float = 60, stream: str = "out") -> str:
-        """The first line of ``stream`` containing ``text``; fails with the output if it does not come."""
+    def wait_for(self, text: str, *, timeout: float = 60, stream: str = "out", after: int = 0) -> str:
+        """The first line of ``stream`` containing ``text``; fails with the output if it does not come.
+        ``after``: lines before this index do not count (a line an earlier phase printed too)."""
         lines = self.out if stream == "out" else self.err
         deadline = time.monotonic() + timeout
         with self._changed:
             while True:
-                found = next((line for line in lines if text in line), None)
+                found = next((line for line in lines[after:] if text in line), None)
                 if found is not None:
                     return found
                 if self._all_read():  # exited, and every line it printed is in: it never will

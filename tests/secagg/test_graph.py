@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from fedhive.secagg.graph import degree, neighbour_graph, ring_order
+from fedhive.secagg.graph import degree, neighbour_graph, neighbours_of, ring_order
 
 
 def _ids(n: int) -> list[str]:
@@ -64,3 +64,9 @@ def test_the_complete_graph_when_k_reaches_n() -> None:
 def test_repeated_ids_are_refused() -> None:
     with pytest.raises(ValueError, match="distinct"):
         neighbour_graph(["a", "a", "b"], 2, b"s")
+
+
+@pytest.mark.parametrize(("n", "k"), [(12, 4), (11, 5), (30, 7), (7, 50)])
+def test_one_clients_neighbours_are_its_row_of_the_graph(n: int, k: int) -> None:
+    graph = neighbour_graph(_ids(n), k, b"seed")
+    assert all(neighbours_of(c, _ids(n), k, b"seed") == graph[c] for c in _ids(n))

@@ -78,11 +78,14 @@ class BrokerSandbox:
             raise RuntimeError("; ".join(errors))
 
 
-def provision_clients(sandbox: BrokerSandbox, store: Path, count: int) -> list[dict[str, str]]:
-    """``count`` clients made by ``fedhive clients add --broker-user rabbitmqctl`` (their ids,
-    secrets and broker logins); their broker users are deleted with the sandbox."""
-    out = store.parent / "sites.jsonl"
-    args = ["add", "site", "--count", str(count), "--broker-user", "rabbitmqctl"]
+def provision_clients(
+    sandbox: BrokerSandbox, store: Path, count: int, *, role: str = "client", name: str = "site"
+) -> list[dict[str, str]]:
+    """``count`` clients (or, with ``role="combiner"``, combiners) made by ``fedhive clients add
+    --broker-user rabbitmqctl`` (their ids, secrets and broker logins); their broker users are
+    deleted with the sandbox."""
+    out = store.parent / f"{name}.jsonl"
+    args = ["add", name, "--count", str(count), "--broker-user", "rabbitmqctl", "--role", role]
     args += ["--namespace", sandbox.namespace, "--vhost", sandbox.vhost, "--store", str(store), "--out-file", str(out)]
     result = CliRunner().invoke(clients_cmd.app, args)
     sites = [json.loads(line) for line in out.read_text().splitlines()] if out.exists() else []

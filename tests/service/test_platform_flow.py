@@ -19,6 +19,7 @@ from fedhive.service.platform import ServeOptions, serve
 from fedhive.service.settings import Settings
 
 pytestmark = pytest.mark.slow
+_READY_S = 180.0
 
 
 def csv_bytes(rows: int = 300, seed: int = 0) -> bytes:
@@ -38,7 +39,15 @@ async def platform(tmp_path: Path, local_clients: int = 3, **urls: Any) -> Async
         serve(settings, ServeOptions(port=0, local_clients=local_clients), on_ready=ready.set_result)
     )
     try:
-        base = await asyncio.wait_for(asyncio.shield(ready), 30)
+        # Ready, or the reason it never will be: a loaded 2-core machine has taken over 30 s to
+        # start it (imports, migrations, the hub), so the wait is long, and ends early if serve dies.
+        await asyncio.wait({ready, task}, timeout=_READY_S, return_when=asyncio.FIRST_COMPLETED)
+        if not ready.done():
+            if task.done():
+                task.result()  # serve's own error
+                raise AssertionError("serve returned before it was ready")
+            raise TimeoutError(f"the platform was not ready within {_READY_S:.0f} s")
+        base = ready.result()
         async with httpx.AsyncClient(base_url=base, timeout=30) as http:
             yield http
     finally:

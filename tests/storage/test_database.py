@@ -24,13 +24,13 @@ def schema_diff(db: Database) -> list[object]:
 
 
 def test_migrations_create_exactly_the_models_schema(db: Database) -> None:
-    assert db.current_revision() == "0002"
+    assert db.current_revision() == "0004"
     assert schema_diff(db) == []
 
 
 def test_upgrade_is_idempotent_and_downgrade_removes_everything(db: Database) -> None:
     db.upgrade()
-    assert db.current_revision() == "0002"
+    assert db.current_revision() == "0004"
     db.downgrade("base")
     assert db.current_revision() is None
     assert set(sa.inspect(db.engine).get_table_names()) <= {"alembic_version"}
@@ -41,7 +41,7 @@ def test_upgrade_is_idempotent_and_downgrade_removes_everything(db: Database) ->
 def test_alembic_command_line_style_config_migrates_on_its_own_connection(tmp_path: Path) -> None:
     db = Database(f"sqlite:///{tmp_path}/cli.db")
     command.upgrade(db.alembic_config(), "head")  # what a developer's `alembic` call does
-    assert db.current_revision() == "0002"
+    assert db.current_revision() == "0004"
     db.dispose()
 
 

@@ -116,6 +116,12 @@ async def test_sign_in_start_session_and_watch_it_train(tmp_path: Path) -> None:
             await page.fill("input[name=epochs]", "2")
             await page.fill("input[name=batch_size]", "16")
             await page.fill("input[name=min_peers]", "3")
+            # combiners belong to a hierarchical session only: shown (and sent) for it alone
+            assert await page.is_hidden("#combiners-field")
+            await page.select_option("#topology", "hierarchical")
+            assert await page.is_visible("#combiners-field") and await page.is_enabled("#combiners")
+            await page.select_option("#topology", "star")
+            assert await page.is_hidden("#combiners-field") and await page.is_disabled("#combiners")
             await page.click("#start")
             await page.wait_for_url("**/ui/sessions/*")
 

@@ -8,6 +8,7 @@ Routes (every one but ``/health``, ``/auth/signup`` and ``/auth/signin`` needs a
     POST   /sessions/start                         start training              (api.session_start)
     GET    /sessions, /sessions/{id}, .../training-status, .../rounds
     POST   /sessions/{id}/cancel;  DELETE /sessions/{id}                     (api.sessions)
+    POST   /sessions/reported, /sessions/{id}/events  command-line sessions   (api.reported)
     GET    /datasets, /datasets/{id}                                          (api.datasets)
     GET    /peers;  POST /peers (admin)                                       (api.peers)
     GET    /sites   peers with what their site agents announced               (api.sites)
@@ -30,7 +31,7 @@ import secrets
 
 from fastapi import FastAPI
 
-from fedhive.api import apps, auth, datasets, models, peers, session_start, sessions, sites
+from fedhive.api import apps, auth, datasets, models, peers, reported, session_start, sessions, sites
 from fedhive.api.body_limit import BodyLimit
 from fedhive.api.deps import ServicesDep
 from fedhive.api.errors import install_error_handlers
@@ -81,6 +82,7 @@ def create_app(settings: Settings, services: Services, live: LiveFeed | None = N
     )
     app.include_router(auth.routes())
     app.include_router(session_start.routes())  # before /sessions/{id}: "start" is no id
+    app.include_router(reported.routes())  # so is "reported"
     app.include_router(sessions.routes())
     app.include_router(datasets.routes())
     app.include_router(peers.routes())

@@ -19,6 +19,13 @@ only: any other app reads its own data at each site (422). ``initial_model`` (``
 or ``s3://BUCKET/KEY`` in the server's own bucket, never a server path: see ``api.initial_model``)
 starts a session of any app from those weights; weights that do not fit the session's model are
 422, naming the first tensor that differs.
+
+``topology`` is ``star`` (default: a coordinator over the sites), ``hierarchical`` (``combiners``
+combiners that the server starts, default 2, each with a share of the sites) or ``decentralised``
+(the sites train among themselves as peers; the server only watches). ``combiners`` is for a
+hierarchical session only, and at most ``min_peers``; anything else is 422 with one line. Instead
+of a number it may be ``remote`` (every ONLINE remote combiner, ``fedhive combiner --agent``) or
+their ids, comma-separated (each must be an ONLINE combiner): the server then starts none.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import re
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, File, Form, HTTPException, UploadFile
@@ -39,6 +47,7 @@ from fedhive.api.sessions import read_session
 from fedhive.app.loader import BUILTIN
 from fedhive.core.params import Params
 from fedhive.learning.models import parse_model_spec
+from fedhive.runtime.hub import HIERARCHICAL, STAR, TOPOLOGIES
 from fedhive.runtime.session_config import SessionConfig, make_config
 from fedhive.runtime.site_app import session_with_app
 from fedhive.service.launcher import SessionRequest
@@ -56,6 +65,50 @@ from fedhive.tracking.mlflow_registry import (
 from fedhive.tracking.mlflow_tracker import start_tags
 
 _DEFAULT_MODEL = SessionConfig.model_fields["model"].default
+DEFAULT_COMBINERS = 2
+
+
+REMOTE = "remote"
+_MAX_COMBINERS = 64
+_COMBINERS_HINT = "combiners: a number, 'remote', or remote combiners' ids separated by commas"
+
+
+def parse_topology(topology: str, combiners: str | None, min_peers: int) -> tuple[str, int]:
+    """(topology, number of combiners to start) from the form (422 with one line otherwise);
+    remote combiners are ``parse_remote_combiners``'s."""
+    topology = topology.strip().lower()
+    if topology not in TOPOLOGIES:
+        raise HTTPException(422, f"topology: must be one of {', '.join(TOPOLOGIES)}")
+    if topology != HIERARCHICAL:
+        if combiners is not None:
+            raise HTTPException(422, "combiners: only a hierarchical session has combiners")
+        return topology, 0
+    if parse_remote_combiners(combiners) is not None:
+        return topology, 0
+    try:
+        count = DEFAULT_COMBINERS if combiners is None else int(combiners)
+    except ValueError:
+        raise HTTPException(422, _COMBINERS_HINT) from None
+    if not 1 <= count <= _MAX_COMBINERS:
+        raise HTTPException(422, f"combiners: from 1 to {_MAX_COMBINERS}")
+    if count > min_peers:
+        raise HTTPException(422, f"combiners: {count} combiners need min_peers of at least {count}")
+    return topology, count
+
+
+def parse_remote_combiners(combiners: str | None) -> tuple[str, ...] | None:
+    """``remote`` -> () (every ONLINE one), ``a,b`` -> those ids; None for a number or nothing."""
+    text = (combiners or "").strip()
+    if not text or text.isdigit() or text.startswith("-"):
+        return None
+    if text.lower() == REMOTE:
+        return ()
+    ids = tuple(dict.fromkeys(c.strip() for c in text.split(",") if c.strip()))
+    if not ids or len(ids) > _MAX_COMBINERS or not all(re.fullmatch(ID_PATTERN, c) for c in ids):
+        raise HTTPException(422, _COMBINERS_HINT)
+    return ids
+
+
 _RUN_CONFIG_HINT = 'run_config: must be a JSON object of numbers, strings and booleans, e.g. {"local_epochs": 2}'
 
 
@@ -196,6 +249,17 @@ async def start_session(
         str | None,
         Form(max_length=16_384, description='the app\'s settings: a JSON object of scalars, e.g. {"local_epochs": 2}'),
     ] = None,
+    topology: Annotated[
+        str, Form(max_length=32, description="star, hierarchical (combiners the server starts) or decentralised")
+    ] = STAR,
+    combiners: Annotated[
+        str | None,
+        Form(
+            max_length=4_500,
+            description=f"hierarchical: combiners to start (default {DEFAULT_COMBINERS}), or 'remote' (every "
+            "ONLINE remote combiner), or remote combiners' ids separated by commas",
+        ),
+    ] = None,
 ) -> SessionOut:
     loaded_app = services.apps.named(app)  # ConfigError: 422 naming the installed apps
     flower = services.apps.flower(loaded_app.name)
@@ -234,6 +298,8 @@ async def start_session(
     if initial_model is not None and (model_name is not None or mlflow_model is not None):
         raise HTTPException(422, "initial_model: give a model_name, an mlflow_model or an initial_model, only one")
 
+    topology, count = parse_topology(topology, combiners, min_peers)
+    remote = parse_remote_combiners(combiners) if topology == HIERARCHICAL else None
     session_name = _session_name(name)
     spec_text, registered = await asyncio.to_thread(resolve_model, services, user, model, model_name, model_version)
     initial_params = None
@@ -279,6 +345,9 @@ async def start_session(
         initial_params=initial_params,
         name=session_name,
         tags=tags,
+        topology=topology,
+        combiners=count,
+        remote_combiners=remote,
     )
     session_id = await services.launcher.start(request)
     return await asyncio.to_thread(read_session, services, session_id, user.user_id)
@@ -305,7 +374,8 @@ def routes() -> APIRouter:
                 "description": "malformed CSV (row and column named), unknown model, strategy or app, a "
                 "malformed run_config, data or a model spec given for an app other than builtin, or an "
                 "initial_model that is not models:/ or s3:// in this server's bucket, or that does not fit "
-                "the session's model (the tensor named)"
+                "the session's model (the tensor named), an unknown topology, or combiners given for another "
+                "topology or more than min_peers"
             },
         },
         route_class_override=form_limited(max_files=1, max_fields=32),

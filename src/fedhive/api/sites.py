@@ -5,7 +5,9 @@ about itself: its fedhive version, its installed apps (name and the first digits
 digest) and the names of its data sets (``service.sites``). A node that never announced (a
 one-session client, a platform's local peer) has none of these. Every signed-in user sees every
 site, as with peers: choosing which sites can run a session's app on which data is what a user
-needs them for. No secret, and no session a site is held by, is shown.
+needs them for. No secret, and no session a site is held by, is shown. ``role`` tells a site (an
+agent, claimed for sessions) from a remote combiner (``fedhive combiner --agent``), which a
+hierarchical session may use instead of combiners the server starts.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from fedhive.storage.models import ClientRow, ClientStatus
 
 
 class SiteOut(PeerOut):
+    role: str = Field(description="site, or combiner (a remote combiner for hierarchical sessions)")
     agent: str | None = Field(description="the site agent's fedhive version; None: not an agent")
     apps: dict[str, str] = Field(description="installed app -> the first digits of its code's sha256")
     datasets: list[str] = Field(description="the data sets the site announced, by name")
@@ -35,6 +38,7 @@ class SiteOut(PeerOut):
         agent = site.get("agent")
         return cls(
             **PeerOut.from_row(row).model_dump(),
+            role=row.role or "site",
             agent=agent if isinstance(agent, str) else None,
             apps={str(k): str(v) for k, v in apps.items()} if isinstance(apps, dict) else {},
             datasets=[str(d) for d in datasets] if isinstance(datasets, list) else [],

@@ -6,7 +6,9 @@ or ``FEDHIVE_SECRETS_KEY``). A running server notices a revoked or rotated site 
 cache's lifetime (30 s).
 
 - ``admin create-admin EMAIL``: the first admin account (no HTTP request can make an admin);
-- ``admin site create|list|revoke|rotate``: site credentials for ``fedhive agent --id --secret``.
+- ``admin site create|list|revoke|rotate``: site credentials for ``fedhive agent --id --secret``;
+  with ``--broker-user``, a broker user of the site's own as well (``cli.site_broker_users``);
+- ``admin site broker-commands ID``: the ``rabbitmqctl`` commands that create a site's broker user.
 """
 
 from __future__ import annotations
@@ -21,6 +23,15 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from pydantic import ValidationError
 
+from fedhive.cli.site_broker_users import (
+    SiteBrokerUserOption,
+    SiteNamespaceOption,
+    SiteVhostOption,
+    broker_tool,
+    provision,
+    site_grant,
+    tell_operator,
+)
 from fedhive.errors import ConfigError
 from fedhive.runtime.credentials import write_secret_file
 from fedhive.runtime.session_config import validation_message
@@ -118,11 +129,22 @@ def create_site(
     out_file: SecretFileOption = None,
     home: HomeOption = Path(".fedhive"),
     db: DbOption = None,
+    broker_user: SiteBrokerUserOption = None,
+    namespace: SiteNamespaceOption = "fedhive",
+    vhost: SiteVhostOption = "/",
+    role: Annotated[
+        str, typer.Option(help="site (an agent) or combiner (a remote 'fedhive combiner --agent' for serve)")
+    ] = "site",
 ) -> None:
+    rabbitmqctl = broker_tool(broker_user)
+    if role not in ("site", "combiner"):
+        raise ConfigError(f"--role must be 'site' or 'combiner', not {role!r}")
     if not name.strip() or len(name) > 250:
         raise ConfigError("the site's name must have 1 to 250 characters")
     if site_id is not None and not _valid_id(site_id):
         raise ConfigError(f"--id {site_id!r}: use 1 to 64 letters, digits, '.', '_' or '-'")
+    if site_id is not None and broker_user is not None:
+        site_grant(site_id, namespace, vhost)  # an id a broker user cannot be named after: refused now
     if not 1 <= count <= 10_000:
         raise ConfigError(f"--count must be between 1 and 10000, got {count}")
     if count > 1 and (site_id is not None or not (as_json or out_file)):
@@ -134,14 +156,29 @@ def create_site(
 
     settings = _settings(home, db)
     names = [name] if count == 1 else [f"{name}-{i:0{len(str(count))}d}" for i in range(1, count + 1)]
-    created = []
+    created: list[tuple[str, str, str, dict[str, str] | None]] = []  # id, secret, name, broker login
     try:
         with _unit_of_work(settings) as s:  # all or none
             for each in names:
-                cid, secret = users_repo.create_client(s, each, box=settings.secret_box(), client_id=site_id)
-                created.append((cid, secret, each))
+                cid, secret = users_repo.create_client(
+                    s, each, box=settings.secret_box(), client_id=site_id, broker_user=broker_user is not None,
+                    role=role,
+                )  # fmt: skip
+                created.append((cid, secret, each, None))
     except AlreadyExists as exc:
         raise ConfigError(str(exc)) from None
+    if broker_user is not None:
+
+        def undo(ids: list[str]) -> None:
+            with _unit_of_work(settings) as s:
+                for cid in ids:
+                    users_repo.delete_client(s, cid)
+
+        logins, lines = provision(
+            [c[0] for c in created], namespace=namespace, vhost=vhost, rabbitmqctl=rabbitmqctl, undo=undo
+        )
+        created = [(c, secret, each, logins[c]) for c, secret, each, _ in created]
+        tell_operator(lines)
     if count == 1:
         _show_secret(*created[0], as_json=as_json, out_file=out_file)
     else:
@@ -162,6 +199,7 @@ def list_sites(
             {
                 "client_id": r.id,
                 "name": r.name,
+                "role": r.role,
                 "status": str(r.status),
                 "last_heartbeat": r.last_heartbeat.isoformat() if r.last_heartbeat else None,
             }
@@ -171,7 +209,10 @@ def list_sites(
         if as_json:
             print(json.dumps(line))
         else:
-            print(f"{line['client_id']}\t{line['name']}\t{line['status']}\t{line['last_heartbeat'] or '-'}")
+            print(
+                f"{line['client_id']}\t{line['name']}\t{line['status']}\t{line['last_heartbeat'] or '-'}\t"
+                f"{line['role']}"
+            )
 
 
 @site_app.command("revoke", help="Delete a site's credentials: its messages are refused from then on.")
@@ -179,16 +220,40 @@ def revoke_site(
     site_id: Annotated[str, typer.Argument(help="the site's id")],
     home: HomeOption = Path(".fedhive"),
     db: DbOption = None,
+    broker_user: Annotated[
+        str | None, typer.Option("--broker-user", help="'rabbitmqctl': delete the site's broker user too")
+    ] = None,
 ) -> None:
+    if broker_user not in (None, "rabbitmqctl"):
+        raise ConfigError(f"--broker-user is 'rabbitmqctl' (or left out), not {broker_user!r}")
+    rabbitmqctl = broker_tool(broker_user)
     from fedhive.storage import users_repo
     from fedhive.storage.database import NotFound
 
     try:
         with _unit_of_work(_settings(home, db)) as s:
+            row = users_repo.get_client(s, site_id)
+            login = row.broker_user if row is not None else None
             users_repo.delete_client(s, site_id)
     except NotFound:
         raise ConfigError(f"no site {site_id!r} (see 'fedhive admin site list')") from None
     print(f"revoked {site_id}")
+    if login is not None and rabbitmqctl is not None:
+        rabbitmqctl.delete(login)
+        print(f"deleted broker user {login}")
+    elif login is not None:
+        typer.echo(f"its broker user remains: rabbitmqctl delete_user {login}", err=True)
+
+
+@site_app.command(
+    "broker-commands", help="Print the rabbitmqctl commands that create a site's broker user (for the operator)."
+)
+def site_broker_commands(
+    site_id: Annotated[str, typer.Argument(help="the site's id (created with --broker-user manual)")],
+    namespace: SiteNamespaceOption = "fedhive",
+    vhost: SiteVhostOption = "/",
+) -> None:
+    print("\n".join(site_grant(site_id, namespace, vhost).shell_lines()))
 
 
 @site_app.command("rotate", help="Give a site a new secret (shown once); the old one stops working.")
@@ -219,10 +284,14 @@ def _valid_id(site_id: str) -> bool:
     return 0 < len(site_id) <= 64 and all(c.isalnum() or c in "._-" for c in site_id)
 
 
-def _show_secrets(created: list[tuple[str, str, str]], *, out_file: Path | None) -> None:
-    """Many sites' ids and secrets, one JSON line each (what ``fedhive agent --virtual N
-    --credentials FILE`` reads)."""
-    lines = "".join(json.dumps({"client_id": c, "secret": s, "name": n}) + "\n" for c, s, n in created)
+def _entry(cid: str, secret: str, name: str, broker: dict[str, str] | None = None) -> dict[str, str]:
+    return {"client_id": cid, "secret": secret, "name": name} | (broker or {})
+
+
+def _show_secrets(created: list[tuple[str, str, str, dict[str, str] | None]], *, out_file: Path | None) -> None:
+    """Many sites' ids and secrets (and broker logins), one JSON line each (what ``fedhive agent
+    --virtual N --credentials FILE`` reads)."""
+    lines = "".join(json.dumps(_entry(*c)) + "\n" for c in created)
     if out_file is None:
         print(lines, end="")
         return
@@ -235,8 +304,10 @@ def _show_secrets(created: list[tuple[str, str, str]], *, out_file: Path | None)
     typer.echo(f"{len(created)} sites: ids and secrets in {out_file} (mode 0600)", err=True)
 
 
-def _show_secret(cid: str, secret: str, name: str, *, as_json: bool, out_file: Path | None) -> None:
-    line = json.dumps({"client_id": cid, "secret": secret, "name": name})
+def _show_secret(
+    cid: str, secret: str, name: str, broker: dict[str, str] | None = None, *, as_json: bool, out_file: Path | None
+) -> None:
+    line = json.dumps(_entry(cid, secret, name, broker))
     if out_file is not None:
         try:
             write_secret_file(out_file, line + "\n", overwrite=False)
@@ -250,6 +321,8 @@ def _show_secret(cid: str, secret: str, name: str, *, as_json: bool, out_file: P
         print(line)
     else:
         print(f"site id  {cid}\nsecret   {secret}")
+        if broker:
+            print(f"broker   user {broker['broker_user']} password {broker['broker_password']}")
         typer.echo(
             "give them to the site (fedhive agent --id ID, secret in FEDHIVE_CLIENT_SECRET); the secret is not "
             "shown again",

@@ -13,7 +13,7 @@ import typer
 
 from fedhive.errors import ConfigError
 from fedhive.runtime.credentials import DEFAULT_STORE, CredentialStore, write_secret_file
-from fedhive.transports.broker_users import ClientGrant, Rabbitmqctl, new_password
+from fedhive.transports.broker_users import BrokerGrant, Rabbitmqctl, new_password
 
 StoreOption = Annotated[
     Path,
@@ -33,6 +33,13 @@ NamespaceOption = Annotated[
     typer.Option(help="AMQP namespace the coordinator uses (the user's rights name it)", envvar="FEDHIVE_NAMESPACE"),
 ]
 VhostOption = Annotated[str, typer.Option(help="RabbitMQ virtual host of the federation")]
+RoleOption = Annotated[
+    str,
+    typer.Option(
+        help="'client', or 'combiner' for a combiner of a hierarchical federation (its broker user may publish up "
+        "to the coordinator and down to the clients the coordinator assigns it, and read its own queue)"
+    ),
+]
 
 app = typer.Typer(help="Manage client identities (ids and signing secrets).", no_args_is_help=True)
 
@@ -54,9 +61,12 @@ def add(
     broker_user: BrokerUserOption = None,
     namespace: NamespaceOption = "fedhive",
     vhost: VhostOption = "/",
+    role: RoleOption = "client",
 ) -> None:
     if broker_user not in (None, "rabbitmqctl", "manual"):
         raise ConfigError(f"--broker-user is 'rabbitmqctl' or 'manual', not {broker_user!r}")
+    if role not in ("client", "combiner"):
+        raise ConfigError(f"--role is 'client' or 'combiner', not {role!r} (peers: fedhive peers add)")
     rabbitmqctl = Rabbitmqctl() if broker_user == "rabbitmqctl" else None  # missing: refused before anything
     if not 1 <= count <= 100_000:
         raise ConfigError(f"--count must be between 1 and 100000, got {count}")
@@ -74,10 +84,10 @@ def add(
     lines = []
     manual: list[str] = []
     for n in names:
-        client_id, secret = creds.add(n, broker_user=broker_user is not None)
+        client_id, secret = creds.add(n, broker_user=broker_user is not None, role=role)
         entry = {"client_id": client_id, "secret": secret, "name": n}
         if broker_user is not None:
-            grant = ClientGrant.of(client_id, namespace=namespace, vhost=vhost)
+            grant = BrokerGrant.of(client_id, role=role, namespace=namespace, vhost=vhost)
             entry |= {"broker_user": grant.user, "broker_password": new_password()}
             if rabbitmqctl is not None:
                 _create_broker_user(creds, rabbitmqctl, grant, entry["broker_password"])
@@ -105,7 +115,7 @@ def add(
         typer.echo("create the broker users (PASSWORD: each client's broker_password):\n" + "\n".join(manual), err=True)
 
 
-def _create_broker_user(creds: CredentialStore, rabbitmqctl: Rabbitmqctl, grant: ClientGrant, password: str) -> None:
+def _create_broker_user(creds: CredentialStore, rabbitmqctl: Rabbitmqctl, grant: BrokerGrant, password: str) -> None:
     """Create the client's broker user; if that fails, the client is taken out of the store again
     (a client the coordinator expects on a broker user that does not exist would be refused)."""
     try:
@@ -184,5 +194,8 @@ def broker_commands(
     client_id: Annotated[str, typer.Argument(help="the client's id")],
     namespace: NamespaceOption = "fedhive",
     vhost: VhostOption = "/",
+    role: RoleOption = "client",
 ) -> None:
-    print("\n".join(ClientGrant.of(client_id, namespace=namespace, vhost=vhost).shell_lines()))
+    if role not in ("client", "combiner"):
+        raise ConfigError(f"--role is 'client' or 'combiner', not {role!r} (peers: fedhive peers broker-commands)")
+    print("\n".join(BrokerGrant.of(client_id, role=role, namespace=namespace, vhost=vhost).shell_lines()))

@@ -7,9 +7,10 @@ import json
 import logging
 import time
 import tomllib
+from collections.abc import Coroutine
 from dataclasses import replace
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -24,11 +25,13 @@ from fedhive.cli.mlflow_cli import (
     report_tracking,
 )
 from fedhive.cli.progress import SessionProgress
+from fedhive.cli.report_options import ReportCredentialsOption, ReportToOption, platform_reporter
 from fedhive.cli.session_file import load_session_file, with_initial_model
 from fedhive.core.params import ParamSpec
 from fedhive.errors import ConfigError
 from fedhive.runtime import events as ev
 from fedhive.runtime.bus import EventBus
+from fedhive.runtime.coordinator import SessionResult
 from fedhive.runtime.credentials import DEFAULT_STORE, CredentialStore
 from fedhive.runtime.hierarchy_networked import run_hierarchical_coordinator
 from fedhive.runtime.networked import BrokerSettings, plan_coordinator, run_coordinator
@@ -36,6 +39,7 @@ from fedhive.runtime.resume import Checkpoint, strategy_for
 from fedhive.runtime.session_plan import SessionFile
 from fedhive.storage.artifacts import artifact_store_from_url
 from fedhive.tracking.mlflow_options import MlflowOptions
+from fedhive.tracking.platform_report import PlatformReporter
 from fedhive.tracking.run_checkpoint import CHECKPOINT_FILE, RunCheckpoint, fingerprint, load_run_checkpoint
 from fedhive.tracking.run_directory import RunDirectory, write_model
 from fedhive.tracking.session_folders import latest_session_folder, new_session_folder, newest_folder_of
@@ -96,6 +100,8 @@ def coordinator(
     mlflow_tracking_uri: MlflowUriOption = None,
     mlflow_experiment: MlflowExperimentOption = "fedhive",
     mlflow_register: MlflowRegisterOption = None,
+    report_to: ReportToOption = None,
+    report_credentials: ReportCredentialsOption = None,
 ) -> None:
     started = time.perf_counter()
     if combiners < 0:
@@ -139,6 +145,12 @@ def coordinator(
     shown: list[SessionProgress] = []
 
     creds = CredentialStore(store)
+    reporter = None
+    if report_to is not None:  # shown on a running 'fedhive serve' (its dashboard, its API)
+        reporter = platform_reporter(
+            report_to, report_credentials, cfg.model_dump(mode="json"), name=f"{config.stem} (command line)",
+            topology="hierarchical" if combiners else "star", round_figures=strategy.round_metrics,
+        )  # fmt: skip
 
     def ready() -> None:
         # A plain line, for people and for scripts that start clients once the coordinator listens.
@@ -157,6 +169,8 @@ def coordinator(
         observers = [run_dir.attach, checkpoints.attach, progress.attach, status.attach]
         if tracker is not None:
             observers.append(tracker.attach)
+        if reporter is not None:
+            observers.append(reporter.attach)
         if combiners:
             run = run_hierarchical_coordinator(
                 session, creds, settings, min_combiners=combiners, observers=observers, on_ready=ready,
@@ -167,7 +181,7 @@ def coordinator(
                 session, creds, settings, plan=plan, observers=observers, on_ready=ready, resume=resume,
                 strategy=strategy, clocks=checkpoints.clocks,
             )  # fmt: skip
-        result = asyncio.run(run)
+        result = asyncio.run(_reporting(run, reporter))
     finally:
         for p in shown:
             p.__exit__(None, None, None)
@@ -197,6 +211,18 @@ def coordinator(
             **tracked,
         }
         print(json.dumps(summary))
+
+
+async def _reporting(run: Coroutine[Any, Any, SessionResult], reporter: PlatformReporter | None) -> SessionResult:
+    """The session, with its reports posted meanwhile and the last ones given a bounded time at
+    the end (inside the loop: ``asyncio.run`` cancels tasks left when it returns)."""
+    if reporter is None:
+        return await run
+    reporter.start()
+    try:
+        return await run
+    finally:
+        await reporter.aclose()
 
 
 def _session_folder(

@@ -54,6 +54,7 @@ COMMANDS: dict[str, _Command] = {
     ),
     "new": _Command("new_cmd", "new", "Create a runnable app project from a template (numpy, torch or sklearn)."),
     "clients": _Command("clients_cmd", "app", None),
+    "peers": _Command("peers_cmd", "app", None),
     "admin": _Command("admin_cmd", "app", None),
 }
 

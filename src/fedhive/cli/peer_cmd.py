@@ -33,6 +33,14 @@ from fedhive.cli.coordinator_cmd import CaFileOption, NamespaceOption, broker_se
 from fedhive.cli.flower_options import FlowerAppOption, flower_run, flower_site
 from fedhive.cli.initial_model import load_initial_model
 from fedhive.cli.key_values import parse_pairs
+from fedhive.cli.mlflow_cli import (
+    MlflowExperimentOption,
+    MlflowFlag,
+    MlflowRegisterOption,
+    MlflowUriOption,
+    node_run_line,
+    peer_run,
+)
 from fedhive.cli.site_options import AppOption, NodeOption, StateDirOption, build_site
 from fedhive.core.params import Params
 from fedhive.errors import ConfigError
@@ -45,6 +53,7 @@ from fedhive.runtime.peer_networked import PeerSettings, run_peer
 from fedhive.runtime.peer_rounds import params_digest
 from fedhive.runtime.session_config import SessionConfig, make_config
 from fedhive.runtime.site_app import ServerApp, SiteApp, session_with_app
+from fedhive.tracking.mlflow_options import MlflowOptions
 from fedhive.tracking.run_directory import write_model
 from fedhive.tracking.session_folders import new_session_folder
 
@@ -97,6 +106,10 @@ def peer(
         Path | None,
         typer.Option(help="keep the final model here, in a folder of its own per run (DIR/<peer name>)"),
     ] = None,
+    mlflow: MlflowFlag = False,
+    mlflow_tracking_uri: MlflowUriOption = None,
+    mlflow_experiment: MlflowExperimentOption = "fedhive",
+    mlflow_register: MlflowRegisterOption = None,
 ) -> None:
     if not secret:
         raise ConfigError("--secret (or FEDHIVE_FEDERATION_SECRET) is required: the federation's shared secret")
@@ -139,6 +152,10 @@ def peer(
     if initial_model is not None:  # checked against the app's model before anything connects
         initial = load_initial_model(initial_model, site.trainer_for(config).initial_params(config.seed).spec)
     folder = new_session_folder(out, peer_name) if out is not None else None  # before connecting: errors first
+    # A run per peer and one per round (tracking.node_runs); an unreachable server fails here.
+    ml = MlflowOptions(mlflow_tracking_uri, mlflow, register=mlflow_register, experiment=mlflow_experiment)
+    tracked = peer_run(ml, peer_name, config.model_dump(mode="json"), {"fedhive.namespace": namespace})
+    final: list[Params] = []
     service_logging()
     say = sys.stderr if as_json else sys.stdout  # with --json, stdout is JSON lines only
 
@@ -168,17 +185,27 @@ def peer(
         evaluator=_evaluator(site, config, data),
         seed_index=seed_index,
         initial=initial,
-        observers=[watch],
+        observers=[watch, tracked.attach] if tracked is not None else [watch],
         on_ready=ready,
-        on_finished=(lambda params: _keep_model(folder, params)) if folder is not None else None,
+        on_finished=lambda params: _finished(folder, params, final),
     )
-    history = asyncio.run(run)
+    try:
+        history = asyncio.run(run)
+    except BaseException as exc:
+        if tracked is not None:  # the run ends FAILED, with the reason
+            tracked.finish(None, failed=" ".join(str(exc).split()) or type(exc).__name__)
+        raise
+    if tracked is not None:
+        tracked.finish(final[-1] if final else None)
+        print(node_run_line(tracked, ml), file=say, flush=True)
     where = f"; final model in {folder / 'model.safetensors'}" if folder is not None else ""
     print(f"done after {len(history)} rounds{where}", file=say, flush=True)
 
 
-def _keep_model(folder: Path, params: Params) -> None:
-    write_model(folder / "model.safetensors", params, {"digest": params_digest(params)})
+def _finished(folder: Path | None, params: Params, final: list[Params]) -> None:
+    final.append(params)  # for MLflow, once the peer stops
+    if folder is not None:
+        write_model(folder / "model.safetensors", params, {"digest": params_digest(params)})
 
 
 def _evaluator(site: SiteApp, config: SessionConfig, data: LocalData) -> Evaluator | None:

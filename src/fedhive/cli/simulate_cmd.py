@@ -29,6 +29,14 @@ from fedhive.learning.federation_data import DataSpec
 from fedhive.learning.models import parse_model_spec
 from fedhive.runtime.async_rounds import staleness_settings
 from fedhive.runtime.heterogeneity import Heterogeneity
+from fedhive.runtime.population_simulation import (
+    PopulationPlan,
+    is_population,
+    plan_population,
+    population_node,
+    refuse_population,
+    run_population,
+)
 from fedhive.runtime.session_config import make_config
 from fedhive.runtime.simulation import client_id, plan_simulation, run_federation, start_workers
 from fedhive.runtime.worker_devices import one_thread_per_trainer
@@ -61,7 +69,12 @@ def simulate(
     model: Annotated[
         str | None, typer.Option(help="simple-dnn[:128,64], logreg, cnn or logreg-np  [default: simple-dnn]")
     ] = None,
-    clients: Annotated[int, typer.Option(help="number of virtual clients")] = 10,
+    clients: Annotated[
+        int, typer.Option(help="number of virtual clients; from 10,001 on, a population made only when sampled")
+    ] = 10,
+    per_round: Annotated[
+        int | None, typer.Option(help="clients trained per round, at most (a cap on --fraction's share)")
+    ] = None,
     workers: Annotated[
         int | None,
         typer.Option(
@@ -170,6 +183,7 @@ def simulate(
         rounds=rounds,
         min_clients=clients,
         fraction=fraction,
+        max_clients=per_round,
         epochs=epochs,
         batch_size=batch_size,
         lr=lr,
@@ -212,6 +226,15 @@ def simulate(
         if builtin
         else parse_pairs(node, "--node")
     )
+    # A population (runtime.population): clients made only when sampled, bookkeeping in columns.
+    population = is_population(clients)
+    if population:
+        if client_speed or availability:
+            raise ConfigError(
+                f"--client-speed and --availability pace a node per client: not with a population of {clients:,}"
+            )
+        refuse_population(config)
+        site = population_node(site)
     # Worker processes load the app while this one plans; paced clients (below) are nodes of their own.
     paced = bool(client_speed or availability)
     pool, why_not = (
@@ -221,15 +244,17 @@ def simulate(
     )
     if why_not is not None and workers is not None and workers > 1:
         Console(stderr=True).print(f"[yellow]--workers {workers}: {escape(why_not)}[/]", soft_wrap=True)
-    plan = plan_simulation(config, loaded, clients, node=site, evaluate=evaluate)
-    initial, ml_summary = plan.initial_params, dict[str, object]()
+    planned = (plan_population if population else plan_simulation)(
+        config, loaded, clients, node=site, evaluate=evaluate
+    )
+    initial, ml_summary = planned.initial_params, dict[str, object]()
     if initial_model is not None:
         initial = load_initial_model(initial_model, initial.spec, mlflow_uri=mlflow_tracking_uri)
         ml_summary = {"initial_model": initial_model}
     if start is not None:
         check_fits(start, initial.spec, f"data set {dataset!r}")
         initial = start.params
-        before = plan.evaluator.evaluate(initial).metrics if plan.evaluator else {}
+        before = planned.evaluator.evaluate(initial).metrics if planned.evaluator else {}
         ml_summary = {"initial_model": str(start.ref), "initial_accuracy": before.get("accuracy", float("nan"))}
     tracker = ml.tracker(start)
     console = Console(stderr=as_json)
@@ -238,30 +263,33 @@ def simulate(
             f"starting from MLflow model [bold]{start.ref}[/] ({start.model_spec}): "
             f"accuracy {ml_summary['initial_accuracy']:.4f} before training"
         )
-    settings = {**plan.config.model_dump(mode="json"), "clients": clients}
+    settings = {**planned.config.model_dump(mode="json"), "clients": clients}
     # Heterogeneous clients: paced trainers and transports, each client a node of its own.
-    ids = [client_id(i, clients) for i in range(clients)]
+    ids = [client_id(i, clients) for i in range(clients)] if paced else []
     het = Heterogeneity(ids, seed, speed=client_speed, online=availability) if client_speed or availability else None
     if het is not None:
         settings |= {"client_speed": client_speed, "availability": availability}
-    folder = new_session_folder(out, plan.config.session_id)
+    folder = new_session_folder(out, planned.config.session_id)
     run_dir = RunDirectory(folder, {**settings, **data.model_dump()} if builtin else {**settings, "node": site})
     with SessionProgress(console, rounds) as progress:
         try:
-            result = asyncio.run(
-                run_federation(
-                    plan.config,
-                    het.trainers(plan.trainers) if het else plan.trainers,
-                    plan.num_examples,
+            observers = [run_dir.attach, progress.attach, *([tracker.attach] if tracker else [])]
+            if isinstance(planned, PopulationPlan):
+                run = run_population(planned, initial_params=initial, observers=observers, workers=pool)
+            else:
+                run = run_federation(
+                    planned.config,
+                    het.trainers(planned.trainers) if het else planned.trainers,
+                    planned.num_examples,
                     initial,
-                    evaluator=plan.evaluator,
-                    observers=[run_dir.attach, progress.attach, *([tracker.attach] if tracker else [])],
+                    evaluator=planned.evaluator,
+                    observers=observers,
                     secagg_dropout=_dropout(secagg_dropout, secure_aggregation),
                     network=het.network() if het else None,
                     hosted=False if het else None,
                     workers=pool,
                 )
-            )
+            result = asyncio.run(run)
         finally:
             if pool is not None:
                 pool.close()
@@ -282,20 +310,21 @@ def simulate(
                     "accuracy": m.get("accuracy"),
                     "loss": m.get("loss"),
                     "metrics": m,
-                    "app": plan.config.app,
+                    "app": planned.config.app,
                     "rounds": result.rounds,
                     "best_round": result.best_round,
                     "key_metric": result.key_metric,
                     "stopped_early": result.stopped_early,
                     "best_model": str(run_dir.best_path) if result.best_round else None,
                     "clients": clients,
+                    "clients_trained": planned.population.trained() if isinstance(planned, PopulationPlan) else None,
                     "wall_s": round(wall, 3),
                     "compression": config.compression,
                     "aggregation": config.aggregation,
                     "secure_aggregation": config.secure_aggregation,
                     "bytes_received": run_dir.bytes_received,
                     "compression_ratio": round(run_dir.float32_bytes / max(run_dir.bytes_received, 1), 3),
-                    "session_id": plan.config.session_id,
+                    "session_id": planned.config.session_id,
                     "out": str(folder),
                     "model": str(run_dir.model_path),
                     **ml_summary,

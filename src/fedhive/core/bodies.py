@@ -252,7 +252,8 @@ class EvaluationBody(_Members):
 class PartialBody(_Members):
     """A combiner's or a host's answer (``runtime.partials``, ``runtime.hosted``): ``sum``
     (weighted sums, with their weights), ``raw`` (the updates themselves, one row each), or
-    ``none`` (a host whose clients all failed)."""
+    ``none`` (a host whose clients all failed; a combiner whose Poisson draw took none of its
+    clients, ``runtime.partials.nobody_drawn_message``)."""
 
     kind = Kind.PARTIAL
     mode: Literal["sum", "raw", "none"]

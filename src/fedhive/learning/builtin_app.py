@@ -9,6 +9,9 @@ run; nothing in the runtime knows it apart from any user's app. Its site setting
 - or ``csv`` and ``label``: the site's own CSV file;
 - neither part nor CSV: the server side, which evaluates on the held-out test split
   (``central_evaluate``) and draws the initial model.
+- ``population`` (simulation of a population larger than a round): clients share the data set's
+  shards when there are more of them than rows (``partition.ShardIndex``), and clients of one
+  shard share one trainer, so what is kept grows with the rows, not with the clients sampled.
 
 Its run config: ``model`` (a zoo spec such as ``simple-dnn:128,64`` or ``logreg-np``), the local
 SGD settings (``epochs``, ``batch_size``, ``lr``, ``momentum``, ``proximal_mu``, ``local_steps``),
@@ -30,7 +33,7 @@ from fedhive.core.params import Params
 from fedhive.errors import ConfigError, DataError
 from fedhive.learning.datasets import Dataset, load_dataset, split_train_test, standardize
 from fedhive.learning.factory import build_trainer
-from fedhive.learning.federation_data import DataSpec, prepare
+from fedhive.learning.federation_data import DataSpec, FederatedData, prepare
 from fedhive.learning.partition import partition
 
 SERVER_SIDE = "server"
@@ -69,6 +72,11 @@ class BuiltinApp:
         seed = int(config.get("session_seed", config.get("seed", 0)))
         model = str(config.get("model", "simple-dnn"))
         who = SERVER_SIDE if server else f"{ctx.client_id}/validation" if validation else ctx.client_id
+        if not server and node.get("population") and "partition_id" in node:
+            # A client of a population holds its shard's rows: the shard's trainer, not one per client.
+            shard = _population_shard(node, seed)
+            who = f"shard-{shard}/validation" if validation else f"shard-{shard}"
+            node = {**node, "partition_id": shard}  # in the key: a shard's clients share it
         key = (model, seed, tuple(sorted(node.items())), server)
         with self._lock:
             cached = self._trainers.get(who)
@@ -125,8 +133,7 @@ def data_spec(node: Mapping[str, Any]) -> DataSpec:
 def _client_data(node: Mapping[str, Any], seed: int) -> Dataset:
     """This client's training rows."""
     if "partition_id" in node:  # simulation: every client's shard comes from one cached split
-        fed = prepare(data_spec(node), int(node["num_partitions"]), seed)
-        return fed.shards[int(node["partition_id"])]
+        return _federation(node, seed).shard(int(node["partition_id"]))
     if "part" in node:
         i, n = (int(p) for p in str(node["part"]).split("/"))
         return prepare(data_spec(node), n, seed).shards[i - 1]
@@ -142,6 +149,9 @@ def _validation_data(node: Mapping[str, Any], seed: int) -> Dataset:
     if "partition_id" in node or "part" in node:
         if "partition_id" in node:
             i, n = int(node["partition_id"]), int(node["num_partitions"])
+            index = _federation(node, seed).index
+            if index is not None:  # a population's shared shards: the shard's held-out share
+                i, n = index.shard_of(i), index.shards
         else:
             one_based, n = (int(p) for p in str(node["part"]).split("/"))
             i = one_based - 1
@@ -173,9 +183,20 @@ def _server_data(node: Mapping[str, Any], seed: int) -> Dataset:
     """The held-out test split, the same rows every client leaves out (from the seed alone)."""
     spec = data_spec(node)
     if "num_partitions" in node:
-        return prepare(spec, int(node["num_partitions"]), seed).test
+        return _federation(node, seed).test
     ds = load_dataset(spec.dataset, csv_path=spec.csv, label=spec.label)
     return split_train_test(ds, spec.test_fraction, seed)[1]
+
+
+def _federation(node: Mapping[str, Any], seed: int) -> FederatedData:
+    """The split and partition of a simulation's clients (``num_partitions`` of them)."""
+    return prepare(data_spec(node), int(node["num_partitions"]), seed, shared=bool(node.get("population")))
+
+
+def _population_shard(node: Mapping[str, Any], seed: int) -> int:
+    """The shard a population's client ``partition_id`` holds."""
+    index, client = _federation(node, seed).index, int(node["partition_id"])
+    return client if index is None else index.shard_of(client)
 
 
 def _check_matches(node: Mapping[str, Any], session: object) -> None:

@@ -3,6 +3,9 @@
 The same function serves the in-process simulation (all shards) and a demo client process that
 takes part ``i`` of ``n`` (``fedhive client --dataset digits --part 3/10``): both compute the same
 split and partition from the same seed, so shards agree across processes without any exchange.
+A simulated population (``shared=True``) with more clients than training rows shares shards
+(``partition.ShardIndex``): ``shard(i)`` is client ``i``'s, and ``shards`` holds one per row, not
+one per client. Without ``shared`` more clients than rows is an error, as it always was.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from fedhive.errors import ConfigError
 from fedhive.learning.datasets import Dataset, load_dataset, split_train_test
-from fedhive.learning.partition import parse_partition_spec, partition
+from fedhive.learning.partition import ShardIndex, parse_partition_spec, partition
 
 
 class DataSpec(BaseModel):
@@ -38,6 +41,11 @@ class DataSpec(BaseModel):
 class FederatedData:
     shards: list[Dataset]
     test: Dataset
+    index: ShardIndex | None = None  # None: a shard per client, in client order
+
+    def shard(self, client: int) -> Dataset:
+        """Client ``client``'s training rows (0-based)."""
+        return self.shards[client if self.index is None else self.index.shard_of(client)]
 
     @property
     def num_classes(self) -> int:
@@ -48,19 +56,20 @@ class FederatedData:
         return self.test.num_features
 
 
-def prepare(spec: DataSpec, num_clients: int, seed: int) -> FederatedData:
+def prepare(spec: DataSpec, num_clients: int, seed: int, *, shared: bool = False) -> FederatedData:
     # Cached per process: N virtual clients in one process all need the same split, and loading
     # and partitioning mnist5k takes tens of milliseconds each time.
-    return _prepare_cached(spec.model_dump_json(), num_clients, seed)
+    return _prepare_cached(spec.model_dump_json(), num_clients, seed, shared)
 
 
 @functools.lru_cache(maxsize=8)
-def _prepare_cached(spec_json: str, num_clients: int, seed: int) -> FederatedData:
+def _prepare_cached(spec_json: str, num_clients: int, seed: int, shared: bool = False) -> FederatedData:
     spec = DataSpec.model_validate_json(spec_json)
     ds = load_dataset(spec.dataset, csv_path=spec.csv, label=spec.label)
     train, test = split_train_test(ds, spec.test_fraction, seed)
-    parts = partition(train.y, num_clients, spec.partition, seed)
-    return FederatedData([train.take(idx) for idx in parts], test)
+    index = ShardIndex.for_rows(num_clients, len(train)) if shared else ShardIndex(num_clients, num_clients)
+    parts = partition(train.y, index.shards, spec.partition, seed)
+    return FederatedData([train.take(idx) for idx in parts], test, index if index.shared else None)
 
 
 def parse_part(text: str) -> tuple[int, int]:
@@ -78,4 +87,4 @@ def client_shard(spec: DataSpec, part: str, seed: int) -> tuple[Dataset, Dataset
     """(this client's training shard, the held-out test split) for part ``i/n``."""
     i, n = parse_part(part)
     data = prepare(spec, n, seed)
-    return data.shards[i - 1], data.test
+    return data.shard(i - 1), data.test

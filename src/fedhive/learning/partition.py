@@ -11,6 +11,11 @@ Specs (strings, as given on the command line):
 
 Every result is disjoint, complete (the union is every row), deterministic for a seed, and leaves
 no client empty. Index arrays are int64 and sorted.
+
+A population larger than the data set has rows (``fedhive simulate --clients 15000000``) cannot
+give each client rows of its own: the rows are partitioned into as many shards as there are rows
+(``ShardIndex``), and client ``i`` holds shard ``i mod shards``. Nothing is kept per client: a
+client's shard is computed from its index when it is sampled.
 """
 
 from __future__ import annotations
@@ -66,6 +71,34 @@ def parse_partition_spec(spec: str) -> PartitionSpec:
             raise ConfigError(f"partition {spec!r}: K must be at least 1")
         return PartitionSpec(kind, shards_per_client=shards)
     raise ConfigError(f"unknown partition {spec!r}; {valid}")
+
+
+@dataclass(frozen=True, slots=True)
+class ShardIndex:
+    """Which partition shard each client of a population holds: client ``i`` holds shard
+    ``i mod shards``. With no more clients than shards it is the identity (a shard each)."""
+
+    clients: int
+    shards: int
+
+    @classmethod
+    def for_rows(cls, clients: int, rows: int) -> ShardIndex:
+        """A shard per client while the rows allow one, else a shard per row, shared."""
+        if clients <= 0:
+            raise ConfigError(f"number of clients must be positive, got {clients}")
+        if rows <= 0:
+            raise DataError("a data set without rows cannot be partitioned")
+        return cls(clients, min(clients, rows))
+
+    @property
+    def shared(self) -> bool:
+        """Whether clients share shards (more clients than rows)."""
+        return self.clients > self.shards
+
+    def shard_of(self, client: int) -> int:
+        if not 0 <= client < self.clients:
+            raise ConfigError(f"client index {client} is not in a population of {self.clients}")
+        return client % self.shards
 
 
 def partition(y: np.ndarray, num_clients: int, spec: str | PartitionSpec, seed: int) -> list[np.ndarray]:

@@ -6,6 +6,13 @@ outlives brokers: the AMQP transport reconnects by itself after an outage, and i
 cannot be made at all (the broker is down when the agent starts, or the link is lost for good)
 the agent tries again after a pause, until it is told to stop. How a coordinator reaches an idle
 agent: docs/networked.md, "Site agents".
+
+Sessions of other topologies, started by ``fedhive serve``, reach the agent on the same connection
+(``runtime.agent_sessions``): it follows a combiner for a hierarchical session, or is a peer of a
+decentralised one, and is an ordinary idle agent again afterwards. For that it accepts messages
+signed with its own secret from any sender (``agent_codec``): only the server and the combiners the
+server runs hold that secret, as for ``fedhive client`` in a hierarchical federation. A remote
+combiner holds only the link key the server gave both ends for the session (``links``).
 """
 
 from __future__ import annotations
@@ -19,12 +26,20 @@ from dataclasses import dataclass, field
 
 from fedhive import __version__
 from fedhive.app.learner import Trainer
+from fedhive.core.signing import Verifier
 from fedhive.errors import ConfigError, TransportError
+from fedhive.runtime.agent_sessions import AgentLink, NodeSettings, PeerLink, Port
 from fedhive.runtime.client import ClientNode
-from fedhive.runtime.networked import BrokerSettings, Observer, client_codec
+from fedhive.runtime.networked import BrokerSettings, Observer
+from fedhive.runtime.peer_rounds import peer_codec
 from fedhive.runtime.session_config import SessionConfig
 from fedhive.runtime.site_app import SiteApp
+from fedhive.storage.artifacts import ArtifactStore
+from fedhive.transports.amqp_topology import Role, login_of
+from fedhive.transports.amqp_topology import peer_id as amqp_peer_id
 from fedhive.transports.base import Transport
+from fedhive.transports.broker_users import peer_sender_check
+from fedhive.transports.wire_codec import WireCodec
 
 log = logging.getLogger("fedhive.agent")
 
@@ -82,7 +97,10 @@ class Agent:
     settings: AgentSettings = AgentSettings()
     observers: Sequence[Observer] = ()
     executor: Executor | None = None
+    peer_link: PeerLink | None = None  # how a peer connects (default: on the broker); tests hand their own
     node: ClientNode | None = field(default=None, init=False)
+    link: AgentLink | None = field(default=None, init=False)  # sorts what arrives; holds a session's part
+    links: dict[str, bytes] = field(default_factory=dict, init=False)  # remote combiner -> link key
     _stopping: str | None = field(default=None, init=False)
     _wake: asyncio.Event = field(default_factory=asyncio.Event, init=False)
 
@@ -92,6 +110,8 @@ class Agent:
             return
         self._stopping = reason
         self._wake.set()
+        if self.link is not None:
+            self.link.stop(reason)
         if self.node is not None:
             self.node.leave(reason)
 
@@ -99,17 +119,11 @@ class Agent:
         cid = self.sites.client_id
         attempt = 0
         while self._stopping is None:
-            codec = client_codec(cid, self.key, artifacts=self.broker.artifacts)
+            codec = agent_codec(self.key, artifacts=self.broker.artifacts, links=self.links)
             try:
                 async with self.broker.transport(cid, codec, declares=False) as transport:  # as run_client
                     attempt = 0
-                    self.node = self._node(transport)
-                    if on_connected is not None:
-                        on_connected()
-                    reason = self.stop_reason()  # a signal may have come while connecting
-                    if reason is not None:
-                        self.node.leave(reason)
-                    await self.node.run()
+                    await self.serve_on(transport, on_connected)
                     return  # stopped on purpose (leave), or a bug surfaced by the node
             except TransportError as exc:
                 attempt += 1
@@ -122,8 +136,57 @@ class Agent:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), self._pause())
 
+    async def serve_on(self, transport: Transport, on_connected: Callable[[], None] | None = None) -> None:
+        """Serve on a connected transport until stopped: the agent's own node, and the parts it is
+        given in other sessions (``AgentLink``)."""
+        home = Port(transport)
+        self.node = self._node(home)
+        self.link = AgentLink(transport, home, self._node_settings())
+        sorting = asyncio.create_task(self.link.run(), name=f"agent-{self.sites.client_id}-link")
+        try:
+            if on_connected is not None:
+                on_connected()
+            reason = self.stop_reason()  # a signal may have come while connecting
+            if reason is not None:
+                self.node.leave(reason)
+                self.link.stop(reason)
+            await self.node.run()
+        finally:
+            await self.link.end_part(self._stopping or "the agent stopped")
+            sorting.cancel()
+            await asyncio.gather(sorting, return_exceptions=True)
+            self.link = None
+
     def stop_reason(self) -> str | None:
         return self._stopping
+
+    def _peer_link(self, peer_id: str, key: bytes) -> Transport:
+        """A decentralised session's connection, as ``fedhive peer``'s: a peer's rights on the
+        broker, signed with the session's key, its queue gone with it, and every message dropped
+        whose signed sender names another login than RabbitMQ says published it. Its id is the
+        server's random part with this agent's broker login (``amqp_topology.peer_id``), which is
+        all a site's least-privilege user may name its queues and routing keys after."""
+        if self.peer_link is not None:
+            return self.peer_link(peer_id, key)
+        own_id = amqp_peer_id(login_of(self.broker.url), peer_id)
+        return self.broker.transport(
+            own_id, peer_codec(key), ephemeral=True, role=Role.PEER, sender_check=peer_sender_check
+        )
+
+    def _node_settings(self) -> NodeSettings:
+        s = self.settings
+        return NodeSettings(
+            trainer_for=self.sites.trainer_for,
+            num_examples=self.sites.num_examples,
+            label_counts=self.sites.label_counts,
+            executor=self.executor,
+            heartbeat_interval_s=s.heartbeat_interval_s,
+            coordinator_timeout_s=s.coordinator_timeout_s,
+            progress_interval_s=s.progress_interval_s,
+            peer_link=self._peer_link,
+            site_key=self.key,
+            links=self.links,
+        )
 
     def _pause(self) -> float:
         return self.settings.reconnect_pause_s
@@ -146,3 +209,15 @@ class Agent:
         for attach in self.observers:
             attach(node.bus)
         return node
+
+
+def agent_codec(
+    key: bytes, *, artifacts: ArtifactStore | None = None, links: Mapping[str, bytes] | None = None
+) -> WireCodec:
+    """Signs with the site's secret and accepts any sender signed with it: the server, or a
+    combiner the server runs (which holds the site's secret as trusted infrastructure). A remote
+    combiner in ``links`` (as the agent is assigned to it) is signed to and checked with its link key."""
+    if links is None:
+        return WireCodec(lambda _to: key, Verifier(lambda _sender: key), artifacts)
+    linked = links
+    return WireCodec(lambda to: linked.get(to, key), Verifier(lambda sender: linked.get(sender, key)), artifacts)

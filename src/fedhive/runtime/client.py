@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from pydantic import ValidationError
 
@@ -54,6 +54,9 @@ from fedhive.runtime.payloads import OFFLOAD_BYTES, payload_params, payload_size
 from fedhive.runtime.registry import PeerStatus
 from fedhive.runtime.session_config import SessionConfig
 from fedhive.transports.base import Transport
+
+if TYPE_CHECKING:
+    from fedhive.secagg.node_client import SecureClient
 
 log = logging.getLogger("fedhive.client")
 
@@ -156,6 +159,7 @@ class ClientNode:
         self._training: tuple[int, int] | None = None  # (round, attempt) in progress
         self._last_progress: EpochProgress | None = None
         self._rounds_done: set[int] = set()  # a round trained twice (its TRAIN sent again) counts once
+        self._secure: SecureClient | None = None  # the session's secure aggregation, when it has it
         b = self.bus
         b.on(ev.MessageIn, self._on_message)
         b.on(_Tick, self._on_tick)
@@ -352,6 +356,8 @@ class ClientNode:
                 pass  # the coordinator is alive; noted above
             elif msg.kind is Kind.ENABLE:
                 self._enable(msg)
+            elif msg.kind is Kind.TRAIN and self._secure is not None and "secagg" in msg.envelope.body:
+                await self._secure.on_step(msg)  # a later step of a secure round (secagg.wire)
             elif msg.kind is Kind.TRAIN:
                 await self._train(msg)
             elif msg.kind is Kind.EVALUATE:
@@ -390,6 +396,7 @@ class ClientNode:
     def _end_session(self) -> None:
         """A persistent node's session is over: ready for the next one."""
         self._session_id, self._training, self._trainer, self._config = "", None, None, None
+        self._secure = None
         self._rounds_done.clear()
 
     def _enable(self, msg: Message) -> None:
@@ -410,6 +417,11 @@ class ClientNode:
             )
         self._config, self._spec, self._trainer = config, spec, trainer
         self._compressor = UpdateCompressor(config.compression)
+        self._secure = None
+        if config.secure_aggregation:  # imported here: only its sessions need cryptography
+            from fedhive.secagg.node_client import SecureClient
+
+            self._secure = SecureClient(self.node_id, session, config, self._num_examples, self._send, self._executor)
 
     async def _train(self, msg: Message) -> None:
         if self._trainer is None or self._spec is None:
@@ -425,6 +437,8 @@ class ClientNode:
         self._compressor.begin_round(params)
         fit = dataclasses.replace(FitConfig.from_json(body.fit), round=env.round)
         key = (env.round, body.attempt)
+        if self._secure is not None:  # keys go out first: they are exchanged while we train
+            await self._secure.begin(env.round, body.attempt, params)
         if self._fit_gate is not None:
             await self._fit_gate.acquire(self.node_id)
         self._training = key
@@ -517,6 +531,15 @@ class ClientNode:
             return
         self._rounds_done.add(event.round)
         r = event.result
+        if self._secure is not None:  # masked once the neighbours' shares are in: never sent as it is
+            try:
+                await self._secure.trained(event.round, event.attempt, r.params, r.num_examples)
+            except FedhiveError as exc:
+                error = ErrorBody.model_construct(reason=str(exc)[:MAX_REASON], attempt=event.attempt)
+                await self._send(
+                    make(Kind.ERROR, self.node_id, session_id=self._session_id, round=event.round, body=error.to_body())
+                )
+            return
         payload, encoding = self._compressor.compress(r.params)  # the update itself unless compressed
         update = UpdateBody.model_construct(
             attempt=event.attempt, num_examples=r.num_examples, metrics=r.metrics, **encoding

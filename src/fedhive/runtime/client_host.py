@@ -18,24 +18,36 @@ stuck in its trainer then costs only its own update, not those of the clients tr
 
 Compression is a client-node feature: a host refuses sessions that negotiate it (simulation runs
 those with one ``ClientNode`` per client).
+
+Over a broker (``fedhive client --virtual N --host ID``) the host's transport is an
+``AddressedLink`` (``transports.amqp_shared.MuxLink``), which says which of its ids each message
+was sent to, and sends each message signed by its own sender. The host then does what each
+client node would: it registers every client (a REGISTER signed with that client's own key, sent
+again every ``register_retry_s`` until the coordinator answers it), beats for each registered client
+at the interval the coordinator asks for, and gives up when the coordinator has been silent for
+``coordinator_timeout_s``. In one process (simulation) it does none of this: the coordinator's
+process closes the host's transport when the session ends.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from fedhive.app.learner import FitConfig, Trainer
 from fedhive.core.bodies import (
     EvaluateBody,
+    HeartbeatBody,
     Member,
     PartialBody,
     RegisterBody,
+    RegisteredBody,
     StopBody,
     TrainBody,
     failure_rows,
@@ -47,7 +59,7 @@ from fedhive.errors import FedhiveError, ProtocolError, SessionFailed, Transport
 from fedhive.runtime.client import check_app_named, read_enable
 from fedhive.runtime.coordinator import COORDINATOR_ID
 from fedhive.runtime.evaluation import evaluation_body
-from fedhive.runtime.hosted import train_items
+from fedhive.runtime.hosted import HOSTING, train_items
 from fedhive.runtime.inline_executor import InlineExecutor, run_job
 from fedhive.runtime.partials import partial_message, raw_message
 from fedhive.runtime.payloads import payload_params
@@ -59,6 +71,10 @@ from fedhive.transports.base import Transport, TransportClosed
 
 log = logging.getLogger("fedhive.client_host")
 
+MAX_REGISTER_RETRY_S = 30.0  # a networked host's registrations, sent again after 2, 4, 8, ... s
+# A networked host's REGISTERs unanswered at once: the next go out as answers come back, so that
+# ten hosts of 1000 keep the coordinator's queue at a few thousand, never 10,000 plus retries.
+REGISTER_WINDOW = 256
 CHUNK_BYTES = 4 * 1024 * 1024  # model bytes folded per partial: 100 small models, or one big one
 MAX_CHUNK = 64
 
@@ -71,6 +87,17 @@ class HostedClient:
     client_id: str
     trainer: Trainer
     num_examples: int
+    label_counts: dict[str, int] | None = None  # what its REGISTER reports, as a client node's does
+
+
+@runtime_checkable
+class AddressedLink(Protocol):
+    """A host's transport over a broker: each message comes with the id it was addressed to (the
+    host's, or one of its clients'), and ``last_heard`` says when the coordinator last spoke."""
+
+    last_heard: float
+
+    async def recv_addressed(self) -> tuple[str, Message]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,10 +140,11 @@ class HostedClients:
     training may add one (a client whose state cannot be saved). Training and evaluating them in
     this process is here, for ``InProcessTraining`` and for any client a pool trains here."""
 
-    def __init__(self, host_id: str, clients: Sequence[HostedClient]) -> None:
+    def __init__(self, host_id: str, clients: Sequence[HostedClient], first_index: int = 0) -> None:
         self.host_id = host_id
         self.by_id = {c.client_id: c for c in clients}
-        self.position = {c.client_id: i for i, c in enumerate(clients)}
+        # Its partition in the whole population: a host may hold one slice of it.
+        self.position = {c.client_id: first_index + i for i, c in enumerate(clients)}
         self.unfit: dict[str, str] = {}  # client -> why it cannot train the session's model
 
     def admit(self, cid: str, chunk: Chunk) -> HostedClient | None:
@@ -261,10 +289,31 @@ class ClientHost:
         register_retry_s: float = 2.0,
         register_timeout_s: float = 120.0,
         max_payload_bytes: int = 256 * 1024 * 1024,
+        heartbeat_interval_s: float = 5.0,
+        coordinator_timeout_s: float | None = None,
+        on_registered: Callable[[int, int], None] | None = None,
+        trainers_for: Callable[[str, SessionConfig], Trainer] | None = None,
+        first_index: int = 0,
     ) -> None:
         self.host_id = host_id
+        # Each client's trainer for the session ENABLE announces (a networked host's clients
+        # learn the session only then); None: ``clients`` come with theirs (simulation).
+        self._trainers_for = trainers_for
+        # Over a broker only (an AddressedLink): see the module's docstring.
+        self._heartbeat_s = heartbeat_interval_s  # until the coordinator says how often it wants one
+        self._coordinator_timeout_s = coordinator_timeout_s
+        self._on_registered = on_registered  # (clients registered so far, all clients)
+        self._unregistered: set[str] = set()
+        self._to_register: list[str] = []  # not sent yet, in their order (REGISTER_WINDOW at a time)
+        self._outstanding: dict[str, float] = {}  # sent and not answered yet -> when last sent
+        self._register_since = 0.0  # when registering (again) began: register_timeout_s runs from it
+        self._last_answer = 0.0  # when the coordinator last answered one of our REGISTERs
+        self._retry_s = register_retry_s  # grows while the coordinator stays behind
+        self._beating: list[str] = []  # registered clients, in their order
+        self._failure: SessionFailed | None = None
+        self._busy = False
         self.transport = transport
-        self._clients = HostedClients(host_id, clients)
+        self._clients = HostedClients(host_id, clients, first_index)
         self._training: HostTraining = training or InProcessTraining()
         self._coordinator = coordinator_id
         self._register_retry_s = register_retry_s
@@ -284,7 +333,10 @@ class ClientHost:
 
         Once registered it waits for the coordinator without a clock of its own: a host lives in
         its coordinator's process, whose session ends at its own deadlines and then closes this
-        host's transport (``simulation.run_federation``)."""
+        host's transport (``simulation.run_federation``). Over a broker, see ``_run_addressed``."""
+        if isinstance(self.transport, AddressedLink):
+            await self._run_addressed(self.transport)
+            return
         pending = await self._register(list(self._clients.by_id))
         deadline = time.monotonic() + self._register_timeout_s
         while True:
@@ -310,14 +362,146 @@ class ClientHost:
 
     async def _register(self, clients: list[str]) -> list[str]:
         """REGISTER for each client; returns those the coordinator could not be reached for."""
-        unreached = []
+        messages = []
         for cid in clients:
-            body = RegisterBody.model_construct(num_examples=self._clients.by_id[cid].num_examples, host=self.host_id)
+            client = self._clients.by_id[cid]
+            body = RegisterBody.model_construct(num_examples=client.num_examples, host=self.host_id)
+            if client.label_counts:
+                body = body.model_copy(update={"label_counts": client.label_counts})
+            messages.append((self._coordinator, make(Kind.REGISTER, cid, body=body.to_body())))
+        if isinstance(self.transport, AddressedLink):  # over a broker: all at once, not a round trip each
+            results = await self.transport.send_many(messages)
+            return [cid for cid, error in zip(clients, results, strict=True) if error is not None]
+        unreached = []
+        for cid, (to, msg) in zip(clients, messages, strict=True):  # in their order: the run is reproducible
             try:
-                await self.transport.send(self._coordinator, make(Kind.REGISTER, cid, body=body.to_body()))
+                await self.transport.send(to, msg)
             except TransportError:
                 unreached.append(cid)
         return unreached
+
+    # -- over a broker ----------------------------------------------------------------------------
+    async def _run_addressed(self, link: AddressedLink) -> None:
+        """Serve over a broker: every client registered and beating, as its own node would be."""
+        self._register_all()
+        await self._register_next()
+        tending = asyncio.create_task(self._tend(link), name=f"host-{self.host_id}-tend")
+        try:
+            while True:
+                try:
+                    to, msg = await link.recv_addressed()
+                except TransportClosed:
+                    if self._failure is not None:
+                        raise self._failure from None
+                    return
+                if msg.sender != self._coordinator:
+                    log.warning("%s: ignored %s from %s (not the coordinator)", to, msg.kind, msg.sender)
+                    continue
+                try:
+                    if msg.kind is Kind.REGISTERED:
+                        self._registered(to, parse_body(RegisteredBody, msg))
+                        await self._register_next()
+                    elif await self._handle(msg):
+                        return
+                except FedhiveError as exc:
+                    if isinstance(exc, SessionFailed):
+                        raise
+                    log.warning("%s: cannot act on %s: %s", self.host_id, msg.kind, exc)
+        finally:
+            tending.cancel()
+            await asyncio.gather(tending, return_exceptions=True)
+
+    def _register_all(self) -> None:
+        """Every client to register (again), in their order: at the start, or when the coordinator
+        says it knows none of them (a REGISTERED to the host itself: it restarted)."""
+        ids = list(self._clients.by_id)
+        self._unregistered, self._to_register, self._outstanding = set(ids), ids, {}
+        self._beating = []
+        self._register_since = self._last_answer = asyncio.get_running_loop().time()
+        self._retry_s = self._register_retry_s
+
+    async def _register_next(self) -> None:
+        """Fill the window of unanswered REGISTERs again once half of it is answered."""
+        room = REGISTER_WINDOW - len(self._outstanding)
+        if not self._to_register or room < REGISTER_WINDOW // 2:
+            return
+        batch, self._to_register = self._to_register[:room], self._to_register[room:]
+        now = asyncio.get_running_loop().time()
+        self._outstanding.update(dict.fromkeys(batch, now))
+        await self._register(batch)
+
+    def _registered(self, client: str, body: RegisteredBody) -> None:
+        if body.heartbeat_interval_s is not None and body.heartbeat_interval_s > 0:
+            self._heartbeat_s = float(body.heartbeat_interval_s)
+        if client == self.host_id:
+            log.warning("%s: the coordinator knows none of its clients (it restarted?): registering them again",
+                        self.host_id)  # fmt: skip
+            self._register_all()
+            return
+        if client not in self._unregistered:
+            return  # answered twice (a REGISTER sent again), or not one of ours
+        self._unregistered.discard(client)
+        self._outstanding.pop(client, None)
+        self._last_answer = asyncio.get_running_loop().time()
+        self._beating.append(client)
+        if self._on_registered is not None:
+            self._on_registered(len(self._beating), len(self._clients.by_id))
+
+    async def _tend(self, link: AddressedLink) -> None:
+        """Register again those not answered yet, beat for those that are, and watch the
+        coordinator's silence; a failure closes the link, which ends ``run`` with it."""
+        loop = asyncio.get_running_loop()
+        last_beat = loop.time()
+        reconnects = self.transport.reconnects
+        while True:
+            await asyncio.sleep(min(self._register_retry_s, self._heartbeat_s))
+            now = loop.time()
+            # Sent again only once the coordinator has answered none of ours for a while: while
+            # answers come it is working through its queue, and a copy would only lengthen it.
+            quiet = now - self._last_answer >= self._retry_s
+            stale = [c for c, sent in self._outstanding.items() if now - sent >= self._retry_s] if quiet else []
+            if self._unregistered and now >= self._register_since + self._register_timeout_s:
+                if not self._beating:
+                    waited = f"{self._register_timeout_s:.0f} s"
+                    await self._fail(f"{self.host_id}: the coordinator did not answer within {waited}")
+                    return
+                log.warning(
+                    "%s: %d clients got no answer to their registration within %.0f s; not retrying",
+                    self.host_id, len(self._unregistered), self._register_timeout_s,
+                )  # fmt: skip
+                self._unregistered.clear()
+                self._to_register, self._outstanding = [], {}
+            elif stale:
+                # Only the window's unanswered ones go again, and backing off: a coordinator
+                # answering 10,000 registrations is behind, not gone, and each round of retries
+                # would only put more in front of it.
+                self._outstanding.update(dict.fromkeys(stale, now))
+                await self._register(stale)
+                self._retry_s = min(2 * self._retry_s, MAX_REGISTER_RETRY_S)
+            if not self._beating or now - last_beat < self._heartbeat_s:
+                continue
+            last_beat = now
+            if not self.transport.connected or self.transport.reconnects != reconnects:
+                reconnects = self.transport.reconnects  # our own link was down: the silence says nothing
+                link.last_heard = time.monotonic()
+            silence = time.monotonic() - link.last_heard
+            timeout = self._coordinator_timeout_s
+            if timeout is not None and silence > max(timeout, 3 * self._heartbeat_s):
+                await self._fail(f"{self.host_id}: no message from the coordinator for {silence:.0f} s; giving up")
+                return
+            await self._beat()
+
+    async def _beat(self) -> None:
+        """One HEARTBEAT for all registered clients, signed by the host: the coordinator takes it
+        for each client whose own REGISTER named this host, and for no other (``runtime.hosted``).
+        A beat per client was 10,000 messages per interval at the coordinator for 10 hosts."""
+        status = "TRAINING" if self._busy else "ONLINE"
+        body = HeartbeatBody.model_construct(status=status).to_body() | {HOSTING: len(self._beating)}
+        await self._send(make(Kind.HEARTBEAT, self.host_id, session_id=self._session_id, body=body))
+
+    async def _fail(self, reason: str) -> None:
+        self._failure = SessionFailed(reason)
+        await self.transport.close()
 
     async def _handle(self, msg: Message) -> bool:
         """Act on one message from the coordinator; True when the session is over for us."""
@@ -341,12 +525,18 @@ class ClientHost:
         self._session_id, self._config, self._spec = msg.envelope.session_id, config, spec
         clients = self._clients.by_id
         unfit: dict[str, str] = {}
+        if self._trainers_for is not None:
+            for cid, client in list(clients.items()):
+                try:
+                    clients[cid] = dataclasses.replace(client, trainer=self._trainers_for(cid, config))
+                except FedhiveError as exc:  # the app is not the session's, its data cannot load, ...
+                    unfit[cid] = str(exc)
         if config.compression != "none":
             why = f"{self.host_id} does not compress updates (session compression {config.compression!r})"
             unfit = dict.fromkeys(clients, why)
         for cid, client in clients.items():
             own = getattr(client.trainer, "param_spec", None)
-            if isinstance(own, ParamSpec) and own != spec and cid not in unfit:
+            if cid not in unfit and isinstance(own, ParamSpec) and own != spec:
                 unfit[cid] = (
                     f"{cid}: the session's model does not fit this client's data: check its features and label classes"
                 )
@@ -366,7 +556,11 @@ class ClientHost:
         async def deliver(chunk: Chunk) -> None:
             await self._send(self._answer(work, chunk))
 
-        await self._training.train_items(self._clients, work, deliver)
+        self._busy = True
+        try:
+            await self._training.train_items(self._clients, work, deliver)
+        finally:
+            self._busy = False
         self._rounds_done.add(env.round)
 
     async def _evaluate(self, msg: Message) -> None:

@@ -9,6 +9,8 @@ again, so that it can still count in the round.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import Awaitable, Callable
 
 from fedhive.core.bodies import EvaluateBody, RegisterBody, RegisteredBody, TrainBody, parse_body, seed_rows
@@ -16,8 +18,11 @@ from fedhive.core.envelope import Kind, Message, make
 from fedhive.runtime import events as ev
 from fedhive.runtime.downstream import Downstream
 from fedhive.runtime.evaluation import EvalRound
+from fedhive.runtime.hosted import host_beat
 from fedhive.runtime.registry import PeerStatus
 from fedhive.runtime.round_state import RoundState
+
+log = logging.getLogger("fedhive.coordinator")
 
 
 class ClientMembership:
@@ -32,6 +37,9 @@ class ClientMembership:
         self._late_joiner = on_late_joiner  # enable it (the node knows what ENABLE carries)
         self._on_ready = on_ready  # start the session
         self._train_body: Callable[[str], TrainBody] | None = None  # of the round in progress
+        # REGISTERED answers not sent yet, and the task sending them (see ``_answer``).
+        self._answers: list[str] = []
+        self._answering: asyncio.Task[None] | None = None
 
     async def on_message(self, msg: Message) -> bool:
         down, settings = self.down, self.down.collect_settings()
@@ -43,9 +51,32 @@ class ClientMembership:
             await down.collector.on_hosted_partial(msg, settings)
         elif msg.kind is Kind.EVALUATION:
             down.on_evaluation(msg, self)
+        elif host_beat(msg):
+            await self._on_host_beat(msg)
         else:
             return False
         return True
+
+    async def _on_host_beat(self, msg: Message) -> None:
+        """A host's one beat for all its clients: a sign of life of each client whose own REGISTER
+        named it, and of no other. A host we know no client of (we restarted) is asked, with a
+        REGISTERED to the host itself, to register its clients again, each signed by its own key."""
+        down = self.down
+        clients = down.hosts.clients_of(msg.sender)
+        if not clients:
+            log.info("%s beats for clients we do not know; asking it to register them again", msg.sender)
+            await down.send(msg.sender, down.message(Kind.REGISTERED, body=self._registered_body()))
+            return
+        for c in clients:
+            down.seen(c)
+
+    def _registered_body(self) -> dict[str, object]:
+        # The interval tells a networked client how often to beat, and how long a silence from us
+        # means that we are gone; the timeout, how long a silence from it means it is gone for us.
+        config = self.down.config
+        return RegisteredBody.model_construct(
+            heartbeat_interval_s=config.heartbeat_interval_s, heartbeat_timeout_s=config.heartbeat_timeout_s
+        ).to_body()
 
     def ready(self) -> bool:
         return self.down.registry.online_count() >= self.down.config.min_clients
@@ -64,19 +95,36 @@ class ClientMembership:
         previous = down.registry.register(msg.sender, body.num_examples or 0, body.label_counts)
         if previous is not PeerStatus.ONLINE:
             down.bus.emit(ev.ClientStatusChanged(msg.sender, PeerStatus.ONLINE, previous))
-        # The interval tells a networked client how often to beat, and how long a silence from us
-        # means that we are gone; the timeout, how long a silence from it means it is gone for us.
-        reply = RegisteredBody.model_construct(
-            heartbeat_interval_s=down.config.heartbeat_interval_s, heartbeat_timeout_s=down.config.heartbeat_timeout_s
-        )
-        await down.send(msg.sender, down.message(Kind.REGISTERED, body=reply.to_body()))
+        self._answer(msg.sender)
         if down.started:
+            await self.answered()  # REGISTERED before ENABLE
             await self._late_joiner(msg.sender)  # takes part from the next round
             r = down.collector.current
             if r and not r.closing and msg.sender in r.chosen and not r.answered_by(msg.sender) and self._train_body:
                 await self.send_train([msg.sender], r, self._train_body)
         elif self.ready():
+            await self.answered()
             await self._on_ready()
+
+    def _answer(self, client: str) -> None:
+        """REGISTERED to ``client``, sent in the background with the others that come meanwhile.
+        Why: awaited here, each answer held the coordinator's receiving until the broker confirmed
+        it (a persistent message: a disk write), so 10,000 registrations took 10,000 round trips
+        one after another; sent together, their confirms overlap."""
+        self._answers.append(client)
+        if self._answering is None or self._answering.done():
+            self._answering = asyncio.create_task(self._send_answers(), name="coordinator-registered")
+
+    async def _send_answers(self) -> None:
+        down, body = self.down, self._registered_body()
+        while self._answers:
+            batch, self._answers = self._answers, []
+            await down.send_all(batch, lambda _c: down.message(Kind.REGISTERED, body=body))
+
+    async def answered(self) -> None:
+        """Wait until every REGISTERED answer so far is sent (before ENABLE goes to anyone)."""
+        while self._answering is not None and not self._answering.done():
+            await asyncio.shield(self._answering)
 
     async def send_train(self, selected: list[str], r: RoundState, body: Callable[[str], TrainBody]) -> list[str]:
         """TRAIN to each client, or one TRAIN per host for its hosted clients."""

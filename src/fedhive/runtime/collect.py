@@ -231,10 +231,17 @@ class Collector:
         r.check_done()
 
     async def on_combiner_partial(
-        self, msg: Message, settings: CollectSettings, vouches: Callable[[str, str], bool]
+        self,
+        msg: Message,
+        settings: CollectSettings,
+        vouches: Callable[[str, str], bool],
+        *,
+        combiners_draw: bool = False,
     ) -> None:
         """A combiner's one answer for its clients: merged sums (FedAvg) or its clients' raw updates;
-        ``members`` names each client behind it (its examples and metrics: rows of their own)."""
+        ``members`` names each client behind it (its examples and metrics: rows of their own).
+        With ``combiners_draw`` (the strategy's Poisson sampling, done by each combiner) it may
+        also be ``none``: the combiner drew none of its clients, an answer with nothing to fold."""
         settings.seen(msg.sender)
         r = self._open_round_for(msg, [msg.sender])
         if r is None:
@@ -243,6 +250,9 @@ class Collector:
             raise ProtocolError("sender was not selected for this round")
         if r.answered_by(msg.sender):
             self.reject(msg, "duplicate update")
+            return
+        if parse_body(PartialBody, msg).mode == "none":
+            self._nobody_drawn(msg, r, combiners_draw)
             return
         nbytes = payload_size(msg)
         fold = functools.partial(_fold_partial, msg, r, settings)
@@ -259,6 +269,16 @@ class Collector:
                 raise ProtocolError(f"{msg.sender} reports clients that are not assigned to it")
             for m in members:
                 self.bus.emit(ev.UpdateAcceptedVia(r.round, m.client_id, m.num_examples, m.metrics, msg.sender))
+        r.check_done()
+
+    def _nobody_drawn(self, msg: Message, r: RoundState, combiners_draw: bool) -> None:
+        if not combiners_draw:
+            raise ProtocolError(f"{msg.sender} sent no clients' updates, but it was to train all of its clients")
+        body = parse_body(PartialBody, msg)
+        if body.members or body.failures or body.clients:
+            raise ProtocolError(f"{msg.sender}: a 'none' partial from a combiner names no clients")
+        log.info("round %d: %s drew none of its clients", r.round, msg.sender)
+        r.accepted.add(msg.sender)  # answered as asked: its draw, at the strategy's rate, was empty
         r.check_done()
 
     # -- claim checks -------------------------------------------------------------------------------

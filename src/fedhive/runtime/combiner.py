@@ -18,6 +18,7 @@ import logging
 import time
 from collections.abc import Mapping
 from concurrent.futures import Executor, ThreadPoolExecutor
+from typing import TYPE_CHECKING
 
 from fedhive.core.bodies import (
     MAX_REASON,
@@ -41,13 +42,17 @@ from fedhive.runtime.client_membership import ClientMembership
 from fedhive.runtime.coordinator import SessionResult
 from fedhive.runtime.downstream import COORDINATOR_ID, Downstream
 from fedhive.runtime.evaluation import evaluation_body
-from fedhive.runtime.partials import CollectRaw, ForwardRaw, partial_message, raw_message
+from fedhive.runtime.partials import CollectRaw, ForwardRaw, nobody_drawn_message, partial_message, raw_message
 from fedhive.runtime.payloads import payload_params
 from fedhive.runtime.round_state import RoundState, shortfall_reason
 from fedhive.runtime.session_config import SessionConfig
 from fedhive.strategies.base import Strategy
 from fedhive.strategies.registry import parse_strategy
+from fedhive.strategies.sampling import ClientSampling
 from fedhive.transports.base import Transport
+
+if TYPE_CHECKING:
+    from fedhive.secagg.node_round import SecureRounds
 
 log = logging.getLogger("fedhive.combiner")
 
@@ -98,6 +103,8 @@ class Combiner:
         self._sub_evaluation: asyncio.Task[None] | None = None
         self._rounds_combined: set[int] = set()
         self._heartbeat_timer: asyncio.TimerHandle | None = None
+        self._secure: SecureRounds | None = None  # the session's secure aggregation, from its ENABLE
+        self._sampling: ClientSampling | None = None  # the strategy's draw of our clients (DP), from its ENABLE
         self.bus.on(ev.MessageIn, self._on_message)
         self.bus.on(ev.HeartbeatCheck, self._on_heartbeat_check)
         self.bus.on(ev.SessionFailedEvent, self._on_failed)
@@ -121,11 +128,18 @@ class Combiner:
 
     # -- one sub-round: the coordinator's TRAIN, our clients' answers, one partial upstream ------------
     async def _combine(self, rnd: int, attempt: int, params: Params) -> None:
-        r = await self.down.train_round(
-            rnd, attempt, params, self.strategy.aggregator(params), self.membership, self._fit
-        )
+        # With secure aggregation our clients are a group of their own: we learn only their sum.
+        train_round = self._secure.train_round if self._secure is not None else self.down.train_round
+        aggregator = self.strategy.aggregator(params)
+        r = await train_round(rnd, attempt, params, aggregator, self.membership, self._fit, self._sampling)
         if isinstance(r, str):
             await self._error(rnd, attempt, r)
+            return
+        if not r.selected:  # our Poisson draw took none of our clients: an answer all the same
+            empty = nobody_drawn_message(self.node_id, self.config.session_id, rnd, attempt)
+            await self.down.send(self.upstream_id, empty)
+            self._rounds_combined.add(rnd)
+            self.down.collector.close(r)
             return
         need = self.config.quorum_size(len(r.selected))
         if len(r.accepted) < need:
@@ -143,9 +157,10 @@ class Combiner:
         members = [Member(c, n, m) for c, (n, m) in sorted(r.reports.items())]
         if isinstance(agg, CollectRaw):
             return raw_message(self.node_id, self.config.session_id, r.round, r.attempt, agg.updates, members=members)
+        exact = self.exact_partials or self._secure is not None  # a secure sum keeps its fixed-point bound
         return partial_message(
             self.node_id, self.config.session_id, r.round, r.attempt, agg.partial(), sorted(r.accepted),
-            spec=self.down.params.spec, exact=self.exact_partials, members=members,
+            spec=self.down.params.spec, exact=exact, members=members,
         )  # fmt: skip
 
     def _fit(self, client_id: str, r: RoundState) -> TrainBody:
@@ -177,6 +192,8 @@ class Combiner:
             await self._error(msg.envelope.round, 0, str(exc))
 
     async def _from_client(self, msg: Message) -> None:
+        if self._secure is not None and await self._secure.on_message(msg):
+            return
         await self.down.on_message(msg, self.membership)
         if msg.kind is Kind.REGISTER:
             await self._report()
@@ -193,6 +210,12 @@ class Combiner:
         self.down.config = self.config
         upstream_strategy = parse_strategy(upstream.strategy)
         self.strategy = upstream_strategy if upstream_strategy.mergeable else ForwardRaw()
+        # DP-FedAvg's Poisson sampling: we draw our own clients, each at its rate (strategies/sampling.py).
+        self._sampling = upstream_strategy.client_sampling()
+        if self.config.secure_aggregation and self._secure is None:
+            from fedhive.secagg.node_round import SecureRounds  # here: only its sessions need cryptography
+
+            self._secure = SecureRounds(self.down, upstream_strategy)
         self._enabled = True
 
     async def _on_train(self, msg: Message) -> None:

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Coroutine, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fedhive.app.contract import EvalResult
 from fedhive.app.learner import Evaluator
@@ -34,12 +34,17 @@ from fedhive.runtime.downstream import COORDINATOR_ID, Downstream, Membership
 from fedhive.runtime.evaluation import aggregate_metrics
 from fedhive.runtime.inline_executor import run_job
 from fedhive.runtime.model_check import Refused, aggregate_checked
+from fedhive.runtime.population import Population
+from fedhive.runtime.population_node import PopulationDownstream, PopulationMembership
 from fedhive.runtime.registry import ClientRegistry
 from fedhive.runtime.round_state import RoundState, shortfall_reason
 from fedhive.runtime.session_config import SessionConfig
 from fedhive.strategies.base import AggregateResult, Strategy
 from fedhive.strategies.registry import parse_strategy
 from fedhive.transports.base import Transport
+
+if TYPE_CHECKING:
+    from fedhive.secagg.node_round import SecureRounds
 
 __all__ = ["COORDINATOR_ID", "Coordinator", "SessionResult"]
 
@@ -78,6 +83,7 @@ class Coordinator:
         start_round: int = 1,
         history: Sequence[dict[str, float]] = (),  # of the rounds before start_round
         membership: MembershipFactory | None = None,  # default: clients (a flat session)
+        population: Population | None = None,  # simulated clients too many to list (runtime.population)
     ) -> None:
         self.config = config
         self.transport = transport
@@ -87,13 +93,24 @@ class Coordinator:
         self._evaluator = evaluator
         self._own_executor = executor is None
         self._executor = executor or ThreadPoolExecutor(1, thread_name_prefix="fedhive-aggregate")
-        self.down = Downstream(config, transport, self.bus, self._executor, registry=registry)
+        self.population = population
+        if population is None:
+            self.down = Downstream(config, transport, self.bus, self._executor, registry=registry)
+        else:
+            self.down = PopulationDownstream(config, transport, self.bus, self._executor, population)
         self.down.params = initial_params
-        self.membership: Membership = (membership or _clients)(self)
+        self.membership: Membership = (membership or (_clients if population is None else _population))(self)
         self.registry = self.down.registry
         # A strategy whose guarantees need its own client sampling (DP-FedAvg: Poisson). Over
         # combiners it would draw combiners, not clients, which is not what its accounting assumes.
         self._sampling = self.strategy.client_sampling() if isinstance(self.membership, ClientMembership) else None
+        # Secure aggregation with clients (docs/secure_aggregation.md): the rounds' steps are
+        # secagg's; over combiners each combiner runs them with its own group and sends a sum.
+        self._secure: SecureRounds | None = None
+        if config.secure_aggregation and isinstance(self.membership, ClientMembership):
+            from fedhive.secagg.node_round import SecureRounds  # here: only its sessions need cryptography
+
+            self._secure = SecureRounds(self.down, self.strategy)
         self._next_round = start_round
         self._history: list[dict[str, float]] = list(history)
         self.best = BestRound(config.key_metric, config.mode, config.patience)
@@ -121,7 +138,9 @@ class Coordinator:
             r = await self._train(rnd, first_attempt)
             if r is None:
                 return  # the session failed, with its reason
-            if not r.selected:  # a Poisson draw with nobody in it: the model stays, the round counts
+            # A Poisson draw with nobody in it (over combiners: every combiner's own draw was empty):
+            # the model stays, the round counts.
+            if not r.selected or not r.aggregator.count:
                 self.strategy.empty_round(rnd)
                 self._complete(r, self.params, AggregateResult(self.params, 0, 0, {}), {})
                 self._next_round += 1
@@ -154,9 +173,8 @@ class Coordinator:
         """One round's training: a new attempt while quorum is missed and retries are left."""
         for attempt in range(first_attempt, self.config.max_round_retries + 1):
             aggregator = self.strategy.aggregator(self.params)
-            r = await self.down.train_round(
-                rnd, attempt, self.params, aggregator, self.membership, self._fit, self._sampling
-            )
+            train_round = self._secure.train_round if self._secure is not None else self.down.train_round
+            r = await train_round(rnd, attempt, self.params, aggregator, self.membership, self._fit, self._sampling)
             if isinstance(r, str):
                 self._fail(r)
                 return None
@@ -268,9 +286,13 @@ class Coordinator:
         self.down.started = True
         if self._registration_deadline is not None:
             self._registration_deadline.cancel()
-        participants = self.registry.online()
+        if self.population is None:
+            participants = listed = self.registry.online()
+        else:  # counted, not listed: its host answers for every client
+            participants, listed = [self.population.host], []
+        size = len(listed) if self.population is None else self.population.size
         self.bus.emit(
-            ev.SessionStarted(self.config.session_id, self.config.model_dump(), participants, self._next_round)
+            ev.SessionStarted(self.config.session_id, self.config.model_dump(), listed, self._next_round, size)
         )
         await self.enable(participants)
         self._loop = asyncio.create_task(self._guarded(self._rounds()), name="coordinator-rounds")
@@ -296,6 +318,8 @@ class Coordinator:
                 return
 
     async def _on_message(self, event: ev.MessageIn) -> None:
+        if self._secure is not None and await self._secure.on_message(event.message):
+            return
         if self._async is None or not await self._async.on_message(event.message):
             await self.down.on_message(event.message, self.membership)
 
@@ -328,6 +352,11 @@ class Coordinator:
     async def _on_heartbeat_check(self, _: ev.HeartbeatCheck) -> None:
         self._schedule_heartbeat_check()
         await self.down.check_liveness()
+
+
+def _population(coordinator: Coordinator) -> Membership:
+    assert isinstance(coordinator.down, PopulationDownstream)
+    return PopulationMembership(coordinator.down, on_ready=coordinator.start_session)
 
 
 def _clients(coordinator: Coordinator) -> Membership:

@@ -86,6 +86,11 @@ class CredentialStore:
             self._users_of = clients
         return self._users
 
+    def combiners(self) -> list[str]:
+        """Ids of the combiners given a broker user (``fedhive clients add --role combiner
+        --broker-user``): the coordinator binds their queues to the up exchange for them."""
+        return [cid for cid, e in self._current().items() if e.get("broker_user") and e.get("role") == "combiner"]
+
     def list(self) -> list[ClientRecord]:
         return [ClientRecord(cid, e["name"], e["created_at"]) for cid, e in sorted(self._current().items())]
 
@@ -119,9 +124,10 @@ class CredentialStore:
         return dict(clients)
 
     # -- writing ---------------------------------------------------------------------------------
-    def add(self, name: str, *, broker_user: bool = False) -> tuple[str, str]:
+    def add(self, name: str, *, broker_user: bool = False, role: str = "client") -> tuple[str, str]:
         """Create a client; returns its id and its secret (64 hex digits) to hand to the client.
-        ``broker_user``: record that it has a broker user of its own, named like it."""
+        ``broker_user``: record that it has a broker user of its own, named like it; ``role``:
+        "combiner" for a combiner of a hierarchical federation (recorded only if not a client)."""
         if not _NAME.match(name) or name == COORDINATOR_ID:
             raise ConfigError(
                 f"client name {name!r}: use 1-48 letters, digits, '.', '_' or '-', starting with a letter or "
@@ -136,6 +142,8 @@ class CredentialStore:
             clients[client_id] = {"name": name, "secret": secret, "created_at": created}
             if broker_user:
                 clients[client_id]["broker_user"] = client_id
+            if role != "client":
+                clients[client_id]["role"] = role
         return client_id, secret
 
     def remove(self, client_id: str) -> bool:

@@ -37,7 +37,7 @@ from fedhive.runtime.round_state import RoundState
 from fedhive.runtime.session_config import SessionConfig
 from fedhive.runtime.update_limits import UpdateLimits
 from fedhive.strategies.base import Aggregator
-from fedhive.strategies.sampling import ClientSampling
+from fedhive.strategies.sampling import ClientSampling, draw_rng
 from fedhive.transports.base import Transport
 
 log = logging.getLogger("fedhive.coordinator")  # the node that runs rounds
@@ -135,24 +135,11 @@ class Downstream:
         Poisson sampling, which its privacy accounting assumes) each participant takes part
         independently at its rate instead of a ``fraction`` drawn without replacement; the draw
         may be empty (then nothing is sent: the round has no participants)."""
-        index = self.index()
-        online = [c for c in self.registry.online() if c in index]
-        if len(online) < self.config.round_floor():  # min_round_clients, else min_clients
-            need, name = (
-                self.config.round_floor(),
-                "min_round_clients" if self.config.min_round_clients else "min_clients",
-            )
-            return f"round {rnd}: only {len(online)} clients are ONLINE, fewer than {name}={need}"
-        rng = np.random.default_rng([self.config.seed, rnd, attempt])
-        k = self.config.selection_size(len(online))
-        if sampling is not None and sampling.rate < 1:
-            selected = sampling.select(sorted(online), rng)
-        elif k < len(online):
-            selected = sorted(rng.choice(online, size=k, replace=False).tolist())
-        else:
-            selected = online
+        selected = self.select(rnd, attempt, sampling)
+        if isinstance(selected, str):
+            return selected
         r = RoundState(rnd, attempt, selected, time.monotonic(), aggregator)
-        r.index = index
+        r.index = self.index()
         self.params = params
         self.collector.open(r, params)
         self.bus.emit(ev.RoundStarted(rnd, attempt, selected))
@@ -164,14 +151,39 @@ class Downstream:
             log.warning("round %d: no update from %s before the %.0f s deadline", rnd, c, self.config.round_timeout_s)
         return r
 
-    async def evaluate_round(self, rnd: int, params: Params, membership: Membership, body: EvaluateBody) -> EvalRound:
-        """EVALUATE the global model on a ``fraction_evaluate`` share of the participants, collect
-        their figures until all answered or the deadline (``runtime.evaluation``)."""
+    def select(self, rnd: int, attempt: int, sampling: ClientSampling | None = None) -> list[str] | str:
+        """The participants of one round's attempt (``train_round``'s draw), or why there are too
+        few ONLINE to start it."""
+        index = self.index()
+        online = [c for c in self.registry.online() if c in index]
+        if len(online) < self.config.round_floor():  # min_round_clients, else min_clients
+            need, name = (
+                self.config.round_floor(),
+                "min_round_clients" if self.config.min_round_clients else "min_clients",
+            )
+            return f"round {rnd}: only {len(online)} clients are ONLINE, fewer than {name}={need}"
+        rng = np.random.default_rng([self.config.seed, rnd, attempt])
+        k = self.config.selection_size(len(online))
+        if sampling is not None and sampling.rate < 1:
+            # A combiner draws from a stream of its own: every client's inclusion is independent.
+            node = None if self.sender_id == COORDINATOR_ID else self.sender_id
+            return sampling.select(sorted(online), draw_rng(self.config.seed, rnd, attempt, node))
+        if k < len(online):
+            return sorted(rng.choice(online, size=k, replace=False).tolist())
+        return online
+
+    def select_evaluation(self, rnd: int) -> list[str]:
+        """The participants that evaluate round ``rnd``'s global model (``evaluate_round``'s draw)."""
         index = self.index()
         online = [c for c in self.registry.online() if c in index]
         rng = np.random.default_rng([self.config.seed, rnd, 1])  # a draw of its own, not training's
         k = min(len(online), max(1, math.ceil(self.config.fraction_evaluate * len(online))))
-        selected = sorted(rng.choice(online, size=k, replace=False).tolist()) if k < len(online) else online
+        return sorted(rng.choice(online, size=k, replace=False).tolist()) if k < len(online) else online
+
+    async def evaluate_round(self, rnd: int, params: Params, membership: Membership, body: EvaluateBody) -> EvalRound:
+        """EVALUATE the global model on a ``fraction_evaluate`` share of the participants, collect
+        their figures until all answered or the deadline (``runtime.evaluation``)."""
+        selected = self.select_evaluation(rnd)
         e = EvalRound(rnd, selected)
         self.params, self.evaluation = params, e
         for c in await membership.send_evaluate(selected, e, body):
@@ -305,7 +317,9 @@ class Downstream:
                 self.collector.fail(r, c, f"went OFFLINE (no heartbeat for {timeout:.0f} s)")
         if self.config.heartbeat_interval_s:
             body = HeartbeatBody.model_construct(status="RUNNING" if self.started else "PENDING").to_body()
-            await self.send_all(self.alive(), lambda _c: self.message(Kind.HEARTBEAT, body=body))
+            # A host hears us for all its clients: one beat to it, not one to each (runtime.hosted).
+            targets = self.hosts.beat_targets(self.alive())
+            await self.send_all(targets, lambda _c: self.message(Kind.HEARTBEAT, body=body))
 
     def alive(self) -> list[str]:
         return [c.client_id for c in self.registry.all() if c.status is not PeerStatus.OFFLINE]

@@ -66,6 +66,7 @@ class SessionStarted:
     config: dict[str, object]
     clients: list[str]
     start_round: int = 1
+    population: int | None = None  # how many clients take part; ``clients`` is empty when too many to list
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,13 +24,15 @@ from typing import Any
 from fedhive.core.bodies import EvaluateBody, HeartbeatBody, RegisterBody, RegisteredBody, TrainBody, parse_body
 from fedhive.core.envelope import Kind, Message, make
 from fedhive.core.params import Params
-from fedhive.errors import FedhiveError, ProtocolError
+from fedhive.errors import ConfigError, FedhiveError, ProtocolError
 from fedhive.runtime import events as ev
 from fedhive.runtime.coordinator import Coordinator, SessionResult
 from fedhive.runtime.evaluation import EvalRound
 from fedhive.runtime.registry import PeerStatus
 from fedhive.runtime.round_state import RoundState
 from fedhive.runtime.session_config import SessionConfig
+from fedhive.strategies.base import Strategy
+from fedhive.strategies.registry import parse_strategy
 from fedhive.transports.base import Transport
 
 log = logging.getLogger("fedhive.hierarchy")
@@ -53,8 +55,20 @@ class HierarchicalCoordinator:
         def membership(c: Coordinator) -> CombinerMembership:
             return CombinerMembership(c, min_combiners=min_combiners, min_clients=config.min_clients)
 
-        flat = config.model_copy(update={"min_clients": 1})
-        self.coordinator = Coordinator(flat, transport, initial_params, membership=membership, **kwargs)
+        strategy: Strategy = kwargs.pop("strategy", None) or parse_strategy(config.strategy)
+        update: dict[str, object] = {"min_clients": 1}
+        if strategy.client_sampling() is not None:
+            # Its accounting assumes each client drawn on its own (strategies/sampling.py): every
+            # combiner gets the TRAIN and draws its own clients at the strategy's rate. A fraction
+            # of combiners would leave whole groups out together.
+            _check_combiners_strategy(config, strategy)
+            if config.fraction < 1 or config.max_clients:
+                log.warning("%s samples clients itself: fraction and max_clients are not used", strategy.name)
+            update.update(fraction=1.0, max_clients=None)
+        flat = config.model_copy(update=update)
+        self.coordinator = Coordinator(
+            flat, transport, initial_params, membership=membership, strategy=strategy, **kwargs
+        )
         self.bus = self.coordinator.bus
         self.registry = self.coordinator.registry
 
@@ -68,6 +82,17 @@ class HierarchicalCoordinator:
         return await self.coordinator.run()
 
 
+def _check_combiners_strategy(config: SessionConfig, strategy: Strategy) -> None:
+    """Combiners clip and draw by the session's ``strategy`` spec (its ENABLE): a strategy object
+    given to the coordinator that differs from it would have its guarantees broken below it."""
+    spec = parse_strategy(config.strategy).config()
+    if spec != strategy.config():
+        raise ConfigError(
+            f"the combiners clip and sample clients by the session's strategy {config.strategy!r}, "
+            f"which differs from the coordinator's {strategy.name} ({strategy.config()})"
+        )
+
+
 class CombinerMembership:
     def __init__(self, coordinator: Coordinator, *, min_combiners: int, min_clients: int) -> None:
         self.coordinator = coordinator
@@ -76,6 +101,8 @@ class CombinerMembership:
         self.min_total_clients = min_clients
         self.assigned: dict[str, str] = {}  # client -> combiner
         self.combiner_clients: dict[str, int] = {}  # combiner -> clients registered with it
+        # Each combiner draws its own clients (the strategy's Poisson sampling): a draw may be empty.
+        self.combiners_draw = coordinator.strategy.client_sampling() is not None
 
     async def on_message(self, msg: Message) -> bool:
         role = parse_body(RegisterBody, msg).role if msg.kind is Kind.REGISTER else None
@@ -87,7 +114,9 @@ class CombinerMembership:
             raise ProtocolError("in a hierarchical session, register with role 'client' or 'combiner'")
         elif msg.kind is Kind.PARTIAL:
             try:
-                await self.down.collector.on_combiner_partial(msg, self.down.collect_settings(), self.vouches)
+                await self.down.collector.on_combiner_partial(
+                    msg, self.down.collect_settings(), self.vouches, combiners_draw=self.combiners_draw
+                )
             except FedhiveError as exc:
                 self.down.collector.reject(msg, str(exc))  # the combiner's whole answer counts as failed
         elif msg.kind is Kind.EVALUATION:

@@ -9,15 +9,22 @@
 - A client signs with its own secret and accepts any sender whose message is signed with that
   secret: only the coordinator and the combiners hold it, and it cannot know in advance which
   combiner it will be sent to.
+
+On the broker (docs/security.md, "Broker isolation") a combiner declares nothing: the coordinator
+declares and binds its queue (``fedhive clients add --role combiner --broker-user``), and, when it
+assigns a client to a combiner, opens the way from that combiner to that client only
+(``CombinerRoutes``), so a combiner's broker user reaches exactly the clients it was given.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+from fedhive.core.bodies import RegisteredBody, parse_body
+from fedhive.core.envelope import Kind, Message
 from fedhive.core.signing import Verifier
 from fedhive.core.wire import MAX_ENVELOPE_BYTES
-from fedhive.errors import ConfigError
+from fedhive.errors import ConfigError, FedhiveError, TransportError
 from fedhive.runtime.assigned_client import run_assigned_client
 from fedhive.runtime.bus import EventBus
 from fedhive.runtime.combiner import Combiner
@@ -29,10 +36,43 @@ from fedhive.runtime.resume import Checkpoint, coordinator_kwargs
 from fedhive.runtime.session_plan import SessionFile
 from fedhive.runtime.site_app import SiteApp
 from fedhive.strategies.base import Strategy
+from fedhive.transports.amqp import AmqpTransport
+from fedhive.transports.amqp_topology import Role
+from fedhive.transports.base import TransportWrapper
 from fedhive.transports.broker_users import SenderLogins
 from fedhive.transports.wire_codec import WireCodec
 
 Observer = Callable[[EventBus], None]
+
+
+class CombinerRoutes(TransportWrapper):
+    """The coordinator's transport, which binds a client's queue to the combiner it assigns the
+    client to (``AmqpTransport.route_down``) before it tells the client: the combiner's answer
+    to the client's first message must find the way open. Sends go one by one (the base class's
+    ``send_many``) only where a REGISTERED is among them; a round's TRAINs keep the batching."""
+
+    def __init__(self, inner: AmqpTransport) -> None:
+        super().__init__(inner)
+        self._amqp = inner
+
+    async def send(self, to: str, message: Message) -> None:
+        await self._route(to, message)
+        await self.inner.send(to, message)
+
+    async def send_many(self, items: Sequence[tuple[str, Message]]) -> list[TransportError | None]:
+        for to, message in items:
+            await self._route(to, message)
+        return await self.inner.send_many(items)
+
+    async def _route(self, to: str, message: Message) -> None:
+        if message.kind is not Kind.REGISTERED:
+            return
+        try:
+            combiner = parse_body(RegisteredBody, message).combiner
+        except FedhiveError:
+            return
+        if combiner is not None:
+            await self._amqp.route_down(to, combiner)
 
 
 def combiner_codec(combiner_id: str, key: bytes, store: CredentialStore, broker: BrokerSettings) -> WireCodec:
@@ -62,7 +102,8 @@ async def run_combiner(
 ) -> int:
     """Serve the coordinator until it says STOP; returns the number of rounds combined."""
     codec = combiner_codec(combiner_id, key, store, broker)
-    async with broker.transport(combiner_id, codec, logins=SenderLogins(store.broker_users)) as transport:
+    logins = SenderLogins(store.broker_users)
+    async with broker.transport(combiner_id, codec, logins=logins, role=Role.COMBINER) as transport:
         node = Combiner(
             combiner_id,
             transport,
@@ -130,9 +171,11 @@ async def run_hierarchical_coordinator(
     codec = coordinator_codec(
         store, artifacts=broker.artifacts, max_message_bytes=config.max_update_bytes + MAX_ENVELOPE_BYTES
     )
-    async with broker.transport(COORDINATOR_ID, codec, logins=SenderLogins(store.broker_users)) as transport:
+    logins = SenderLogins(store.broker_users, store.combiners)
+    transport = broker.transport(COORDINATOR_ID, codec, logins=logins)
+    async with transport:
         coordinator = HierarchicalCoordinator(
-            config, transport, initial, evaluator=evaluator, min_combiners=min_combiners, **kwargs
+            config, CombinerRoutes(transport), initial, evaluator=evaluator, min_combiners=min_combiners, **kwargs
         )
         for attach in observers:
             attach(coordinator.bus)

@@ -22,6 +22,7 @@ from fedhive.runtime.inline_executor import InlineExecutor
 from fedhive.runtime.session_config import SessionConfig
 from fedhive.runtime.simulation import client_id
 from fedhive.strategies.base import Strategy
+from fedhive.strategies.registry import parse_strategy
 from fedhive.transports.memory import MemoryNetwork
 
 Observer = Callable[[EventBus], None]
@@ -44,6 +45,11 @@ async def run_hierarchy(
     """Run one session; ``config.min_clients`` clients must have reached their combiners before
     round 1. Raises ``SessionFailed`` like the flat simulation."""
     net = network or MemoryNetwork()
+    strategy = strategy or parse_strategy(config.strategy)
+    # A client that its combiner's draw leaves out (DP-FedAvg's Poisson sampling) may sit out many
+    # rounds: it beats, or its combiner would take its silence for death. Otherwise every client
+    # trains every round and the beats are left out, as they always were.
+    client_beat = heartbeat_s if strategy.client_sampling() is not None else None
     live = {"heartbeat_interval_s": heartbeat_s, "heartbeat_timeout_s": 4 * heartbeat_s}
     config = config.model_copy(update=live)
     coordinator = HierarchicalCoordinator(
@@ -78,7 +84,7 @@ async def run_hierarchy(
             assign_timeout_s=config.registration_timeout_s,
             combiner_timeout_s=5 * heartbeat_s,
             executor=inline,
-            heartbeat_interval_s=None,
+            heartbeat_interval_s=client_beat,
         )
         for cid, trainer, n in zip(ids, trainers, num_examples, strict=True)
     ]

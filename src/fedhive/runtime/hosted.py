@@ -9,6 +9,11 @@ same events either way.
 
 - A hosted client registers as usual, with ``host`` in the REGISTER body: its own choice, so a node
   can only ever be made the host of clients that named it.
+- Liveness is per host: the host's own HEARTBEAT (signed by the host, ``hosting`` in its body)
+  counts as a sign of life of every client that registered naming it, and of no other; the
+  coordinator beats to the host once for all of them. A host's beat that the coordinator cannot
+  match to any client (it restarted, and forgot them) is answered with a REGISTERED addressed to
+  the host itself: the host then registers its clients again, each signed by its own key.
 - TRAIN to a host: ``body.fit`` is the fit configuration of all its selected clients but for the
   seed, and ``body.clients`` lists ``{"client", "seed"}`` for each; the global model is the
   payload, once.
@@ -19,8 +24,9 @@ same events either way.
 
 The bodies are ``core.bodies``' ``RegisterBody``, ``TrainBody`` and ``PartialBody``.
 
-Nothing here depends on the transport, but only ``simulate`` runs hosts: over a broker each
-hosted client's REGISTER would have to be signed with that client's own key.
+Nothing here depends on the transport: in ``simulate`` the host shares the coordinator's process;
+over a broker (``fedhive client --virtual N --host ID``) each hosted client's REGISTER is signed
+with that client's own key, and everything the host sends for all of them with the host's.
 """
 
 from __future__ import annotations
@@ -30,11 +36,18 @@ from collections.abc import Sequence
 
 from fedhive.app.learner import FitConfig
 from fedhive.core.bodies import MAX_CLIENTS, Member, PartialBody, RegisterBody, TrainBody, parse_body
-from fedhive.core.envelope import Message
+from fedhive.core.envelope import Kind, Message
 from fedhive.core.params import ParamSpec
 from fedhive.errors import ProtocolError
 from fedhive.runtime.partials import read_partial
 from fedhive.strategies.base import Aggregator, Partial
+
+HOSTING = "hosting"  # in a host's own HEARTBEAT body: how many registered clients it beats for
+
+
+def host_beat(msg: Message) -> bool:
+    """A ``ClientHost``'s own heartbeat (for all its clients), not a client's."""
+    return msg.kind is Kind.HEARTBEAT and isinstance(msg.envelope.body.get(HOSTING), int)
 
 
 def train_items(body: TrainBody, round: int = 0) -> list[tuple[str, FitConfig]]:
@@ -53,16 +66,38 @@ class HostDirectory:
 
     def __init__(self) -> None:
         self._host_of: dict[str, str] = {}
+        self._clients_of: dict[str, set[str]] = {}  # host -> the clients that named it
 
     def note_registration(self, client_id: str, body: RegisterBody) -> None:
-        host = body.host
+        host, before = body.host, self._host_of.get(client_id)
+        if before is not None and before != host:
+            self._clients_of[before].discard(client_id)
         if host is None:
             self._host_of.pop(client_id, None)  # registered again on its own
         else:
             self._host_of[client_id] = host
+            self._clients_of.setdefault(host, set()).add(client_id)
 
     def host_of(self, client_id: str) -> str | None:
         return self._host_of.get(client_id)
+
+    def clients_of(self, host: str) -> set[str]:
+        """The clients whose own signed REGISTER named ``host``: all a host's heartbeat speaks for."""
+        return self._clients_of.get(host, set())
+
+    def beat_targets(self, participants: Sequence[str]) -> list[str]:
+        """Whom the node's own heartbeat goes to: each direct participant, and each host once for
+        its clients (a host hears the coordinator for all of them; 10,000 beats would be 10)."""
+        targets: list[str] = []
+        hosts: set[str] = set()
+        for c in participants:
+            host = self.host_of(c)
+            if host is None:
+                targets.append(c)
+            elif host not in hosts:
+                hosts.add(host)
+                targets.append(host)
+        return targets
 
     def split(self, clients: Sequence[str]) -> tuple[list[str], dict[str, list[str]]]:
         """(clients addressed directly, {host: its clients}), each in the given order."""

@@ -7,6 +7,16 @@ session runs its own ``Coordinator`` with the unchanged round logic; its transpo
 tell whether it owns a transport or shares the hub's. The hub answers REGISTER and HEARTBEAT for
 every peer, keeps the platform-wide registry (OFFLINE after missed heartbeats) and forwards
 registrations and heartbeats of a session's peers to that session too.
+
+Sessions of other topologies (``open_session``'s ``topology``): in a hierarchical session the
+combiners that ``fedhive serve`` runs for it are the coordinator's participants, so everything they
+send goes to the session as it is (``infrastructure``); the session's peers are introduced as
+clients asking for a combiner, and of what they send afterwards only such requests go on (they
+train with their combiner, and their idle beats are the hub's business). In a decentralised
+session the peers' beats and reports go to the session, which only watches. Remote combiners
+(``fedhive combiner --agent``, ``remote=True``) are infrastructure too while a session holds them,
+but also registered nodes of the platform: what they send keeps them TRAINING in the registry, and
+between sessions they register and beat as idle sites do.
 """
 
 from __future__ import annotations
@@ -25,6 +35,9 @@ from fedhive.runtime.registry import ClientRegistry, PeerStatus
 from fedhive.transports.base import Transport, TransportClosed
 
 log = logging.getLogger("fedhive.hub")
+
+STAR, HIERARCHICAL, DECENTRALISED = "star", "hierarchical", "decentralised"
+TOPOLOGIES = (STAR, HIERARCHICAL, DECENTRALISED)
 
 
 class SessionPort(Transport):
@@ -74,27 +87,65 @@ class Hub:
         self.registry = ClientRegistry(heartbeat_timeout_s=heartbeat_timeout_s)
         self._ports: dict[str, SessionPort] = {}
         self._session_of: dict[str, str] = {}  # peer id -> the session holding it
+        self._topology: dict[str, str] = {}  # session id -> its topology (star unless said)
+        self._infrastructure: dict[str, str] = {}  # a combiner serve runs -> its session
+        self._remote: set[str] = set()  # those of them that are remote combiners (registered nodes)
         self._sites: dict[str, tuple[dict[str, object], int]] = {}  # peer id -> its agent's last announcement
         self._timeout = heartbeat_timeout_s
         self.bus.on(ev.MessageIn, self._on_message)
         self.bus.on(ev.HeartbeatCheck, self._on_heartbeat_check)
 
-    def open_session(self, session_id: str, peers: Sequence[str]) -> SessionPort:
+    @property
+    def heartbeat_timeout_s(self) -> float | None:
+        return self._timeout
+
+    def open_session(
+        self,
+        session_id: str,
+        peers: Sequence[str],
+        *,
+        topology: str = STAR,
+        infrastructure: Sequence[str] = (),
+        remote: bool = False,
+    ) -> SessionPort:
         """A port for a new (or resumed) session holding ``peers``. Peers already ONLINE are
-        introduced to the session at once, as if they had just registered with it."""
+        introduced to the session at once, as if they had just registered with it (in a
+        hierarchical session: as clients asking for a combiner; in a decentralised one they are
+        not: the session gives them their orders itself). ``infrastructure``: ids of the nodes
+        ``fedhive serve`` runs for the session (combiners), routed to it as they are; ``remote``:
+        they are remote combiners, whose liveness the registry keeps as a held site's."""
         port = SessionPort(self, session_id)
         self._ports[session_id] = port
+        self._topology[session_id] = topology
+        for node in infrastructure:
+            self._infrastructure[node] = session_id
+            if remote:
+                self._remote.add(node)
         for peer in peers:
             self._session_of[peer] = session_id
             info = self.registry.get(peer)
-            if info is not None and info.status is not PeerStatus.OFFLINE:
+            if info is not None and info.status is not PeerStatus.OFFLINE and topology == STAR:
                 body = RegisterBody.model_construct(num_examples=info.num_examples, label_counts=info.label_counts)
                 port.deliver(make(Kind.REGISTER, peer, body=body.to_body()))
+            elif topology == HIERARCHICAL:
+                self.ask_for_combiner(session_id, peer)
         return port
+
+    def ask_for_combiner(self, session_id: str, peer: str, avoid: str | None = None) -> None:
+        """Hand a hierarchical session the request for a combiner that ``peer`` would make as a
+        ``fedhive client`` (the session answers the peer with its combiner)."""
+        port = self._ports.get(session_id)
+        if port is not None:
+            body = RegisterBody.model_construct(role="client", avoid=avoid)
+            port.deliver(make(Kind.REGISTER, peer, session_id=session_id, body=body.to_body()))
 
     def release(self, session_id: str) -> None:
         for peer in [p for p, s in self._session_of.items() if s == session_id]:
             del self._session_of[peer]
+        for node in [n for n, s in self._infrastructure.items() if s == session_id]:
+            del self._infrastructure[node]
+            self._remote.discard(node)
+        self._topology.pop(session_id, None)
         port = self._ports.pop(session_id, None)
         if port is not None:
             port._closed = True
@@ -122,6 +173,12 @@ class Hub:
 
     async def _on_message(self, event: ev.MessageIn) -> None:
         msg = event.message
+        infrastructure = self._infrastructure.get(msg.sender)
+        if infrastructure is not None:  # a combiner of ours: the session's participant, not a peer
+            self._route(msg, infrastructure)
+            if msg.sender in self._remote:
+                self._held_alive(msg.sender)
+            return
         try:
             if msg.kind is Kind.REGISTER:
                 await self._on_register(msg)
@@ -129,7 +186,7 @@ class Hub:
                 await self._on_heartbeat(msg)
             elif msg.kind is Kind.DONE:
                 return
-            else:
+            elif self._topology.get(msg.envelope.session_id) != HIERARCHICAL:
                 self._route(msg, msg.envelope.session_id)
         except FedhiveError as exc:
             log.warning("rejected %s from %s: %s", msg.kind, msg.sender, exc)
@@ -142,7 +199,11 @@ class Hub:
         if session is not None:
             self.registry.set_status(msg.sender, PeerStatus.TRAINING)
         self.bus.emit(ev.ClientStatusChanged(msg.sender, self.registry.get(msg.sender).status, previous))  # type: ignore[union-attr]
-        if session is not None:
+        if session is not None and self._topology.get(session) == HIERARCHICAL:
+            # a request for a combiner (its first one was lost, or its combiner fell silent), or a
+            # peer that restarted: either way it is asking for a combiner
+            self.ask_for_combiner(session, msg.sender, body.avoid)
+        elif session is not None:
             self._route(msg, session)  # the session re-enables a peer that came back
         else:
             try:
@@ -172,8 +233,14 @@ class Hub:
             ev.HeartbeatReceived(msg.sender, b.status, msg.envelope.round, b.epoch, b.epochs, b.loss, b.accuracy)
         )
         session = self._session_of.get(msg.sender)
-        if session is not None:
+        if session is not None and self._topology.get(session) != HIERARCHICAL:
             self._route(msg, session)
+
+    def _held_alive(self, node: str) -> None:
+        """A remote combiner a session holds is heard from: TRAINING (also after a restart of ours)."""
+        previous = self.registry.seen(node) if node in self.registry else self.registry.register(node, 0)
+        if self.registry.set_status(node, PeerStatus.TRAINING) is not None or previous is not None:
+            self.bus.emit(ev.ClientStatusChanged(node, PeerStatus.TRAINING, previous))
 
     def _announced(self, peer: str, site: object, num_examples: object) -> None:
         """Passes a site agent's announcement on when it is new or changed: an idle agent repeats

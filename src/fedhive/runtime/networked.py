@@ -12,6 +12,13 @@ Every node purges its own queue when it starts: what sits there was left by an e
 with the same id (a stale REGISTER or STOP of another session) and must not be acted on. A
 coordinator restarted after a crash resumes from a ``Checkpoint`` (``resume=``) and takes back the
 clients of its session that are still running (``Reintroducing``).
+
+Virtual clients (``fedhive client --virtual N``) share one AMQP connection per process
+(``transports.amqp_shared``), each with its own queue and signing key: as ``ClientNode``s
+(``run_virtual_clients``), or behind a ``ClientHost`` (``run_client_host``) that the coordinator
+sends one TRAIN per round for all its selected clients and that answers with partial sums, while
+each client still registers and beats with its own signature (docs/networked.md, "Virtual clients
+at scale").
 """
 
 from __future__ import annotations
@@ -22,22 +29,27 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 
-from fedhive.app.learner import Evaluator
+from fedhive.app.contract import EvalResult
+from fedhive.app.learner import Evaluator, FitConfig, FitResult, ProgressFn
 from fedhive.core.envelope import Kind, Message, make
 from fedhive.core.params import Params
 from fedhive.core.signing import SenderClocks, Verifier
 from fedhive.core.wire import MAX_ENVELOPE_BYTES
-from fedhive.errors import ConfigError, FedhiveError
+from fedhive.errors import ConfigError, FedhiveError, ProtocolError
 from fedhive.runtime.bus import EventBus
 from fedhive.runtime.client import ClientNode
+from fedhive.runtime.client_host import ClientHost, HostedClient, HostTraining, InProcessTraining
 from fedhive.runtime.coordinator import COORDINATOR_ID, Coordinator, SessionResult
 from fedhive.runtime.credentials import CredentialStore
+from fedhive.runtime.hosted import host_beat
 from fedhive.runtime.resume import Checkpoint, coordinator_kwargs
 from fedhive.runtime.session_plan import SessionFile
 from fedhive.runtime.site_app import ServerApp, SiteApp
 from fedhive.storage.artifacts import ArtifactStore
 from fedhive.strategies.base import Strategy
-from fedhive.transports.amqp import AmqpTransport
+from fedhive.transports.amqp import AmqpTransport, SenderCheck, SharedLink, Sink
+from fedhive.transports.amqp_shared import MuxLink, SharedConnection, start_all
+from fedhive.transports.amqp_topology import Role
 from fedhive.transports.base import Transport, TransportWrapper
 from fedhive.transports.broker_users import SenderLogins
 from fedhive.transports.wire_codec import DEFAULT_CLAIM_CHECK_BYTES, DEFAULT_MAX_MESSAGE_BYTES, WireCodec
@@ -66,10 +78,17 @@ class BrokerSettings:
         declares: bool = True,
         logins: SenderLogins | None = None,
         ephemeral: bool = False,
+        shared: SharedLink | None = None,
+        sink: Sink | None = None,
+        role: Role | None = None,
+        sender_check: SenderCheck | None = None,
     ) -> AmqpTransport:
         """``declares``: False for a client (it needs no configure rights on the broker);
         ``logins``: the broker users of the clients this node hears from, checked on every message;
-        ``ephemeral``: the node's id is used once (a peer), so its queue goes when it does."""
+        ``ephemeral``: the node's id is used once (a peer), so its queue goes when it does;
+        ``shared``: the process's one connection (virtual clients), ``sink``: a ``MuxLink``'s;
+        ``role``: a combiner's or peer's (``amqp_topology.Role``); ``sender_check``: a peer's
+        check of every message's login, instead of ``logins``'s."""
         return AmqpTransport(
             self.url,
             node_id,
@@ -81,9 +100,16 @@ class BrokerSettings:
             purge_on_start=True,
             declares=declares,
             downstream=logins.provisioned if logins else None,
-            sender_check=logins,
+            relays=logins.relays if logins else None,
+            sender_check=sender_check or logins,
+            role=role,
             ephemeral=ephemeral,
+            shared=shared,
+            sink=sink,
         )
+
+    def shared_connection(self, name: str) -> SharedConnection:
+        return SharedConnection(self.url, name=name, ca_file=self.ca_file, connect_timeout_s=self.connect_timeout_s)
 
 
 def coordinator_codec(
@@ -164,7 +190,8 @@ async def run_coordinator(
         max_message_bytes=config.max_update_bytes + MAX_ENVELOPE_BYTES,
         clocks=clocks if clocks is not None else SenderClocks(resume.sender_clocks if resume else None),
     )
-    async with broker.transport(COORDINATOR_ID, codec, logins=SenderLogins(store.broker_users)) as transport:
+    logins = SenderLogins(store.broker_users, store.combiners)
+    async with broker.transport(COORDINATOR_ID, codec, logins=logins) as transport:
         link = Reintroducing(transport, config.session_id)
         coordinator = Coordinator(config, link, initial, evaluator=evaluator, **kwargs)
         for attach in observers:
@@ -194,6 +221,7 @@ class Reintroducing(TransportWrapper):
         super().__init__(inner)
         self._session_id = session_id
         self._known: set[str] = set()
+        self._hosts: set[str] = set()  # client hosts: they answer for clients, never are one
         self._held: Message | None = None
 
     async def recv(self) -> Message:
@@ -201,13 +229,23 @@ class Reintroducing(TransportWrapper):
             msg, self._held = self._held, None
             return msg
         msg = await self.inner.recv()
+        host = _host_named(msg)
+        if host is not None:
+            self._hosts.add(host)
+        if host_beat(msg):  # a host's own beat: ClientMembership asks it to register its clients again
+            self._hosts.add(msg.sender)
         if msg.kind is Kind.REGISTER:
             self._known.add(msg.sender)
+        elif msg.sender in self._hosts:
+            pass  # a host's partial or evaluation: its clients are what registers
         elif msg.sender not in self._known and msg.envelope.session_id == self._session_id:
             self._known.add(msg.sender)
             log.info("%s is in session %s from before a restart; taking it back", msg.sender, self._session_id)
             self._held = msg
-            return make(Kind.REGISTER, msg.sender, session_id=self._session_id, body={"num_examples": 0})
+            body: dict[str, object] = {"num_examples": 0}
+            if host is not None:  # a hosted client's beat names its host: it stays hosted
+                body["host"] = host
+            return make(Kind.REGISTER, msg.sender, session_id=self._session_id, body=body)
         elif msg.sender not in self._known and _idle_agent_beat(msg):
             self._known.add(msg.sender)
             log.info("%s is an idle site agent; taking it as registered", msg.sender)
@@ -217,6 +255,14 @@ class Reintroducing(TransportWrapper):
 
 
 _REGISTER_KEYS = ("num_examples", "label_counts", "site")
+
+
+def _host_named(msg: Message) -> str | None:
+    """The ``ClientHost`` a hosted client's REGISTER or HEARTBEAT names (signed by the client)."""
+    if msg.kind not in (Kind.REGISTER, Kind.HEARTBEAT):
+        return None
+    host = msg.envelope.body.get("host")
+    return host if isinstance(host, str) and host else None
 
 
 def _idle_agent_beat(msg: Message) -> bool:
@@ -275,18 +321,33 @@ async def run_virtual_clients(
     *,
     observers: Sequence[Observer] = (),
 ) -> list[int | FedhiveError]:
-    """Host many clients in this process, each with its own connection and identity.
+    """Host many clients in this process, each a ``ClientNode`` with its own identity, queue and
+    signing key, all on one AMQP connection (``amqp_shared``).
 
     Training runs in one shared worker thread: the event loop stays free for every client's
-    heartbeats and for the AMQP connections' own heartbeats, which a blocked loop would miss.
+    heartbeats and for the AMQP connection's own heartbeats, which a blocked loop would miss.
     Returns, per client, the rounds it trained or why it failed.
     """
     pool = ThreadPoolExecutor(1, thread_name_prefix="fedhive-virtual-clients")
+    shared = broker.shared_connection(f"fedhive {len(clients)} virtual clients")
     try:
-        results = await asyncio.gather(
-            *(run_client(key, site, broker, settings, observers=observers, executor=pool) for key, site in clients),
-            return_exceptions=True,
-        )
+        async with shared:
+            transports = [
+                broker.transport(site.client_id, client_codec(site.client_id, key, artifacts=broker.artifacts),
+                                 declares=False, shared=shared)
+                for key, site in clients
+            ]  # fmt: skip
+            await start_all(transports)
+            try:
+                results = await asyncio.gather(
+                    *(
+                        _serve_client(t, site, settings, observers, pool)
+                        for t, (_, site) in zip(transports, clients, strict=True)
+                    ),
+                    return_exceptions=True,
+                )
+            finally:
+                await asyncio.gather(*(t.close() for t in transports), return_exceptions=True)
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
     out: list[int | FedhiveError] = []
@@ -295,3 +356,97 @@ async def run_virtual_clients(
             raise r
         out.append(r)
     return out
+
+
+async def _serve_client(
+    transport: Transport, site: SiteApp, settings: ClientSettings, observers: Sequence[Observer], executor: Executor
+) -> int:
+    node = ClientNode(
+        site.client_id,
+        transport,
+        site.trainer_for,
+        num_examples=site.num_examples,
+        label_counts=site.label_counts,
+        executor=executor,
+        heartbeat_interval_s=settings.heartbeat_interval_s,
+        register_timeout_s=settings.register_timeout_s,
+        coordinator_timeout_s=settings.coordinator_timeout_s,
+        progress_interval_s=settings.progress_interval_s,
+    )
+    for attach in observers:
+        attach(node.bus)
+    await node.run()
+    return node.rounds_trained
+
+
+# -- a client host ------------------------------------------------------------------------------------
+class _NotEnabled:
+    """A hosted client's trainer until ENABLE says which session it trains (``ClientHost`` swaps
+    in ``SiteApp.trainer_for(config)`` then, through ``trainers_for``)."""
+
+    def initial_params(self, seed: int) -> Params:
+        raise ProtocolError("no session enabled yet")
+
+    def fit(self, params: Params, config: FitConfig, progress: ProgressFn | None = None) -> FitResult:
+        raise ProtocolError("TRAIN before ENABLE")
+
+    def evaluate(self, params: Params) -> EvalResult:
+        raise ProtocolError("EVALUATE before ENABLE")
+
+
+async def run_client_host(
+    host: tuple[str, bytes],
+    clients: Sequence[tuple[bytes, SiteApp]],
+    broker: BrokerSettings,
+    settings: ClientSettings = ClientSettings(),
+    *,
+    training: HostTraining | None = None,
+    first_index: int = 0,
+    on_registered: Callable[[int, int], None] | None = None,
+) -> int:
+    """Serve one session for ``clients`` behind a ``ClientHost`` with the identity ``host`` (its
+    id and secret, from the coordinator's client store): the coordinator sends it one TRAIN per
+    round for its selected clients and gets partial sums back, signed by the host; every client
+    registers and beats with its own signature. All on one AMQP connection, one queue per id.
+
+    ``training``: where the clients train (default: one worker thread, so that the event loop
+    keeps every heartbeat on time); ``first_index``: the position of the first client in the whole
+    population (a worker process's ``partition_id``). Returns the number of rounds trained;
+    raises ``SessionFailed`` if the coordinator never answers or falls silent."""
+    host_id, host_key = host
+    keys = {host_id: host_key, **{site.client_id: key for key, site in clients}}
+    sites = {site.client_id: site for _, site in clients}
+    if len(keys) != len(clients) + 1:
+        raise ConfigError(f"the host {host_id} and its {len(clients)} clients need distinct ids")
+    shared = broker.shared_connection(f"fedhive host {host_id}")
+    pool = ThreadPoolExecutor(1, thread_name_prefix="fedhive-host") if training is None else None
+    try:
+        async with shared:
+
+            def endpoint(node: str, sink: Sink) -> AmqpTransport:
+                codec = client_codec(node, keys[node], artifacts=broker.artifacts)
+                return broker.transport(node, codec, declares=False, shared=shared, sink=sink)
+
+            link = MuxLink(host_id, list(sites), endpoint, coordinator=COORDINATOR_ID)
+            hosted = [
+                HostedClient(cid, _NotEnabled(), site.num_examples, site.label_counts or None)
+                for cid, site in sites.items()
+            ]
+            node = ClientHost(
+                host_id,
+                link,
+                hosted,
+                training=training or InProcessTraining(pool),
+                register_timeout_s=settings.register_timeout_s,
+                heartbeat_interval_s=settings.heartbeat_interval_s,
+                coordinator_timeout_s=settings.coordinator_timeout_s,
+                on_registered=on_registered,
+                trainers_for=lambda cid, config: sites[cid].trainer_for(config),
+                first_index=first_index,
+            )
+            async with link:
+                await node.run()
+            return node.rounds_trained
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)

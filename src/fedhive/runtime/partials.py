@@ -10,6 +10,8 @@
 - ``raw``: for a strategy that cannot merge (a median needs every value), the clients' updates
   themselves, packed into one safetensors payload as ``"<i>/<tensor>"`` with each client's id,
   example count and metrics in the body. One message per round per combiner either way.
+- ``none``: a combiner whose Poisson draw (``strategies/sampling.py``) took none of its clients:
+  nothing to fold, but an answer all the same (``nobody_drawn_message``).
 
 Both are checked on arrival like any update: names, shapes, dtypes (float64 for sums), size and
 finiteness, before they reach an aggregator.
@@ -80,6 +82,13 @@ def raw_message(
         mode="raw", attempt=attempt, updates=rows, clients=[u.client_id for u in updates], **_named(members, failures)
     )
     return make(Kind.PARTIAL, sender, session_id=session_id, round=round, body=body.to_body(), payload=Params(packed))
+
+
+def nobody_drawn_message(sender: str, session_id: str, round: int, attempt: int) -> Message:
+    """A combiner's answer when its Poisson draw for this round attempt is empty: no clients, no
+    payload. The coordinator counts it as answered (a round of empty draws is an empty round)."""
+    body = PartialBody.model_construct(mode="none", attempt=attempt, members=[])
+    return make(Kind.PARTIAL, sender, session_id=session_id, round=round, body=body.to_body())
 
 
 def _named(members: Sequence[Member] | None, failures: Sequence[tuple[str, str]] | None) -> dict[str, Any]:

@@ -5,6 +5,12 @@ whose key could sign them, so one shared key signs and verifies everything (``pe
 peer can therefore speak for any peer id inside the federation; nobody without the key can speak
 at all. Peer ids are fresh random 128-bit values per process, so a restarted peer is a new peer
 (it receives the current model and takes part from the next round).
+
+On the broker each peer can have a user of its own (``fedhive peers add --broker-user``): a peer's
+id names its login (``amqp_topology.peer_id``), RabbitMQ lets it publish only under its own id and
+bind only its own queue, and every peer drops a message whose signed sender names another login
+than the one RabbitMQ says published it (``broker_users.peer_sender_check``): with one shared key,
+that is what keeps a peer from speaking as another.
 """
 
 from __future__ import annotations
@@ -19,9 +25,12 @@ from fedhive.runtime.bus import EventBus
 from fedhive.runtime.networked import BrokerSettings
 from fedhive.runtime.peer import PeerNode, PeerRoundCompleted
 from fedhive.runtime.peer_gossip import GossipPeer
-from fedhive.runtime.peer_rounds import new_peer_id, peer_codec
+from fedhive.runtime.peer_rounds import peer_codec
 from fedhive.runtime.session_config import SessionConfig
 from fedhive.runtime.site_app import SiteApp
+from fedhive.transports.amqp_topology import Role, login_of
+from fedhive.transports.amqp_topology import peer_id as amqp_peer_id
+from fedhive.transports.broker_users import peer_sender_check
 
 Observer = Callable[[EventBus], None]
 
@@ -57,11 +66,14 @@ async def run_peer(
     instead of the app's init (the same on every peer). Raises ``SessionFailed`` when too few peers
     come, or a round cannot be committed. ``on_finished`` gets the final model (``fedhive peer --out``)."""
     trainer = site.trainer_for(config)
-    node_id = peer_id or new_peer_id()
+    node_id = peer_id or amqp_peer_id(login_of(broker.url))
     kind: Callable[..., PeerNode] = (
         functools.partial(GossipPeer, gossip=settings.gossip) if settings.gossip else PeerNode
     )
-    async with broker.transport(node_id, peer_codec(key), ephemeral=True) as transport:
+    transport = broker.transport(
+        node_id, peer_codec(key), ephemeral=True, role=Role.PEER, sender_check=peer_sender_check
+    )
+    async with transport:
         node = kind(
             transport,
             trainer,

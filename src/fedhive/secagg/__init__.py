@@ -8,7 +8,9 @@ server learns the sum of the clients' updates and nothing else about any one of 
 - ``shamir``: threshold secret sharing, so that survivors can remove a dropped client's masks;
 - ``masks``: X25519 key agreement, AES-CTR mask expansion, AES-GCM sealed shares;
 - ``client`` / ``server``: the two state machines of one round; ``messages``: what they exchange;
-- ``round``: one secure sum among in-process clients; ``host_link``: its place in ``simulate``.
+- ``round``: one secure sum among in-process clients; ``host_link``: its place in ``simulate``;
+- over a broker: ``wire`` (each step in an existing message kind), ``node_round`` (the
+  coordinator's or a combiner's side), ``node_client`` (a ``fedhive client``'s side).
 """
 
 from fedhive.secagg.client import SecAggClient

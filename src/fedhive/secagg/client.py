@@ -50,7 +50,7 @@ class SecAggClient:
         self._advance("share keys", "send a masked input")
         if self.client_id not in roster.keys:
             raise SecAggError(f"{self.client_id}: the roster leaves us out")
-        n, k, t = len(roster.keys), roster.neighbours, roster.threshold
+        n, k, t = len(roster.ids), roster.neighbours, roster.threshold
         if k != degree(n, k):
             raise SecAggError(f"{k} neighbours cannot make a regular graph of {n} clients")
         if not 2 <= t <= k + 1:
@@ -58,20 +58,26 @@ class SecAggClient:
         publics = [p for pair in roster.keys.values() for p in pair]
         if len(set(publics)) != len(publics):
             raise SecAggError("the roster repeats a public key")
+        if roster.keys[self.client_id] != (masks.public_bytes(self._c_key), masks.public_bytes(self._s_key)):
+            raise SecAggError(f"{self.client_id}: the roster does not hold the keys we advertised")
         self._roster = roster
-        self._neighbours = roster.graph[self.client_id]
+        self._neighbours = roster.neighbours_of(self.client_id)
+        if missing := sorted(self._neighbours - roster.keys.keys()):
+            raise SecAggError(f"{self.client_id}: the roster lacks the keys of our neighbours {missing[:5]}")
         holders = sorted(self._neighbours | {self.client_id}, key=roster.point)
         xs = [roster.point(h) for h in holders]
         self_shares = shamir.split(self._self_seed, xs, t)
         key_shares = shamir.split(self._s_key.private_bytes_raw(), xs, t)
         sealed = {}
-        for holder, b, s in zip(holders, self_shares, key_shares, strict=True):
+        nonces = masks.nonces(len(holders))
+        for i, (holder, b, s) in enumerate(zip(holders, self_shares, key_shares, strict=True)):
             if holder == self.client_id:
                 self._held[holder] = (b, s)
                 continue
             key = masks.agree(self._c_key, roster.public(holder)[0], self._context, b"share", self.client_id, holder)
             self._share_keys[holder] = key  # the same key opens what ``holder`` seals for us
-            sealed[holder] = masks.seal_shares(key, masks.share_ad(self._context, self.client_id, holder), b, s)
+            ad = masks.share_ad(self._context, self.client_id, holder)
+            sealed[holder] = masks.seal_shares(key, ad, b, s, nonce=nonces[i])
         return ShareKeys(self.client_id, sealed)
 
     def masked_input(self, routed: Mapping[str, bytes], vector: np.ndarray) -> MaskedInput:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hmac
 from collections.abc import Collection
+from functools import lru_cache
 
 
 def degree(n: int, k: int) -> int:
@@ -34,9 +35,26 @@ def degree(n: int, k: int) -> int:
 
 def ring_order(ids: Collection[str], seed: bytes) -> list[str]:
     """The clients in their places on the ring: sorted by HMAC-SHA256 under ``seed``."""
-    if len(set(ids)) != len(ids):
+    key = tuple(sorted(ids))
+    if len(set(key)) != len(key):
         raise ValueError("client ids must be distinct")
-    return sorted(ids, key=lambda c: (hmac.digest(seed, c.encode(), "sha256"), c))
+    return list(_ring(key, seed))
+
+
+@lru_cache(maxsize=8)
+def _ring(ids: tuple[str, ...], seed: bytes) -> tuple[str, ...]:
+    # Kept for the round: the virtual clients of one process draw the same ring (n HMACs each,
+    # the larger part of a client's work on the roster), and so does the node for the graph.
+    return tuple(sorted(ids, key=lambda c: (hmac.digest(seed, c.encode(), "sha256"), c)))
+
+
+def _offsets(n: int, k: int) -> list[int]:
+    k = degree(n, k)
+    half = k // 2
+    offsets = [*range(1, half + 1), *range(n - half, n)]
+    if k % 2:
+        offsets.append(n // 2)
+    return offsets
 
 
 def neighbour_graph(ids: Collection[str], k: int, seed: bytes) -> dict[str, frozenset[str]]:
@@ -44,9 +62,13 @@ def neighbour_graph(ids: Collection[str], k: int, seed: bytes) -> dict[str, froz
     ids, ``k`` and seed give the same graph wherever it is computed)."""
     order = ring_order(ids, seed)
     n = len(order)
-    k = degree(n, k)
-    half = k // 2
-    offsets = [*range(1, half + 1), *range(n - half, n)]
-    if k % 2:
-        offsets.append(n // 2)
+    offsets = _offsets(n, k)
     return {c: frozenset(order[(i + o) % n] for o in offsets) for i, c in enumerate(order)}
+
+
+def neighbours_of(client: str, ids: Collection[str], k: int, seed: bytes) -> frozenset[str]:
+    """``neighbour_graph(ids, k, seed)[client]`` without the rest of the graph: what a client
+    computes for itself (the whole graph is O(n k) per client, O(n^2 k) a round over a broker)."""
+    order = ring_order(ids, seed)
+    n, i = len(order), order.index(client)
+    return frozenset(order[(i + o) % n] for o in _offsets(n, k))

@@ -13,8 +13,8 @@ other message (ENABLE, EVALUATE, STOP) passes through to the host unchanged.
 round's clients (drawn from the session seed, round and attempt) sends no unmasking shares.
 
 In this process the server's state machine runs beside the clients' (each message is a method
-call); over a broker it belongs to the coordinator or combiner (docs/secure_aggregation.md,
-"Message flow").
+call); over a broker it belongs to the coordinator or combiner (``secagg.node_round``;
+docs/secure_aggregation.md, "Over a broker").
 """
 
 from __future__ import annotations

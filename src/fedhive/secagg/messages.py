@@ -1,7 +1,7 @@
 """What the clients and the server of one secure aggregation exchange, in order.
 
-Transport-agnostic: the simulation hands them over in-process; over a broker each maps onto a
-message of its own (docs/secure_aggregation.md, "Message flow").
+Transport-agnostic: the simulation hands them over in-process; over a broker each travels in an
+existing message kind (``secagg.wire``; docs/secure_aggregation.md, "Over a broker").
 
     client -> server   AdvertiseKeys   two X25519 public keys
     server -> clients  Roster          everyone's public keys, the threshold, the neighbour graph
@@ -22,7 +22,7 @@ import numpy as np
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 
 from fedhive.secagg import masks
-from fedhive.secagg.graph import neighbour_graph
+from fedhive.secagg.graph import neighbour_graph, neighbours_of
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,17 +42,26 @@ class Roster:
     threshold: int
     neighbours: int  # k, the graph's degree (graph.degree: at most n - 1)
     graph_seed: bytes
+    # Everyone in the round, when ``keys`` holds only some of them (``for_client``: a client needs
+    # every id to draw the graph, but the keys of its neighbours only).
+    members: tuple[str, ...] = ()
     _parsed: dict[str, tuple[X25519PublicKey, X25519PublicKey]] = field(
         default_factory=dict, init=False, repr=False, compare=False
     )
 
     @cached_property
     def ids(self) -> list[str]:
-        return sorted(self.keys)
+        return sorted(self.members or self.keys)
 
     @cached_property
     def graph(self) -> dict[str, frozenset[str]]:
         return neighbour_graph(self.ids, self.neighbours, self.graph_seed)
+
+    def neighbours_of(self, client: str) -> frozenset[str]:
+        """``graph[client]``; without drawing the whole graph when only one client's is needed."""
+        if "graph" in self.__dict__:
+            return self.graph[client]
+        return neighbours_of(client, self.ids, self.neighbours, self.graph_seed)
 
     @cached_property
     def _points(self) -> dict[str, int]:
@@ -61,6 +70,13 @@ class Roster:
     def point(self, client: str) -> int:
         """The x at which ``client`` holds the shares it is given."""
         return self._points[client]
+
+    def for_client(self, client: str) -> Roster:
+        """What ``client`` needs of the roster: every id, its own keys and its neighbours' (a
+        client's roster message is O(n + k), not O(n) keys: O(n^2) bytes a round in all)."""
+        wanted = self.graph[client] | {client}
+        keys = {c: self.keys[c] for c in self.ids if c in wanted}
+        return Roster(keys, self.threshold, self.neighbours, self.graph_seed, members=tuple(self.ids))
 
     def public(self, client: str) -> tuple[X25519PublicKey, X25519PublicKey]:
         """``client``'s (c, s) public keys, parsed once per roster."""

@@ -154,6 +154,25 @@ class SecAggServer:
             raise SecAggError(f"{msg.client} did not send exactly the shares asked for")
         self._unmask[msg.client] = msg
 
+    def recoverable(self) -> bool:
+        """Whether every secret to rebuild has ``threshold`` answers already: more answers teach
+        the server nothing, so a node may close the unmasking stage now instead of waiting for
+        survivors that vanished after their masked input."""
+        r, roster = self._request, self._roster
+        if r is None or roster is None:
+            return False
+        answered = self._unmask.keys()
+        for u in self._shared:
+            pool = roster.graph[u] | ({u} if u in r.survivors else set())
+            if len(pool & answered) < roster.threshold:
+                return False
+        return True
+
+    @property
+    def survivors(self) -> frozenset[str]:
+        """Who is in the sum (after ``unmask_request``)."""
+        return self._request.survivors if self._request is not None else frozenset()
+
     def result(self) -> np.ndarray:
         """The sum of the survivors' quantised inputs (``uint64``, modulo 2**64)."""
         r, roster = self._request, self._roster

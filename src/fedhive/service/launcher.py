@@ -37,6 +37,11 @@ class SessionRequest:
     name: str | None = None  # the user's name for the session
     # labels for the session's tracking runs: its use case, the registered model it started from
     tags: Mapping[str, str] = field(default_factory=dict)
+    topology: str = "star"  # star, hierarchical (over combiners the server runs) or decentralised
+    combiners: int = 0  # hierarchical: how many combiners the server starts for the session
+    # hierarchical over remote combiners (``fedhive combiner --agent``) instead: those named, or
+    # every ONLINE one when empty; None: the server starts its own (``combiners``)
+    remote_combiners: tuple[str, ...] | None = None
 
 
 class SessionLauncher(Protocol):

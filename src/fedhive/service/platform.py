@@ -41,15 +41,18 @@ from fedhive.service.apps import InstalledApps, state_folder_name
 from fedhive.service.clock_file import ClockFile
 from fedhive.service.peer_status import PeerStatusRecorder, SecretCache
 from fedhive.service.platform_data_app import PlatformDataApp, platform_builtin
+from fedhive.service.service_nodes import ServiceNodes
 from fedhive.service.services import Services, open_stores
 from fedhive.service.session_manager import SessionManager, SessionObserver
 from fedhive.service.settings import Settings
+from fedhive.service.site_logins import SiteLogins
 from fedhive.storage import users_repo
 from fedhive.storage.artifacts import ArtifactStore
 from fedhive.storage.database import Database
 from fedhive.storage.secret_box import SecretBox
 from fedhive.tracking.mlflow_options import session_observer
 from fedhive.transports.base import Transport
+from fedhive.transports.broker_users import SenderLogins
 from fedhive.transports.memory import MemoryNetwork
 from fedhive.transports.wire_codec import WireCodec
 from fedhive.web.live import LiveFeed
@@ -73,7 +76,11 @@ async def serve(settings: Settings, options: ServeOptions, *, on_ready: Callable
         network = MemoryNetwork() if settings.broker_url is None else None
         clock_file = ClockFile(settings.home / "sender-clocks.json")
         clocks = await asyncio.to_thread(clock_file.load)
-        transport = await stack.enter_async_context(_hub_transport(settings, db, artifacts, network, clocks))
+        nodes = _service_nodes(settings, db, artifacts, network)  # a hierarchical session's combiners
+        site_logins = SiteLogins(db)  # sites with broker users of their own: the hub makes their queues
+        await asyncio.to_thread(site_logins.load)
+        hub_link = _hub_transport(settings, nodes, artifacts, network, clocks, logins=SenderLogins(site_logins))
+        transport = await stack.enter_async_context(hub_link)
         hub = Hub(transport, heartbeat_timeout_s=settings.heartbeat_timeout_s)
         PeerStatusRecorder(db).attach(hub.bus)
         live = LiveFeed()  # the dashboard's server-sent events: peer facts from the hub, rounds per session
@@ -82,7 +89,7 @@ async def serve(settings: Settings, options: ServeOptions, *, on_ready: Callable
         if settings.mlflow_tracking_uri is not None:  # every session tracked (and its model registered)
             uri, name = settings.mlflow_tracking_uri, settings.mlflow_register_as
             observers.append(await asyncio.to_thread(lambda: session_observer(uri, register_as=name)))
-        manager = SessionManager(db, artifacts, hub, observers=observers, apps=apps)
+        manager = SessionManager(db, artifacts, hub, observers=observers, apps=apps, nodes=nodes)
         app = create_app(settings, Services(settings, db, artifacts, manager, apps), live)
         server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
         # Binding the socket before serving is the readiness signal: from here on, connections
@@ -119,14 +126,31 @@ def _mark_all_offline(db: Database) -> None:
         users_repo.mark_silent_clients_offline(s, datetime.now(UTC) + timedelta(days=1))
 
 
+def _service_nodes(
+    settings: Settings, db: Database, artifacts: ArtifactStore, network: MemoryNetwork | None
+) -> ServiceNodes:
+    sites = SecretCache(db, settings.secret_box())
+    if network is not None:
+        return ServiceNodes(sites, network=network)
+    assert settings.broker_url is not None
+    return ServiceNodes(sites, broker=BrokerSettings(settings.broker_url, settings.namespace, artifacts=artifacts))
+
+
 def _hub_transport(
-    settings: Settings, db: Database, artifacts: ArtifactStore, network: MemoryNetwork | None, clocks: SenderClocks
+    settings: Settings,
+    nodes: ServiceNodes,
+    artifacts: ArtifactStore,
+    network: MemoryNetwork | None,
+    clocks: SenderClocks,
+    *,
+    logins: SenderLogins | None = None,
 ) -> Transport:
     if network is not None:
         return network.connect(COORDINATOR_ID)
-    codec = hub_codec(SecretCache(db, settings.secret_box()), artifacts, clocks)
+    codec = hub_codec(nodes.secret_of, artifacts, clocks)  # the sites' secrets, and our combiners' keys
     assert settings.broker_url is not None
-    return BrokerSettings(settings.broker_url, settings.namespace, artifacts=artifacts).transport(COORDINATOR_ID, codec)
+    broker = BrokerSettings(settings.broker_url, settings.namespace, artifacts=artifacts)
+    return broker.transport(COORDINATOR_ID, codec, logins=logins)
 
 
 def hub_codec(secret_of: Callable[[str], bytes | None], artifacts: ArtifactStore, clocks: SenderClocks) -> WireCodec:

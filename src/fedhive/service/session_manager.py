@@ -18,6 +18,14 @@ the session's tags (``SessionRequest.tags``: its use case, the registered model 
 A cancelled session's coordinator is stopped mid-round, so it never says how the session ended:
 the manager says it for it, dispatching ``SessionCancelled`` on that bus once the database holds
 CANCELLED (the live feed then shows it, a tracker ends its runs KILLED).
+
+A session's topology (``SessionRequest.topology``, kept in its config's ``data``) picks what runs
+it: a ``Coordinator`` over the sites (star), a ``HierarchicalSession`` (combiners this process
+runs, the sites behind them) or a ``PeerSession`` (the sites train among themselves; the server
+only watches). docs/architecture.md, "Sessions of every topology". After a restart a hierarchical
+session resumes as a star does, from its last checkpoint, with combiners started again under new
+ids (the sites, still following the old ones, are each assigned one of them); a decentralised one
+is watched again (``PeerSession``, ``resumed``): its peers never needed the server.
 """
 
 from __future__ import annotations
@@ -25,7 +33,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -42,18 +50,24 @@ from fedhive.learning.models import parse_model_spec
 from fedhive.runtime import events as ev
 from fedhive.runtime.bus import EventBus
 from fedhive.runtime.coordinator import COORDINATOR_ID, Coordinator
-from fedhive.runtime.hub import Hub
+from fedhive.runtime.hub import DECENTRALISED, HIERARCHICAL, STAR, Hub
+from fedhive.runtime.peer_rounds import new_peer_id
 from fedhive.runtime.resume import Checkpoint, coordinator_kwargs
 from fedhive.runtime.session_config import SessionConfig
 from fedhive.runtime.site_app import ServerApp, session_with_app
 from fedhive.service.apps import InstalledApps
+from fedhive.service.hierarchical_sessions import HierarchicalSession
 from fedhive.service.launcher import NotEnoughPeers, SessionRequest
+from fedhive.service.peer_sessions import PeerSession
 from fedhive.service.persistence import SessionRecorder, load_checkpoint
 from fedhive.service.platform_data_app import PlatformDataApp, platform_builtin
+from fedhive.service.reported_sessions import is_reported
+from fedhive.service.service_nodes import ServiceNodes
 from fedhive.service.shards import DataPlan, plan_builtin, plan_uploaded_csv
+from fedhive.service.topology import topology_data
 from fedhive.storage import models_repo, sessions_repo, users_repo
 from fedhive.storage.artifacts import ArtifactStore
-from fedhive.storage.database import Database
+from fedhive.storage.database import Database, NotFound
 from fedhive.storage.models import ClientRow, ClientStatus, SessionStatus
 from fedhive.strategies.registry import parse_strategy
 
@@ -76,8 +90,10 @@ class SessionManager:
         *,
         observers: Sequence[SessionObserver] = (),
         apps: InstalledApps | None = None,
+        nodes: ServiceNodes | None = None,
     ) -> None:
         self.db = db
+        self.nodes = nodes  # what hierarchical and decentralised sessions need (None: star sessions only)
         self.apps = apps if apps is not None else InstalledApps.load()
         # Extra observers (the dashboard's live feed, a tracker): called with (session id, bus,
         # tags) for every session started or resumed, after the persistence observer.
@@ -87,6 +103,7 @@ class SessionManager:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._buses: dict[str, EventBus] = {}  # running sessions' buses: where a cancellation is told
         self._ending: set[asyncio.Task[None]] = set()  # cancellations still being told to observers
+        self._hierarchies: dict[str, HierarchicalSession] = {}  # running hierarchical sessions
 
     # -- SessionLauncher ---------------------------------------------------------------------
     async def start(self, request: SessionRequest) -> str:
@@ -98,12 +115,24 @@ class SessionManager:
             # Weights of its own (initial_params) it may start from: they are checked against its init's.
             raise ConfigError(f"app {config.app!r} reads its own data at each site: no data set or model spec applies")
         parse_strategy(config.strategy)
+        topology = topology_data(request, runs_nodes=self.nodes is not None)
         request = dataclasses.replace(request, config=config)
         peers = await asyncio.to_thread(self._create_and_claim, request)
         try:
+            if len(peers) < max(request.combiners, 2 if request.topology == DECENTRALISED else 1):
+                raise ConfigError(f"a {request.topology} session needs more sites than the {len(peers)} claimed")
             plan = await asyncio.to_thread(self._plan, config, peers, request.dataset_id, request.owner_id)
-            config = config.model_copy(update={"data": plan.data, "min_clients": min(request.min_peers, len(peers))})
-            initial = await asyncio.to_thread(self._initial_params, request, config, plan)
+            data = {**plan.data, **topology}
+            if request.remote_combiners is not None:  # claimed with the sites (_create_and_claim)
+                remote = await asyncio.to_thread(self._combiners_of, config.session_id)
+                data.update(combiners=len(remote), remote_combiners=remote)
+            if request.topology == DECENTRALISED:  # kept: a restarted server watches the same peers
+                data["peer_ids"] = {p: new_peer_id() for p in sorted(peers)}
+            config = config.model_copy(update={"data": data, "min_clients": min(request.min_peers, len(peers))})
+            if request.topology == DECENTRALISED:  # the peers make the seed model themselves
+                initial = Params({})
+            else:
+                initial = await asyncio.to_thread(self._initial_params, request, config, plan)
             await asyncio.to_thread(self._store_config, config)
         except FedhiveError:
             # The caller gets the error; no half-created session stays behind, peers go free.
@@ -120,6 +149,7 @@ class SessionManager:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
         peers = await asyncio.to_thread(self._peers_of, session_id)
+        peers += await asyncio.to_thread(self._combiners_of, session_id)  # remote ones go idle at once
         cancelled = StopBody.model_construct(reason="cancelled").to_body()
         stop = make(Kind.STOP, COORDINATOR_ID, session_id=session_id, body=cancelled)
         await self.hub.transport.send_many([(p, stop) for p in peers])
@@ -144,6 +174,10 @@ class SessionManager:
             told.add_done_callback(self._told)
         return changed
 
+    def hierarchical(self, session_id: str) -> HierarchicalSession | None:
+        """The running hierarchical session (its combiners), if it is one."""
+        return self._hierarchies.get(session_id)
+
     def _told(self, task: asyncio.Task[None]) -> None:
         self._ending.discard(task)
         if not task.cancelled() and task.exception() is not None:
@@ -154,18 +188,29 @@ class SessionManager:
         """Continue every RUNNING (or PENDING) session from its last checkpoint."""
         resumed = []
         for row_id, owner_id, raw in await asyncio.to_thread(self._unfinished):
+            topology = (raw.get("data") or {}).get("topology", STAR)
+            if topology != STAR and self.nodes is None:
+                why = f"cannot resume: this server runs no {topology} sessions"
+                await asyncio.to_thread(self._fail_now, row_id, why)
+                continue
             try:
                 config = await asyncio.to_thread(self._resumable, SessionConfig.model_validate(raw))
                 peers = await asyncio.to_thread(self._peers_of, row_id)
                 plan = await asyncio.to_thread(self._replan, config, peers)
-                ckpt = await asyncio.to_thread(load_checkpoint, self.db, self.artifacts, row_id)
-                initial = ckpt.params if ckpt else await asyncio.to_thread(self._fresh_params, config, plan)
+                if topology == DECENTRALISED:  # the model is the peers' own: nothing to load
+                    ckpt, initial = None, Params({})
+                else:
+                    ckpt = await asyncio.to_thread(load_checkpoint, self.db, self.artifacts, row_id)
+                    initial = ckpt.params if ckpt else await asyncio.to_thread(self._fresh_params, config, plan)
             except (FedhiveError, ValidationError) as exc:
                 await asyncio.to_thread(self._fail_now, row_id, f"cannot resume: {exc}")
                 continue
-            start_round = ckpt.next_round if ckpt else 1
-            log.info("resuming session %s at round %d with %d peers", row_id, start_round, len(peers))
-            self._launch(config, peers, plan, initial, owner_id=owner_id, checkpoint=ckpt)
+            if topology == DECENTRALISED:
+                log.info("resuming decentralised session %s: asking its %d peers how far they are", row_id, len(peers))
+            else:
+                start_round = ckpt.next_round if ckpt else 1
+                log.info("resuming session %s at round %d with %d peers", row_id, start_round, len(peers))
+            self._launch(config, peers, plan, initial, owner_id=owner_id, checkpoint=ckpt, resumed=True)
             resumed.append(row_id)
         return resumed
 
@@ -196,36 +241,63 @@ class SessionManager:
         owner_id: int | None,
         checkpoint: Checkpoint | None,
         tags: Mapping[str, str] | None = None,
+        resumed: bool = False,
     ) -> None:
+        sid, topology = config.session_id, config.data.get("topology", STAR)
+        if topology == DECENTRALISED:
+            assert self.nodes is not None
+            timeout = self.hub.heartbeat_timeout_s or 20.0
+            watcher = PeerSession(
+                self.db, self.hub, config, peers, site_secret=self.nodes.site_secret, heartbeat_timeout_s=timeout,
+                resumed=resumed,
+            )  # fmt: skip
+            # No recorder (the watcher writes what the peers report), but the same observers: the
+            # facts it records come on a bus of its own (``peer_session_facts``).
+            for attach in self._observers:
+                attach(sid, watcher.facts.bus, dict(tags or {}))
+            self._buses[sid] = watcher.facts.bus
+            self._tasks[sid] = asyncio.create_task(self._run(sid, watcher.run()), name=f"session-{sid}")
+            return
         evaluator = self._server_app(config, plan).evaluator()
-        port = self.hub.open_session(config.session_id, peers)
-        coordinator = Coordinator(config, port, initial, evaluator=evaluator, **coordinator_kwargs(config, checkpoint))
+        kwargs = coordinator_kwargs(config, checkpoint)
+        if topology == HIERARCHICAL:
+            assert self.nodes is not None
+            combiners = int(config.data["combiners"])
+            remote = [str(c) for c in config.data.get("remote_combiners") or ()]
+            session = HierarchicalSession(
+                config, self.hub, peers, initial, nodes=self.nodes, combiners=combiners, evaluator=evaluator,
+                resumed=resumed, remote=remote, **kwargs,
+            )  # fmt: skip
+            self._hierarchies[sid] = session
+            bus, strategy, run = session.bus, session.strategy, session.run()
+        else:
+            port = self.hub.open_session(sid, peers)
+            coordinator = Coordinator(config, port, initial, evaluator=evaluator, **kwargs)
+            bus, strategy, run = coordinator.bus, coordinator.strategy, coordinator.run()
         SessionRecorder(
             self.db,
             self.artifacts,
             config.session_id,
-            coordinator.strategy,
+            strategy,
             owner_id=owner_id,
             model_name=f"session-{config.session_id}",
             model_spec=config.model if config.app == BUILTIN else f"app:{config.app}",
-        ).attach(coordinator.bus)
+        ).attach(bus)
         for attach in self._observers:
-            attach(config.session_id, coordinator.bus, dict(tags or {}))
-        self._buses[config.session_id] = coordinator.bus
-        self._tasks[config.session_id] = asyncio.create_task(
-            self._run(coordinator), name=f"session-{config.session_id}"
-        )
+            attach(sid, bus, dict(tags or {}))
+        self._buses[sid] = bus
+        self._tasks[sid] = asyncio.create_task(self._run(sid, run), name=f"session-{sid}")
 
-    async def _run(self, coordinator: Coordinator) -> None:
-        sid = coordinator.config.session_id
+    async def _run(self, sid: str, run: Coroutine[Any, Any, object]) -> None:
         try:
-            await coordinator.run()
+            await run
         except SessionFailed as exc:  # recorded by the SessionRecorder; the platform goes on
             log.warning("session %s failed: %s", sid, exc.reason)
         finally:
             self.hub.release(sid)
             self._tasks.pop(sid, None)
             self._buses.pop(sid, None)
+            self._hierarchies.pop(sid, None)
 
     # -- blocking helpers (run in threads) ------------------------------------------------------
     def _create_and_claim(self, request: SessionRequest) -> list[str]:
@@ -247,6 +319,11 @@ class SessionManager:
                 online = len(users_repo.list_clients(s, None, status=ClientStatus.ONLINE))
                 # Raising rolls the whole unit back: no session row is left behind.
                 raise NotEnoughPeers(online, request.min_peers)
+            if request.remote_combiners is not None:
+                try:
+                    users_repo.claim_combiners(s, config.session_id, request.remote_combiners)
+                except NotFound as exc:
+                    raise ConfigError(str(exc)) from None
         return peers
 
     def _plan(self, config: SessionConfig, peers: list[str], dataset_id: str | None, owner_id: str) -> DataPlan:
@@ -346,17 +423,21 @@ class SessionManager:
             sessions_repo.set_session_status(s, session_id, SessionStatus.FAILED, reason=reason[:2000])
             users_repo.release_clients(s, session_id)
 
-    def _peers_of(self, session_id: str) -> list[str]:
+    def _peers_of(self, session_id: str, role: str = users_repo.SITE) -> list[str]:
+        held = (ClientRow.session_id == session_id) & (ClientRow.role == role)
         with self.db.session(read_only=True) as s:
-            return list(
-                s.scalars(sa.select(ClientRow.id).where(ClientRow.session_id == session_id).order_by(ClientRow.id))
-            )
+            return list(s.scalars(sa.select(ClientRow.id).where(held).order_by(ClientRow.id)))
+
+    def _combiners_of(self, session_id: str) -> list[str]:
+        """The remote combiners the session holds."""
+        return self._peers_of(session_id, users_repo.COMBINER)
 
     def _unfinished(self) -> list[tuple[str, int | None, dict[str, Any]]]:
         with self.db.session(read_only=True) as s:
             rows = sessions_repo.list_sessions(s, None, status=SessionStatus.RUNNING)
             rows += sessions_repo.list_sessions(s, None, status=SessionStatus.PENDING)
-            return [(r.id, r.owner_id, dict(r.config)) for r in rows]
+            # A reported session runs elsewhere (``fedhive coordinator --report-to``): not ours to resume.
+            return [(r.id, r.owner_id, dict(r.config)) for r in rows if not is_reported(r.config)]
 
 
 def _check_fits(params: Params, needed: ParamSpec, source: str) -> None:

@@ -167,6 +167,12 @@ class ClientRow(Base):
     # A site agent's announcement, checked and bounded (service.sites): agent version, apps, data sets.
     site: Mapped[dict[str, Any] | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # The node's own RabbitMQ user (``fedhive admin site create --broker-user``): the hub declares
+    # its queue and refuses its messages published by any other login. None: a shared login.
+    broker_user: Mapped[str | None] = mapped_column(sa.String(64))
+    # "site" (an agent: claimed for sessions) or "combiner" (trusted infrastructure that aggregates
+    # a hierarchical session's sites; ``fedhive admin site create --role combiner``): never claimed as a site.
+    role: Mapped[str] = mapped_column(sa.String(16), default="site", server_default="site")
 
 
 class DatasetRow(Base):

@@ -9,7 +9,7 @@ passes the signed-in user's id.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any, cast
 
@@ -21,6 +21,9 @@ from fedhive.storage.models import ClientRow, ClientStatus, Role, UserRow, json_
 from fedhive.storage.secret_box import SEALED_PREFIX, SecretBox
 
 _SECRET_BYTES = 32  # 256-bit HMAC keys, 43 URL-safe characters
+# What a node is (``ClientRow.role``): a site trains; a combiner aggregates sites for a session.
+SITE, COMBINER = "site", "combiner"
+NODE_ROLES = (SITE, COMBINER)
 
 
 def normalise_email(email: str) -> str:
@@ -50,25 +53,43 @@ def get_user_by_email(s: Session, email: str) -> UserRow | None:
 
 
 def create_client(
-    s: Session, name: str, *, box: SecretBox, owner_id: int | None = None, client_id: str | None = None
+    s: Session,
+    name: str,
+    *,
+    box: SecretBox,
+    owner_id: int | None = None,
+    client_id: str | None = None,
+    broker_user: bool = False,
+    role: str = "site",
 ) -> tuple[str, str]:
     """Register a node; returns ``(client_id, secret)``. The secret is shown once to whoever
     registers the node and stored sealed with ``box`` (the server's key, ``storage.secret_box``);
     the node signs with ``secret.encode()``, and so does the coordinator's check
-    (``get_client_secret``). ``AlreadyExists`` if ``client_id`` is taken."""
+    (``get_client_secret``). ``AlreadyExists`` if ``client_id`` is taken. ``broker_user``: the
+    node logs in to the broker as a user of its own, named like it (``site_broker_users``).
+    ``role``: ``site`` or ``combiner`` (``NODE_ROLES``)."""
+    if role not in NODE_ROLES:
+        raise ValueError(f"role {role!r} is not one of {', '.join(NODE_ROLES)}")
     client_id = client_id or secrets.token_hex(8)
     secret = secrets.token_urlsafe(_SECRET_BYTES)
     if s.get(ClientRow, client_id) is not None:
         raise AlreadyExists(f"a client with id {client_id!r} already exists")
     sealed = box.seal(secret, client_id=client_id)
     with atomic(s, f"cannot register client {client_id!r}"):
-        s.add(ClientRow(id=client_id, name=name, secret=sealed, owner_id=owner_id))
+        login = client_id if broker_user else None
+        s.add(ClientRow(id=client_id, name=name, secret=sealed, owner_id=owner_id, broker_user=login, role=role))
         s.flush()
     return client_id, secret
 
 
 def get_client(s: Session, client_id: str) -> ClientRow | None:
     return s.get(ClientRow, client_id)
+
+
+def site_broker_users(s: Session) -> dict[str, str]:
+    """Node id -> its own broker user, for the nodes that have one."""
+    rows = s.execute(sa.select(ClientRow.id, ClientRow.broker_user).where(ClientRow.broker_user.is_not(None)))
+    return {cid: user for cid, user in rows if user}
 
 
 def get_client_secret(s: Session, client_id: str, box: SecretBox) -> bytes | None:
@@ -172,7 +193,7 @@ def claim_online_clients(
     of them (all when None), or none at all if fewer than ``min_count`` are ONLINE. Returns the
     claimed ids. Two sessions claiming at once never get the same node: on PostgreSQL the rows are
     locked (SKIP LOCKED), on SQLite the unit of work holds the write lock."""
-    query = sa.select(ClientRow.id).where(ClientRow.status == ClientStatus.ONLINE)
+    query = sa.select(ClientRow.id).where(ClientRow.status == ClientStatus.ONLINE, ClientRow.role == SITE)
     if owner_id is not None:
         query = query.where(ClientRow.owner_id == owner_id)
     query = query.order_by(ClientRow.id).limit(max_count).with_for_update(skip_locked=True)
@@ -185,6 +206,26 @@ def claim_online_clients(
             .where(ClientRow.id.in_(ids))
             .values(status=ClientStatus.TRAINING, session_id=session_id, epoch=None, epochs=None)
         )
+    return ids
+
+
+def claim_combiners(s: Session, session_id: str, named: Sequence[str] = ()) -> list[str]:
+    """Lock remote combiners for a hierarchical session, as ``claim_online_clients`` does sites:
+    those ``named`` (every one must be an ONLINE combiner), or every ONLINE one. Returns the
+    claimed ids; ``NotFound`` naming what is missing (nothing claimed)."""
+    query = sa.select(ClientRow.id).where(ClientRow.status == ClientStatus.ONLINE, ClientRow.role == COMBINER)
+    if named:
+        query = query.where(ClientRow.id.in_(list(named)))
+    query = query.order_by(ClientRow.id).with_for_update(skip_locked=True)
+    with atomic(s, f"cannot claim combiners for session {session_id!r}"):
+        ids = list(s.scalars(query))
+        missing = sorted(set(named) - set(ids))
+        if missing:
+            raise NotFound(f"combiners: {', '.join(missing)} not ONLINE combiners (see GET /sites)")
+        if not ids:
+            raise NotFound("combiners: no remote combiner is ONLINE (fedhive combiner --agent)")
+        claimed = sa.update(ClientRow).where(ClientRow.id.in_(ids))
+        s.execute(claimed.values(status=ClientStatus.TRAINING, session_id=session_id))
     return ids
 
 

@@ -10,10 +10,19 @@ trains nobody and releases no new model (the global model stays as it is), but i
 a round for the accountant (``Strategy.empty_round``): the draw took place, and skipping it or
 drawing again until someone is chosen would condition the sample on its size, which the Poisson
 bound does not cover.
+
+In a hierarchical session the clients are drawn where they are, by each combiner among its own
+clients, at the same rate; every combiner gets every round's TRAIN (a ``fraction`` of combiners
+would leave whole groups of clients out together). A client's inclusion is then Bernoulli(``q``)
+independently of every other client's, provided no two draws share a uniform stream: each
+combiner's stream is keyed by its id as well (``draw_rng``). A combiner whose draw is empty
+answers with a "none" partial, and a round in which every combiner's draw was empty is an empty
+round, as above.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -38,6 +47,24 @@ def poisson_sample(candidates: Sequence[str], q: float, rng: np.random.Generator
         return []
     keep = rng.random(len(candidates)) < q
     return [c for c, k in zip(candidates, keep.tolist(), strict=True) if k]
+
+
+def draw_rng(seed: int, rnd: int, attempt: int, node: str | None = None) -> np.random.Generator:
+    """The uniform stream of one round attempt's draw, made by ``node`` (None: a flat coordinator).
+
+    A flat coordinator's stream is ``default_rng([seed, rnd, attempt])``, as it always was
+    (recorded runs depend on it). Each combiner of a hierarchical session draws from a stream of
+    its own: with a shared one, the i-th client (in sorted order) of every combiner would get the
+    same uniform number, and those clients would take part together or not at all. The node's id
+    is hashed (SHA-256, so the same in every process) into the ``spawn_key`` of the seed sequence,
+    numpy's way of deriving independent streams from one entropy.
+    """
+    entropy = [seed, rnd, attempt]
+    if node is None:
+        return np.random.default_rng(entropy)
+    digest = hashlib.sha256(node.encode()).digest()
+    words = tuple(int.from_bytes(digest[i : i + 4], "little") for i in range(0, len(digest), 4))
+    return np.random.default_rng(np.random.SeedSequence(entropy, spawn_key=words))
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,7 +28,13 @@ _MAX_BYTES = 1 << 33
 # MLflow's HTTP client retries a dead server 7 times with exponential backoff (minutes) and waits
 # 120 s per request; an observer holds up its session's event bus meanwhile. These bound a call to
 # about a minute. A user who sets the variables keeps their own values.
-_HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_TIMEOUT": "20"}
+# MLflow also writes "View run ... at URL" to stdout as each run ends: fedhive prints its own line
+# (on stderr with --json), and the stdout of ``--json`` must hold JSON only.
+_HTTP_DEFAULTS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "20",
+    "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
+}
 
 
 class MlflowMissing(ConfigError):

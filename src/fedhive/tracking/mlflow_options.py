@@ -1,4 +1,4 @@
-"""What the MLflow flags of ``fedhive simulate`` and ``fedhive serve`` turn into.
+"""What the MLflow flags of ``fedhive simulate``, ``serve``, ``coordinator``, ``combiner`` and ``peer`` turn into.
 
 Tracking is on with ``--mlflow`` (the local store), ``--mlflow-tracking-uri URI`` or the variable
 ``FEDHIVE_MLFLOW_TRACKING_URI`` (a server URL such as ``http://mlflow:5000``, or any MLflow store
@@ -57,12 +57,18 @@ class MlflowOptions:
             return None
         return load_registered_model(self.uri, parse_model_ref(self.model), use_case=self.use_case)
 
-    def tracker(self, start: RegisteredModel | None = None) -> MlflowTracker | None:
-        """Blocking (one bounded probe of a server). None when tracking is off."""
+    def checked_uri(self) -> str | None:
+        """Blocking (one bounded probe of a server): where to track, or None when tracking is off."""
         if not self.tracking:
             return None
         import_mlflow()
         check_reachable(self.uri)
+        return self.uri
+
+    def tracker(self, start: RegisteredModel | None = None) -> MlflowTracker | None:
+        """Blocking (one bounded probe of a server). None when tracking is off."""
+        if self.checked_uri() is None:
+            return None
         tags = {USE_CASE_TAG: self.use_case} if self.use_case else {}
         if start is not None:
             tags = start_tags(start, self.use_case)

@@ -3,7 +3,9 @@
 One parent run per session (params: strategy, hyperparameters, partition, model spec; metrics:
 global loss/accuracy per round, step = round) and one child run per client (its train metrics per
 round). At the end the final model is logged as an MLflow model (safetensors + ``python_function``
-flavour, see ``mlflow_model``) and registered as a new version of ``register_as``.
+flavour, see ``mlflow_model``) and registered as a new version of ``register_as``. A
+decentralised session watched by ``fedhive serve`` ends with no model (its peers hold it, the
+server never does: ``service.peer_session_facts``): its runs get the figures only.
 
 ``tracking_uri`` is a local store by default (``sqlite:///<dir>/mlflow.db``: no server to start) or
 an MLflow tracking server's URL. Every MLflow call is blocking I/O (HTTP or SQLite), so handlers run
@@ -41,6 +43,9 @@ from fedhive.tracking.mlflow_registry import USE_CASE_TAG, RegisteredModel, reda
 
 log = logging.getLogger("fedhive.mlflow")
 SESSION_TAG = "fedhive.session_id"
+# coordinator (a session's parent run), combiner, peer (``node_runs``): combiners' runs carry the
+# session's id too, so finding a session's run looks at this tag (runs from before it have none).
+ROLE_TAG = "fedhive.role"
 INITIAL_MODEL_TAG = "fedhive.initial_model"  # NAME/VERSION of the registered model it started from
 INITIAL_MODEL_URI_TAG = "fedhive.initial_model_uri"  # models:/NAME/VERSION
 INITIAL_MODEL_RUN_TAG = "fedhive.initial_model_run_id"  # the run that produced that version
@@ -129,10 +134,12 @@ class MlflowTracker:
             fn(*args)
 
     async def _on_started(self, e: ev.SessionStarted) -> None:
-        await self._guarded(self._start, e.session_id, e.config, e.clients, e.start_round > 1)
+        await self._guarded(self._start, e.session_id, e.config, e.clients, e.start_round > 1, e.population)
 
     async def _on_update(self, e: ev.UpdateAccepted) -> None:
         metrics = {**e.metrics, "num_examples": float(e.num_examples), "bytes": float(e.nbytes)}
+        if not e.nbytes:  # a decentralised peer's report: its update went to its peers, not to us
+            del metrics["bytes"]
         await self._guarded(self._log_client, e.client_id, e.round, metrics)
 
     async def _on_round(self, e: ev.RoundCompleted) -> None:
@@ -157,28 +164,31 @@ class MlflowTracker:
         await self._guarded(self._end_all, "KILLED", e.reason, "fedhive.cancelled")
 
     # -- blocking work ------------------------------------------------------------------------
-    def _start(self, session_id: str, config: dict[str, object], clients: list[str], resumed: bool) -> None:
-        experiment = self._client.get_experiment_by_name(self._experiment)
-        experiment_id = (
-            experiment.experiment_id
-            if experiment is not None
-            else self._client.create_experiment(
-                self._experiment, artifact_location=artifact_location(self.tracking_uri)
-            )
-        )
-        self._experiment_id = experiment_id
+    def _start(
+        self,
+        session_id: str,
+        config: dict[str, object],
+        clients: list[str],
+        resumed: bool,
+        population: int | None = None,
+    ) -> None:
+        """The session's parent run, and a child run per listed client (a population's clients,
+        not listed, get theirs on their first update: only those that trained)."""
+        experiment_id = self._experiment_id = experiment_named(self._client, self._experiment, self.tracking_uri)
         self._model_spec = str(config.get("model", ""))
         if resumed and self._reopen(session_id):
             return  # the runs of the crashed process go on: one parent run per session, still
         run = self._client.create_run(
-            experiment_id, run_name=f"session-{session_id}", tags={**self._tags, SESSION_TAG: session_id}
+            experiment_id,
+            run_name=f"session-{session_id}",
+            tags={**self._tags, SESSION_TAG: session_id, ROLE_TAG: "coordinator"},
         )
         self.parent_run_id = run.info.run_id
         raw = config.get("data")
         data: dict[str, object] = raw if isinstance(raw, dict) else {}
         params = {k: config[k] for k in PARAM_KEYS if config.get(k) is not None}
         params |= {f"data.{k}": v for k, v in data.items() if k in DATA_KEYS and v is not None}
-        params["clients"] = len(clients)
+        params["clients"] = population if population is not None else len(clients)
         self._client.log_batch(self.parent_run_id, params=_params(params))
         for client in clients:
             self._child(client)
@@ -186,9 +196,7 @@ class MlflowTracker:
     def _reopen(self, session_id: str) -> bool:
         """Take over the parent and child runs of a session resumed after a crash, if there are
         any: its metrics go on at the next round's step instead of starting a second parent run."""
-        found = self._client.search_runs(
-            [self._experiment_id], filter_string=_session_filter(session_id), max_results=1
-        )
+        found = _coordinator_runs(self._client, [self._experiment_id], session_id)
         if not found:
             return False
         self.parent_run_id = found[0].info.run_id
@@ -230,6 +238,9 @@ class MlflowTracker:
     def _finish_with_model(self, e: ev.SessionCompleted) -> None:
         run_id = self.parent_run_id
         if run_id is None:
+            return
+        if not e.params:  # a decentralised session's model is held by its peers only: none to log
+            self._end_all("FINISHED", None)
             return
         with tempfile.TemporaryDirectory(prefix="fedhive-mlflow-") as tmp:
             meta = {"session_id": e.session_id, "rounds": str(e.rounds)}
@@ -280,6 +291,21 @@ class MlflowTracker:
             self._client.set_terminated(self.parent_run_id, status)
 
 
+def experiment_named(client: Any, name: str, tracking_uri: str) -> str:
+    """Blocking. The experiment's id, created if it is new. Every node of a session may track in
+    it: when two create it at once, the one that loses reads the winner's."""
+    found = client.get_experiment_by_name(name)
+    if found is not None:
+        return str(found.experiment_id)
+    try:
+        return str(client.create_experiment(name, artifact_location=artifact_location(tracking_uri)))
+    except Exception:
+        found = client.get_experiment_by_name(name)
+        if found is None:
+            raise
+        return str(found.experiment_id)
+
+
 def start_tags(model: RegisteredModel, use_case: str | None = None) -> dict[str, str]:
     """The tags of a session started from registered model ``model``: its use case (the one asked
     for, else the version's own ``use_case`` tag) and a link to the version and its run."""
@@ -321,7 +347,7 @@ def find_session_run(tracking_uri: str, session_id: str, experiment: str = "fedh
     found = client.get_experiment_by_name(experiment)
     if found is None:
         return None
-    runs = client.search_runs([found.experiment_id], filter_string=_session_filter(session_id), max_results=1)
+    runs = _coordinator_runs(client, [found.experiment_id], session_id)
     if not runs:
         return None
     info = runs[0].info
@@ -352,6 +378,12 @@ def delete_session_runs(tracking_uri: str, session_id: str, experiment: str = "f
 
 def _session_filter(session_id: str) -> str:
     return f"tags.`{SESSION_TAG}` = '{_quote(session_id)}'"
+
+
+def _coordinator_runs(client: Any, experiment_ids: list[str], session_id: str) -> list[Any]:
+    """The session's parent run (a list of one, or empty), not a combiner's run of the same session."""
+    runs = client.search_runs(experiment_ids, filter_string=_session_filter(session_id), max_results=100)
+    return [r for r in runs if r.data.tags.get(ROLE_TAG, "coordinator") == "coordinator"][:1]
 
 
 def _params(values: dict[str, object]) -> list[Any]:

@@ -21,11 +21,15 @@ Delivery guarantees, and why:
 - Deliveries are decoded one by one in arrival order, so a node sees a sender's messages in the
   order they were sent, as on the memory transport.
 
-Isolation (docs/security.md, "Broker isolation"): a node that ``declares`` (coordinator,
-combiner, peer) creates and keeps the exchanges and queues (``amqp_keeper``) and sends through
-the direct exchange; a client (``declares=False``) needs no configure rights: it only checks
-that its queue exists and sends through the up exchange, under a routing key that names it as
-the sender. Every message carries the AMQP ``user_id`` property, which RabbitMQ checks against
+Isolation (docs/security.md, "Broker isolation"): what a node may do on the broker is its
+``Role`` (``amqp_topology``). The coordinator creates and keeps the exchanges and queues
+(``amqp_keeper``) and sends through the direct exchange. Everyone else sends through a topic
+exchange under a routing key that names it as the sender, which a topic permission ties to its
+broker user: a client and a peer through the up exchange, a combiner up to the coordinator
+through the up exchange and down to its clients through the down exchange (where the
+coordinator binds exactly the clients it assigned to it). Clients and combiners need no
+configure rights: they only check that their queue exists; a peer declares its own queues only.
+Every message carries the AMQP ``user_id`` property, which RabbitMQ checks against
 the connection's login; a ``sender_check`` (the coordinator's: ``broker_users.SenderLogins``)
 refuses a message whose signed sender does not go with that login.
 
@@ -34,6 +38,12 @@ consumers after a broker restart (retrying every ``reconnect_interval`` seconds,
 URL query ``?reconnect_interval=1`` changes it). ``send`` and ``publish`` wait for the connection
 to come back and retry, each bounded by ``publish_timeout_s``; the retried frame is the same
 signed frame, so the receiver's replay check drops a copy if a lost confirm hid a success.
+
+Many nodes of one process (``fedhive client --virtual N``) share one connection and channel
+(``shared``, an ``amqp_shared.SharedConnection``): each keeps its own queue, consumer, signing
+codec and routing key, and acks its deliveries one by one (a ``multiple`` ack on a shared channel
+would ack other nodes' deliveries too). With ``sink`` a node hands what it receives, with its own
+id, to a receiver that serves many nodes (``amqp_shared.MuxLink``) instead of to its own inbox.
 """
 
 from __future__ import annotations
@@ -41,7 +51,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from typing import Protocol
 
 import aio_pika
 from aio_pika import abc as pika
@@ -60,6 +71,9 @@ from fedhive.errors import FedhiveError, StorageError, TransportError
 from fedhive.transports.amqp_keeper import TopologyKeeper
 from fedhive.transports.amqp_topology import (
     Names,
+    Role,
+    broadcast_binding,
+    broadcast_key,
     check_name,
     login_of,
     queue_arguments,
@@ -110,14 +124,31 @@ async def _broker_call(what: str, timeout_s: float) -> AsyncIterator[None]:
 
 
 SenderCheck = Callable[[str, "str | None"], "str | None"]
+# Where a node with a ``sink`` hands (its id, a message it received); None once it stops receiving.
+Sink = Callable[[str, "Message | None"], Awaitable[None]]
+
+
+class SharedLink(Protocol):
+    """One connection and channel that many nodes of a process use (``amqp_shared``)."""
+
+    @property
+    def connection(self) -> pika.AbstractRobustConnection: ...
+
+    @property
+    def channel(self) -> pika.AbstractRobustChannel: ...
+
+    @property
+    def probe_lock(self) -> asyncio.Lock: ...
 
 
 class AmqpTransport(Transport):
     """A node's connection to RabbitMQ. ``rejected`` counts messages that failed verification,
     ``duplicates`` redelivered copies dropped, ``unroutable`` sends to nodes unknown to the broker.
 
-    ``declares``: False for a client, which needs no configure rights on the broker (see the
-    module's docstring). ``downstream``: ids of clients whose queues this node creates for them.
+    ``declares``: False for a client, which needs no configure rights on the broker; ``role``
+    says more (a combiner, a peer), ``upstream`` is a combiner's coordinator (see the
+    module's docstring). ``downstream``: ids of clients whose queues this node creates for them;
+    ``relays``: those of them that are combiners (their queues are bound to the up exchange too).
     ``sender_check(sender, login)``: why a message signed by ``sender`` and published by broker
     user ``login`` is refused, or None. ``topology_wait_s``: how long a client waits for its
     queue to be created."""
@@ -137,15 +168,24 @@ class AmqpTransport(Transport):
         purge_on_start: bool = False,
         queue_expires_s: float | None = 3600.0,
         declares: bool = True,
+        role: Role | None = None,
+        upstream: str = "coordinator",
         downstream: Callable[[], Iterable[str]] | None = None,
+        relays: Callable[[], Iterable[str]] | None = None,
         sender_check: SenderCheck | None = None,
         keep_interval_s: float = 2.0,
         topology_wait_s: float = 120.0,
         max_queue_messages: int = MAX_QUEUE_MESSAGES,
         max_queue_bytes: int = MAX_QUEUE_BYTES,
         ephemeral: bool = False,
+        shared: SharedLink | None = None,
+        sink: Sink | None = None,
     ) -> None:
         self.node_id = node_id
+        self._shared = shared  # a connection and channel of the process's, not this node's own
+        self._sink = sink
+        self._queue: pika.AbstractRobustQueue | None = None
+        self._consumer_tag: str | None = None
         # An ephemeral node (a peer: a fresh random id per process) is never addressed again once
         # it is gone, so its queue must not outlive it: deleted on close, and expired by the
         # broker a minute after a crash (long enough to ride out a reconnect).
@@ -161,7 +201,9 @@ class AmqpTransport(Transport):
         self._login = login_of(url)
         self._prefetch = prefetch
         self._purge_on_start = purge_on_start
-        self._declares = declares
+        self._role = role or (Role.COORDINATOR if declares else Role.CLIENT)
+        self._declares = self._role is Role.COORDINATOR  # the one node that never waits for the broker
+        self._upstream = upstream
         self._sender_check = sender_check
         # A node queue nobody consumes for queue_expires_s is deleted by the broker: messages that
         # old would fail the receiver's replay window anyway, and crashed test or benchmark runs
@@ -170,7 +212,9 @@ class AmqpTransport(Transport):
             self._names,
             node_id,
             queue_arguments(queue_expires_s, max_queue_messages, max_queue_bytes),
+            role=self._role,
             downstream=downstream,
+            relays=relays,
             interval_s=keep_interval_s,
             wait_s=topology_wait_s,
         )
@@ -202,6 +246,9 @@ class AmqpTransport(Transport):
         if self._connection is not None:
             return
         where = f"{self.node_id}: cannot connect to the AMQP broker at {redact(self._url)}"
+        if self._shared is not None:
+            await self._start_on(self._shared.connection)
+            return
         async with _broker_call(where, self._connect_timeout):
             # connect_robust's own timeout, not a cancellation, bounds the first attempt: cancelling
             # it midway would leave its reconnection task running.
@@ -221,8 +268,7 @@ class AmqpTransport(Transport):
         except TransportError:
             await self._connection.close()
             raise
-        self._link_up = True
-        self._receiver = asyncio.create_task(self._receive_loop(), name=f"amqp-receive-{self.node_id}")
+        self._start_receiving()
         if self._codec.defer_references:  # a coordinator: clean up after an earlier process of it
             try:
                 swept = await asyncio.to_thread(self._codec.sweep_stale_claims)
@@ -232,13 +278,44 @@ class AmqpTransport(Transport):
                 if swept:
                     log.info("%s: deleted %d claim checks left from before", self.node_id, swept)
 
+    async def _start_on(self, connection: pika.AbstractRobustConnection) -> None:
+        """Start on the process's shared connection: this node's queue and consumer only."""
+        self._connection = connection
+        connection.reconnect_callbacks.add(self._on_reconnect)
+        connection.close_callbacks.add(self._on_link_lost)
+        limit = self._connect_timeout + (0.0 if self._declares else self._keeper.wait_s)
+        try:
+            async with _broker_call(f"{self.node_id}: cannot set up its queue on the broker", limit):
+                await self._declare(connection)
+        except TransportError:
+            self._forget_connection()
+            raise
+        self._start_receiving()
+
+    def _start_receiving(self) -> None:
+        self._link_up = True
+        self._receiver = asyncio.create_task(self._receive_loop(), name=f"amqp-receive-{self.node_id}")
+
+    def _forget_connection(self) -> None:
+        """Stop following the shared connection's state (it outlives this node)."""
+        if self._connection is not None:
+            self._connection.reconnect_callbacks.discard(self._on_reconnect)
+            self._connection.close_callbacks.discard(self._on_link_lost)
+
     async def _declare(self, connection: pika.AbstractRobustConnection) -> None:
-        channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
-        await channel.set_qos(prefetch_count=self._prefetch)
-        if self._declares:
-            queue = await self._keeper.declare(connection, channel)
+        if self._shared is not None:
+            channel = self._shared.channel  # its prefetch limit counts per consumer: per node
         else:
-            queue = await self._keeper.attach(connection, channel)
+            channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+            await channel.set_qos(prefetch_count=self._prefetch)
+        if self._shared is not None:
+            # One node's set-up at a time on a shared connection: its probe channels, opened side
+            # by side, could reuse a channel number the broker closed (a NOT_FOUND answer) before
+            # it let it go ("second 'channel.open' seen"), which closes the whole connection.
+            async with self._shared.probe_lock:
+                queue = await self._keeper.set_up(connection, channel)
+        else:
+            queue = await self._keeper.set_up(connection, channel)
         if self._purge_on_start:
             # A node starting afresh (a new coordinator, a client process) must not act on what an
             # earlier process of the same id left queued: a stale REGISTER or STOP from another
@@ -246,9 +323,10 @@ class AmqpTransport(Transport):
             purged = await queue.purge()
             if purged.message_count:
                 log.info("%s: dropped %d stale messages from its queue", self.node_id, purged.message_count)
-        await queue.consume(self._on_delivery)
+        self._consumer_tag = await queue.consume(self._on_delivery)
+        self._queue = queue
         self._channel = channel
-        if self._declares:
+        if self._keeper.keeps:
             keeping = self._keeper.keep(connection, channel)
             self._keeping = asyncio.create_task(keeping, name=f"amqp-keep-{self.node_id}")
 
@@ -267,9 +345,13 @@ class AmqpTransport(Transport):
                     await self._ack_handled()  # what is in the inbox stays taken, as if acked one by one
                     if self._ephemeral and self._channel is not None and not self._channel.is_closed:
                         await self._channel.queue_delete(self._queue_name)
-                    await self._connection.close()
+                    if self._shared is None:
+                        await self._connection.close()
+                    elif self._queue is not None and self._consumer_tag is not None:
+                        await self._queue.cancel(self._consumer_tag)  # the connection is not ours to close
             except TransportError as exc:
                 log.warning("%s", exc)  # nothing left to do: the broker drops the connection anyway
+            self._forget_connection()
         self._wake_receivers()
 
     @property
@@ -293,11 +375,25 @@ class AmqpTransport(Transport):
 
     # -- sending --------------------------------------------------------------------------------
     def _route(self, to: str) -> tuple[pika.AbstractExchange, str]:
-        """Where a message for node ``to`` goes: a client sends only through the up exchange,
-        under a key that names it as the sender (all its broker user may publish)."""
+        """Where a message for node ``to`` goes: the coordinator's through the direct exchange;
+        everyone else's through a topic exchange, under a key that names it as the sender (all
+        its broker user may publish): up (to the coordinator, a combiner, a peer), or, from a
+        combiner to its clients, down."""
         if self._declares:
             return self._exchange(self._keeper.direct), check_name(to, "node id")
+        if self._role is Role.COMBINER and to != self._upstream:
+            return self._exchange(self._keeper.down), up_key(check_name(to, "node id"), self.node_id)
         return self._exchange(self._keeper.up), up_key(check_name(to, "node id"), self.node_id)
+
+    async def route_down(self, client: str, combiner: str) -> None:
+        """The coordinator's: let ``combiner``, and from now on no other, send to ``client``
+        (``amqp_keeper.TopologyKeeper.route_down``). A client whose queue is not there yet is
+        logged: the combiner's sends to it fail as unroutable."""
+        if self._connection is None or not self._declares:
+            raise TransportError(f"{self.node_id}: only a started coordinator routes clients to combiners")
+        async with _broker_call(f"{self.node_id}: routing {client} to {combiner}", self._publish_timeout):
+            if not await self._keeper.route_down(self._connection, client, combiner):
+                log.warning("%s: client %s has no queue on the broker to route to %s", self.node_id, client, combiner)
 
     async def send(self, to: str, message: Message) -> None:
         exchange, key = self._route(to)
@@ -319,7 +415,7 @@ class AmqpTransport(Transport):
         return list(await asyncio.gather(*(one(r, f) for r, f in zip(routes, frames, strict=True))))
 
     async def publish(self, topic: str, message: Message) -> None:
-        exchange, key = await self._topic_exchange(), check_name(topic, "topic")
+        exchange, key = await self._topic_exchange(), broadcast_key(check_name(topic, "topic"), self.node_id)
         await self._publish(exchange, key, await self._codec.encode(topic, message), addressed=False)
 
     async def _publish(self, exchange: pika.AbstractExchange, key: str, frame: bytes, *, addressed: bool) -> None:
@@ -337,9 +433,11 @@ class AmqpTransport(Transport):
                     await exchange.publish(message, key, mandatory=addressed)
                     return
                 except PublishError as exc:  # returned by the broker: no queue is bound to this key
-                    if not self._declares:
-                        # A client's coordinator is there to stay: a missing binding is one being
-                        # restored (amqp_keeper), so try again until publish_timeout_s.
+                    if self._role is not Role.PEER and not self._declares and exchange.name == self._names.up_exchange:
+                        # A client's (or combiner's) coordinator or combiner is there to stay: a
+                        # missing binding is one being restored (amqp_keeper), so try again until
+                        # publish_timeout_s. A peer that is gone, or a client not (or no longer)
+                        # assigned to this combiner, is not coming back: unroutable at once.
                         log.debug("%s: no queue bound yet; retrying", what)
                         await asyncio.sleep(_RETRY_PAUSE_S)
                         continue
@@ -369,7 +467,7 @@ class AmqpTransport(Transport):
                 return
             exchange = await self._topic_exchange()
             queue = await self._subscription_queue()
-            await queue.bind(exchange, routing_key=topic)
+            await queue.bind(exchange, routing_key=broadcast_binding(topic))
             self._topics.add(topic)
 
     async def _subscription_queue(self) -> pika.AbstractRobustQueue:
@@ -382,9 +480,9 @@ class AmqpTransport(Transport):
         return self._subscriptions
 
     async def _topic_exchange(self) -> pika.AbstractExchange:
-        if self._keeper.topic is None and self._channel is not None:  # a client: look it up
-            self._keeper.topic = await self._channel.get_exchange(self._names.topic_exchange, ensure=False)
-        return self._exchange(self._keeper.topic)
+        if self._keeper.broadcast is None and self._channel is not None:  # a client: look it up
+            self._keeper.broadcast = await self._channel.get_exchange(self._names.broadcast_exchange, ensure=False)
+        return self._exchange(self._keeper.broadcast)
 
     # -- receiving ------------------------------------------------------------------------------
     async def recv(self) -> Message:
@@ -407,7 +505,9 @@ class AmqpTransport(Transport):
             while True:
                 delivery = await self._deliveries.get()
                 message = await self._decode(delivery)
-                if message is not None:
+                if message is not None and self._sink is not None:
+                    await self._sink(self.node_id, message)  # waits while the receiver is behind
+                elif message is not None:
                     await self._inbox.put(message)  # waits while the node is behind: backpressure
                 self._unacked.append(delivery)
                 if len(self._unacked) >= _ACK_BATCH or self._deliveries.empty():
@@ -416,6 +516,8 @@ class AmqpTransport(Transport):
             log.exception("%s: the receive loop failed", self.node_id)
             self._failure = exc
             self._wake_receivers()
+            if self._sink is not None:
+                await self._sink(self.node_id, None)
 
     async def _decode(self, delivery: pika.AbstractIncomingMessage) -> Message | None:
         try:
@@ -447,6 +549,10 @@ class AmqpTransport(Transport):
         if not handled:
             return
         try:
+            if self._shared is not None:  # other nodes' deliveries share the channel's numbering
+                for delivery in handled:
+                    await delivery.ack()
+                return
             await handled[-1].ack(multiple=len(handled) > 1)
         except CONNECTION_EXCEPTIONS as exc:
             # The channel it came on is gone: the broker redelivers it and the replay check drops it.
@@ -489,4 +595,5 @@ async def delete_namespace(
                 await channel.queue_delete(queue)
             await channel.exchange_delete(names.direct_exchange)
             await channel.exchange_delete(names.up_exchange)
-            await channel.exchange_delete(names.topic_exchange)
+            await channel.exchange_delete(names.down_exchange)
+            await channel.exchange_delete(names.broadcast_exchange)

@@ -1,21 +1,29 @@
 """Names of what the AMQP transport declares on the broker, and its connection settings.
 
-    {ns}.direct  exchange (direct, durable) --routing key node_id--> {ns}.node.{node_id}
-                 one durable queue per node: messages for a node that is offline wait for it
-    {ns}.up      exchange (topic, durable) --routing key RECIPIENT.SENDER--> {ns}.node.{recipient}
-                 what clients send to the coordinator (or their combiner); only nodes that
-                 declare (coordinator, combiners, peers) bind their queue here, with RECIPIENT.*
-    {ns}.topic   exchange (direct, durable) --routing key topic----> {ns}.sub.{node_id}.{random}
-                 one exclusive, auto-delete queue per subscribing transport, bound once per topic
+    {ns}.direct     exchange (direct, durable) --routing key node_id--> {ns}.node.{node_id}
+                    one durable queue per node: messages for a node that is offline wait for it;
+                    only the coordinator publishes here
+    {ns}.up         exchange (topic, durable) --routing key RECIPIENT.SENDER--> {ns}.node.{recipient}
+                    what clients send to the coordinator (or their combiner), combiners to the
+                    coordinator, peers to one peer; bound with RECIPIENT.* for the coordinator,
+                    combiners and peers only (never a client's queue)
+    {ns}.down       exchange (topic, durable) --routing key CLIENT.COMBINER--> {ns}.node.{client}
+                    what a combiner sends to its clients: the coordinator binds a client's queue
+                    with CLIENT.COMBINER when it assigns the client to that combiner (and unbinds
+                    the previous one), so a combiner reaches exactly the clients assigned to it
+    {ns}.broadcast  exchange (topic, durable) --routing key TOPIC.SENDER--> {ns}.sub.{node_id}.{random}
+                    one exclusive, auto-delete queue per subscribing transport, bound with TOPIC.*
 
-``{ns}.up`` is an AMQP *topic* exchange so that RabbitMQ's topic permissions can tie the SENDER
-word of a routing key to the broker user that publishes it (``broker_users``): a client's user
-may publish there with its own id as SENDER and nowhere else. Ids are escaped (``key_word``) so
-that a '.' in an id cannot split it into two words, nor a '*' or '#' act as a wildcard.
+The exchanges a sender publishes to are AMQP *topic* exchanges so that RabbitMQ's topic
+permissions can tie the SENDER word of a routing key to the broker user that publishes it
+(``broker_users``), and the RECIPIENT word of a binding to the user that binds (a peer binds only
+its own id). Ids and topics are escaped (``key_word``) so that a '.' in one cannot split it into
+two words, nor a '*' or '#' act as a wildcard: a binding ``TOPIC.*`` takes exactly that topic
+from every sender, as ``MemoryTransport`` does.
 
-The topic exchange is of AMQP type *direct*, not *topic*: a direct exchange copies a message to
-every queue bound with exactly its key, which is precisely ``MemoryTransport``'s semantics, whereas
-an AMQP topic exchange would treat ``*`` and ``#`` in a subscription as wildcards.
+A peer's id names its broker login (``peer_id``: ``HEX:LOGIN``), so that permissions can tie its
+queue names and routing keys to its user, and a receiver can check that the login RabbitMQ
+vouches for (``user_id``) is the one the signed sender names (``peer_owner``).
 
 This module holds no broker client code (only ``amqp.py`` imports aio-pika), so it can be used and
 tested without one.
@@ -23,9 +31,12 @@ tested without one.
 
 from __future__ import annotations
 
+import re
+import secrets
 import ssl
 import uuid
 from dataclasses import dataclass
+from enum import Enum
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 from fedhive.errors import ConfigError
@@ -54,8 +65,12 @@ class Names:
         return f"{self.namespace}.up"
 
     @property
-    def topic_exchange(self) -> str:
-        return f"{self.namespace}.topic"
+    def down_exchange(self) -> str:
+        return f"{self.namespace}.down"
+
+    @property
+    def broadcast_exchange(self) -> str:
+        return f"{self.namespace}.broadcast"
 
     def node_queue(self, node_id: str) -> str:
         return check_name(f"{self.namespace}.node.{node_id}", "queue name")
@@ -63,6 +78,48 @@ class Names:
     def subscriber_queue(self, node_id: str) -> str:
         # Named by us rather than by the broker so that a reconnect re-declares the same queue.
         return check_name(f"{self.namespace}.sub.{node_id}.{uuid.uuid4().hex[:12]}", "queue name")
+
+
+class Role(Enum):
+    """What a node may do on the broker (docs/security.md, "Broker isolation").
+
+    COORDINATOR declares every exchange, its own queue and those of the nodes it provisioned,
+    binds them, and publishes through the direct exchange. CLIENT, COMBINER and PEER never
+    declare an exchange (their broker users may not): they wait for the exchanges, and a PEER
+    declares and binds only its own queues. A login that may configure (a shared development
+    login) creates what a CLIENT, COMBINER or PEER waits for itself."""
+
+    COORDINATOR = "coordinator"
+    CLIENT = "client"
+    COMBINER = "combiner"
+    PEER = "peer"
+
+
+# Between a peer id's random part and its login: in no user name fedhive makes, and (unlike most
+# punctuation) allowed in an AMQP queue name, which a peer's queue names take its id into.
+PEER_ID_LOGIN = ":"
+_PEER_LOGIN = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+_PEER_RANDOM = re.compile(r"[0-9a-f]{32}")
+
+
+def peer_id(login: str, random_part: str | None = None) -> str:
+    """A fresh peer id that names ``login``: 32 random hex digits first, so that ids sort (and
+    peers seed) in random order whoever logs in, then ``:LOGIN``. ``random_part``: the 32 hex
+    digits someone else drew (``fedhive serve``, for the peers of its site agents)."""
+    if not _PEER_LOGIN.fullmatch(login):
+        raise ConfigError(
+            f"a peer's broker login ({login[:64]!r}) must be 1-64 letters, digits, '.', '_' or '-': its queue names "
+            "take it in"
+        )
+    if random_part is not None and not _PEER_RANDOM.fullmatch(random_part):
+        raise ConfigError(f"a peer id's random part must be 32 lower-case hex digits, not {random_part[:40]!r}")
+    return f"{random_part or secrets.token_hex(16)}{PEER_ID_LOGIN}{login}"
+
+
+def peer_owner(node_id: str) -> str | None:
+    """The login a peer id names, or None for an id that names none."""
+    _, sep, login = node_id.rpartition(PEER_ID_LOGIN)
+    return login if sep and login else None
 
 
 def key_word(node_id: str) -> str:
@@ -76,8 +133,13 @@ def up_key(recipient: str, sender: str) -> str:
 
 
 def up_binding(recipient: str) -> str:
-    """The binding that takes every sender's messages for ``recipient`` from the up exchange."""
+    """The binding that takes every sender's messages for ``recipient`` from the up exchange
+    (and, with a topic for ``recipient``, every sender's broadcasts on it)."""
     return check_name(f"{key_word(recipient)}.*", "binding key")
+
+
+broadcast_key = up_key  # TOPIC.SENDER on the broadcast exchange
+broadcast_binding = up_binding  # TOPIC.*
 
 
 def queue_arguments(expires_s: float | None, max_messages: int, max_bytes: int) -> dict[str, int | str]:

@@ -1,21 +1,30 @@
-"""One RabbitMQ user per client, with exactly the rights a client needs (docs/security.md,
-"Broker isolation").
+"""One RabbitMQ user per node, with exactly the rights its role needs (docs/security.md,
+"Broker isolation"). In the namespace's vhost:
 
-A client's broker user is named like the client and may, in the namespace's vhost:
+- a *client*'s user (named like the client) may publish to the up exchange (``{ns}.up``, a topic
+  exchange), only under routing keys whose SENDER word is its own id (a topic permission), and
+  consume (and purge) its own queue ``{ns}.node.{client_id}``; it configures nothing.
+- a *combiner*'s user may publish to the up exchange only under ``coordinator.COMBINER`` (to the
+  coordinator, as itself), to the down exchange only under ``CLIENT.COMBINER`` (which reaches a
+  client only while the coordinator has it assigned to this combiner), and consume its own queue;
+  it configures nothing: the coordinator declares and binds its queue.
+- a *peer*'s user (its login, which a peer's id names: ``amqp_topology.peer_id``) may declare,
+  bind and consume only queues named after its peer ids, bind them to the up exchange only under
+  its own ids and to the broadcast exchange only under a topic, and publish to both only as
+  itself; it may not declare, delete or redeclare an exchange: the federation's operator declares
+  them (``Rabbitmqctl.declare_exchanges``).
+- a *site*'s user (a ``fedhive agent``'s, named like the site) has a client's rights and a peer's
+  whose peer ids name the site: one login for every role ``fedhive serve`` gives the site.
 
-- publish to the up exchange (``{ns}.up``, a topic exchange), only under routing keys whose
-  SENDER word is its own id (a topic permission), and to no other exchange;
-- consume from (and purge) its own queue ``{ns}.node.{client_id}``, and no other queue;
-- configure nothing: it cannot declare, bind or delete exchanges or queues.
-
-The coordinator creates the client's queue and binding, and checks the AMQP ``user_id`` of every
-message (which RabbitMQ sets equal to the publishing connection's login) against the user the
-client store records for the signed sender (``SenderLogins``).
-"""
+The coordinator creates the queues and bindings of the clients and combiners, and checks the AMQP
+``user_id`` of every message (which RabbitMQ sets equal to the publishing connection's login)
+against the user the client store records for the signed sender (``SenderLogins``); a peer
+checks that the login is the one the sender's peer id names (``peer_sender_check``)."""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import re
 import secrets
 import shlex
@@ -25,7 +34,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from fedhive.errors import ConfigError
-from fedhive.transports.amqp_topology import Names, key_word
+from fedhive.transports.amqp_topology import PEER_ID_LOGIN, Names, key_word, peer_id, peer_owner
 
 PASSWORD_BYTES = 24
 _RABBITMQCTL_TIMEOUT_S = 60.0
@@ -36,49 +45,95 @@ def new_password() -> str:
 
 
 @dataclass(frozen=True, slots=True)
-class ClientGrant:
-    """The rights of one client's broker user, as RabbitMQ regular expressions."""
+class TopicRights:
+    """A topic permission: the routing keys a user may publish (``write``) and bind (``read``)
+    with on one topic exchange. Without one, RabbitMQ allows every key: so a user with write or
+    read rights on a topic exchange always gets one."""
+
+    exchange: str
+    write: str
+    read: str
+
+
+NOTHING = "^$"
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerGrant:
+    """The rights of one node's broker user, as RabbitMQ regular expressions."""
 
     user: str
     vhost: str
     configure: str
     write: str
     read: str
-    topic_exchange: str
-    topic_write: str
-    topic_read: str
+    topics: tuple[TopicRights, ...]
 
     @classmethod
-    def of(cls, client_id: str, *, namespace: str = "fedhive", vhost: str = "/") -> ClientGrant:
+    def of(cls, node_id: str, *, role: str = "client", namespace: str = "fedhive", vhost: str = "/") -> BrokerGrant:
+        """``role``: client, combiner or peer (``node_id`` is then the peer's login)."""
+        if role == "client":
+            return cls.client(node_id, namespace=namespace, vhost=vhost)
+        if role == "combiner":
+            return cls.combiner(node_id, namespace=namespace, vhost=vhost)
+        if role == "peer":
+            return cls.peer(node_id, namespace=namespace, vhost=vhost)
+        if role == "site":
+            return cls.site(node_id, namespace=namespace, vhost=vhost)
+        raise ConfigError(f"a broker user's role is client, combiner, peer or site, not {role!r}")
+
+    @classmethod
+    def client(cls, client_id: str, *, namespace: str = "fedhive", vhost: str = "/") -> BrokerGrant:
         names = Names(namespace)
-        return cls(
-            user=client_id,
-            vhost=vhost,
-            configure="^$",
-            write=f"^{re.escape(names.up_exchange)}$",
-            read=f"^{re.escape(names.node_queue(client_id))}$",
-            topic_exchange=names.up_exchange,
-            # RECIPIENT.SENDER (amqp_topology.up_key): any recipient, itself as the sender.
-            topic_write=rf"^[^.]+\.{re.escape(key_word(client_id))}$",
-            topic_read="^$",
-        )
+        # RECIPIENT.SENDER (amqp_topology.up_key): any recipient, itself as the sender.
+        up = TopicRights(names.up_exchange, rf"^[^.]+\.{re.escape(key_word(client_id))}$", NOTHING)
+        return cls(client_id, vhost, NOTHING, _one_of(names.up_exchange), _one_of(names.node_queue(client_id)), (up,))
+
+    @classmethod
+    def combiner(
+        cls, combiner_id: str, *, namespace: str = "fedhive", vhost: str = "/", upstream: str = "coordinator"
+    ) -> BrokerGrant:
+        names, me = Names(namespace), re.escape(key_word(combiner_id))
+        up = TopicRights(names.up_exchange, f"^{re.escape(key_word(upstream))}\\.{me}$", NOTHING)
+        down = TopicRights(names.down_exchange, rf"^[^.]+\.{me}$", NOTHING)
+        write = _one_of(names.up_exchange, names.down_exchange)
+        return cls(combiner_id, vhost, NOTHING, write, _one_of(names.node_queue(combiner_id)), (up, down))
+
+    @classmethod
+    def peer(cls, login: str, *, namespace: str = "fedhive", vhost: str = "/") -> BrokerGrant:
+        names = Names(namespace)
+        ns = re.escape(namespace)
+        peer_ids = f"[0-9a-f]{{32}}{re.escape(PEER_ID_LOGIN + login)}"  # amqp_topology.peer_id
+        key_ids = f"[0-9a-f]{{32}}{re.escape(key_word(PEER_ID_LOGIN + login))}"  # the same, as a key word
+        queues = rf"{ns}\.node\.{peer_ids}|{ns}\.sub\.{peer_ids}\.[0-9a-f]{{12}}"  # Names.node/subscriber_queue
+        exchanges = f"{re.escape(names.up_exchange)}|{re.escape(names.broadcast_exchange)}"
+        up = TopicRights(names.up_exchange, rf"^[^.]+\.{key_ids}$", rf"^{key_ids}\.\*$")
+        broadcast = TopicRights(names.broadcast_exchange, rf"^[^.]+\.{key_ids}$", r"^[^.*#]+\.\*$")
+        both = f"^(?:{exchanges}|{queues})$"
+        return cls(login, vhost, f"^(?:{queues})$", both, both, (up, broadcast))
+
+    @classmethod
+    def site(cls, site_id: str, *, namespace: str = "fedhive", vhost: str = "/") -> BrokerGrant:
+        """A site agent's (``fedhive admin site create --broker-user``), named like the site: a
+        client's rights (star sessions; a follower of ``fedhive serve``'s combiners needs no more,
+        they reach it through the direct exchange) and a peer's whose peer ids name the site
+        (decentralised sessions: the agent's peer id is ``HEX:SITE``)."""
+        peer_id(site_id)  # a ConfigError for an id that a peer id cannot name
+        client = cls.client(site_id, namespace=namespace, vhost=vhost)
+        peer = cls.peer(site_id, namespace=namespace, vhost=vhost)
+        (client_up,), (peer_up, broadcast) = client.topics, peer.topics
+        up = TopicRights(peer_up.exchange, _either(client_up.write, peer_up.write), peer_up.read)
+        write, read = _either(client.write, peer.write), _either(client.read, peer.read)
+        return cls(site_id, vhost, peer.configure, write, read, (up, broadcast))
 
     def commands(self) -> list[list[str]]:
         """``rabbitmqctl`` argument lists that create the user and its rights; ``add_user``
         reads the password from its standard input, so it never shows in a process list."""
-        return [
-            ["add_user", self.user],
-            ["set_permissions", "-p", self.vhost, self.user, self.configure, self.write, self.read],
-            [
-                "set_topic_permissions",
-                "-p",
-                self.vhost,
-                self.user,
-                self.topic_exchange,
-                self.topic_write,
-                self.topic_read,
-            ],
+        rights = ["set_permissions", "-p", self.vhost, self.user, self.configure, self.write, self.read]
+        topics = [
+            ["set_topic_permissions", "-p", self.vhost, self.user, t.exchange, t.write, t.read] for t in self.topics
         ]
+        return [["add_user", self.user], rights, *topics]
 
     def shell_lines(self, rabbitmqctl: str = "rabbitmqctl") -> list[str]:
         """The commands, for an operator who provisions broker users by hand."""
@@ -87,6 +142,34 @@ class ClientGrant:
             line = " ".join(shlex.quote(a) for a in [rabbitmqctl, *argv])
             lines.append(f'printf %s "$PASSWORD" | {line}' if argv[0] == "add_user" else line)
         return lines
+
+
+ClientGrant = BrokerGrant  # its ``of`` makes a client's grant unless told otherwise
+
+
+def _one_of(*names: str) -> str:
+    return "^(?:" + "|".join(re.escape(n) for n in names) + ")$" if len(names) > 1 else f"^{re.escape(names[0])}$"
+
+
+def _either(*patterns: str) -> str:
+    """One regular expression matching what any of the (anchored) ``patterns`` matches."""
+    return "|".join(f"(?:{p})" for p in patterns)
+
+
+def peer_definitions(namespace: str, vhost: str) -> str:
+    """The exchanges of a peer federation, as RabbitMQ definitions (``rabbitmqctl
+    import_definitions`` reads them): the peers' users may not declare them."""
+    names = Names(namespace)
+    exchanges = [
+        {"name": name, "vhost": vhost, "type": "topic", "durable": True, "auto_delete": False, "internal": False}
+        | {"arguments": {}}
+        for name in (names.up_exchange, names.broadcast_exchange)
+    ]
+    return json.dumps({"exchanges": exchanges}, separators=(",", ":"))
+
+
+def peer_definitions_line(namespace: str, vhost: str, rabbitmqctl: str = "rabbitmqctl") -> str:
+    return f"printf %s {shlex.quote(peer_definitions(namespace, vhost))} | {rabbitmqctl} import_definitions"
 
 
 class Rabbitmqctl:
@@ -102,7 +185,7 @@ class Rabbitmqctl:
             )
         self._program = path
 
-    def create(self, grant: ClientGrant, password: str) -> None:
+    def create(self, grant: BrokerGrant, password: str) -> None:
         """Create the user with its rights; a user that exists already is refused and left as it
         is, and one created here is deleted again when a later step fails."""
         add_user, *rights = grant.commands()
@@ -117,6 +200,10 @@ class Rabbitmqctl:
 
     def delete(self, user: str) -> None:
         self._run(["delete_user", user], stdin=None)
+
+    def declare_exchanges(self, namespace: str, vhost: str) -> None:
+        """Declare a peer federation's exchanges (kept as they are when they exist)."""
+        self._run(["import_definitions"], stdin=peer_definitions(namespace, vhost))
 
     def _run(self, argv: list[str], stdin: str | None) -> None:
         try:
@@ -144,13 +231,20 @@ class SenderLogins:
     message signed by any other sender but published by a client's broker user. Senders without
     a broker user (a shared development login) are not checked: their signature is all there is."""
 
-    def __init__(self, logins: Callable[[], Mapping[str, str]]) -> None:
+    def __init__(
+        self, logins: Callable[[], Mapping[str, str]], combiners: Callable[[], Iterable[str]] | None = None
+    ) -> None:
         self._logins = logins
+        self._combiners = combiners or (lambda: ())
         self._seen: Mapping[str, str] | None = None
         self._owners: dict[str, str] = {}
 
     def provisioned(self) -> Iterable[str]:
         return tuple(self._logins())
+
+    def relays(self) -> Iterable[str]:
+        """The provisioned combiners (their queues are bound to the up exchange too)."""
+        return tuple(self._combiners())
 
     def __call__(self, sender: str, login: str | None) -> str | None:
         logins = self._logins()
@@ -164,3 +258,15 @@ class SenderLogins:
         if owner is not None and owner != sender:
             return f"broker user {login!r} belongs to {owner}, not to {sender}"
         return None
+
+
+def peer_sender_check(sender: str, login: str | None) -> str | None:
+    """A peer's check of every message: its signed sender's id names the broker user that
+    published it. Every peer of a federation holds the shared key, so this, and RabbitMQ's own
+    check of ``user_id``, is what stops one peer from speaking as another."""
+    owner = peer_owner(sender)
+    if owner is None:
+        return f"peer id {sender[:40]!r} names no broker login"
+    if owner != login:
+        return f"published by broker user {login!r}, but the peer id names {owner!r}"
+    return None

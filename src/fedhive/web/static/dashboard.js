@@ -130,9 +130,22 @@
     show();
   }
 
+  // Combiners are a hierarchical session's only: the field is shown, and sent, for it alone.
+  function initTopology() {
+    const select = $("#topology");
+    const show = () => {
+      const hierarchical = select.value === "hierarchical";
+      $("#combiners-field").hidden = !hierarchical;
+      $("#combiners").disabled = !hierarchical;
+    };
+    select.addEventListener("change", show);
+    show();
+  }
+
   function initNew() {
     const form = $("#new-session");
     loadApps(form).catch((err) => showError(err.message));
+    initTopology();
     form.addEventListener("submit", async (e) => {
       e.preventDefault();
       const data = new FormData(form);

@@ -1,0 +1,131 @@
+"""A networked client's side of secure aggregation (``fedhive client`` in a secure session).
+
+``ClientNode`` hands this its TRAINs and its trained update when the session it was enabled for
+has ``secure_aggregation`` on. The round's TRAIN (the model) makes a fresh ``SecAggClient`` for
+that round and attempt, whose public keys go back at once, before training starts: keys and
+shares are exchanged while the client trains. The node's later TRAINs name their step
+(``secagg.wire``); the update, once trained and once the neighbours' sealed shares are in, is
+screened here (the node cannot screen what it cannot see), quantised, masked and sent as the
+masked input; the unmasking request is answered with the shares asked for. What goes up is never
+the update, only keys, sealed shares, the masked vector and shares of secrets.
+
+A step for another round or attempt than the current one is stale (a TRAIN sent again) and
+ignored; a step out of order, or one asking for both secrets of one client, is refused by
+``SecAggClient`` and becomes the client's ERROR for the round.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from fedhive.core.envelope import Kind, Message, make
+from fedhive.core.params import Params
+from fedhive.errors import ProtocolError
+from fedhive.runtime.inline_executor import run_job
+from fedhive.runtime.session_config import SessionConfig
+from fedhive.secagg import wire
+from fedhive.secagg.client import SecAggClient
+from fedhive.secagg.round import round_context
+from fedhive.secagg.settings import fixed_point, secure_weighting
+from fedhive.strategies.registry import parse_strategy
+from fedhive.strategies.screening import UpdateScreen, capped_examples
+
+log = logging.getLogger("fedhive.secagg")
+
+Send = Callable[[Message], Awaitable[None]]
+
+
+@dataclass
+class _Attempt:
+    round: int
+    attempt: int
+    client: SecAggClient
+    base: Params  # the global model: the update goes as its change from it
+    routed: dict[str, bytes] | None = None  # the neighbours' sealed shares, once the node sent them
+    vector: np.ndarray | None = None  # the quantised update, once trained
+    examples: int = 0
+    masked: bool = False
+
+
+class SecureClient:
+    def __init__(
+        self, client_id: str, session_id: str, config: SessionConfig, registered_examples: int, send: Send,
+        executor: Executor,
+    ) -> None:  # fmt: skip
+        self.client_id = client_id
+        self._session_id = session_id
+        self._config = config
+        self._registered = registered_examples
+        self._send_message = send
+        self._executor = executor  # masking costs k mask streams of the model's size: not on the loop
+        self._fixed = fixed_point(config.secagg_clip, config.secagg_bits)
+        self._weighted = secure_weighting(parse_strategy(config.strategy))
+        self._current: _Attempt | None = None
+        self.clipped = 0  # coordinates clipped to [-secagg_clip, secagg_clip] so far (never sent)
+
+    async def begin(self, rnd: int, attempt: int, base: Params) -> None:
+        """The round's TRAIN: fresh keys for this attempt, advertised before training starts."""
+        client = SecAggClient(self.client_id, round_context(self._session_id, rnd, attempt))
+        self._current = _Attempt(rnd, attempt, client, base)
+        await self._send(rnd, wire.keys_body(attempt, client.advertise()))
+
+    async def on_step(self, msg: Message) -> None:
+        """A TRAIN naming a step of the current round; raises ``SecAggError`` / ``ProtocolError``."""
+        cur, name = self._current, wire.stage_of(msg)
+        attempt = msg.envelope.body.get("attempt", 0)
+        if cur is None or (msg.envelope.round, attempt) != (cur.round, cur.attempt):
+            log.info("%s: ignored secagg %r for round %d (stale)", self.client_id, name, msg.envelope.round)
+            return
+        if name == "roster":
+            shares = cur.client.share_keys(wire.read_roster(msg))
+            await self._send(cur.round, wire.shares_body(cur.attempt, shares))
+        elif name == "routed":
+            cur.routed = wire.read_routed(msg)
+            await self._mask(cur)
+        elif name == "unmask":
+            answer = cur.client.unmask(wire.read_unmask_request(msg))
+            await self._send(cur.round, wire.unmask_shares_body(cur.attempt, answer))
+        else:
+            raise ProtocolError(f"TRAIN names an unknown secure-aggregation step {name!r}")
+
+    async def trained(self, rnd: int, attempt: int, params: Params, num_examples: int) -> None:
+        """The update of ``rnd``: screened by the client itself, then quantised and (once the
+        shares are in) masked and sent; raises ``ProtocolError`` when its own screen refuses it."""
+        cur = self._current
+        if cur is None or (rnd, attempt) != (cur.round, cur.attempt):
+            return  # superseded by a newer TRAIN
+        config = self._config
+        screen = UpdateScreen(cur.base, max_update_norm=config.max_update_norm, max_model_jump=config.max_model_jump)
+        _distance, refused = screen.refusal(params)
+        if refused is not None:
+            raise ProtocolError(f"update {refused}")
+        examples = capped_examples(
+            num_examples, self._registered, factor=config.examples_cap_factor, ceiling=config.max_examples_per_client
+        )
+        weight = examples if self._weighted else 1
+        cur.vector, clipped = self._fixed.encode(params, cur.base, weight, examples)
+        cur.examples = examples
+        self.clipped += clipped
+        await self._mask(cur)
+
+    async def _mask(self, cur: _Attempt) -> None:
+        if cur.vector is None or cur.routed is None or cur.masked:
+            return
+        cur.masked = True
+        masked = await run_job(self._executor, cur.client.masked_input, cur.routed, cur.vector)
+        cur.vector = None
+        if self._current is not cur:
+            return  # a newer TRAIN came while we masked
+        payload = wire.masked_payload(masked.vector)
+        await self._send(cur.round, wire.masked_body(cur.attempt, cur.examples), payload)
+        log.info("%s: round %d: masked input sent", self.client_id, cur.round)
+
+    async def _send(self, rnd: int, body: dict[str, Any], payload: Params | None = None) -> None:
+        msg = make(Kind.UPDATE, self.client_id, session_id=self._session_id, round=rnd, body=body, payload=payload)
+        await self._send_message(msg)

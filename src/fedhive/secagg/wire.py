@@ -1,0 +1,214 @@
+"""Secure aggregation's messages over a broker: how each travels in an existing message kind.
+
+No kind is added or renamed (docs/architecture.md, "Wire protocol"). The node that runs the round
+(coordinator or combiner) opens it with an ordinary TRAIN (the global model); every later step it
+sends is a TRAIN without payload whose body names the step in ``secagg``; each client answers
+with UPDATEs whose body names theirs:
+
+    node -> client   TRAIN                       the model (the round starts: keys, then training)
+    client -> node   UPDATE secagg="keys"        two X25519 public keys
+    node -> client   TRAIN  secagg="roster"      every id, the graph seed, k, t, its neighbours' keys
+    client -> node   UPDATE secagg="shares"      its shares for each neighbour, AES-GCM-sealed to them
+    node -> client   TRAIN  secagg="routed"      the ciphertexts its neighbours sealed for it
+    client -> node   UPDATE secagg="masked"      payload: the masked update (int64 bits of uint64)
+    node -> client   TRAIN  secagg="unmask"      who of its neighbours is in the sum, who dropped
+    client -> node   UPDATE secagg="unmask"      the shares asked for
+
+Bytes travel as base64; a field that does not decode, or has the wrong length, is one
+``ProtocolError`` line. Everything is signed per sender like any message (``core.signing``); the
+sealed shares are opened only by the client they are sealed to.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal
+
+import numpy as np
+from pydantic import Field, StringConstraints
+
+from fedhive.core.bodies import MAX_CLIENTS, Attempt, Body, Examples, NodeId, parse_body
+from fedhive.core.envelope import Kind, Message
+from fedhive.core.params import Params, ParamSpec, TensorSpec
+from fedhive.errors import ProtocolError
+from fedhive.secagg import masks, shamir
+from fedhive.secagg.messages import AdvertiseKeys, Roster, ShareKeys, UnmaskRequest, UnmaskShares
+
+MASKED = "masked"  # the one tensor of a masked input's payload
+_B64 = Annotated[str, StringConstraints(max_length=256)]
+_Ids = Annotated[list[NodeId], Field(max_length=MAX_CLIENTS)]
+_ById = Annotated[dict[NodeId, _B64], Field(max_length=MAX_CLIENTS)]
+
+
+def _b64(raw: bytes) -> str:
+    return base64.b64encode(raw).decode("ascii")
+
+
+def _bytes(text: str, length: int, what: str) -> bytes:
+    try:
+        raw = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise ProtocolError(f"secure aggregation: {what} is not base64") from None
+    if len(raw) != length:
+        raise ProtocolError(f"secure aggregation: {what} has {len(raw)} bytes, not {length}")
+    return raw
+
+
+def stage_of(msg: Message) -> str | None:
+    """The step a TRAIN or UPDATE names (None: an ordinary one)."""
+    v = msg.envelope.body.get("secagg")
+    return v if isinstance(v, str) else None
+
+
+# -- client -> node ------------------------------------------------------------------------------
+class KeysBody(Body):
+    kind = Kind.UPDATE
+    secagg: Literal["keys"]
+    attempt: Attempt = 0
+    c: _B64
+    s: _B64
+
+
+class SharesBody(Body):
+    kind = Kind.UPDATE
+    secagg: Literal["shares"]
+    attempt: Attempt = 0
+    sealed: _ById
+
+
+class MaskedBody(Body):
+    kind = Kind.UPDATE
+    secagg: Literal["masked"]
+    attempt: Attempt = 0
+    num_examples: Examples  # not secret: the coordinator knows it from registration (threat model)
+
+
+class UnmaskSharesBody(Body):
+    kind = Kind.UPDATE
+    secagg: Literal["unmask"]
+    attempt: Attempt = 0
+    self_mask: _ById
+    mask_key: _ById
+
+
+def keys_body(attempt: int, msg: AdvertiseKeys) -> dict[str, Any]:
+    return {"secagg": "keys", "attempt": attempt, "c": _b64(msg.c_public), "s": _b64(msg.s_public)}
+
+
+def read_keys(msg: Message) -> AdvertiseKeys:
+    b = parse_body(KeysBody, msg)
+    return AdvertiseKeys(msg.sender, _bytes(b.c, 32, "a public key"), _bytes(b.s, 32, "a public key"))
+
+
+def shares_body(attempt: int, msg: ShareKeys) -> dict[str, Any]:
+    return {"secagg": "shares", "attempt": attempt, "sealed": {v: _b64(c) for v, c in msg.sealed.items()}}
+
+
+def read_shares(msg: Message) -> ShareKeys:
+    b = parse_body(SharesBody, msg)
+    return ShareKeys(msg.sender, {v: _bytes(c, masks.SEALED_BYTES, "a sealed share") for v, c in b.sealed.items()})
+
+
+def masked_body(attempt: int, num_examples: int) -> dict[str, Any]:
+    return {"secagg": "masked", "attempt": attempt, "num_examples": num_examples}
+
+
+def masked_payload(vector: np.ndarray) -> Params:
+    """The ``uint64`` vector's bits as ``int64`` (safetensors' tag for them: no codec change)."""
+    return Params({MASKED: vector.view(np.int64)})
+
+
+def masked_spec(length: int) -> ParamSpec:
+    return ParamSpec((TensorSpec(MASKED, (length,), "int64"),))
+
+
+def unmask_shares_body(attempt: int, msg: UnmaskShares) -> dict[str, Any]:
+    def rows(shares: Mapping[str, int]) -> dict[str, str]:
+        return {u: _b64(shamir.to_bytes(y)) for u, y in shares.items()}
+
+    return {"secagg": "unmask", "attempt": attempt, "self_mask": rows(msg.self_mask), "mask_key": rows(msg.mask_key)}
+
+
+def read_unmask_shares(msg: Message) -> UnmaskShares:
+    b = parse_body(UnmaskSharesBody, msg)
+
+    def rows(shares: Mapping[str, str]) -> dict[str, int]:
+        try:
+            return {u: shamir.from_bytes(_bytes(y, shamir.SHARE_BYTES, "a share")) for u, y in shares.items()}
+        except ValueError as exc:
+            raise ProtocolError(f"secure aggregation: {exc}") from None
+
+    return UnmaskShares(msg.sender, rows(b.self_mask), rows(b.mask_key))
+
+
+# -- node -> client ------------------------------------------------------------------------------
+class RosterBody(Body):
+    kind = Kind.TRAIN
+    secagg: Literal["roster"]
+    attempt: Attempt = 0
+    members: _Ids
+    keys: Annotated[dict[NodeId, tuple[_B64, _B64]], Field(max_length=MAX_CLIENTS)]
+    threshold: Annotated[int, Field(ge=2, le=MAX_CLIENTS)]
+    neighbours: Annotated[int, Field(ge=1, le=MAX_CLIENTS)]
+    graph_seed: _B64
+
+
+class RoutedBody(Body):
+    kind = Kind.TRAIN
+    secagg: Literal["routed"]
+    attempt: Attempt = 0
+    routed: _ById
+
+
+class UnmaskRequestBody(Body):
+    kind = Kind.TRAIN
+    secagg: Literal["unmask"]
+    attempt: Attempt = 0
+    survivors: _Ids
+    dropped: _Ids
+
+
+def roster_body(attempt: int, roster: Roster) -> dict[str, Any]:
+    return {
+        "secagg": "roster",
+        "attempt": attempt,
+        "members": list(roster.ids),
+        "keys": {c: (_b64(cp), _b64(sp)) for c, (cp, sp) in roster.keys.items()},
+        "threshold": roster.threshold,
+        "neighbours": roster.neighbours,
+        "graph_seed": _b64(roster.graph_seed),
+    }
+
+
+def read_roster(msg: Message) -> Roster:
+    b = parse_body(RosterBody, msg)
+    if len(set(b.members)) != len(b.members) or not b.keys.keys() <= set(b.members):
+        raise ProtocolError("secure aggregation: the roster's members repeat, or its keys name others")
+    keys = {c: (_bytes(cp, 32, "a public key"), _bytes(sp, 32, "a public key")) for c, (cp, sp) in b.keys.items()}
+    seed = _bytes(b.graph_seed, 32, "the graph seed")
+    return Roster(keys, b.threshold, b.neighbours, seed, members=tuple(b.members))
+
+
+def routed_body(attempt: int, routed: Mapping[str, bytes]) -> dict[str, Any]:
+    return {"secagg": "routed", "attempt": attempt, "routed": {u: _b64(c) for u, c in routed.items()}}
+
+
+def read_routed(msg: Message) -> dict[str, bytes]:
+    b = parse_body(RoutedBody, msg)
+    return {u: _bytes(c, masks.SEALED_BYTES, "a sealed share") for u, c in b.routed.items()}
+
+
+def unmask_request_body(attempt: int, request: UnmaskRequest) -> dict[str, Any]:
+    return {
+        "secagg": "unmask",
+        "attempt": attempt,
+        "survivors": sorted(request.survivors),
+        "dropped": sorted(request.dropped),
+    }
+
+
+def read_unmask_request(msg: Message) -> UnmaskRequest:
+    b = parse_body(UnmaskRequestBody, msg)
+    return UnmaskRequest(frozenset(b.survivors), frozenset(b.dropped))

@@ -1,0 +1,173 @@
+"""What the end-to-end tests of ``fedhive serve`` with site agents run, as a user runs it: sites
+made with ``fedhive admin site create``, one ``fedhive agent`` process per site (SIGKILLed and
+started again as a crash and a restart would), an MLflow server started in the background while
+the rest is set up (it takes the longest to start), and the REST calls that start a session and
+wait for its end. Every wait is bounded and ends on a printed line or a state, never a sleep."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from processes import Proc
+from service.test_platform_flow import wait_for
+from tracking.conftest import free_port, mlflow_executable
+
+FEDHIVE = [sys.executable, "-m", "fedhive.cli.main"]
+ENDED = ("COMPLETED", "FAILED", "CANCELLED")
+REQUIRE_SERVICES = os.environ.get("FEDHIVE_REQUIRE_SERVICES") == "1"
+
+
+def need_module(name: str, install: str) -> Any:
+    """The module; without it, skip locally and fail in CI (FEDHIVE_REQUIRE_SERVICES=1)."""
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        msg = f"{name} is not installed ({install})"
+        if REQUIRE_SERVICES:
+            pytest.fail(f"{msg} and FEDHIVE_REQUIRE_SERVICES=1: real-service tests are required here")
+        pytest.skip(msg)
+
+
+@dataclass(frozen=True)
+class Site:
+    site_id: str
+    secret: str
+
+
+def create_sites(home: Path, db_url: str, count: int, out_file: Path) -> Proc:
+    """``fedhive admin site create ward --count N`` (started, not waited for: see ``read_sites``)."""
+    return Proc(
+        "admin",
+        [*FEDHIVE, "admin", "site", "create", "ward", "--count", str(count), "--out-file", str(out_file),
+         "--home", str(home), "--db", db_url],
+    )  # fmt: skip
+
+
+def read_sites(admin: Proc, out_file: Path) -> list[Site]:
+    assert admin.finish(90) == 0, admin.tail()
+    lines = [json.loads(line) for line in out_file.read_text().splitlines()]
+    return sorted((Site(line["client_id"], line["secret"]) for line in lines), key=lambda s: s.site_id)
+
+
+class SiteAgent:
+    """``fedhive agent`` for one site, in a process of its own (the secret in its environment)."""
+
+    def __init__(
+        self, site: Site, index: int, count: int, *, broker: str, namespace: str, app: Path, state_dir: Path
+    ) -> None:
+        self.site = site
+        self.args = [
+            *FEDHIVE, "agent", "--broker", broker, "--namespace", namespace, "--id", site.site_id,
+            "--app", str(app), "--state-dir", str(state_dir / site.site_id), "--heartbeat-interval", "0.5",
+            # the app's share of the data: which part this site holds, of how many
+            "--node", f"partition_id={index}", "--node", f"num_partitions={count}",
+        ]  # fmt: skip
+        self.proc = self.start()
+
+    def start(self) -> Proc:
+        self.proc = Proc(f"agent {self.site.site_id}", self.args, env={"FEDHIVE_CLIENT_SECRET": self.site.secret})
+        return self.proc
+
+    def connected(self, timeout: float = 90) -> None:
+        self.proc.wait_for(f"agent {self.site.site_id} connected", timeout=timeout)
+
+    def sigkill(self) -> None:
+        """Gone without a word, as a crashed machine: no stop message, no state saved."""
+        self.proc.popen.send_signal(signal.SIGKILL)
+        self.proc.finish(30)
+
+    def stop(self) -> None:
+        self.proc.kill()
+
+
+class MlflowProcess:
+    """``mlflow server`` (SQLite backend, local artifacts) started now, waited for later: its
+    start (database tables, then its web workers) is the slowest of the services, so the tests
+    start it first and make sites and apps meanwhile."""
+
+    def __init__(self, root: Path) -> None:
+        root.mkdir(parents=True, exist_ok=True)
+        self.root = root
+        self.url = f"http://127.0.0.1:{free_port()}"
+        self.log = (root / "server.log").open("wb")
+        self.proc = subprocess.Popen(
+            [mlflow_executable(), "server", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
+             "--artifacts-destination", str(root / "artifacts"), "--host", "127.0.0.1",
+             "--port", self.url.rsplit(":", 1)[1], "--workers", "1"],
+            stdout=self.log, stderr=subprocess.STDOUT,
+            # no job runner (a process of its own, for MLflow's GenAI jobs): nothing here uses it
+            env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+        )  # fmt: skip
+
+    def ready(self, deadline_s: float = 180) -> str:
+        """The server's URL once it answers /health (a loaded 2-core machine takes over a minute)."""
+        deadline = time.monotonic() + deadline_s
+        while True:
+            try:
+                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
+                    return self.url
+            except httpx.HTTPError:
+                pass
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"mlflow server did not start: {(self.root / 'server.log').read_text()[-2000:]}")
+            time.sleep(0.5)  # polling a port that opens when it opens: there is no line to wait on
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)
+        self.log.close()
+
+
+class Rest:
+    """The REST calls of a session's owner."""
+
+    def __init__(self, http: httpx.AsyncClient, auth: dict[str, str]) -> None:
+        self.http, self.auth = http, auth
+
+    async def online(self) -> list[str]:
+        peers = (await self.http.get("/peers", headers=self.auth)).json()
+        return sorted(p["id"] for p in peers if p["status"] == "ONLINE")
+
+    async def wait_online(self, site_ids: list[str], deadline_s: float = 60) -> None:
+        async def all_online() -> bool:
+            return await self.online() == sorted(site_ids)
+
+        await wait_for(all_online, deadline_s=deadline_s)
+
+    async def start(self, topology: str, *, rounds: int, min_peers: int, **more: str) -> str:
+        form = {"rounds": str(rounds), "min_peers": str(min_peers), "topology": topology, "epochs": "2", "lr": "0.1",
+                "name": f"{topology} over three agents", **more}  # fmt: skip
+        r = await self.http.post("/sessions/start", headers=self.auth, data=form)
+        assert r.status_code == 201, r.text
+        return str(r.json()["id"])
+
+    async def ended(self, sid: str, deadline_s: float, explain: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        async def finished() -> dict[str, Any] | None:
+            s = (await self.http.get(f"/sessions/{sid}", headers=self.auth)).json()
+            return s if s["status"] in ENDED else None
+
+        try:
+            session: dict[str, Any] = await wait_for(finished, deadline_s=deadline_s, every=0.25)
+        except TimeoutError:
+            pytest.fail(f"session {sid} did not end within {deadline_s} s\n{dict(explain or {})}")
+        return session
+
+    async def rounds(self, sid: str) -> list[dict[str, Any]]:
+        return list((await self.http.get(f"/sessions/{sid}/rounds", headers=self.auth)).json())
