@@ -10,7 +10,9 @@ from fedhive.strategies.clipping import delta_norm
 from fedhive.strategies.dp_fedavg import AdaptiveClip, DPFedAvg
 from fedhive.strategies.privacy_accountant import PrivacyAccountant
 from fedhive.strategies.registry import parse_strategy
-from fedhive.strategies.sampling import ClientSampling
+from fedhive.strategies.sampling import ClientSampling, draw_rng, poisson_sample
+
+SESSION_SEED = 42  # a session seed: sent to every client
 
 
 def p(*w: float) -> Params:
@@ -100,10 +102,11 @@ def test_epsilon_is_reported_after_each_round_and_grows() -> None:
 
 def test_the_strategy_asks_for_poisson_sampling_and_counts_empty_draws() -> None:
     s = DPFedAvg(noise=1.0, sample_rate=0.1, seed=0)
-    assert s.client_sampling() == ClientSampling("poisson", 0.1)
+    assert s.client_sampling() == ClientSampling("poisson", 0.1, secret=s.seed)
     assert s.config()["sampling"] == "poisson"
     wrapped = parse_strategy("dp-fedavg:noise=1.0,sample_rate=0.1+clip=2")
-    assert wrapped.client_sampling() == ClientSampling("poisson", 0.1)
+    inner = wrapped.client_sampling()
+    assert inner is not None and (inner.kind, inner.rate) == ("poisson", 0.1) and inner.secret is not None
     s.empty_round(1)  # nobody drawn: no model released, but the draw is a round of the mechanism
     assert s.rounds == 1 and s.privacy_spent() == PrivacyAccountant(1.0, 0.1).epsilon(1, 1e-5)
 
@@ -192,3 +195,17 @@ def test_adaptive_clip_from_a_spec_refuses_partials() -> None:
         parse_strategy("dp-fedavg:clip=adaptive,clip=1")
     with pytest.raises(ConfigError, match="unknown option"):
         parse_strategy("dp-fedavg:target_quantile=0.5")
+
+
+def test_who_is_drawn_cannot_be_told_from_the_session_seed_which_every_client_knows() -> None:
+    """The subsampling credit assumes the draw is secret: it comes from the noise seed (drawn from
+    the OS unless fixed), never from the session's seed, which every client receives."""
+    clients = [f"c{i:03d}" for i in range(200)]
+    public = poisson_sample(clients, 0.1, draw_rng(SESSION_SEED, 1, 0))
+    a, b = DPFedAvg(noise=1.0, sample_rate=0.1), DPFedAvg(noise=1.0, sample_rate=0.1)
+    drawn = [sa.select(clients, sa.stream(SESSION_SEED, 1, 0)) for sa in (a.client_sampling(), b.client_sampling())]
+    assert drawn[0] != public and drawn[1] != public and drawn[0] != drawn[1]  # 200 coins: equal by chance ~never
+    fixed = [DPFedAvg(noise=1.0, sample_rate=0.1, seed=7).client_sampling() for _ in range(2)]
+    again = [f.select(clients, f.stream(SESSION_SEED, 1, 0)) for f in fixed]
+    assert again[0] == again[1]  # a fixed DP seed: a reproducible experiment
+    assert "secret" not in repr(fixed[0])

@@ -37,7 +37,7 @@ from fedhive.runtime.round_state import RoundState
 from fedhive.runtime.session_config import SessionConfig
 from fedhive.runtime.update_limits import UpdateLimits
 from fedhive.strategies.base import Aggregator
-from fedhive.strategies.sampling import ClientSampling, draw_rng
+from fedhive.strategies.sampling import ClientSampling
 from fedhive.transports.base import Transport
 
 log = logging.getLogger("fedhive.coordinator")  # the node that runs rounds
@@ -167,7 +167,7 @@ class Downstream:
         if sampling is not None and sampling.rate < 1:
             # A combiner draws from a stream of its own: every client's inclusion is independent.
             node = None if self.sender_id == COORDINATOR_ID else self.sender_id
-            return sampling.select(sorted(online), draw_rng(self.config.seed, rnd, attempt, node))
+            return sampling.select(sorted(online), sampling.stream(self.config.seed, rnd, attempt, node))
         if k < len(online):
             return sorted(rng.choice(online, size=k, replace=False).tolist())
         return online

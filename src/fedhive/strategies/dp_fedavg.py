@@ -143,8 +143,9 @@ class DPFedAvg(Strategy):
         return self._open
 
     def client_sampling(self) -> ClientSampling:
-        """The accountant assumes Poisson sampling at ``sample_rate`` (1: every client, every round)."""
-        return ClientSampling(POISSON, self.sample_rate)
+        """The accountant assumes Poisson sampling at ``sample_rate`` (1: every client, every round),
+        drawn from the noise seed: who took part is as secret as the noise (``strategies.sampling``)."""
+        return ClientSampling(POISSON, self.sample_rate, secret=self.seed)
 
     def apply(self, global_params: Params, aggregate: AggregateResult, round: int) -> Params:
         n = aggregate.count

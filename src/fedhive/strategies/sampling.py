@@ -18,13 +18,20 @@ independently of every other client's, provided no two draws share a uniform str
 combiner's stream is keyed by its id as well (``draw_rng``). A combiner whose draw is empty
 answers with a "none" partial, and a round in which every combiner's draw was empty is an empty
 round, as above.
+
+Who was drawn must stay secret: the privacy credit of subsampling assumes that an observer of the
+released models does not know whether a given client took part. The session's ``seed`` is no
+secret (every client receives it), so a strategy that samples for privacy gives its own secret
+(``ClientSampling.secret``: DP-FedAvg's noise seed, drawn from the OS entropy pool unless the
+experiment fixes it) and the draw comes from it (``ClientSampling.stream``). A combiner parses the
+strategy from the session's spec, so without a fixed seed each combiner draws a secret of its own.
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
@@ -62,9 +69,23 @@ def draw_rng(seed: int, rnd: int, attempt: int, node: str | None = None) -> np.r
     entropy = [seed, rnd, attempt]
     if node is None:
         return np.random.default_rng(entropy)
+    return np.random.default_rng(np.random.SeedSequence(entropy, spawn_key=_node_words(node)))
+
+
+def _node_words(node: str) -> tuple[int, ...]:
     digest = hashlib.sha256(node.encode()).digest()
-    words = tuple(int.from_bytes(digest[i : i + 4], "little") for i in range(0, len(digest), 4))
-    return np.random.default_rng(np.random.SeedSequence(entropy, spawn_key=words))
+    return tuple(int.from_bytes(digest[i : i + 4], "little") for i in range(0, len(digest), 4))
+
+
+# Spawn-key tag of the draw streams under a strategy's secret: DP-FedAvg's noise for round r uses
+# spawn keys (r,) and (r, 1) of the same secret, so the draws take (r, 2, ...).
+_DRAW_TAG = 2
+
+
+def secret_draw_rng(secret: int, rnd: int, attempt: int, node: str | None = None) -> np.random.Generator:
+    """``draw_rng``'s stream under a strategy's secret instead of the session's seed."""
+    key = (rnd, _DRAW_TAG, attempt, *(() if node is None else _node_words(node)))
+    return np.random.default_rng(np.random.SeedSequence(secret, spawn_key=key))
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +94,15 @@ class ClientSampling:
 
     kind: Literal["poisson"]
     rate: float
+    # Where the draw's randomness comes from, if not the session's (public) seed: see the module's
+    # docstring. Left out of repr: it is what keeps the draw secret.
+    secret: int | None = field(default=None, repr=False)
 
     def select(self, candidates: Sequence[str], rng: np.random.Generator) -> list[str]:
         return poisson_sample(candidates, self.rate, rng)
+
+    def stream(self, seed: int, rnd: int, attempt: int, node: str | None = None) -> np.random.Generator:
+        """The uniform stream of one round attempt's draw by ``node`` (None: a flat coordinator)."""
+        if self.secret is None:
+            return draw_rng(seed, rnd, attempt, node)
+        return secret_draw_rng(self.secret, rnd, attempt, node)
