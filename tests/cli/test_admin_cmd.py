@@ -142,3 +142,17 @@ def test_site_mistakes_are_one_line_errors(fedhive: Callable[..., Result], tmp_p
     refused = fedhive("admin", "site", "rotate", "dup", "--out-file", str(existing), "--home", home)
     assert "exists" in one_error_line(refused)
     assert stored_secret(tmp_path / "home", "dup") is not None  # refused before anything changed
+
+
+def test_a_combiners_credentials_carry_its_role(fedhive: Callable[..., Result], tmp_path: Path) -> None:
+    home = str(tmp_path / "home")
+    made = fedhive("admin", "site", "create", "rack-1", "--id", "comb-a", "--role", "combiner", "--json", "--home",
+                   home)  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    assert stored_secret(Path(home), "comb-a") == json.loads(made.stdout)["secret"].encode()
+    assert fedhive("admin", "site", "create", "ward", "--id", "s-1", "--home", home).returncode == 0
+    out = fedhive("admin", "site", "list", "--json", "--home", home).stdout
+    listed = [json.loads(line) for line in out.splitlines()]
+    assert {(s["client_id"], s["role"]) for s in listed} == {("comb-a", "combiner"), ("s-1", "site")}
+    bad = fedhive("admin", "site", "create", "x", "--role", "coordinator", "--home", home)
+    assert "--role must be 'site' or 'combiner'" in one_error_line(bad)

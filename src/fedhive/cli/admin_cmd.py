@@ -6,7 +6,8 @@ or ``FEDHIVE_SECRETS_KEY``). A running server notices a revoked or rotated site 
 cache's lifetime (30 s).
 
 - ``admin create-admin EMAIL``: the first admin account (no HTTP request can make an admin);
-- ``admin site create|list|revoke|rotate``: site credentials for ``fedhive agent --id --secret``;
+- ``admin site create|list|revoke|rotate``: site credentials for ``fedhive agent --id --secret``
+  (``--role combiner``: a remote combiner's, for ``fedhive combiner --agent``);
   with ``--broker-user``, a broker user of the site's own as well (``cli.site_broker_users``);
 - ``admin site broker-commands ID``: the ``rabbitmqctl`` commands that create a site's broker user.
 """
