@@ -13,7 +13,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -158,7 +158,9 @@ class Rest:
         assert r.status_code == 201, r.text
         return str(r.json()["id"])
 
-    async def ended(self, sid: str, deadline_s: float, explain: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    async def ended(self, sid: str, deadline_s: float, explain: Callable[[], object] = dict) -> dict[str, Any]:
+        """The session once it has ended; ``explain`` says what was going on if it does not end."""
+
         async def finished() -> dict[str, Any] | None:
             s = (await self.http.get(f"/sessions/{sid}", headers=self.auth)).json()
             return s if s["status"] in ENDED else None
@@ -166,7 +168,7 @@ class Rest:
         try:
             session: dict[str, Any] = await wait_for(finished, deadline_s=deadline_s, every=0.25)
         except TimeoutError:
-            pytest.fail(f"session {sid} did not end within {deadline_s} s\n{dict(explain or {})}")
+            pytest.fail(f"session {sid} did not end within {deadline_s} s\n{explain()}")
         return session
 
     async def rounds(self, sid: str) -> list[dict[str, Any]]:

@@ -78,7 +78,7 @@ async def test_an_agent_killed_between_sessions_is_selected_again_and_one_killed
 
             await rest.wait_online(site_ids)
             first = await rest.start("star", rounds=FIRST_ROUNDS, min_peers=3, app=NAME)
-            assert (await rest.ended(first, SESSION_DEADLINE_S, explain()))["status"] == "COMPLETED", explain()
+            assert (await rest.ended(first, SESSION_DEADLINE_S, explain))["status"] == "COMPLETED", explain()
 
             # Between two sessions: SIGKILL, and the same site started again on the same state folder.
             restarted.sigkill()
@@ -92,7 +92,7 @@ async def test_an_agent_killed_between_sessions_is_selected_again_and_one_killed
             killed.proc.wait_for(f"round {KILLED_IN_ROUND}: training", timeout=60, after=printed)
             killed_at = time.monotonic()
             killed.sigkill()  # mid-round: its update of this round is never sent
-            session = await rest.ended(second, SESSION_DEADLINE_S, explain())
+            session = await rest.ended(second, SESSION_DEADLINE_S, explain)
             took_s = time.monotonic() - killed_at
             assert session["status"] == "COMPLETED", (session, explain())
             assert session["reason"] == f"completed all {ROUNDS} rounds"

@@ -110,6 +110,10 @@ async def test_three_agents_run_a_star_a_hierarchical_and_a_decentralised_sessio
             for agent in agents:
                 agent.connected()
             sessions: dict[str, dict[str, Any]] = {}
+
+            def explain() -> dict[str, str]:
+                return {"server": server.tail(60), **{a.site.site_id: a.proc.tail(10) for a in agents}}
+
             async with httpx.AsyncClient(base_url=server.url, timeout=30) as http:
                 rest = Rest(http, await sign_up_and_in(http))
                 for topology in TOPOLOGIES:
@@ -117,9 +121,8 @@ async def test_three_agents_run_a_star_a_hierarchical_and_a_decentralised_sessio
                     if topology == "star":
                         clock.lap("three agents online")
                     sid = await rest.start(topology, rounds=ROUNDS, min_peers=3, app=NAME)
-                    explain = {"server": server.tail(60), **{a.site.site_id: a.proc.tail(10) for a in agents}}
                     session = await rest.ended(sid, SESSION_DEADLINE_S, explain)
-                    assert session["status"] == "COMPLETED", (session, server.tail(60))
+                    assert session["status"] == "COMPLETED", (session, explain())
                     assert [r["round"] for r in await rest.rounds(sid)] == list(range(1, ROUNDS + 1))
                     sessions[topology] = session
                     clock.lap(f"{topology} session")
