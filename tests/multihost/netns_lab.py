@@ -82,11 +82,12 @@ class Lab:
         return host
 
     # -- the wire -------------------------------------------------------------------------------
-    def impair(self, host: Host, delay_ms: int, loss_percent: float) -> bool:
-        """Latency and random loss on ``host``'s link, both ways (``tc netem`` at each end); False,
-        changing nothing, when the kernel has no netem (CONFIG_NET_SCH_NETEM)."""
+    def impair(self, host: Host, rtt_ms: int, loss_percent: float) -> bool:
+        """``rtt_ms`` more round trip (half of it each way) and ``loss_percent`` random loss each way on
+        ``host``'s link (``tc netem`` at each end); False, changing nothing, when the kernel has no
+        netem (CONFIG_NET_SCH_NETEM): see impaired_relay.py for what the test does then."""
         for namespace, device in ((host.namespace, "eth0"), (self.switch, host.switch_port)):
-            netem = ["root", "netem", "delay", f"{delay_ms}ms", "loss", f"{loss_percent}%"]
+            netem = ["root", "netem", "delay", f"{rtt_ms / 2:g}ms", "loss", f"{loss_percent:g}%"]
             try:
                 _run(["ip", "netns", "exec", namespace, "tc", "qdisc", "add", "dev", device, *netem], 30)
             except LabError as exc:

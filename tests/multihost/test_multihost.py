@@ -3,6 +3,15 @@ own, over amqps:// on private addresses, one client on a slow and lossy link tha
 longer than the heartbeat timeout. The session completes, the cut client goes OFFLINE and is taken
 back, and no update is accepted twice.
 
+The far link: 50 ms more round trip and 1 % loss each way. With ``tc netem`` (a kernel with
+CONFIG_NET_SCH_NETEM) that is done on the link itself. Without it, the far client reaches the broker
+through impaired_relay.py, on the broker's host (its address, another port): every chunk 25 ms
+late each way, in order, and loss EMULATED by what it costs TCP (each chunk, with the chance that one
+of its segments would be lost, holds its direction 200-400 ms, as a retransmission timeout does).
+Either way the test measures the far client's round trip (TLS handshakes) and fails if it is under
+50 ms: an impairment that is silently not there fails the test. The cut is the far host's cable,
+between it and the relay, both ways.
+
 Runs as root (CI does); skipped elsewhere, and failed when FEDHIVE_REQUIRE_SERVICES=1.
 """
 
@@ -14,7 +23,6 @@ import json
 import os
 import shutil
 import sys
-import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -31,6 +39,10 @@ pytestmark = pytest.mark.slow
 
 FEDHIVE = [sys.executable, "-m", "fedhive.cli.main"]
 HEARTBEAT_TIMEOUT_S = 8.0
+RTT_MS = 50  # added on the far link, and 1 % loss each way
+LOSS_PERCENT = 1.0
+RELAY_PORT = 6671  # on the broker's host, beside the broker's 5671: the far client's way in without netem
+HERE = Path(__file__).parent
 ROUNDS = 60  # the far client was back by round 15 of 40 here: margin for a faster machine
 # min_clients = 2: round 1 waits for both sites (a loaded machine may start the far client's
 # process seconds after the near one's); min_round_clients = 1: while the far client is cut off,
@@ -111,6 +123,27 @@ class Sites:
         self.procs.append(proc)
         return proc
 
+    def start_relay(self) -> Proc:
+        """impaired_relay.py on the broker's host: its RELAY_PORT forwarded to the broker, impaired."""
+        address = self.broker.host.address
+        argv = [sys.executable, str(HERE / "impaired_relay.py"), f"{address}:{RELAY_PORT}",
+                f"{self.broker.host.address}:{self.broker.port}", "--delay-ms", f"{RTT_MS / 2:g}",
+                "--loss-percent", f"{LOSS_PERCENT:g}", "--seed", "0"]  # fmt: skip
+        proc = Proc("relay", self.broker.host.run(argv))
+        self.procs.append(proc)
+        proc.wait_for(f"relaying {address}:{RELAY_PORT}", timeout=30)
+        return proc
+
+    def round_trip_ms(self, host: Host, port: int) -> float:
+        """The fastest of 5 TLS handshakes with the broker's host at ``port``, from ``host``."""
+        address = self.broker.host.address
+        argv = [sys.executable, str(HERE / "tls_probe.py"), address, str(port), str(self.ca_file), "5"]
+        probe = Proc("probe", host.run(argv))
+        assert probe.finish(60) == 0, probe.tail()
+        line = probe.wait_for("handshake ms:", timeout=5)
+        print(f"{host.name} -> {address}:{port}: {line}")
+        return min(float(t) for t in line.split(":")[1].split())
+
     def kill_all(self) -> None:
         for p in self.procs:
             p.kill()
@@ -129,8 +162,19 @@ def sites(broker: PrivateRabbit, tmp_path: Path) -> Iterator[Sites]:
 
 def test_a_session_across_hosts_survives_a_slow_lossy_link_and_a_cut(lab: Lab, sites: Sites, tmp_path: Path) -> None:
     coord_host, near_host, far_host = lab.add_host("coord"), lab.add_host("site1"), lab.add_host("site2")
-    if not lab.impair(far_host, delay_ms=50, loss_percent=1):
-        warnings.warn("the kernel has no netem: the far link ran without its latency and loss", stacklevel=1)
+    broker_host = sites.broker.host
+    far_url = sites.broker.url  # the far client's way to the broker: straight over netem, or the relay
+    relay = None
+    far_port = sites.broker.port
+    if not lab.impair(far_host, rtt_ms=RTT_MS, loss_percent=LOSS_PERCENT):
+        # No netem in this kernel: the relay on the broker's host emulates the link (module docstring).
+        relay = sites.start_relay()
+        far_port = RELAY_PORT
+        far_url = far_url.replace(f"@{broker_host.address}:{sites.broker.port}/", f"@{broker_host.address}:{far_port}/")
+        assert far_url != sites.broker.url, far_url
+    far_rtt = sites.round_trip_ms(far_host, far_port)
+    near_rtt = sites.round_trip_ms(near_host, sites.broker.port)
+    assert far_rtt >= RTT_MS, f"the far link adds no {RTT_MS} ms: {far_rtt:.1f} ms (near: {near_rtt:.1f} ms)"
     config = tmp_path / "session.toml"
     config.write_text(SESSION)
     idents = [sites.store.add(name) for name in ("near", "far")]
@@ -140,8 +184,9 @@ def test_a_session_across_hosts_survives_a_slow_lossy_link_and_a_cut(lab: Lab, s
     coordinator.wait_for("coordinator ready", stream="err", timeout=60)
     clients = [
         sites.start(host, cid, ["client", "--id", cid, "--dataset", "digits", "--part", f"{i}/2"],
-                    env={"FEDHIVE_CLIENT_SECRET": secret})
-        for i, (host, (cid, secret)) in enumerate(zip((near_host, far_host), idents, strict=True), start=1)
+                    env={"FEDHIVE_CLIENT_SECRET": secret, "FEDHIVE_BROKER": url})
+        for i, (host, url, (cid, secret)) in enumerate(
+            zip((near_host, far_host), (sites.broker.url, far_url), idents, strict=True), start=1)
     ]  # fmt: skip
     far = clients[1]
     far_id = idents[1][0]
@@ -173,3 +218,11 @@ def test_a_session_across_hosts_survives_a_slow_lossy_link_and_a_cut(lab: Lab, s
     rounds = list(csv.DictReader((latest_results(out) / "rounds.csv").open()))
     assert {r["round"]: int(r["updates"]) for r in rounds} == per_round, "rounds.csv counts other updates"
     assert any(int(r) > cut_round for r, c in accepted if c == far_id), "the far client never trained again"
+
+    if relay is not None:  # the far client's traffic went through the relay, and was impaired there
+        relay.popen.terminate()
+        summary = relay.wait_for("relayed ", timeout=30)
+        print(summary)
+        assert relay.out[1].startswith(f"connection 1 from {far_host.address}:"), relay.tail()
+        probes = 5  # tls_probe's connections came first
+        assert int(summary.split()[1]) > probes, f"the far client never connected through the relay: {summary}"
