@@ -16,7 +16,8 @@ library, so callers never need to import a third-party exception type.
     ├── StorageError           the metadata or artifact store failed
     │   ├── AlreadyExists      (storage.database) a unique name or id is taken
     │   └── NotFound           (storage.database) the row or artifact does not exist
-    └── SessionFailed          a session cannot go on (quorum impossible, no clients); has a reason
+    ├── SessionFailed          a session cannot go on (quorum impossible, no clients); has a reason
+    └── SessionCancelled       its owner stopped the session (cancelled on the server); has a reason
 """
 
 from __future__ import annotations
@@ -64,6 +65,14 @@ class StorageError(FedhiveError):
 
 class SessionFailed(FedhiveError):
     """A session cannot go on; ``reason`` says why in words a person can act on."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class SessionCancelled(FedhiveError):
+    """Its owner stopped the session before its end (``runtime.events.CancelRequested``)."""
 
     def __init__(self, reason: str) -> None:
         super().__init__(reason)

@@ -1,17 +1,20 @@
 """``fedhive coordinator --report-to URL``: a command-line session shows on a running ``fedhive
 serve`` (its REST API, hence its dashboard) like one the platform runs; a server that cannot be
-reached costs the session nothing but one warning line."""
+reached costs the session nothing but one warning line; Cancel on the server stops the session."""
 
 from __future__ import annotations
 
 import json
 import socket
+import time
 from pathlib import Path
 
 import httpx
 import pytest
-from amqp_cluster import Cluster, demo_part, session_toml
+from amqp_cluster import Cluster, demo_part, session_toml, slow_session
 
+from fedhive.tracking.platform_report import INTERVAL_S
+from fedhive.tracking.run_checkpoint import CHECKPOINT_FILE
 from service.serve_process import Server  # tests/ is on the path (rootdir conftest)
 
 pytestmark = [pytest.mark.amqp, pytest.mark.slow]
@@ -98,3 +101,39 @@ def test_missing_credentials_are_one_line_before_anything_connects(cluster: Clus
     assert proc.finish(60) == 2
     assert any("--report-to needs credentials" in line for line in proc.err), proc.tail()
     assert not any("Traceback" in line for line in proc.err)
+
+
+def test_cancel_on_the_server_stops_the_command_line_session(
+    cluster: Cluster, server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Cancel on the dashboard (``POST /sessions/{id}/cancel``): the server answers the next
+    report, or the empty one sent every report interval, with 409 ``session_cancelled``; the
+    coordinator sends STOP to its clients and exits 3, the session CANCELLED with the reason."""
+    with httpx.Client(base_url=server.url, timeout=30) as api:
+        login = {"email": "cy@example.org", "password": PASSWORD}
+        assert api.post("/auth/signup", json=login).status_code == 201
+        monkeypatch.setenv("FEDHIVE_REPORT_EMAIL", login["email"])
+        monkeypatch.setenv("FEDHIVE_REPORT_PASSWORD", PASSWORD)
+        idents = cluster.add_clients("c", 2)
+        config = slow_session(tmp_path / "long.toml", "long-cancelled", rounds=500, min_clients=2, epochs=1)
+        out = tmp_path / "net"
+        coordinator = cluster.coordinator(config, out, "--report-to", server.url)
+        clients = [cluster.client(ident, *demo_part(i, 2)) for i, ident in enumerate(idents, start=1)]
+        auth = {"Authorization": f"Bearer {api.post('/auth/signin', json=login).json()['access_token']}"}
+        deadline = time.monotonic() + 120
+        while api.get("/sessions/long-cancelled", headers=auth).json().get("rounds_done", 0) < 1:
+            assert time.monotonic() < deadline, coordinator.tail()
+            assert coordinator.popen.poll() is None, coordinator.tail()
+            time.sleep(0.2)  # polling the server's state, bounded by the deadline
+        assert api.post("/sessions/long-cancelled/cancel", headers=auth).status_code in (200, 202, 204)
+        cancelled_at = time.monotonic()
+        assert coordinator.finish(60) == 3, coordinator.tail()
+        took = time.monotonic() - cancelled_at
+        assert any("cancelled on the server by its owner" in line for line in coordinator.err), coordinator.tail()
+        for c in clients:  # STOP reached them: they end on their own
+            c.finish(60)
+            assert any("cancelled on the server by its owner" in line for line in c.out + c.err), c.tail()
+        session = api.get("/sessions/long-cancelled", headers=auth).json()
+        assert session["status"] == "CANCELLED" and session["rounds_done"] < 500, session
+        assert not list(out.glob(f"*/{CHECKPOINT_FILE}"))  # never resumed by the same command
+        print(f"cancel -> coordinator exit: {took:.1f} s (report interval {INTERVAL_S:g} s)")

@@ -101,13 +101,14 @@ async def owner_of(home: Path, email: str) -> int:
 
 
 def record_sites(home: Path) -> None:
-    """Two agents that announced themselves and a one-session client that did not."""
+    """Two agents that announced themselves, a one-session client that did not, a remote combiner."""
     db = Database(home / "fedhive.db")
     box = SecretBox(new_key_text(), origin="test")  # the secrets are never read here
     try:
         with db.session() as s:
-            for cid, name in [("hospital-a", "Hospital A"), ("hospital-b", "Hospital B"), ("lab-c", "lab-c")]:
-                users_repo.create_client(s, name, box=box, client_id=cid)
+            sites = [("hospital-a", "Hospital A"), ("hospital-b", "Hospital B"), ("lab-c", "lab-c")]
+            for cid, name, role in [*((c, n, "site") for c, n in sites), ("rack-d", "Rack D", "combiner")]:
+                users_repo.create_client(s, name, box=box, client_id=cid, role=role)
                 users_repo.record_heartbeat(s, cid, status=ClientStatus.ONLINE, num_examples=120)
             users_repo.record_site(
                 s,
@@ -280,6 +281,15 @@ async def test_every_page_fits_a_phone_sites_and_names_show_and_deep_links_survi
             assert await page.locator("#site-hospital-b .status").inner_text() == "OFFLINE"
             assert await page.locator("#site-lab-c .agent").inner_text() == "–"
             assert await page.locator("#site-lab-c .datasets").inner_text() == "–"
+            # each node's role, at both widths (the phone's table scrolls inside itself)
+            for viewport in (DESKTOP, PHONE):
+                page = await b.page(viewport)
+                await page.goto(f"{b.base}/ui/sites")
+                await page.locator("#site-rack-d").wait_for()
+                assert await page.locator("#sites th >> nth=1").inner_text() == "Role"
+                assert await page.locator("#site-rack-d .role").inner_text() == "combiner"
+                assert await page.locator("#site-hospital-a .role").inner_text() == "site"
+                await fits(page, viewport["width"])
 
             # the sessions list: the session's name, its key metric's last value and round
             await page.goto(f"{b.base}/ui")

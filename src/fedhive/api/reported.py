@@ -5,8 +5,10 @@
 
 The reporting user owns the session: it is listed, read, cancelled and deleted like the sessions
 the platform runs (``api.sessions``), and nobody else can post to it (404, as for a missing one).
-A session the platform runs takes no reports (409), nor does one that ended (409: a session
-cancelled on the dashboard tells its coordinator so). What happens to the rows is in
+A session the platform runs takes no reports (409), nor does one that ended (409). A session
+cancelled on the dashboard answers 409 with ``"code": "session_cancelled"`` besides its
+``detail``, which tells its coordinator to end the session; an empty batch of events records
+nothing and is answered as any other, so the coordinator asks it every report interval. What happens to the rows is in
 ``service.reported_sessions``. Each batch is one unit of work, so a retried batch (its answer lost)
 writes the same rows again, never twice: rounds and client results are keyed by round and client.
 """
@@ -19,6 +21,7 @@ import re
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, HTTPException, Path, Request, Response
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from fedhive.api.deps import ServicesDep, UserDep
@@ -108,7 +111,8 @@ EventIn = Annotated[StartedIn | ClientResultIn | RoundIn | EndedIn, Field(discri
 
 class EventsIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    events: Annotated[list[EventIn], Field(min_length=1, max_length=MAX_EVENTS)]
+    # Empty: the coordinator asking whether its session goes on (a 409 with a code if it was cancelled).
+    events: Annotated[list[EventIn], Field(max_length=MAX_EVENTS)]
 
 
 class EventsOut(BaseModel):
@@ -154,7 +158,7 @@ async def post_events(
     user: UserDep,
     request: Request,
     session_id: Annotated[str, Path(pattern=ID_PATTERN)],
-) -> EventsOut:
+) -> EventsOut | JSONResponse:
     reports = [_report(e) for e in body.events]
 
     def write() -> SessionStatus:
@@ -164,7 +168,9 @@ async def post_events(
     try:
         status = await asyncio.to_thread(write)
     except reported.ReportRefused as exc:
-        raise HTTPException(exc.status, str(exc)) from None
+        if exc.code is None:
+            raise HTTPException(exc.status, str(exc)) from None
+        return JSONResponse({"detail": str(exc), "code": exc.code}, status_code=exc.status)
     live: LiveFeed | None = getattr(request.app.state, "live", None)
     if live is not None:
         for e in body.events:
@@ -203,7 +209,10 @@ def _publish(live: LiveFeed, session_id: str, e: StartedIn | ClientResultIn | Ro
 
 _REFUSED: dict[int | str, dict[str, Any]] = {
     404: {"description": "no such session (or not yours)"},
-    409: {"description": "the session is the platform's, or it already ended"},
+    409: {
+        "description": "the session is the platform's, or it already ended; cancelled on the platform: "
+        '"code": "session_cancelled"'
+    },
 }
 
 
@@ -221,6 +230,7 @@ def routes() -> APIRouter:
         "/{session_id}/events",
         post_events,
         methods=["POST"],
+        response_model=EventsOut,
         summary="Record a reported session's progress: started, client results, rounds, its end",
         responses=_REFUSED,
     )

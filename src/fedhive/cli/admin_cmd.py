@@ -145,7 +145,7 @@ def create_site(
     if site_id is not None and not _valid_id(site_id):
         raise ConfigError(f"--id {site_id!r}: use 1 to 64 letters, digits, '.', '_' or '-'")
     if site_id is not None and broker_user is not None:
-        site_grant(site_id, namespace, vhost)  # an id a broker user cannot be named after: refused now
+        site_grant(site_id, namespace, vhost, role)  # an id a broker user cannot be named after: refused now
     if not 1 <= count <= 10_000:
         raise ConfigError(f"--count must be between 1 and 10000, got {count}")
     if count > 1 and (site_id is not None or not (as_json or out_file)):
@@ -176,7 +176,7 @@ def create_site(
                     users_repo.delete_client(s, cid)
 
         logins, lines = provision(
-            [c[0] for c in created], namespace=namespace, vhost=vhost, rabbitmqctl=rabbitmqctl, undo=undo
+            [c[0] for c in created], namespace=namespace, vhost=vhost, rabbitmqctl=rabbitmqctl, undo=undo, role=role
         )
         created = [(c, secret, each, logins[c]) for c, secret, each, _ in created]
         tell_operator(lines)
@@ -253,8 +253,11 @@ def site_broker_commands(
     site_id: Annotated[str, typer.Argument(help="the site's id (created with --broker-user manual)")],
     namespace: SiteNamespaceOption = "fedhive",
     vhost: SiteVhostOption = "/",
+    role: Annotated[str, typer.Option(help="site, or combiner (created with --role combiner)")] = "site",
 ) -> None:
-    print("\n".join(site_grant(site_id, namespace, vhost).shell_lines()))
+    if role not in ("site", "combiner"):
+        raise ConfigError(f"--role must be 'site' or 'combiner', not {role!r}")
+    print("\n".join(site_grant(site_id, namespace, vhost, role).shell_lines()))
 
 
 @site_app.command("rotate", help="Give a site a new secret (shown once); the old one stops working.")

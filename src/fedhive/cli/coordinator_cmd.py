@@ -1,4 +1,10 @@
-"""``fedhive coordinator``: run one session over a broker, with the same run directory as simulate."""
+"""``fedhive coordinator``: run one session over a broker, with the same run directory as simulate.
+
+Exit codes: 0 the session completed; 1 it failed (the reason on stderr); 2 a bad setting or
+argument, before anything ran; 3 it was cancelled on the server it reports to (``--report-to``:
+Cancel on the dashboard; reason "cancelled on the server by its owner", STOP sent to every
+client, its checkpoint removed: the same command starts a new session); 130 interrupted.
+"""
 
 from __future__ import annotations
 
@@ -28,7 +34,7 @@ from fedhive.cli.progress import SessionProgress
 from fedhive.cli.report_options import ReportCredentialsOption, ReportToOption, platform_reporter
 from fedhive.cli.session_file import load_session_file, with_initial_model
 from fedhive.core.params import ParamSpec
-from fedhive.errors import ConfigError
+from fedhive.errors import ConfigError, SessionCancelled
 from fedhive.runtime import events as ev
 from fedhive.runtime.bus import EventBus
 from fedhive.runtime.coordinator import SessionResult
@@ -44,6 +50,8 @@ from fedhive.tracking.run_checkpoint import CHECKPOINT_FILE, RunCheckpoint, fing
 from fedhive.tracking.run_directory import RunDirectory, write_model
 from fedhive.tracking.session_folders import latest_session_folder, new_session_folder, newest_folder_of
 from fedhive.transports.amqp_topology import redact
+
+EXIT_CANCELLED = 3  # cancelled on the server it reports to (see the docstring)
 
 NamespaceOption = Annotated[
     str, typer.Option(help="AMQP namespace: one coordinator per namespace on a broker", envvar="FEDHIVE_NAMESPACE")
@@ -181,7 +189,12 @@ def coordinator(
                 session, creds, settings, plan=plan, observers=observers, on_ready=ready, resume=resume,
                 strategy=strategy, clocks=checkpoints.clocks,
             )  # fmt: skip
-        result = asyncio.run(_reporting(run, reporter))
+        try:
+            result = asyncio.run(_reporting(run, reporter))
+        except SessionCancelled as exc:
+            checkpoints.path.unlink(missing_ok=True)  # cancelled for good: never resumed
+            typer.echo(f"session {cfg.session_id} cancelled: {exc.reason}", err=True)
+            raise typer.Exit(EXIT_CANCELLED) from None
     finally:
         for p in shown:
             p.__exit__(None, None, None)

@@ -14,6 +14,7 @@ from fedhive.cli.mlflow_cli import combiner_run, node_run_line
 from fedhive.runtime.combiner_agent import CombinerAgent, remote_combiner_codec
 from fedhive.runtime.networked import BrokerSettings
 from fedhive.tracking.mlflow_options import MlflowOptions
+from fedhive.transports.amqp_topology import Role
 from fedhive.transports.base import Transport
 
 
@@ -29,8 +30,11 @@ def serve_sessions(
     tracked = combiner_run(ml, combiner_id)  # an unreachable tracking server fails here, before connecting
 
     def connect(links: dict[str, bytes]) -> Transport:
-        # Its queue stays while it reconnects: the server and its sites address it by its id.
-        return broker.transport(combiner_id, remote_combiner_codec(key, links, broker.artifacts))
+        # Its queue stays while it reconnects: the server and its sites address it by its id. As a
+        # combiner it declares nothing with a broker user of its own (the server declares and binds
+        # its queue, and opens the way down to each site it assigns it: docs/security.md).
+        codec = remote_combiner_codec(key, links, broker.artifacts)
+        return broker.transport(combiner_id, codec, role=Role.COMBINER)
 
     agent = CombinerAgent(
         combiner_id,

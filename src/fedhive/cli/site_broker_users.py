@@ -3,6 +3,9 @@
 A site given a broker user of its own logs in to RabbitMQ as that user (named like the site), with
 exactly the rights of the roles ``fedhive serve`` gives sites (``broker_users.BrokerGrant.site``):
 a client of star sessions, a follower of the server's combiners, a peer of decentralised sessions.
+A remote combiner (``--role combiner``) gets a combiner's rights instead (``BrokerGrant.combiner``):
+the server declares and binds its queue, and opens the way down from it to a site only while a
+session has the site assigned to it (``service.remote_combiners``).
 The database records that it has one (``clients.broker_user``), which is how the server knows to
 declare its queue and to refuse its messages published by any other login.
 """
@@ -40,7 +43,12 @@ def broker_tool(how: str | None) -> Rabbitmqctl | None:
     return Rabbitmqctl() if how == "rabbitmqctl" else None  # missing: refused before anything
 
 
-def site_grant(site_id: str, namespace: str, vhost: str) -> BrokerGrant:
+def site_grant(site_id: str, namespace: str, vhost: str, role: str = "site") -> BrokerGrant:
+    """A site's grant (``BrokerGrant.site``), or, for ``role="combiner"`` (a remote ``fedhive
+    combiner --agent``), a combiner's (``BrokerGrant.combiner``): its own queue, up to the server
+    as itself, down only to the sites the server routes to it for the session it serves."""
+    if role == "combiner":
+        return BrokerGrant.combiner(site_id, namespace=namespace, vhost=vhost)
     return BrokerGrant.site(site_id, namespace=namespace, vhost=vhost)
 
 
@@ -51,6 +59,7 @@ def provision(
     vhost: str,
     rabbitmqctl: Rabbitmqctl | None,
     undo: Callable[[list[str]], None],
+    role: str = "site",
 ) -> tuple[dict[str, dict[str, str]], list[str]]:
     """A broker user (and password) per site: created with ``rabbitmqctl`` when given, else the
     shell lines for the operator (returned second). When one cannot be created, those made here
@@ -59,7 +68,7 @@ def provision(
     made: dict[str, dict[str, str]] = {}
     lines: list[str] = []
     for site_id in site_ids:
-        grant = site_grant(site_id, namespace, vhost)
+        grant = site_grant(site_id, namespace, vhost, role)
         password = new_password()
         if rabbitmqctl is None:
             lines.extend(grant.shell_lines())

@@ -24,7 +24,7 @@ from fedhive.app.contract import EvalResult
 from fedhive.app.learner import Evaluator
 from fedhive.core.bodies import EnableBody, EvaluateBody, TrainBody
 from fedhive.core.params import Params
-from fedhive.errors import SessionFailed
+from fedhive.errors import SessionCancelled, SessionFailed
 from fedhive.runtime import events as ev
 from fedhive.runtime.async_rounds import AsyncRounds
 from fedhive.runtime.best_round import BestRound
@@ -124,6 +124,7 @@ class Coordinator:
         b.on(ev.RegistrationDeadline, self._on_registration_deadline)
         b.on(ev.HeartbeatCheck, self._on_heartbeat_check)
         b.on(ev.SessionFailedEvent, self._on_failed)
+        b.on(ev.CancelRequested, self._on_cancel_requested)
         # aggregation = async: clients train continuously and the loop is runtime.async_rounds'.
         self._async = AsyncRounds(self) if config.aggregation == "async" else None
 
@@ -332,6 +333,14 @@ class Coordinator:
         # Handled in the bus's final drain: tell every client now, so that none waits for a
         # session that is over (a networked client would otherwise wait out its own timeout).
         await self.down.stop_all(event.reason)
+
+    async def _on_cancel_requested(self, event: ev.CancelRequested) -> None:
+        if self.bus.stopped:  # it ended meanwhile: its own outcome stands
+            return
+        log.warning("session %s cancelled: %s", self.config.session_id, event.reason)
+        await self.down.stop_all(event.reason)  # every client known, OFFLINE ones included
+        self.bus.emit(ev.SessionCancelled(self.config.session_id, event.reason))
+        self.bus.stop(SessionCancelled(event.reason))
 
     async def _finish(self) -> None:
         await self.down.stop_all()

@@ -180,6 +180,16 @@ class SessionFailedEvent:
 
 
 @dataclass(frozen=True, slots=True)
+class CancelRequested:
+    """Whoever owns the session wants it stopped (a command-line coordinator told by the server it
+    reports to): the coordinator sends STOP to every client, dispatches ``SessionCancelled`` and
+    ends its run with ``errors.SessionCancelled``."""
+
+    session_id: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class SessionCancelled:
     """Someone stopped the session (the platform's cancel); dispatched after its coordinator is gone."""
 

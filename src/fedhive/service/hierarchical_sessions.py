@@ -12,7 +12,8 @@ before all its combiners are up.
 With ``remote`` combiners (``fedhive combiner --agent`` processes the session claimed, ONLINE
 ones) the server starts none: it sends each a join order, and the coordinator's transport gives
 each assignment a link key (``service.remote_combiners``). A resumed session sends the same
-combiners the join order again: one still serving the session goes on (the coordinator takes it
+combiners the join order again (its sites' down routes, ``remote_combiners``, are opened as they
+are assigned and closed when the session ends): one still serving the session goes on (the coordinator takes it
 back with its sites), one that gave it up joins afresh.
 
 Resumed after a restart of the server (``resumed``), the coordinator goes on from the session's
@@ -46,6 +47,7 @@ from fedhive.runtime.registry import PeerStatus
 from fedhive.runtime.session_config import SessionConfig
 from fedhive.service.remote_combiners import RemoteCombinerLinks
 from fedhive.service.service_nodes import ServiceNodes
+from fedhive.transports.amqp import AmqpTransport
 from fedhive.transports.base import Transport
 
 log = logging.getLogger("fedhive.sessions")
@@ -83,7 +85,8 @@ class HierarchicalSession:
         )
         self.links: RemoteCombinerLinks | None = None
         if remote:
-            port = self.links = RemoteCombinerLinks(port, config, remote, nodes.secret_of)
+            routes = hub.transport if isinstance(hub.transport, AmqpTransport) else None  # the broker's down routes
+            port = self.links = RemoteCombinerLinks(port, config, remote, nodes.secret_of, routes)
         self.coordinator = HierarchicalCoordinator(
             config, port, initial, evaluator=evaluator, min_combiners=min(len(self.combiner_ids), len(self.peers)),
             **coordinator_kwargs,
@@ -106,6 +109,8 @@ class HierarchicalSession:
             return await self.coordinator.run()
         finally:
             asking.cancel()
+            if self.links is not None:  # its remote combiners reach its sites no longer
+                await self.links.drop_routes()
             tasks = list(self._combiners.values())
             if tasks:
                 _, late = await asyncio.wait(tasks, timeout=_STOP_GRACE_S)

@@ -79,7 +79,8 @@ async def serve(settings: Settings, options: ServeOptions, *, on_ready: Callable
         nodes = _service_nodes(settings, db, artifacts, network)  # a hierarchical session's combiners
         site_logins = SiteLogins(db)  # sites with broker users of their own: the hub makes their queues
         await asyncio.to_thread(site_logins.load)
-        hub_link = _hub_transport(settings, nodes, artifacts, network, clocks, logins=SenderLogins(site_logins))
+        logins = SenderLogins(site_logins, site_logins.combiners)  # remote combiners relay their sites' messages
+        hub_link = _hub_transport(settings, nodes, artifacts, network, clocks, logins=logins)
         transport = await stack.enter_async_context(hub_link)
         hub = Hub(transport, heartbeat_timeout_s=settings.heartbeat_timeout_s)
         PeerStatusRecorder(db).attach(hub.bus)

@@ -8,9 +8,10 @@ coordinator never resumes it after a restart (``SessionManager`` skips it), and 
 reports change it.
 
 Cancelling one on the platform (the dashboard's button, ``POST /sessions/{id}/cancel``) marks it
-CANCELLED there and nothing more: the command-line coordinator learns it on its next report (409)
-and stops reporting, but its session goes on. This is how a session whose coordinator died
-without a word (SIGKILL) is cleared from the dashboard.
+CANCELLED there; the command-line coordinator learns it from its next report (an empty batch
+every report interval asks for the status), answered 409 with the code ``CANCELLED_CODE``, and
+ends its session as CANCELLED (STOP to its clients). This is also how a session whose coordinator
+died without a word (SIGKILL) is cleared from the dashboard.
 
 Everything here works inside the caller's unit of work on the metadata store (blocking: the API
 runs it in a worker thread).
@@ -39,12 +40,19 @@ def is_reported(config: Mapping[str, Any] | None) -> bool:
     return bool(config) and isinstance(config.get(REPORTED_KEY), dict)  # type: ignore[union-attr]
 
 
-class ReportRefused(Exception):
-    """The report cannot be taken: ``status`` is the HTTP answer (404, 409), ``str`` its one line."""
+# The machine-readable code of the answer that the session was cancelled on the platform (its
+# coordinator stops on it; every other 409 only stops the reporting).
+CANCELLED_CODE = "session_cancelled"
 
-    def __init__(self, status: int, detail: str) -> None:
+
+class ReportRefused(Exception):
+    """The report cannot be taken: ``status`` is the HTTP answer (404, 409), ``str`` its one line,
+    ``code`` a machine-readable name where the reporter must act on it (``CANCELLED_CODE``)."""
+
+    def __init__(self, status: int, detail: str, code: str | None = None) -> None:
         super().__init__(detail)
         self.status = status
+        self.code = code
 
 
 @dataclass(frozen=True)
@@ -127,12 +135,16 @@ def _open_reported(s: Session, owner_id: int) -> int:
 
 def apply_reports(s: Session, owner_id: int, session_id: str, reports: Sequence[Report]) -> SessionStatus:
     """Record a batch of reports (all or none: the caller's unit of work); the session's status
-    after it. Reports after an end in the same batch are ignored (ended is final)."""
+    after it. Reports after an end in the same batch are ignored (ended is final). An empty batch
+    records nothing: the coordinator's question whether its session was cancelled here."""
     row = sessions_repo.get_session(s, session_id, owner_id=owner_id)
     if row is None:
         raise ReportRefused(404, f"no session {session_id!r}")
     if not is_reported(row.config):
         raise ReportRefused(409, f"session {session_id!r} is run by the platform: it takes no reports")
+    if row.status is SessionStatus.CANCELLED:
+        why = f"session {session_id!r} was cancelled on the server by its owner"
+        raise ReportRefused(409, f"{why}: {row.reason}" if row.reason else why, CANCELLED_CODE)
     if row.status in TERMINAL_STATUSES:
         raise ReportRefused(409, f"session {session_id!r} already ended ({row.status.value})")
     for report in reports:

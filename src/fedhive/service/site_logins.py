@@ -3,7 +3,9 @@
 A site created with ``fedhive admin site create --broker-user`` logs in to RabbitMQ as a user of
 its own, named like it, that may configure nothing but its peers' queues: the hub (the
 coordinator of ``fedhive serve``) declares the site's queue and binds it, and refuses a message
-signed as the site but published by another login (``broker_users.SenderLogins``).
+signed as the site but published by another login (``broker_users.SenderLogins``). A remote
+combiner created with ``--role combiner --broker-user`` is one of them, and a relay too
+(``combiners``): the hub binds its queue to the up exchange as well, for its sites' messages.
 
 The transport asks for the mapping on the event loop, for every message and every topology
 check, so it is never read from the database there: ``load`` runs in a worker thread before the
@@ -31,6 +33,7 @@ class SiteLogins:
         self._db = db
         self._ttl_s = ttl_s
         self._logins: dict[str, str] = {}
+        self._combiners: frozenset[str] = frozenset()
         self._loaded_at = float("-inf")
         self._refreshing: asyncio.Task[None] | None = None
 
@@ -38,6 +41,8 @@ class SiteLogins:
         """Read the mapping from the database (blocking: call it in a worker thread)."""
         with self._db.session(read_only=True) as s:
             logins = users_repo.site_broker_users(s)
+            combiners = frozenset(users_repo.combiners_with_broker_users(s))
+        self._combiners = combiners
         self._loaded_at = time.monotonic()
         if logins != self._logins:  # a new object only when it changed: SenderLogins caches by identity
             self._logins = logins
@@ -52,6 +57,11 @@ class SiteLogins:
             else:
                 self._refreshing = loop.create_task(self._refresh(), name="site-logins")
         return self._logins
+
+    def combiners(self) -> frozenset[str]:
+        """The remote combiners among them (refreshed with the mapping)."""
+        self()
+        return self._combiners
 
     async def _refresh(self) -> None:
         try:

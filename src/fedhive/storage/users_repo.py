@@ -92,6 +92,12 @@ def site_broker_users(s: Session) -> dict[str, str]:
     return {cid: user for cid, user in rows if user}
 
 
+def combiners_with_broker_users(s: Session) -> set[str]:
+    """The remote combiners (role ``combiner``) among the nodes with a broker user of their own."""
+    rows = s.scalars(sa.select(ClientRow.id).where(ClientRow.broker_user.is_not(None), ClientRow.role == "combiner"))
+    return set(rows)
+
+
 def get_client_secret(s: Session, client_id: str, box: SecretBox) -> bytes | None:
     """The HMAC key of a node, in the form ``core.signing.Verifier`` looks up; None if unknown."""
     stored = s.scalar(sa.select(ClientRow.secret).where(ClientRow.id == client_id))

@@ -7,9 +7,15 @@ Reporting must never slow down or fail the session. The bus handlers only turn a
 small JSON dict and append it to a bounded queue (the oldest reports go first when it is full, as
 in the dashboard's live feed); one task posts them in batches with httpx, retrying with
 exponential backoff while the server cannot be reached (one warning line when it goes, one when it
-is back). An answer that no retry changes (wrong credentials, the session cancelled on the
-platform, its id taken) ends reporting with one line; the session goes on. ``aclose`` gives the
-last reports (the session's end) a bounded time to go out.
+is back). An answer that no retry changes (wrong credentials, its id taken) ends reporting with
+one line; the session goes on. ``aclose`` gives the last reports (the session's end) a bounded
+time to go out.
+
+Cancel on the dashboard stops the session itself: every ``interval_s`` without a report to send
+the sender posts an empty batch, and the server's answer that the session was cancelled (409
+with the code ``session_cancelled``) emits ``CancelRequested`` on the coordinator's bus with the
+reason ``CANCELLED_ON_SERVER``: the coordinator sends STOP to its clients and ends the session
+as CANCELLED, within one interval of the click.
 
 Credentials (``Login``): a bearer token, or an e-mail and password that are exchanged for one
 (``POST /auth/signin``) and again when it expires.
@@ -18,6 +24,7 @@ Credentials (``Login``): a bearer token, or an e-mail and password that are exch
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import re
@@ -37,6 +44,9 @@ QUEUE = 20_000  # reports held while the server is away
 FLUSH_S = 10.0  # what the end of a session waits for its last reports
 _NAME = re.compile(r"^[^\x00-\x1f\x7f]{1,64}$")  # what the server takes as a metric or client name
 _RETRIED = {408, 425, 429, 500, 502, 503, 504}
+INTERVAL_S = 5.0  # at least one post this often: how soon a cancel on the server stops the session
+CANCELLED_CODE = "session_cancelled"  # service.reported_sessions.CANCELLED_CODE
+CANCELLED_ON_SERVER = "cancelled on the server by its owner"
 
 
 @dataclass(frozen=True)
@@ -52,6 +62,10 @@ class Login:
 
 class _GiveUp(Exception):
     """An answer no retry changes: reporting stops, with this line."""
+
+
+class _Cancelled(_GiveUp):
+    """The session was cancelled on the server: reporting stops, and so does the session."""
 
 
 class _Retry(Exception):
@@ -71,6 +85,7 @@ class PlatformReporter:
         transport: httpx.AsyncBaseTransport | None = None,
         backoff_s: tuple[float, float] = (0.5, 30.0),
         queue_size: int = QUEUE,
+        interval_s: float = INTERVAL_S,
     ) -> None:
         self.url = url.rstrip("/")
         self.session_id = str(config["session_id"])
@@ -80,6 +95,9 @@ class PlatformReporter:
         self._round_figures = round_figures
         self._transport = transport
         self._backoff = backoff_s
+        self._interval_s = interval_s
+        self._bus: EventBus | None = None  # the coordinator's: a cancel on the server is told there
+        self._ended_sent = False
         self._queue: deque[dict[str, Any]] = deque(maxlen=queue_size)
         self._end: dict[str, Any] | None = None  # kept apart: never the report dropped
         self._round_bytes: dict[int, int] = {}
@@ -94,6 +112,7 @@ class PlatformReporter:
 
     # -- observer ------------------------------------------------------------------------------
     def attach(self, bus: EventBus) -> None:
+        self._bus = bus
         bus.on(ev.SessionStarted, lambda e: self._put({"kind": "started", "clients": _names(e.clients)}))
         bus.on(ev.UpdateAccepted, self._on_accepted)
         bus.on(ev.UpdateAcceptedVia, lambda e: self._client(e.round, e.client_id, "ACCEPTED", e, via=e.via))
@@ -188,18 +207,20 @@ class PlatformReporter:
             while True:
                 batch = self._next_batch()
                 if not batch:
-                    if self._closing:
+                    if self._closing or self._ended_sent:
                         return
                     self._wake.clear()
-                    await self._wake.wait()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wake.wait(), self._interval_s)
+                    if not self._wake.is_set():  # a quiet interval: ask whether the session goes on
+                        await self._ask(http)
+                        if self.stopped is not None:
+                            return
                     continue
                 try:
                     await self._deliver(http, batch)
                 except _GiveUp as exc:
-                    self.stopped = str(exc)
-                    log.warning("no longer reporting session %s to %s: %s", self.session_id, self.url, exc)
-                    self._queue.clear()
-                    self._end = None
+                    self._give_up(exc)
                     return
                 except _Retry as exc:
                     if not self._unreachable:
@@ -214,6 +235,28 @@ class PlatformReporter:
                 delay = self._backoff[0]
                 self._done(batch)
 
+    def _give_up(self, exc: _GiveUp) -> None:
+        self.stopped = str(exc)
+        self._queue.clear()
+        self._end = None
+        if isinstance(exc, _Cancelled) and self._bus is not None:
+            log.warning("session %s was cancelled on %s; stopping it", self.session_id, self.url)
+            self._bus.emit(ev.CancelRequested(self.session_id, CANCELLED_ON_SERVER))
+        else:
+            log.warning("no longer reporting session %s to %s: %s", self.session_id, self.url, exc)
+
+    async def _ask(self, http: httpx.AsyncClient) -> None:
+        """An empty batch: nothing to record, but the server's answer says if it was cancelled."""
+        try:
+            if not self._opened:
+                await self._post(http, "/sessions/reported", self._opening)
+                self._opened = True
+            await self._post(http, f"/sessions/{self.session_id}/events", {"events": []})
+        except _GiveUp as exc:
+            self._give_up(exc)
+        except (_Retry, _Refused):
+            pass  # the next report (or interval) tries again; an unreachable server is said by reports
+
     def _next_batch(self) -> list[dict[str, Any]]:
         batch = [self._queue[i] for i in range(min(BATCH, len(self._queue)))]
         if len(batch) < BATCH and len(batch) == len(self._queue) and self._end is not None:
@@ -225,6 +268,7 @@ class PlatformReporter:
         for report in batch:
             if report is self._end:
                 self._end = None
+                self._ended_sent = True  # the server holds the session's end: nothing more to ask
             elif self._queue and self._queue[0] is report:
                 self._queue.popleft()
         self.sent += len(batch)
@@ -250,6 +294,8 @@ class PlatformReporter:
             raise _Retry(f"HTTP {response.status_code}: {detail}")
         if response.status_code == 422 and path.endswith("/events"):
             raise _Refused(detail)
+        if response.status_code == 409 and _code(response) == CANCELLED_CODE:
+            raise _Cancelled(f"HTTP 409: {detail}")
         raise _GiveUp(f"HTTP {response.status_code}: {detail}")
 
     async def _request(self, http: httpx.AsyncClient, path: str, body: dict[str, Any]) -> httpx.Response:
@@ -280,6 +326,14 @@ def _detail(response: httpx.Response) -> str:
     except (ValueError, AttributeError):
         detail = None
     return _text(str(detail if detail is not None else response.reason_phrase), 300)
+
+
+def _code(response: httpx.Response) -> str | None:
+    try:
+        code = response.json().get("code")
+    except (ValueError, AttributeError):
+        return None
+    return code if isinstance(code, str) else None
 
 
 def _text(value: str | None, limit: int) -> str:

@@ -395,6 +395,14 @@ class AmqpTransport(Transport):
             if not await self._keeper.route_down(self._connection, client, combiner):
                 log.warning("%s: client %s has no queue on the broker to route to %s", self.node_id, client, combiner)
 
+    async def drop_route(self, client: str, combiner: str) -> None:
+        """The coordinator's: ``combiner`` may no longer send to ``client`` (the session that
+        assigned it is over; ``amqp_keeper.TopologyKeeper.drop_route``)."""
+        if self._connection is None or not self._declares:
+            raise TransportError(f"{self.node_id}: only a started coordinator routes clients to combiners")
+        async with _broker_call(f"{self.node_id}: unrouting {client} from {combiner}", self._publish_timeout):
+            await self._keeper.drop_route(self._connection, client, combiner)
+
     async def send(self, to: str, message: Message) -> None:
         exchange, key = self._route(to)
         await self._publish(exchange, key, await self._codec.encode(to, message), addressed=True)

@@ -249,12 +249,24 @@ class TopologyKeeper:
         after a send to it found nothing bound: whoever re-created the direct exchange (aio-pika,
         after a send to it failed, or ``keep``) did not know its bindings. False if ``node`` is
         unknown or its queue does not exist."""
-        if node not in self._heard and node not in set(self._downstream()) | set(self._relays()):
+        provisioned, relays = set(self._downstream()), set(self._relays())
+        if node not in self._heard and node not in provisioned | relays:
             return False
-        binding = (self._names.node_queue(node), self._names.direct_exchange, node)
-        self._bound.discard(binding)
+        n = self._names
+        queue = n.node_queue(node)
+        binding = (queue, n.direct_exchange, node)
+        wanted = [binding]
+        if node in relays:
+            wanted.append((queue, n.up_exchange, up_binding(node)))
+        if node in self._routes:
+            wanted.append((queue, n.down_exchange, up_key(node, self._routes[node])))
+        # This node's bindings only: a scan of every known node per unroutable send (each new
+        # client's first REGISTERED) made registering 10,000 clients quadratic; the others are
+        # bound by ``keep``'s next check or by their own first send.
         async with _probe(connection) as probe:
-            await self._bind_downstream(probe)
+            for b in wanted:
+                self._bound.discard(b)
+                await self._bind(probe, b, declare=node in provisioned | relays)
         return binding in self._bound
 
     async def route_down(self, connection: pika.AbstractRobustConnection, client: str, combiner: str) -> bool:
@@ -270,6 +282,17 @@ class TopologyKeeper:
                 self._bound.discard(old)
                 await probe.unbind(*old)
             return await self._bind(probe, (queue, down, up_key(client, combiner)))
+
+    async def drop_route(self, connection: pika.AbstractRobustConnection, client: str, combiner: str) -> None:
+        """Close the way ``route_down`` opened from ``combiner`` to ``client`` (its session is
+        over); nothing to do when the client was routed to another combiner since."""
+        if self._routes.get(client) != combiner:
+            return
+        del self._routes[client]
+        binding = (self._names.node_queue(client), self._names.down_exchange, up_key(client, combiner))
+        self._bound.discard(binding)
+        async with _probe(connection) as probe:
+            await probe.unbind(*binding)
 
     async def _bind_downstream(self, probe: _Probe) -> None:
         n = self._names

@@ -297,6 +297,7 @@
     $("#sites tbody").innerHTML = sites
       .map(
         (p) => `<tr id="site-${esc(p.id)}"><td>${esc(p.name)}${p.name !== p.id ? `<div class="muted small">${esc(p.id)}</div>` : ""}</td>
+        <td class="role"><span class="tag">${esc(p.role ?? "site")}</span></td>
         <td class="status"><span class="badge ${esc(p.status)}">${esc(p.status)}</span></td>
         <td class="beat">${p.last_heartbeat ? new Date(p.last_heartbeat).toLocaleString() : "–"}</td>
         <td class="agent">${esc(p.agent ?? "–")}</td>
