@@ -18,17 +18,21 @@ import numpy as np
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from fedhive.secagg import masks, shamir
+from fedhive.secagg.channel import ChannelKeys
 from fedhive.secagg.errors import SecAggError
 from fedhive.secagg.graph import degree
 from fedhive.secagg.messages import AdvertiseKeys, MaskedInput, Roster, ShareKeys, UnmaskRequest, UnmaskShares
 
 
 class SecAggClient:
-    def __init__(self, client_id: str, context: bytes) -> None:
+    def __init__(self, client_id: str, context: bytes, channel: ChannelKeys | None = None) -> None:
+        """One round (``context``) of ``client_id``. ``channel``: its ``c`` key pair kept for the
+        session (``secagg.channel``); None makes one for this round alone. The ``s`` key and the
+        self-mask seed are always this round's own."""
         self.client_id = client_id
         self._context = context
         self._step = "advertise"
-        self._c_key = X25519PrivateKey.generate()
+        self._channel = channel if channel is not None else ChannelKeys()
         self._s_key = X25519PrivateKey.generate()
         self._self_seed = os.urandom(masks.SEED_BYTES)
         self._roster: Roster | None = None
@@ -44,7 +48,7 @@ class SecAggClient:
 
     def advertise(self) -> AdvertiseKeys:
         self._advance("advertise", "share keys")
-        return AdvertiseKeys(self.client_id, masks.public_bytes(self._c_key), masks.public_bytes(self._s_key))
+        return AdvertiseKeys(self.client_id, self._channel.public, masks.public_bytes(self._s_key))
 
     def share_keys(self, roster: Roster) -> ShareKeys:
         self._advance("share keys", "send a masked input")
@@ -58,7 +62,7 @@ class SecAggClient:
         publics = [p for pair in roster.keys.values() for p in pair]
         if len(set(publics)) != len(publics):
             raise SecAggError("the roster repeats a public key")
-        if roster.keys[self.client_id] != (masks.public_bytes(self._c_key), masks.public_bytes(self._s_key)):
+        if roster.keys[self.client_id] != (self._channel.public, masks.public_bytes(self._s_key)):
             raise SecAggError(f"{self.client_id}: the roster does not hold the keys we advertised")
         self._roster = roster
         self._neighbours = roster.neighbours_of(self.client_id)
@@ -74,7 +78,8 @@ class SecAggClient:
             if holder == self.client_id:
                 self._held[holder] = (b, s)
                 continue
-            key = masks.agree(self._c_key, roster.public(holder)[0], self._context, b"share", self.client_id, holder)
+            shared = self._channel.secret(roster.keys[holder][0])  # agreed once a session per peer key
+            key = masks.derive(shared, self._context, b"share", self.client_id, holder)  # this round's
             self._share_keys[holder] = key  # the same key opens what ``holder`` seals for us
             ad = masks.share_ad(self._context, self.client_id, holder)
             sealed[holder] = masks.seal_shares(key, ad, b, s, nonce=nonces[i])
@@ -102,7 +107,7 @@ class SecAggClient:
         masker = masks.Masker(y.size)
         masker.add(y, self._self_seed)
         for v in sorted(self._peers):
-            seed = masks.agree(self._s_key, roster.public(v)[1], self._context, b"mask", self.client_id, v)
+            seed = masks.agree(self._s_key, roster.mask_public(v), self._context, b"mask", self.client_id, v)
             if self.client_id < v:
                 masker.add(y, seed)
             else:

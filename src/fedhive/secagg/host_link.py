@@ -9,6 +9,9 @@ float64) holding that sum and the total weight, and names of the clients in it (
 that failed, with the reason); never a client's update, nor the host's plain sum of them. Every
 other message (ENABLE, EVALUATE, STOP) passes through to the host unchanged.
 
+Each client keeps its ``c`` key pair (which seals the shares between neighbours) for the session,
+so each pair agrees it once (``secagg.channel``); the mask keys are new every round.
+
 ``dropout`` simulates clients that vanish after sending their masked input: that share of each
 round's clients (drawn from the session seed, round and attempt) sends no unmasking shares.
 
@@ -38,6 +41,7 @@ from fedhive.runtime.inline_executor import InlineExecutor, run_job
 from fedhive.runtime.partials import partial_message
 from fedhive.runtime.payloads import payload_params
 from fedhive.runtime.session_config import SessionConfig
+from fedhive.secagg.channel import ChannelKeys
 from fedhive.secagg.errors import SecAggError
 from fedhive.secagg.round import LocalSecureSum, round_context
 from fedhive.secagg.settings import fixed_point, secure_weighting
@@ -71,6 +75,8 @@ class SecureHostLink(TransportWrapper):
         self._config: SessionConfig | None = None
         self._spec: ParamSpec | None = None
         self.clipped = 0  # coordinates clipped to [-secagg_clip, secagg_clip] so far (kept here, never sent)
+        # Each client's ``c`` key pair for the session (``secagg.channel``): a new session, new ones.
+        self._channels: dict[str, ChannelKeys] = {}
 
     # -- the transport: TransportWrapper's, but for what arrives from the coordinator ---------
     async def recv(self) -> Message:
@@ -80,6 +86,7 @@ class SecureHostLink(TransportWrapper):
                 return msg
             if msg.kind is Kind.ENABLE:
                 self._config, self._spec = read_enable(msg)
+                self._channels = {}
             elif msg.kind is Kind.TRAIN and self._config is not None and self._config.secure_aggregation:
                 try:
                     await self._answer_train(msg)
@@ -126,6 +133,7 @@ class SecureHostLink(TransportWrapper):
                 config.secagg_threshold,
                 f"round {round}",
                 neighbours=config.secagg_neighbours,
+                channels=self._channels,
             )
             log.debug(
                 "%s: round %d: %d clients, %d neighbours each, threshold %d",

@@ -1,8 +1,9 @@
 """The cryptography of secure aggregation, all from ``cryptography``'s primitives.
 
-- Key agreement: X25519. Each client has two key pairs per round: ``c`` encrypts the shares it
-  sends to its neighbours, ``s`` agrees the pairwise mask seeds (kept apart so that rebuilding a
-  dropped client's ``s`` key never opens the shares sent to it). A shared secret goes through
+- Key agreement: X25519. Each client has two key pairs: ``c`` encrypts the shares it sends to its
+  neighbours (kept for the session, ``secagg.channel``), ``s`` agrees the pairwise mask seeds (fresh
+  each round, and kept apart so that rebuilding a dropped client's ``s`` key never opens the shares
+  sent to it). A shared secret goes through
   HKDF-SHA256 with the round's context and the (sorted) pair of ids, so a seed is never reused
   across sessions, rounds, attempts, pairs or purposes.
 - Masks: AES-256-CTR keystream of a 32-byte seed (a zero counter block is safe: each key is used for
@@ -50,12 +51,23 @@ def parse_public(raw: bytes) -> X25519PublicKey:
         raise SecAggError(f"unusable public key: {exc}") from None
 
 
-def agree(own: X25519PrivateKey, peer: X25519PublicKey, context: bytes, purpose: bytes, a: str, b: str) -> bytes:
-    """The 32-byte key two clients ``a`` and ``b`` both derive for ``purpose`` in this round."""
+def exchange(own: X25519PrivateKey, peer: X25519PublicKey) -> bytes:
+    """The raw X25519 secret of ``own`` and ``peer``: only ever used through ``derive``."""
     try:
-        shared = own.exchange(peer)
+        return own.exchange(peer)
     except ValueError as exc:  # a low-order public key
         raise SecAggError(f"unusable public key: {exc}") from None
+
+
+def agree(own: X25519PrivateKey, peer: X25519PublicKey, context: bytes, purpose: bytes, a: str, b: str) -> bytes:
+    """The 32-byte key two clients ``a`` and ``b`` both derive for ``purpose`` in this round."""
+    return derive(exchange(own, peer), context, purpose, a, b)
+
+
+def derive(shared: bytes, context: bytes, purpose: bytes, a: str, b: str) -> bytes:
+    """The 32-byte key for ``purpose`` in the round of ``context`` from the X25519 secret of the
+    pair ``a``, ``b`` (in either order): HKDF-SHA256, distinct per session, round, attempt, pair
+    and purpose, so a secret kept for the session still gives a fresh key each round."""
     low, high = (a, b) if a < b else (b, a)
     info = _prefix(purpose, context) + _length_prefixed(low) + _length_prefixed(high)
     return HKDF(algorithm=_SHA256, length=KEY_BYTES, salt=None, info=info).derive(shared)

@@ -45,9 +45,7 @@ class Roster:
     # Everyone in the round, when ``keys`` holds only some of them (``for_client``: a client needs
     # every id to draw the graph, but the keys of its neighbours only).
     members: tuple[str, ...] = ()
-    _parsed: dict[str, tuple[X25519PublicKey, X25519PublicKey]] = field(
-        default_factory=dict, init=False, repr=False, compare=False
-    )
+    _parsed: dict[str, X25519PublicKey] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @cached_property
     def ids(self) -> list[str]:
@@ -78,12 +76,12 @@ class Roster:
         keys = {c: self.keys[c] for c in self.ids if c in wanted}
         return Roster(keys, self.threshold, self.neighbours, self.graph_seed, members=tuple(self.ids))
 
-    def public(self, client: str) -> tuple[X25519PublicKey, X25519PublicKey]:
-        """``client``'s (c, s) public keys, parsed once per roster."""
+    def mask_public(self, client: str) -> X25519PublicKey:
+        """``client``'s ``s`` public key (mask seeds), parsed once per roster. (The ``c`` keys are
+        used as bytes: ``secagg.channel`` agrees each pair's once a session.)"""
         parsed = self._parsed.get(client)
         if parsed is None:
-            c_raw, s_raw = self.keys[client]
-            parsed = self._parsed[client] = (masks.parse_public(c_raw), masks.parse_public(s_raw))
+            parsed = self._parsed[client] = masks.parse_public(self.keys[client][1])
         return parsed
 
 

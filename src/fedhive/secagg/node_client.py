@@ -2,7 +2,8 @@
 
 ``ClientNode`` hands this its TRAINs and its trained update when the session it was enabled for
 has ``secure_aggregation`` on. The round's TRAIN (the model) makes a fresh ``SecAggClient`` for
-that round and attempt, whose public keys go back at once, before training starts: keys and
+that round and attempt (a new mask key; the channel key that seals shares is the session's,
+``secagg.channel``), whose public keys go back at once, before training starts: keys and
 shares are exchanged while the client trains. The node's later TRAINs name their step
 (``secagg.wire``); the update, once trained and once the neighbours' sealed shares are in, is
 screened here (the node cannot screen what it cannot see), quantised, masked and sent as the
@@ -30,6 +31,7 @@ from fedhive.errors import ProtocolError
 from fedhive.runtime.inline_executor import run_job
 from fedhive.runtime.session_config import SessionConfig
 from fedhive.secagg import wire
+from fedhive.secagg.channel import ChannelKeys
 from fedhive.secagg.client import SecAggClient
 from fedhive.secagg.round import round_context
 from fedhive.secagg.settings import fixed_point, secure_weighting
@@ -67,11 +69,12 @@ class SecureClient:
         self._fixed = fixed_point(config.secagg_clip, config.secagg_bits)
         self._weighted = secure_weighting(parse_strategy(config.strategy))
         self._current: _Attempt | None = None
+        self._channel = ChannelKeys()  # the c key pair for the session: each neighbour's agreed once
         self.clipped = 0  # coordinates clipped to [-secagg_clip, secagg_clip] so far (never sent)
 
     async def begin(self, rnd: int, attempt: int, base: Params) -> None:
         """The round's TRAIN: fresh keys for this attempt, advertised before training starts."""
-        client = SecAggClient(self.client_id, round_context(self._session_id, rnd, attempt))
+        client = SecAggClient(self.client_id, round_context(self._session_id, rnd, attempt), self._channel)
         self._current = _Attempt(rnd, attempt, client, base)
         await self._send(rnd, wire.keys_body(attempt, client.advertise()))
 

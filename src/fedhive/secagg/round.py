@@ -10,10 +10,11 @@ a time, as in the plain simulation.
 from __future__ import annotations
 
 import json
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, MutableMapping, Sequence
 
 import numpy as np
 
+from fedhive.secagg.channel import ChannelKeys
 from fedhive.secagg.client import SecAggClient
 from fedhive.secagg.server import SecAggServer
 
@@ -33,11 +34,18 @@ class LocalSecureSum:
         label: str,
         *,
         neighbours: int | None = None,
+        channels: MutableMapping[str, ChannelKeys] | None = None,
     ) -> None:
         """Advertise keys and share them among each client's ``neighbours`` (None: the default for
         their number, ``sizing.default_neighbours``); raises ``SecAggError`` when fewer than 2
-        clients take part."""
-        self.clients = {c: SecAggClient(c, context) for c in client_ids}
+        clients take part. ``channels``: each client's ``c`` key pair kept for the session (a
+        client missing from it gets one, added); None: every client makes one for this round."""
+        if channels is None:
+            channels = {}
+        for c in client_ids:
+            if c not in channels:
+                channels[c] = ChannelKeys()
+        self.clients = {c: SecAggClient(c, context, channels[c]) for c in client_ids}
         self.server = SecAggServer(context, vector_length, threshold_fraction, neighbours=neighbours, label=label)
         for client in self.clients.values():
             self.server.add_keys(client.advertise())

@@ -199,7 +199,7 @@ class SecAggServer:
         for u in sorted(r.dropped):
             key = X25519PrivateKey.from_private_bytes(recover(u, 1, masks.KEY_BYTES))
             for v in sorted(roster.graph[u] & r.survivors):  # v added +mask towards a higher id, -mask to a lower
-                seed = masks.agree(key, roster.public(v)[1], self._context, b"mask", u, v)
+                seed = masks.agree(key, roster.mask_public(v), self._context, b"mask", u, v)
                 if v < u:
                     masker.subtract(total, seed)
                 else:
