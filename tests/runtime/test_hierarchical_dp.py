@@ -11,16 +11,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pytest
+from memory_hierarchy import memory_hierarchy
 
 from fakes import ShiftTrainer
 from fedhive.app.learner import FitConfig, FitResult, ProgressFn
 from fedhive.core.params import Params
 from fedhive.errors import ConfigError, ProtocolError
 from fedhive.runtime import events as ev
-from fedhive.runtime.assigned_client import run_assigned_client
 from fedhive.runtime.bus import EventBus
 from fedhive.runtime.collect import Collector, CollectSettings
-from fedhive.runtime.combiner import Combiner
 from fedhive.runtime.coordinator import COORDINATOR_ID, SessionResult
 from fedhive.runtime.hierarchy import HierarchicalCoordinator
 from fedhive.runtime.hosted import HostDirectory
@@ -98,31 +97,23 @@ class Run:
 
 
 async def hierarchical(config: SessionConfig, ts: list[DeltaTrainer], *, combiners: int = 2) -> Run:
-    net = MemoryNetwork()
-    coordinator = HierarchicalCoordinator(
-        config, net.connect(COORDINATOR_ID), ts[0].initial_params(0), min_combiners=combiners
+    built = memory_hierarchy(
+        config,
+        ts,
+        combiners=combiners,
+        combiner_options={"upstream_timeout_s": 60.0, "exact_partials": True, **LIVE},
+        client_options={
+            "combiner_timeout_s": 30.0,
+            "register_retry_s": 0.05,
+            "heartbeat_interval_s": LIVE["heartbeat_interval_s"],
+        },
     )
+    coordinator, nodes, clients = built.coordinator, built.combiners, built.clients
     strategy = coordinator.coordinator.strategy
     assert isinstance(strategy, DPFedAvg)
     run = Run(SessionResult("", Params(), 0, []), {}, strategy, ts)
     coordinator.bus.on(ev.RoundStarted, run.started.append)
     coordinator.bus.on(ev.RoundCompleted, run.completed.append)
-    nodes = [
-        Combiner(f"combiner-{i}", net.connect(f"combiner-{i}"), upstream_timeout_s=60.0, exact_partials=True, **LIVE)
-        for i in range(combiners)
-    ]
-    clients = [
-        run_assigned_client(
-            f"client-{i}",
-            net.connect(f"client-{i}"),
-            (lambda t: lambda _c: t)(t),
-            num_examples=t.num_examples,
-            combiner_timeout_s=30.0,
-            register_retry_s=0.05,
-            heartbeat_interval_s=LIVE["heartbeat_interval_s"],
-        )
-        for i, t in enumerate(ts)
-    ]
     async with asyncio.timeout(180):
         tasks = [asyncio.create_task(c.run()) for c in nodes] + [asyncio.create_task(c) for c in clients]
         run.result = await coordinator.run()

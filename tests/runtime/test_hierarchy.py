@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 import numpy as np
 import pytest
+from memory_hierarchy import memory_hierarchy
 
 from fakes import ShiftTrainer, SlowShift
 from fedhive.app.learner import FitConfig, FitResult, ProgressFn
@@ -51,26 +52,14 @@ async def nested(
     exact: bool = False,
     on_round: Callable[[ev.RoundCompleted, list[Combiner], list[asyncio.Task[object]]], object] | None = None,
 ) -> tuple[SessionResult, HierarchicalCoordinator]:
-    net = MemoryNetwork()
-    coordinator = HierarchicalCoordinator(
-        config, net.connect(COORDINATOR_ID), trainers[0].initial_params(0), min_combiners=combiners
+    built = memory_hierarchy(
+        config,
+        trainers,
+        combiners=combiners,
+        combiner_options={"upstream_timeout_s": 5.0, "exact_partials": exact, **LIVE},
+        client_options={"combiner_timeout_s": 0.5, "reassign_timeout_s": 3.0, "register_retry_s": 0.1},
     )
-    nodes = [
-        Combiner(f"combiner-{i}", net.connect(f"combiner-{i}"), upstream_timeout_s=5.0, exact_partials=exact, **LIVE)
-        for i in range(combiners)
-    ]
-    clients = [
-        run_assigned_client(
-            f"client-{i}",
-            net.connect(f"client-{i}"),
-            (lambda t: lambda _c: t)(t),
-            num_examples=t.num_examples,
-            combiner_timeout_s=0.5,
-            reassign_timeout_s=3.0,
-            register_retry_s=0.1,
-        )
-        for i, t in enumerate(trainers)
-    ]
+    coordinator, nodes, clients = built.coordinator, built.combiners, built.clients
     async with asyncio.timeout(30):
         combiner_tasks: list[asyncio.Task[object]] = [asyncio.create_task(c.run()) for c in nodes]
         client_tasks = [asyncio.create_task(c) for c in clients]

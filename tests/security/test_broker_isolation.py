@@ -11,14 +11,14 @@ the client could do nothing at all.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 
 import aio_pika
 import pytest
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
-from aiormq.exceptions import ChannelAccessRefused, ChannelPreconditionFailed
-from broker_sandbox import BrokerSandbox, need_rabbitmqctl, provision_clients
+from aiormq.exceptions import ChannelPreconditionFailed
+from broker_sandbox import BrokerSandbox, attempt, bind_own_queue, need_rabbitmqctl, provision_clients, refused
 
 from fedhive.core.envelope import Kind, make
 from fedhive.runtime.coordinator import COORDINATOR_ID
@@ -82,31 +82,6 @@ async def coordinator(federation: Federation) -> AsyncIterator[AmqpTransport]:
     )
     async with transport:
         yield transport
-
-
-Attack = Callable[[AbstractChannel], Awaitable[object]]
-
-
-async def attempt(site: Site, attack: Attack) -> BaseException | None:
-    """Run ``attack`` on a fresh channel of ``site``'s own broker login; what the broker answered."""
-    connection = await aio_pika.connect(site.url, timeout=10)
-    async with connection:
-        channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
-        try:
-            await attack(channel)
-        except (ChannelAccessRefused, ChannelPreconditionFailed) as exc:
-            return exc
-    return None
-
-
-async def refused(site: Site, attack: Attack) -> None:
-    answer = await attempt(site, attack)
-    assert isinstance(answer, ChannelAccessRefused), f"the broker allowed it (answer: {answer!r})"
-
-
-async def bind_own_queue(channel: AbstractChannel, queue: str, exchange: str, key: str) -> None:
-    own = await channel.declare_queue(queue, passive=True)
-    await own.bind(exchange, routing_key=key)
 
 
 async def test_a_client_cannot_listen_in_on_the_coordinator_or_other_clients(

@@ -14,24 +14,29 @@ may configure nothing but its own peers' queues.
 from __future__ import annotations
 
 import asyncio
-import json
 import secrets
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import aio_pika
 import httpx
 import pytest
-from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
-from aiormq.exceptions import ChannelAccessRefused, ChannelPreconditionFailed
-from broker_sandbox import BrokerSandbox, need_rabbitmqctl
-from test_broker_isolation_peers import Attack, Peer, publish
-from typer.testing import CliRunner
+from aiormq.exceptions import ChannelPreconditionFailed
+from broker_sandbox import (
+    Attack,
+    BrokerSandbox,
+    attempt,
+    bind_own_queue,
+    consume,
+    create_sites,
+    refused,
+    site_url,
+    start_site_agent,
+)
+from test_broker_isolation_peers import Peer, publish
 
-from fedhive.cli import admin_cmd
 from fedhive.core.envelope import Kind, make
 from fedhive.core.signing import Verifier
 from fedhive.runtime.agent import Agent, AgentSites
@@ -46,54 +51,13 @@ from fedhive.transports.wire_codec import WireCodec
 sys.path.insert(0, str(Path(__file__).parent.parent / "service"))
 from platform_user_app import NAME, write_app  # the platform tests' helpers
 from serve_process import Server
+from site_agents import Rest
 
-from processes import Proc
-from service.test_platform_flow import sign_up_and_in, wait_for
+from service.test_platform_flow import sign_up_and_in
 
 pytestmark = [pytest.mark.amqp, pytest.mark.slow]
-FEDHIVE = [sys.executable, "-m", "fedhive.cli.main"]
 ROUNDS = 3
 KEY = bytes.fromhex("7a" * 32)  # a decentralised session's federation key
-
-
-@pytest.fixture
-def sandbox(rabbitmq_url: str) -> Iterator[BrokerSandbox]:
-    need_rabbitmqctl()
-    box = BrokerSandbox()
-    try:
-        box.create()
-        yield box
-    finally:
-        box.destroy()
-
-
-def create_sites(sandbox: BrokerSandbox, home: Path, count: int) -> list[dict[str, str]]:
-    """``fedhive admin site create ward --count N --broker-user rabbitmqctl``: ids, secrets, logins."""
-    out = home.parent / "sites.jsonl"
-    args = ["site", "create", "ward", "--count", str(count), "--out-file", str(out), "--home", str(home)]
-    args += ["--broker-user", "rabbitmqctl", "--namespace", sandbox.namespace, "--vhost", sandbox.vhost]
-    result = CliRunner().invoke(admin_cmd.app, args)
-    sites = [json.loads(line) for line in out.read_text().splitlines()] if out.exists() else []
-    sandbox.users.update(s["broker_user"] for s in sites)  # deleted with the sandbox
-    assert result.exit_code == 0, result.output
-    assert [s["broker_user"] for s in sites] == [s["client_id"] for s in sites]
-    return sorted(sites, key=lambda s: s["client_id"])
-
-
-def site_url(sandbox: BrokerSandbox, site: dict[str, str]) -> str:
-    return sandbox.url(site["broker_user"], site["broker_password"])
-
-
-def agent_args(sandbox: BrokerSandbox, site: dict[str, str], part: int, folder: Path, tmp_path: Path) -> list[str]:
-    state = tmp_path / "state" / site["client_id"]
-    args = ["agent", "--id", site["client_id"], "--namespace", sandbox.namespace, "--app", str(folder)]
-    args += ["--node", f"partition_id={part}", "--node", "num_partitions=3"]
-    return [*FEDHIVE, *args, "--state-dir", str(state), "--heartbeat-interval", "0.5"]
-
-
-def agent_env(sandbox: BrokerSandbox, site: dict[str, str]) -> dict[str, str]:
-    """The site's own broker login and its secret, in the environment (never on a command line)."""
-    return {"FEDHIVE_BROKER": site_url(sandbox, site), "FEDHIVE_CLIENT_SECRET": site["secret"]}
 
 
 async def test_sessions_of_every_topology_complete_with_each_agent_under_its_own_broker_user(
@@ -110,42 +74,27 @@ async def test_sessions_of_every_topology_complete_with_each_agent_under_its_own
         extra=["--app", str(folder)],
     )
     agents = [
-        Proc(s["client_id"], agent_args(sandbox, s, i, folder, tmp_path), env=agent_env(sandbox, s))
+        start_site_agent(sandbox, s, partition=i, partitions=3, app=folder, state_dir=tmp_path / "state")
         for i, s in enumerate(sites)
     ]
     try:
         for agent in agents:  # its queue is the server's to make: it waits for it
             agent.wait_for("connected", timeout=120)
         async with httpx.AsyncClient(base_url=server.url, timeout=30) as http:
-            auth = await sign_up_and_in(http)
-
-            async def all_online() -> bool:
-                peers = (await http.get("/peers", headers=auth)).json()
-                return sorted(p["id"] for p in peers if p["status"] == "ONLINE") == site_ids
+            rest = Rest(http, await sign_up_and_in(http))
 
             async def run(topology: str) -> tuple[str, dict[str, Any]]:
-                await wait_for(all_online, deadline_s=60)  # free again after the session before
-                form = {"app": NAME, "rounds": str(ROUNDS), "epochs": "1", "lr": "0.1", "min_peers": "3",
-                        "topology": topology, "name": f"{topology} under site users"}  # fmt: skip
-                r = await http.post("/sessions/start", headers=auth, data=form)
-                assert r.status_code == 201, r.text
-                sid = r.json()["id"]
-
-                async def finished() -> dict[str, Any] | None:
-                    s = (await http.get(f"/sessions/{sid}", headers=auth)).json()
-                    return s if s["status"] in ("COMPLETED", "FAILED", "CANCELLED") else None
-
-                try:
-                    session = await wait_for(finished, deadline_s=180)
-                except TimeoutError:
-                    pytest.fail(f"{topology} session did not end\n{server.tail(80)}\n{agents[0].tail()}")
+                await rest.wait_online(site_ids)  # free again after the session before
+                name = f"{topology} under site users"
+                sid = await rest.start(topology, rounds=ROUNDS, min_peers=3, app=NAME, epochs="1", name=name)
+                session = await rest.ended(sid, 180, lambda: f"{server.tail(80)}\n{agents[0].tail()}")
                 assert session["status"] == "COMPLETED", (session, server.tail(60), [a.tail() for a in agents])
                 return sid, session
 
             await run("star")
             await run("hierarchical")
             sid, _ = await run("decentralised")
-            rounds = (await http.get(f"/sessions/{sid}/rounds", headers=auth)).json()
+            rounds = await rest.rounds(sid)
             assert [r["round"] for r in rounds] == list(range(1, ROUNDS + 1))
             assert all(r["metrics"]["digest_agreement"] == 1.0 and r["metrics"]["peers"] == 3 for r in rounds)
     finally:
@@ -190,48 +139,23 @@ async def two_sites(sandbox: BrokerSandbox, tmp_path: Path) -> AsyncIterator[Two
         yield TwoSites(Names(sandbox.namespace), alice, bob, alice_peer, bob_peer)
 
 
-async def attempt(peer: Peer, attack: Attack) -> BaseException | None:
-    connection = await aio_pika.connect(peer.url, timeout=10)
-    async with connection:
-        channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
-        try:
-            await attack(channel)
-        except (ChannelAccessRefused, ChannelPreconditionFailed) as exc:
-            return exc
-    return None
-
-
-async def refused(peer: Peer, attack: Attack, what: str) -> None:
-    answer = await attempt(peer, attack)
-    assert isinstance(answer, ChannelAccessRefused), f"{what}: the broker allowed it (answer: {answer!r})"
-
-
-async def ignore(message: AbstractIncomingMessage) -> None:
-    del message
-
-
-async def consume(channel: AbstractChannel, queue: str) -> None:
-    q = await channel.declare_queue(queue, passive=True)
-    await q.consume(ignore)
-
-
 async def test_an_agent_peer_cannot_read_another_sites_queues(two_sites: TwoSites) -> None:
     f = two_sites
     mine, theirs = f.alice_peer.node_id, f.bob_peer.node_id
     assert mine.endswith(f":{f.alice.login}") and theirs.endswith(f":{f.bob.login}")  # ids name the logins
 
-    async def rebind(channel: AbstractChannel, exchange: str, key: str) -> None:
-        own = await channel.declare_queue(f.names.node_queue(mine), passive=True)
-        await own.bind(exchange, routing_key=key)
+    def rebind(exchange: str, key: str) -> Attack:
+        """Bind its own peer queue to what ``key`` routes on ``exchange``."""
+        return lambda ch: bind_own_queue(ch, f.names.node_queue(mine), exchange, key)
 
     assert await attempt(f.alice, lambda ch: consume(ch, f.names.node_queue(f.alice.login))) is None  # its own
-    assert await attempt(f.alice, lambda ch: rebind(ch, f.names.up_exchange, up_binding(mine))) is None
+    assert await attempt(f.alice, rebind(f.names.up_exchange, up_binding(mine))) is None
     await refused(f.alice, lambda ch: consume(ch, f.names.node_queue(theirs)), "consume the other's peer queue")
     await refused(f.alice, lambda ch: consume(ch, f.names.node_queue(f.bob.login)), "consume the other's site queue")
     await refused(f.alice, lambda ch: consume(ch, f.names.node_queue(COORDINATOR_ID)), "consume the server's queue")
-    await refused(f.alice, lambda ch: rebind(ch, f.names.up_exchange, up_binding(theirs)), "bind the other's key")
-    await refused(f.alice, lambda ch: rebind(ch, f.names.broadcast_exchange, "#"), "bind every broadcast")
-    await refused(f.alice, lambda ch: rebind(ch, f.names.direct_exchange, f.bob.login), "bind the other's site key")
+    await refused(f.alice, rebind(f.names.up_exchange, up_binding(theirs)), "bind the other's key")
+    await refused(f.alice, rebind(f.names.broadcast_exchange, "#"), "bind every broadcast")
+    await refused(f.alice, rebind(f.names.direct_exchange, f.bob.login), "bind the other's site key")
     await refused(f.alice, lambda ch: ch.queue_delete(f.names.node_queue(theirs)), "delete the other's peer queue")
     squat = f.names.node_queue(f"{secrets.token_hex(16)}:{f.bob.login}")
     await refused(f.alice, lambda ch: ch.declare_queue(squat, durable=True), "declare a queue in the other's name")

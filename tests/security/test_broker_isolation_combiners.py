@@ -9,15 +9,15 @@ and routes each client to its combiner). Each refusal has a positive control bes
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 
 import aio_pika
 import pytest
-from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
+from aio_pika.abc import AbstractChannel
 from aio_pika.exceptions import PublishError
-from aiormq.exceptions import ChannelAccessRefused, ChannelPreconditionFailed
-from broker_sandbox import BrokerSandbox, need_rabbitmqctl, provision_clients
+from aiormq.exceptions import ChannelPreconditionFailed
+from broker_sandbox import BrokerSandbox, attempt, consume, need_rabbitmqctl, provision_clients, refused
 
 from fedhive.runtime.coordinator import COORDINATOR_ID
 from fedhive.runtime.credentials import CredentialStore
@@ -87,38 +87,9 @@ async def coordinator(hierarchy: Hierarchy) -> AsyncIterator[AmqpTransport]:
         yield transport
 
 
-Attack = Callable[[AbstractChannel], Awaitable[object]]
-
-
-async def attempt(node: Node, attack: Attack) -> BaseException | None:
-    """Run ``attack`` on a fresh channel of ``node``'s own broker login; what the broker answered
-    (None: it was allowed; a ``PublishError``: routed to no queue)."""
-    connection = await aio_pika.connect(node.url, timeout=10)
-    async with connection:
-        channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
-        try:
-            await attack(channel)
-        except (ChannelAccessRefused, ChannelPreconditionFailed, PublishError) as exc:
-            return exc
-    return None
-
-
-async def refused(node: Node, attack: Attack) -> None:
-    answer = await attempt(node, attack)
-    assert isinstance(answer, ChannelAccessRefused), f"the broker allowed it (answer: {answer!r})"
-
-
 async def publish(channel: AbstractChannel, exchange: str, key: str, user: str) -> None:
     target = await channel.get_exchange(exchange, ensure=False)
     await target.publish(aio_pika.Message(b"x", user_id=user), key, mandatory=True)
-
-
-async def consume(channel: AbstractChannel, queue: str) -> None:
-    async def ignore(message: AbstractIncomingMessage) -> None:
-        del message
-
-    q = await channel.declare_queue(queue, passive=True)
-    await q.consume(ignore)
 
 
 async def test_a_combiner_reads_its_own_queue_and_no_other(hierarchy: Hierarchy, coordinator: AmqpTransport) -> None:

@@ -12,15 +12,15 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import aio_pika
 import pytest
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
-from aiormq.exceptions import ChannelAccessRefused, ChannelPreconditionFailed
-from broker_sandbox import BrokerSandbox, need_rabbitmqctl
+from aiormq.exceptions import ChannelPreconditionFailed
+from broker_sandbox import BrokerSandbox, attempt, need_rabbitmqctl, refused
 from typer.testing import CliRunner
 
 from fedhive.cli import peers_cmd
@@ -94,25 +94,6 @@ async def federation(sandbox_peers: tuple[BrokerSandbox, list[Peer]]) -> AsyncIt
         await a.subscribe(TOPIC)
         await b.subscribe(TOPIC)
         yield Federation(Names(sandbox.namespace), alice, bob, a, b)
-
-
-Attack = Callable[[AbstractChannel], Awaitable[object]]
-
-
-async def attempt(peer: Peer, attack: Attack) -> BaseException | None:
-    connection = await aio_pika.connect(peer.url, timeout=10)
-    async with connection:
-        channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
-        try:
-            await attack(channel)
-        except (ChannelAccessRefused, ChannelPreconditionFailed) as exc:
-            return exc
-    return None
-
-
-async def refused(peer: Peer, attack: Attack) -> None:
-    answer = await attempt(peer, attack)
-    assert isinstance(answer, ChannelAccessRefused), f"the broker allowed it (answer: {answer!r})"
 
 
 async def publish(channel: AbstractChannel, exchange: str, key: str, user: str, body: bytes = b"x") -> None:

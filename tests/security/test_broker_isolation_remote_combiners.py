@@ -16,17 +16,12 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any
 
-import aio_pika
 import httpx
 import pytest
-from aio_pika.abc import AbstractChannel
 from aio_pika.exceptions import PublishError
-from aiormq.exceptions import ChannelAccessRefused, ChannelPreconditionFailed
-from broker_sandbox import BrokerSandbox
-from test_broker_isolation_agents import agent_args, agent_env, create_sites, sandbox  # noqa: F401  (a fixture)
-from test_broker_isolation_combiners import Attack, consume, publish
+from broker_sandbox import BrokerSandbox, attempt, bind_own_queue, consume, create_sites, refused, start_site_agent
+from test_broker_isolation_combiners import publish
 from typer.testing import CliRunner
 
 from fedhive.cli import admin_cmd
@@ -36,9 +31,10 @@ from fedhive.transports.amqp_topology import Names, up_binding, up_key
 sys.path.insert(0, str(Path(__file__).parent.parent / "service"))
 from platform_user_app import NAME, write_app  # the platform tests' helpers
 from serve_process import Server
+from site_agents import Rest
 
 from processes import Proc
-from service.test_platform_flow import sign_up_and_in, wait_for
+from service.test_platform_flow import sign_up_and_in
 
 pytestmark = [pytest.mark.amqp, pytest.mark.slow]
 FEDHIVE = [sys.executable, "-m", "fedhive.cli.main"]
@@ -46,7 +42,7 @@ COMBINER = "rack-a"
 ROUNDS = 3
 
 
-def create_combiner(sandbox: BrokerSandbox, home: Path) -> dict[str, str]:  # noqa: F811
+def create_combiner(sandbox: BrokerSandbox, home: Path) -> dict[str, str]:
     args = ["site", "create", "rack a", "--id", COMBINER, "--role", "combiner", "--json", "--home", str(home)]
     args += ["--broker-user", "rabbitmqctl", "--namespace", sandbox.namespace, "--vhost", sandbox.vhost]
     result = CliRunner().invoke(admin_cmd.app, args)
@@ -57,32 +53,8 @@ def create_combiner(sandbox: BrokerSandbox, home: Path) -> dict[str, str]:  # no
     return made
 
 
-async def attempt(url: str, attack: Attack) -> BaseException | None:
-    """What the broker answered ``attack`` on a fresh channel of the login in ``url`` (None:
-    allowed; ``PublishError``: routed to no queue)."""
-    connection = await aio_pika.connect(url, timeout=10)
-    async with connection:
-        channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
-        try:
-            await attack(channel)
-        except (ChannelAccessRefused, ChannelPreconditionFailed, PublishError) as exc:
-            return exc
-    return None
-
-
-async def refused(url: str, attack: Attack, what: str) -> None:
-    answer = await attempt(url, attack)
-    assert isinstance(answer, ChannelAccessRefused), f"{what}: the broker allowed it (answer: {answer!r})"
-
-
-async def bind_own_queue(channel: AbstractChannel, queue: str, exchange: str, key: str) -> None:
-    own = await channel.declare_queue(queue, passive=True)
-    await own.bind(exchange, routing_key=key)
-
-
 async def test_a_remote_combiner_under_its_own_broker_user_serves_a_session_and_nothing_else(
-    sandbox: BrokerSandbox,  # noqa: F811
-    tmp_path: Path,
+    sandbox: BrokerSandbox, tmp_path: Path
 ) -> None:
     home = tmp_path / "home"
     sites = create_sites(sandbox, home, 3)  # the third never runs: the server only declares its queue
@@ -97,7 +69,7 @@ async def test_a_remote_combiner_under_its_own_broker_user_serves_a_session_and_
         extra=["--app", str(folder)],
     )
     agents = [
-        Proc(s["client_id"], agent_args(sandbox, s, i, folder, tmp_path), env=agent_env(sandbox, s))
+        start_site_agent(sandbox, s, partition=i, partitions=3, app=folder, state_dir=tmp_path / "state")
         for i, s in enumerate(sites[:2])
     ]
     args = ["combiner", "--agent", "--id", COMBINER, "--namespace", sandbox.namespace, "--heartbeat-interval", "0.5"]
@@ -109,30 +81,12 @@ async def test_a_remote_combiner_under_its_own_broker_user_serves_a_session_and_
         for proc in [*agents, rack]:  # their queues are the server's to make: they wait for them
             proc.wait_for("connected", timeout=120)
         async with httpx.AsyncClient(base_url=server.url, timeout=30) as http:
-            auth = await sign_up_and_in(http)
-
-            async def all_online() -> bool:
-                nodes = (await http.get("/sites", headers=auth)).json()
-                online = {(n["id"], n["role"]) for n in nodes if n["status"] == "ONLINE"}
-                return online == {(site_ids[0], "site"), (site_ids[1], "site"), (COMBINER, "combiner")}
-
-            await wait_for(all_online, deadline_s=90)
-            form = {"app": NAME, "rounds": str(ROUNDS), "epochs": "1", "lr": "0.1", "min_peers": "2",
-                    "topology": "hierarchical", "combiners": "remote"}  # fmt: skip
-            r = await http.post("/sessions/start", headers=auth, data=form)
-            assert r.status_code == 201, r.text
-            sid = r.json()["id"]
-
-            async def finished() -> dict[str, Any] | None:
-                s = (await http.get(f"/sessions/{sid}", headers=auth)).json()
-                return s if s["status"] in ("COMPLETED", "FAILED", "CANCELLED") else None
-
-            try:
-                session = await wait_for(finished, deadline_s=180)
-            except TimeoutError:
-                pytest.fail(f"session did not end\n{server.tail(80)}\n{rack.tail()}\n{agents[0].tail()}")
+            rest = Rest(http, await sign_up_and_in(http))
+            await rest.wait_online_roles({(site_ids[0], "site"), (site_ids[1], "site"), (COMBINER, "combiner")}, 90)
+            sid = await rest.start("hierarchical", rounds=ROUNDS, min_peers=2, app=NAME, epochs="1", combiners="remote")
+            session = await rest.ended(sid, 180, lambda: f"{server.tail(80)}\n{rack.tail()}\n{agents[0].tail()}")
             assert session["status"] == "COMPLETED", (session, server.tail(60), rack.tail())
-            page = (await http.get(f"/ui/data/sessions/{sid}", headers=auth)).json()
+            page = await rest.page(sid)
             assert [c["combiner_id"] for c in page["combiners"]] == [COMBINER]  # the server started none
             assert sorted(site for c in page["combiners"] for site in c["clients"]) == site_ids[:2]
 

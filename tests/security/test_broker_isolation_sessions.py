@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from broker_sandbox import BrokerSandbox, need_rabbitmqctl, provision_clients
+from broker_sandbox import BrokerSandbox, provision_clients
 from test_broker_isolation_peers import KEY, provision_peers
 
 from fedhive.app.loader import BUILTIN
@@ -32,17 +31,6 @@ sys.path.insert(0, str(Path(__file__).parent.parent / "networked"))
 from amqp_cluster import session_toml  # the networked tests' helpers
 
 pytestmark = [pytest.mark.amqp, pytest.mark.slow]
-
-
-@pytest.fixture
-def sandbox(rabbitmq_url: str) -> Iterator[BrokerSandbox]:
-    need_rabbitmqctl()
-    box = BrokerSandbox()
-    try:
-        box.create()
-        yield box
-    finally:
-        box.destroy()
 
 
 def site(name: str, part: str) -> object:

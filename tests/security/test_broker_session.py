@@ -10,12 +10,11 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import aio_pika
 import pytest
-from broker_sandbox import FEDHIVE, BrokerSandbox, need_rabbitmqctl, provision_clients
+from broker_sandbox import FEDHIVE, BrokerSandbox, provision_clients
 
 from fedhive.runtime.coordinator import COORDINATOR_ID
 from fedhive.transports.amqp_topology import Names
@@ -26,17 +25,6 @@ from amqp_cluster import demo_part, session_toml  # the networked tests' helpers
 
 pytestmark = pytest.mark.amqp
 ROUNDS = 5
-
-
-@pytest.fixture
-def sandbox(rabbitmq_url: str) -> Iterator[BrokerSandbox]:
-    need_rabbitmqctl()
-    box = BrokerSandbox()
-    try:
-        box.create()
-        yield box
-    finally:
-        box.destroy()
 
 
 async def delete_topology(sandbox: BrokerSandbox) -> None:

@@ -62,6 +62,17 @@ def read_sites(admin: Proc, out_file: Path) -> list[Site]:
     return sorted((Site(line["client_id"], line["secret"]) for line in lines), key=lambda s: s.site_id)
 
 
+def virtual_agents(count: int, credentials: Path, *, broker: str, namespace: str, app: Path, state_dir: Path) -> Proc:
+    """``fedhive agent --virtual N``: one process for the ``count`` sites of ``credentials`` (the file
+    ``fedhive admin site create --out-file`` wrote); it prints ``N agents connected``."""
+    return Proc(
+        "agents",
+        [*FEDHIVE, "agent", "--broker", broker, "--namespace", namespace, "--virtual", str(count),
+         "--credentials", str(credentials), "--app", str(app), "--state-dir", str(state_dir),
+         "--heartbeat-interval", "0.5"],
+    )  # fmt: skip
+
+
 class SiteAgent:
     """``fedhive agent`` for one site, in a process of its own (the secret in its environment)."""
 
@@ -151,6 +162,16 @@ class Rest:
 
         await wait_for(all_online, deadline_s=deadline_s)
 
+    async def wait_online_roles(self, expected: set[tuple[str, str]], deadline_s: float = 60) -> None:
+        """Until the ONLINE nodes of ``GET /sites`` are exactly ``expected``, as (id, role) pairs:
+        sites and combiners alike."""
+
+        async def exactly_these() -> bool:
+            nodes = (await self.http.get("/sites", headers=self.auth)).json()
+            return {(n["id"], n["role"]) for n in nodes if n["status"] == "ONLINE"} == expected
+
+        await wait_for(exactly_these, deadline_s=deadline_s)
+
     async def start(self, topology: str, *, rounds: int, min_peers: int, **more: str) -> str:
         form = {"rounds": str(rounds), "min_peers": str(min_peers), "topology": topology, "epochs": "2", "lr": "0.1",
                 "name": f"{topology} over three agents", **more}  # fmt: skip
@@ -173,3 +194,14 @@ class Rest:
 
     async def rounds(self, sid: str) -> list[dict[str, Any]]:
         return list((await self.http.get(f"/sessions/{sid}/rounds", headers=self.auth)).json())
+
+    async def page(self, sid: str) -> dict[str, Any]:
+        """The session page's data (each combiner, and the sites behind it)."""
+        return dict((await self.http.get(f"/ui/data/sessions/{sid}", headers=self.auth)).json())
+
+
+async def sign_in(http: httpx.AsyncClient, email: str = "ada@example.org") -> dict[str, str]:
+    """The auth header of the account ``sign_up_and_in`` made, e.g. on a server started again."""
+    r = await http.post("/auth/signin", json={"email": email, "password": "correct horse"})
+    assert r.status_code == 200, r.text
+    return {"Authorization": f"Bearer {r.json()['access_token']}"}

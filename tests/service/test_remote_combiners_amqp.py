@@ -20,10 +20,11 @@ import httpx
 import pytest
 from platform_user_app import NAME, write_app
 from serve_process import Server
+from site_agents import Rest, create_sites, read_sites, sign_in, virtual_agents
 
 from fedhive.transports.amqp import delete_namespace
 from processes import Proc
-from service.test_platform_flow import wait_for
+from service.test_platform_flow import sign_up_and_in, wait_for
 from service.test_remote_sites import admin
 
 pytestmark = [pytest.mark.amqp, pytest.mark.postgres, pytest.mark.slow]
@@ -40,8 +41,7 @@ async def test_remote_combiners_serve_hierarchical_sessions_from_serve(
     home = tmp_path / "home"
     where = ["--home", str(home), "--db", pg_database]
     creds = tmp_path / "sites.jsonl"
-    admin("site", "create", "ward", "--count", "3", "--out-file", str(creds), *where)
-    site_ids = sorted(json.loads(line)["client_id"] for line in creds.read_text().splitlines())
+    site_ids = [site.site_id for site in read_sites(create_sites(home, pg_database, 3, creds), creds)]
     secrets = {}
     for cid in COMBINERS:
         made = admin("site", "create", f"{cid} rack", "--id", cid, "--role", "combiner", "--json", *where)
@@ -53,12 +53,9 @@ async def test_remote_combiners_serve_hierarchical_sessions_from_serve(
         return Server(home, deployment, local_clients=0, extra=["--app", str(folder)])
 
     server = start_server()
-    agents = Proc(
-        "agents",
-        [*FEDHIVE, "agent", "--broker", rabbitmq_url, "--namespace", namespace, "--virtual", "3",
-         "--credentials", str(creds), "--app", str(folder), "--state-dir", str(tmp_path / "state"),
-         "--heartbeat-interval", "0.5"],
-    )  # fmt: skip
+    agents = virtual_agents(
+        3, creds, broker=rabbitmq_url, namespace=namespace, app=folder, state_dir=tmp_path / "state"
+    )
     flags = ["--broker", rabbitmq_url, "--namespace", namespace, "--heartbeat-interval", "0.5"]
     combiners = {
         cid: Proc(cid, [*FEDHIVE, "combiner", "--agent", "--id", cid, *flags], env={"FEDHIVE_COMBINER_SECRET": secret})
@@ -68,49 +65,27 @@ async def test_remote_combiners_serve_hierarchical_sessions_from_serve(
         agents.wait_for("3 agents connected", timeout=90)
         for proc in combiners.values():
             proc.wait_for("connected; waiting for sessions", timeout=90)
-        login = {"email": "ada@example.org", "password": "correct horse"}
 
-        async def signed_in(http: httpx.AsyncClient) -> dict[str, str]:
-            token = (await http.post("/auth/signin", json=login)).json()["access_token"]
-            return {"Authorization": f"Bearer {token}"}
-
-        async def all_idle(http: httpx.AsyncClient, auth: dict[str, str], combiners: list[str]) -> bool:
-            sites = (await http.get("/sites", headers=auth)).json()
-            online = {(s["id"], s["role"]) for s in sites if s["status"] == "ONLINE"}
-            return online == {*((s, "site") for s in site_ids), *((c, "combiner") for c in combiners)}
-
-        async def start(http: httpx.AsyncClient, auth: dict[str, str]) -> str:
-            form = {"app": NAME, "rounds": str(ROUNDS), "epochs": "2", "lr": "0.1", "min_peers": "3",
-                    "topology": "hierarchical", "combiners": "remote",
-                    "run_config": json.dumps({"sleep_s": 0.7})}  # fmt: skip
-            r = await http.post("/sessions/start", headers=auth, data=form)
-            assert r.status_code == 201, r.text
-            return str(r.json()["id"])
+        async def start_when_idle(rest: Rest, idle: list[str]) -> str:
+            """A hierarchical session over remote combiners, once every site and the ``idle`` combiners
+            (and no others) are ONLINE."""
+            await rest.wait_online_roles({*((s, "site") for s in site_ids), *((c, "combiner") for c in idle)})
+            form = {"combiners": "remote", "run_config": json.dumps({"sleep_s": 0.7})}
+            return await rest.start("hierarchical", rounds=ROUNDS, min_peers=3, app=NAME, **form)
 
         async def ended(sid: str) -> tuple[dict[str, Any], dict[str, Any]]:
             async with httpx.AsyncClient(base_url=server.url, timeout=30) as http:
-                auth = await signed_in(http)
-
-                async def done() -> dict[str, Any] | None:
-                    s = (await http.get(f"/sessions/{sid}", headers=auth)).json()
-                    return s if s["status"] in ("COMPLETED", "FAILED", "CANCELLED") else None
-
-                try:
-                    session = await wait_for(done, deadline_s=240)
-                except TimeoutError:
-                    tails = "\n".join(p.tail() for p in combiners.values())
-                    pytest.fail(f"session {sid} did not end\n{server.tail(80)}\n{agents.tail()}\n{tails}")
-                page = (await http.get(f"/ui/data/sessions/{sid}", headers=auth)).json()
-                return session, page
+                rest = Rest(http, await sign_in(http))
+                tails = "\n".join(p.tail() for p in combiners.values())
+                session = await rest.ended(sid, 240, lambda: f"{server.tail(80)}\n{agents.tail()}\n{tails}")
+                return session, await rest.page(sid)
 
         async with httpx.AsyncClient(base_url=server.url, timeout=30) as http:
-            assert (await http.post("/auth/signup", json=login)).status_code == 201
-            auth = await signed_in(http)
-            await wait_for(lambda: all_idle(http, auth, COMBINERS), deadline_s=60)
-            sid = await start(http, auth)
+            rest = Rest(http, await sign_up_and_in(http))
+            sid = await start_when_idle(rest, COMBINERS)
 
             async def a_round() -> bool:
-                return int((await http.get(f"/sessions/{sid}", headers=auth)).json()["rounds_done"]) >= 1
+                return int((await http.get(f"/sessions/{sid}", headers=rest.auth)).json()["rounds_done"]) >= 1
 
             await wait_for(a_round, deadline_s=120)
         server.kill()  # the combiners and sites stay up; the session resumes from its checkpoint
@@ -124,9 +99,7 @@ async def test_remote_combiners_serve_hierarchical_sessions_from_serve(
 
         admin("site", "revoke", "comb-a", *where)  # while the server runs
         async with httpx.AsyncClient(base_url=server.url, timeout=30) as http:
-            auth = await signed_in(http)
-            await wait_for(lambda: all_idle(http, auth, ["comb-b"]), deadline_s=60)
-            sid = await start(http, auth)
+            sid = await start_when_idle(Rest(http, await sign_in(http)), ["comb-b"])
         session, page = await ended(sid)
         assert session["status"] == "COMPLETED", (session, server.tail(60))
         assert [c["combiner_id"] for c in page["combiners"]] == ["comb-b"]

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import sys
 import uuid
 from pathlib import Path
 from typing import Any
@@ -19,25 +18,14 @@ import httpx
 import pytest
 from platform_user_app import NAME, write_app
 from serve_process import Server
+from site_agents import Rest, create_sites, read_sites, sign_in, virtual_agents
 
 from fedhive.transports.amqp import delete_namespace
-from processes import Proc
-from service.test_platform_flow import wait_for
-from service.test_remote_sites import admin
+from service.test_platform_flow import sign_up_and_in, wait_for
 
 pytestmark = [pytest.mark.amqp, pytest.mark.postgres, pytest.mark.slow]
 
-FEDHIVE = [sys.executable, "-m", "fedhive.cli.main"]
 ROUNDS = 6
-ENDED = ("COMPLETED", "FAILED", "CANCELLED")
-
-
-async def sign_in(http: httpx.AsyncClient, *, new: bool) -> dict[str, str]:
-    login = {"email": "ada@example.org", "password": "correct horse"}
-    if new:
-        assert (await http.post("/auth/signup", json=login)).status_code == 201
-    r = await http.post("/auth/signin", json=login)
-    return {"Authorization": f"Bearer {r.json()['access_token']}"}
 
 
 async def test_hierarchical_and_decentralised_sessions_go_on_after_the_server_is_killed(
@@ -46,8 +34,7 @@ async def test_hierarchical_and_decentralised_sessions_go_on_after_the_server_is
     namespace = f"test-{uuid.uuid4().hex[:8]}"
     home = tmp_path / "home"
     creds = tmp_path / "sites.jsonl"
-    admin("site", "create", "ward", "--count", "3", "--out-file", str(creds), "--home", str(home), "--db", pg_database)
-    site_ids = sorted(json.loads(line)["client_id"] for line in creds.read_text().splitlines())
+    site_ids = [site.site_id for site in read_sites(create_sites(home, pg_database, 3, creds), creds)]
     folder = write_app(tmp_path / "apps")
     deployment = {"broker_url": rabbitmq_url, "namespace": namespace, "db_url": pg_database}
 
@@ -55,12 +42,9 @@ async def test_hierarchical_and_decentralised_sessions_go_on_after_the_server_is
         return Server(home, deployment, local_clients=0, extra=["--app", str(folder)])
 
     server = start_server()
-    agents = Proc(
-        "agents",
-        [*FEDHIVE, "agent", "--broker", rabbitmq_url, "--namespace", namespace, "--virtual", "3",
-         "--credentials", str(creds), "--app", str(folder), "--state-dir", str(tmp_path / "state"),
-         "--heartbeat-interval", "0.5"],
-    )  # fmt: skip
+    agents = virtual_agents(
+        3, creds, broker=rabbitmq_url, namespace=namespace, app=folder, state_dir=tmp_path / "state"
+    )
     combiners: list[str] = []
     new_account = True
     try:
@@ -70,22 +54,14 @@ async def test_hierarchical_and_decentralised_sessions_go_on_after_the_server_is
             """Starts a session, kills the server once it has recorded a round, starts it again."""
             nonlocal server, new_account
             async with httpx.AsyncClient(base_url=server.url, timeout=30) as http:
-                auth = await sign_in(http, new=new_account)
+                rest = Rest(http, await (sign_up_and_in(http) if new_account else sign_in(http)))
                 new_account = False
-
-                async def all_online() -> bool:
-                    peers = (await http.get("/peers", headers=auth)).json()
-                    return sorted(p["id"] for p in peers if p["status"] == "ONLINE") == site_ids
-
-                await wait_for(all_online, deadline_s=60)
-                form = {"app": NAME, "rounds": str(ROUNDS), "epochs": "2", "lr": "0.1", "min_peers": "3",
-                        "topology": topology, "run_config": json.dumps({"sleep_s": 1.0})}  # fmt: skip
-                r = await http.post("/sessions/start", headers=auth, data=form)
-                assert r.status_code == 201, r.text
-                sid: str = r.json()["id"]
+                await rest.wait_online(site_ids)
+                config = json.dumps({"sleep_s": 1.0})
+                sid = await rest.start(topology, rounds=ROUNDS, min_peers=3, app=NAME, run_config=config)
 
                 async def a_round() -> int:
-                    return int((await http.get(f"/sessions/{sid}", headers=auth)).json()["rounds_done"])
+                    return int((await http.get(f"/sessions/{sid}", headers=rest.auth)).json()["rounds_done"])
 
                 done = await wait_for(a_round, deadline_s=120)
             server.kill()
@@ -94,18 +70,9 @@ async def test_hierarchical_and_decentralised_sessions_go_on_after_the_server_is
 
         async def finished(sid: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
             async with httpx.AsyncClient(base_url=server.url, timeout=30) as http:
-                auth = await sign_in(http, new=False)
-
-                async def ended() -> dict[str, Any] | None:
-                    s = (await http.get(f"/sessions/{sid}", headers=auth)).json()
-                    return s if s["status"] in ENDED else None
-
-                try:
-                    session = await wait_for(ended, deadline_s=240)
-                except TimeoutError:
-                    pytest.fail(f"session {sid} did not end\n{server.tail(80)}\n{agents.tail()}")
-                rounds = (await http.get(f"/sessions/{sid}/rounds", headers=auth)).json()
-                return session, rounds
+                rest = Rest(http, await sign_in(http))
+                session = await rest.ended(sid, 240, lambda: f"{server.tail(80)}\n{agents.tail()}")
+                return session, await rest.rounds(sid)
 
         sid, before = await interrupted("hierarchical")
         session, rounds = await finished(sid)
@@ -114,7 +81,7 @@ async def test_hierarchical_and_decentralised_sessions_go_on_after_the_server_is
         resumed = re.search(rf"resuming session {sid} at round (\d+)", "".join(server.lines))
         assert resumed is not None and int(resumed.group(1)) >= before + 1, server.tail()
         async with httpx.AsyncClient(base_url=server.url, timeout=30) as http:
-            page = (await http.get(f"/ui/data/sessions/{sid}", headers=await sign_in(http, new=False))).json()
+            page = await Rest(http, await sign_in(http)).page(sid)
         combiners[:] = sorted(c["combiner_id"] for c in page["combiners"])
         assert len(combiners) == 4, combiners  # two before the kill, two new ones after it
         assert sum(c.startswith(f"combiner-{sid}-") and c.count("-") == 3 for c in combiners) == 2, combiners
