@@ -1,7 +1,8 @@
 """``fedhive client``: one client (or, with --virtual N, many) serving a coordinator over a broker.
 
 With ``--virtual N --host ID`` the N clients answer behind one ``ClientHost`` (one TRAIN per round
-for all of them, partial sums back), each registering and beating with its own key; ``--slice I/K``
+for all of them, partial sums back), each client registering with its own key and the host beating
+once for all of them with its own (``runtime.hosted``); ``--slice I/K``
 takes the I-th of K equal slices of the credentials' identities (ten processes of 1000 clients from
 one file of 10,000); ``--workers W`` trains a host's clients in W worker processes.
 
