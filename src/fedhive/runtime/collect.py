@@ -194,11 +194,12 @@ class Collector:
         """A ``ClientHost``'s answer for a chunk of its clients (``runtime.hosted``): each member
         is accepted and each failure recorded as if it had come in a message of its own."""
         members, failures = self.hosts.answer_of(msg)
-        r = self._open_round_for(msg, [m.client_id for m in members] + [c for c, _ in failures])
+        named = [m.client_id for m in members] + [c for c, _ in failures]
+        r = self._open_round_for(msg, named)
         if r is None:
             return
-        named = [m.client_id for m in members] + [c for c, _ in failures]
-        if any(c not in r.chosen or r.answered_by(c) for c in named):
+        # Set operations, not a test per client: a host's partial names up to 64 clients.
+        if not r.chosen.issuperset(named) or not r.accepted.isdisjoint(named) or not r.failed.keys().isdisjoint(named):
             raise ProtocolError("a host's partial names clients this round does not wait for")
         for c, reason in failures:
             log.warning("rejected update from %s in round %d: %s", c, r.round, reason)

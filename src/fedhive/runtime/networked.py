@@ -436,7 +436,7 @@ async def run_client_host(
                 host_id,
                 link,
                 hosted,
-                training=training or InProcessTraining(pool),
+                training=training or InProcessTraining(pool, fold=True),
                 register_timeout_s=settings.register_timeout_s,
                 heartbeat_interval_s=settings.heartbeat_interval_s,
                 coordinator_timeout_s=settings.coordinator_timeout_s,

@@ -163,7 +163,7 @@ class Worker:
         except Exception as exc:  # a bug in the app: its traceback here, one line for the round
             log.warning("the trainer of %s raised", cid, exc_info=True)
             return {"reason": f"its trainer raised {type(exc).__name__}: {exc}"}
-        _distance, refused = screen.refusal(result.params)
+        refused = screen.refused(result.params)
         if refused is not None:
             return {"reason": f"update {refused}"}
         for name, target in self._slot_views[int(header["slot"])].items():

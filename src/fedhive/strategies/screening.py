@@ -96,6 +96,16 @@ class UpdateScreen:
             )
         return d, None
 
+    def refused(self, params: Mapping[str, np.ndarray]) -> str | None:
+        """Why ``params`` must not be used, or None: ``refusal`` for a caller that needs no
+        distance (a host, a worker). Without a bound (``max_model_jump`` and ``max_update_norm``
+        off) only finiteness decides, and a finite float32 sum of squares proves it at a fraction
+        of the exact distance's cost; an overflowing one (huge values, or NaN or Inf) takes
+        ``refusal``, which says which."""
+        if self.bound == math.inf and math.isfinite(self._squared_norm32(params)):
+            return None
+        return self.refusal(params)[1]
+
     def model_refusal(self, params: Mapping[str, np.ndarray]) -> str | None:
         """Why a new global model (an aggregate, or a strategy's step from it) must not be used,
         or None: not finite, or exploded. ``max_update_norm`` bounds clients, not the server's step."""
@@ -142,20 +152,21 @@ class UpdateScreen:
         precision (float32 for most models), the chunks' sums in float64. Inf if a chunk overflows:
         the caller then measures exactly. This runs once per update on every node that folds
         updates, so it is kept to one vector dot per chunk: chunks of at most ``_DOT_CHUNK`` values
-        stay below the size at which BLAS would start threads (which spin on a busy machine)."""
+        stay below the size at which BLAS would start threads (which spin on a busy machine).
+        No ``np.errstate``: a dot is no ufunc, and numpy raises no floating-point warning for one
+        that overflows or meets a NaN (it returns inf or nan, which the caller reads)."""
         total = 0.0
-        with np.errstate(over="ignore", invalid="ignore"):
-            for name in self._base:
-                x = params[name]
-                if x.dtype.itemsize < 4:  # float16: square in float32, as the exact path would
-                    x = x.astype(np.float32)
-                if x.size <= _DOT_CHUNK:  # most tensors: one call, no slicing
-                    total += float(np.vdot(x, x))
-                    continue
-                x = x.reshape(-1)
-                for start in range(0, x.size, _DOT_CHUNK):
-                    part = x[start : start + _DOT_CHUNK]
-                    total += float(np.vdot(part, part))
+        for name in self._base:
+            x = params[name]
+            if x.itemsize < 4:  # float16: square in float32, as the exact path would
+                x = x.astype(np.float32)
+            if x.size <= _DOT_CHUNK:  # most tensors: one call, no slicing
+                total += float(np.vdot(x, x))
+                continue
+            x = x.reshape(-1)
+            for start in range(0, x.size, _DOT_CHUNK):
+                part = x[start : start + _DOT_CHUNK]
+                total += float(np.vdot(part, part))
         return total
 
 
