@@ -23,6 +23,7 @@ from fedhive.cli.site_options import build_site
 from fedhive.core import wire
 from fedhive.core.envelope import Kind, Message, make
 from fedhive.core.signing import Verifier, sign
+from fedhive.errors import SessionFailed
 from fedhive.learning.local_data import LocalData
 from fedhive.runtime import events as ev
 from fedhive.runtime.bus import EventBus
@@ -206,3 +207,36 @@ async def test_a_hosts_one_beat_keeps_its_own_clients_online_and_no_others(net: 
     assert result.rounds == 2
     assert not ids & set(beats), beats  # no hosted client beat on its own
     assert not ids & set(offline), offline  # ... and none went OFFLINE
+
+
+async def test_a_host_refuses_a_secure_session_rather_than_show_the_coordinator_its_clients_sum(net: Net) -> None:
+    # Over a broker no secure-aggregation link answers for a host: a plain partial would be the
+    # sum of its clients in the clear, which secure aggregation promises the coordinator never sees.
+    host_id = net.add("host-s")
+    clients = [net.add(f"s{i}") for i in range(1, 4)]
+    partials: list[str] = []
+
+    def watch(bus: EventBus) -> None:
+        def on_message(e: ev.MessageIn) -> None:
+            if e.message.kind is Kind.PARTIAL and e.message.envelope.body.get("mode") != "none":
+                partials.append(e.message.sender)
+
+        bus.on(ev.MessageIn, on_message)
+
+    settings = ClientSettings(register_timeout_s=30, coordinator_timeout_s=30)
+    async with asyncio.timeout(90):
+        session = net.coordinator(
+            watch, session_id="secure", rounds=1, min_clients=3, secure_aggregation=True, max_round_retries=0
+        )
+        await net.ready.wait()
+        sites = [
+            (key, build_site(cid, BUILTIN, None, LocalData(dataset="digits", part=f"{i}/3"), persist_state=False))
+            for i, (cid, key) in enumerate(clients, start=1)
+        ]
+        host = asyncio.create_task(run_client_host(host_id, sites, net.broker, settings))
+        refused = r"host-s-[0-9a-f]+ cannot sum its clients securely over a broker: run them without --host"
+        with pytest.raises(SessionFailed, match=refused):
+            await session
+        host.cancel()
+        await asyncio.gather(host, return_exceptions=True)
+    assert partials == []  # no sum of the host's clients ever reached the coordinator

@@ -304,8 +304,14 @@ class ClientHost:
         on_registered: Callable[[int, int], None] | None = None,
         trainers_for: Callable[[str, SessionConfig], Trainer] | None = None,
         first_index: int = 0,
+        secure_sums: bool = True,
     ) -> None:
         self.host_id = host_id
+        # Whether a secure-aggregation link answers this host's TRAINs in secure sessions
+        # (simulate's ``secagg.host_link``). A host without one must refuse them: its plain partial
+        # would show the coordinator the sum of its clients, which secure aggregation promises it
+        # never sees.
+        self._secure_sums = secure_sums
         # Each client's trainer for the session ENABLE announces (a networked host's clients
         # learn the session only then); None: ``clients`` come with theirs (simulation).
         self._trainers_for = trainers_for
@@ -546,6 +552,9 @@ class ClientHost:
                     unfit[cid] = str(exc)
         if config.compression != "none":
             why = f"{self.host_id} does not compress updates (session compression {config.compression!r})"
+            unfit = dict.fromkeys(clients, why)
+        if config.secure_aggregation and not self._secure_sums:
+            why = f"{self.host_id} cannot sum its clients securely over a broker: run them without --host"
             unfit = dict.fromkeys(clients, why)
         for cid, client in clients.items():
             own = getattr(client.trainer, "param_spec", None)

@@ -443,6 +443,7 @@ async def run_client_host(
                 on_registered=on_registered,
                 trainers_for=lambda cid, config: sites[cid].trainer_for(config),
                 first_index=first_index,
+                secure_sums=False,  # no secure-aggregation link over a broker yet: secure sessions refused
             )
             async with link:
                 await node.run()
