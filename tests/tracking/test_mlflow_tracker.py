@@ -91,3 +91,31 @@ async def test_the_best_rounds_model_is_a_version_tagged_best(mlflow_server: str
     assert tracker.best_version is not None and tracker.best_version != tracker.model_version
     best = client.get_model_version("best_model_test", tracker.best_version)
     assert best.tags["fedhive.best"] == "true" and best.tags["fedhive.best_round"] == "1"
+
+
+async def test_a_run_per_trainer_per_round_nested_in_each_clients_run(mlflow_server: str) -> None:
+    import mlflow
+
+    from fedhive.tracking.mlflow_tracker import MlflowTracker
+
+    config = make_config(
+        rounds=ROUNDS, min_clients=CLIENTS, epochs=1, model="logreg-np", seed=0, data={"dataset": "iris"}
+    )
+    plan = plan_builtin(config, DataSpec(dataset="iris", partition="iid"), CLIENTS)
+    tracker = MlflowTracker(mlflow_server, experiment="test-per-round", run_per_round=True)
+    await run_federation(plan.config, plan.trainers, plan.num_examples, plan.initial_params, observers=[tracker.attach])
+
+    client = mlflow.MlflowClient(tracking_uri=mlflow_server)
+    experiment = client.get_experiment_by_name("test-per-round").experiment_id
+    for cid, child in tracker.child_runs.items():
+        rounds = client.search_runs([experiment], filter_string=f"tags.mlflow.parentRunId = '{child}'")
+        assert sorted(int(r.data.tags["fedhive.round"]) for r in rounds) == list(range(1, ROUNDS + 1))
+        for r in rounds:
+            assert r.info.status == "FINISHED" and r.data.tags["fedhive.client_id"] == cid
+            assert r.data.metrics["loss"] == pytest.approx(
+                next(
+                    m.value
+                    for m in client.get_metric_history(child, "loss")
+                    if m.step == int(r.data.tags["fedhive.round"])
+                )
+            )

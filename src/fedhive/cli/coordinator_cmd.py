@@ -27,6 +27,7 @@ from fedhive.cli.mlflow_cli import (
     MlflowExperimentOption,
     MlflowFlag,
     MlflowRegisterOption,
+    MlflowRunPerRoundFlag,
     MlflowUriOption,
     report_tracking,
 )
@@ -108,6 +109,7 @@ def coordinator(
     mlflow_tracking_uri: MlflowUriOption = None,
     mlflow_experiment: MlflowExperimentOption = "fedhive",
     mlflow_register: MlflowRegisterOption = None,
+    mlflow_run_per_round: MlflowRunPerRoundFlag = False,
     report_to: ReportToOption = None,
     report_credentials: ReportCredentialsOption = None,
 ) -> None:
@@ -119,7 +121,13 @@ def coordinator(
         session = with_initial_model(session, initial_model)
     settings = broker_settings(broker, namespace, ca_file, artifacts)
     plan = plan_coordinator(session, settings)  # data and model errors come before connecting
-    ml = MlflowOptions(mlflow_tracking_uri, mlflow, register=mlflow_register, experiment=mlflow_experiment)
+    ml = MlflowOptions(
+        mlflow_tracking_uri,
+        mlflow,
+        register=mlflow_register,
+        experiment=mlflow_experiment,
+        run_per_round=mlflow_run_per_round,
+    )
     tracker = ml.tracker()  # an unreachable MLflow server fails here, before any client is kept waiting
     service_logging()
     resume: Checkpoint | None = None

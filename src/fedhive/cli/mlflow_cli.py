@@ -19,6 +19,10 @@ MlflowUriOption = Annotated[
     str | None, typer.Option(envvar=ENV_VAR, help="track in this MLflow store or server, e.g. http://mlflow:5000")
 ]
 MlflowExperimentOption = Annotated[str, typer.Option(help="MLflow experiment of the run")]
+MlflowRunPerRoundFlag = Annotated[
+    bool,
+    typer.Option("--mlflow-run-per-round", help="also one MLflow run per client per round, nested in the client's"),
+]
 MlflowRegisterOption = Annotated[
     str | None, typer.Option(help="register the final model in MLflow under this name (tracks the run)")
 ]

@@ -20,6 +20,7 @@ from fedhive.cli.mlflow_cli import (
     MlflowExperimentOption,
     MlflowFlag,
     MlflowRegisterOption,
+    MlflowRunPerRoundFlag,
     MlflowUriOption,
     report_tracking,
 )
@@ -150,6 +151,7 @@ def simulate(
     mlflow_tracking_uri: MlflowUriOption = None,
     mlflow_experiment: MlflowExperimentOption = "fedhive",
     mlflow_register: MlflowRegisterOption = None,
+    mlflow_run_per_round: MlflowRunPerRoundFlag = False,
     mlflow_model: Annotated[
         str | None, typer.Option(help="start from a registered MLflow model NAME/VERSION, e.g. iris_model/1")
     ] = None,
@@ -166,7 +168,15 @@ def simulate(
     flower = flower_run(ctx, flower_app, overrides, Console(stderr=True)) if flower_app else None
     if flower is not None:  # the Flower app's ServerApp settings, under the options given here
         rounds, strategy, fraction, evaluate = flower.rounds, flower.strategy, flower.fraction, flower.evaluate
-    ml = MlflowOptions(mlflow_tracking_uri, mlflow, mlflow_model, mlflow_use_case, mlflow_register, mlflow_experiment)
+    ml = MlflowOptions(
+        mlflow_tracking_uri,
+        mlflow,
+        mlflow_model,
+        mlflow_use_case,
+        mlflow_register,
+        mlflow_experiment,
+        run_per_round=mlflow_run_per_round,
+    )
     start = ml.load()  # before any data is loaded: a wrong name fails in seconds
     if initial_model is not None and mlflow_model is not None:
         raise ConfigError("give --initial-model or --mlflow-model, not both")

@@ -88,8 +88,14 @@ async def serve(settings: Settings, options: ServeOptions, *, on_ready: Callable
         live.attach_hub(hub.bus)
         observers: list[SessionObserver] = [live.attach_session]
         if settings.mlflow_tracking_uri is not None:  # every session tracked (and its model registered)
-            uri, name = settings.mlflow_tracking_uri, settings.mlflow_register_as
-            observers.append(await asyncio.to_thread(lambda: session_observer(uri, register_as=name)))
+            uri, name, per_round = (
+                settings.mlflow_tracking_uri,
+                settings.mlflow_register_as,
+                settings.mlflow_run_per_round,
+            )
+            observers.append(
+                await asyncio.to_thread(lambda: session_observer(uri, register_as=name, run_per_round=per_round))
+            )
         manager = SessionManager(db, artifacts, hub, observers=observers, apps=apps, nodes=nodes)
         app = create_app(settings, Services(settings, db, artifacts, manager, apps), live)
         server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))

@@ -56,6 +56,7 @@ class Settings(BaseModel):
         default=None, description="MLflow store or server URL: sessions are tracked there, models read from it"
     )
     mlflow_register_as: str | None = Field(default=None, description="register each final model under this name")
+    mlflow_run_per_round: bool = Field(default=False, description="also one MLflow run per site per round")
     apps: list[str] = Field(
         default_factory=list,
         description="apps sessions may run besides builtin: module:attr, file.py:attr or a project folder",

@@ -40,6 +40,7 @@ class MlflowOptions:
     register: str | None = None  # register the final model under this name
     experiment: str = "fedhive"
     local_dir: Path = SIMULATE_STORE
+    run_per_round: bool = False  # also a run per client per round (``MlflowTracker``)
 
     @property
     def tracking(self) -> bool:
@@ -72,7 +73,9 @@ class MlflowOptions:
         tags = {USE_CASE_TAG: self.use_case} if self.use_case else {}
         if start is not None:
             tags = start_tags(start, self.use_case)
-        return MlflowTracker(self.uri, experiment=self.experiment, register_as=self.register, tags=tags)
+        return MlflowTracker(
+            self.uri, experiment=self.experiment, register_as=self.register, tags=tags, run_per_round=self.run_per_round
+        )
 
     def where(self) -> str:
         """The store, for messages (credentials removed)."""
@@ -80,7 +83,7 @@ class MlflowOptions:
 
 
 def session_observer(
-    tracking_uri: str, *, register_as: str | None = None
+    tracking_uri: str, *, register_as: str | None = None, run_per_round: bool = False
 ) -> Callable[[str, EventBus, Mapping[str, str]], None]:
     """Blocking (one bounded probe). The platform's hook: a tracker per session started, with
     the session's tags (its use case, the registered model it started from)."""
@@ -88,6 +91,6 @@ def session_observer(
     check_reachable(tracking_uri)
 
     def attach(session_id: str, bus: EventBus, tags: Mapping[str, str]) -> None:
-        MlflowTracker(tracking_uri, register_as=register_as, tags=dict(tags)).attach(bus)
+        MlflowTracker(tracking_uri, register_as=register_as, tags=dict(tags), run_per_round=run_per_round).attach(bus)
 
     return attach

@@ -2,8 +2,12 @@
 
 One parent run per session (params: strategy, hyperparameters, partition, model spec; metrics:
 global loss/accuracy per round, step = round) and one child run per client (its train metrics per
-round). At the end the final model is logged as an MLflow model (safetensors + ``python_function``
-flavour, see ``mlflow_model``) and registered as a new version of ``register_as``. A
+round). With ``run_per_round`` each client's round is also a run of its own, nested under the
+client's (tags ``fedhive.client_id`` and ``fedhive.round``): one run per trainer per round, as an
+event-driven trainer logs it, for those who compare trainings run by run; off by default, since a
+session of 1000 clients and 100 rounds makes 100,000 runs. At the end the final model is logged
+as an MLflow model (safetensors + ``python_function`` flavour, see ``mlflow_model``) and
+registered as a new version of ``register_as``. A
 decentralised session watched by ``fedhive serve`` ends with no model (its peers hold it, the
 server never does: ``service.peer_session_facts``): its runs get the figures only.
 
@@ -88,8 +92,10 @@ class MlflowTracker:
         experiment: str = "fedhive",
         register_as: str | None = None,
         tags: dict[str, str] | None = None,
+        run_per_round: bool = False,
     ) -> None:
         mlflow = import_mlflow()  # ConfigError naming the extra, before any session starts
+        self._run_per_round = run_per_round
         self._client: Any = mlflow.MlflowClient(tracking_uri=tracking_uri)
         self.tracking_uri = tracking_uri
         self._experiment = experiment
@@ -223,8 +229,20 @@ class MlflowTracker:
         return run_id
 
     def _log_client(self, client_id: str, rnd: int, metrics: dict[str, float]) -> None:
-        if self.parent_run_id is not None:
-            self._log(self._child(client_id), rnd, metrics)
+        if self.parent_run_id is None:
+            return
+        child = self._child(client_id)
+        self._log(child, rnd, metrics)
+        if self._run_per_round:
+            tags = {
+                "mlflow.parentRunId": child,
+                "fedhive.client_id": client_id,
+                "fedhive.round": str(rnd),
+                **self._tags,
+            }
+            run = self._client.create_run(self._experiment_id, run_name=f"{client_id} round {rnd}", tags=tags)
+            self._log(run.info.run_id, rnd, metrics)
+            self._client.set_terminated(run.info.run_id, "FINISHED")
 
     def _log(self, run_id: str | None, step: int, metrics: dict[str, float]) -> None:
         if run_id is None:
