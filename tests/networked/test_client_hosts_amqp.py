@@ -114,10 +114,19 @@ async def test_no_client_or_host_speaks_for_another_hosts_client(net: Net, caplo
     net.ids.add(wire_id)
     codec = RawFrames(lambda _to: a1_key, Verifier(lambda _s: None))
     attacks: asyncio.Queue[int] = asyncio.Queue()
+    sent = asyncio.Event()  # the forged frames are on the broker, queued for the coordinator
+
+    async def on_round(e: ev.RoundStarted) -> None:
+        if e.round == 1:
+            attacks.put_nowait(e.round)
+        elif e.round == 2:
+            # Folded partials finish a round in milliseconds: hold the session (its bus awaits
+            # this handler) until the attack is queued, so that it is read before the session ends.
+            await asyncio.wait_for(sent.wait(), 60)
 
     def watch(bus: EventBus) -> None:
         bus.on(ev.UpdateAccepted, lambda e: accepted.setdefault(e.round, set()).add(e.client_id))
-        bus.on(ev.RoundStarted, lambda e: attacks.put_nowait(e.round))
+        bus.on(ev.RoundStarted, on_round)
 
     async def attack(session_id: str) -> None:
         made_up = [{"client": b1, "reason": "made up"}]
@@ -132,6 +141,7 @@ async def test_no_client_or_host_speaks_for_another_hosts_client(net: Net, caplo
         async with net.broker.transport(wire_id, codec, declares=False) as rogue:
             for _ in range(2):
                 await rogue.send(COORDINATOR_ID, make(Kind.HEARTBEAT, wire_id))
+        sent.set()
 
     settings = ClientSettings(register_timeout_s=30, coordinator_timeout_s=30, heartbeat_interval_s=1.0)
     with caplog.at_level(logging.WARNING):
