@@ -1,6 +1,6 @@
 """Secure aggregation over RabbitMQ with the nodes in this process (to watch their buses and to
-make a client vanish at an exact step): a client gone after its masked input, combiners that each
-sum their own group, a malformed step refused in one line.
+make a client vanish at an exact step): the messages of a round (keys advertised ahead from the
+second round on), a client gone after its masked input, combiners that each sum their own group.
 
 Every node has its own AMQP connection, codec and identity, as separate processes would.
 """
@@ -104,6 +104,60 @@ async def vanishing_client(
         await link.gone.wait()
         serving.cancel()
         await asyncio.gather(serving, return_exceptions=True)
+
+
+class SentSteps(TransportWrapper):
+    """Which secure-aggregation steps a client sends, per round, in order."""
+
+    def __init__(self, inner: Transport) -> None:
+        super().__init__(inner)
+        self.sent: dict[int, list[str]] = {}
+
+    async def send(self, to: str, message: Message) -> None:
+        if message.kind is Kind.UPDATE:
+            self.sent.setdefault(message.envelope.round, []).append(str(message.envelope.body.get("secagg")))
+        await self.inner.send(to, message)
+
+
+async def test_from_the_second_round_a_round_is_three_exchanges_after_the_train(
+    broker: BrokerSettings, store: CredentialStore, tmp_path: Path
+) -> None:
+    n = 4
+    s = session(tmp_path, n)
+    idents = [(cid, parse_secret(secret)) for cid, secret in (store.add(f"c{i}") for i in range(1, n + 1))]
+    links: dict[str, SentSteps] = {}
+    trains: dict[str, list[int]] = {}  # each client's TRAINs, by round
+    ready = asyncio.Event()
+
+    async def client(i: int, cid: str, key: bytes) -> None:
+        site = build_site(cid, BUILTIN, None, part(cid, i, n))
+        async with broker.transport(cid, client_codec(cid, key), declares=False) as inner:
+            links[cid] = link = SentSteps(inner)
+            node = ClientNode(cid, link, site.trainer_for, num_examples=site.num_examples, register_timeout_s=30)
+
+            def got(e: ev.MessageIn) -> None:
+                if e.message.kind is Kind.TRAIN:
+                    trains.setdefault(cid, []).append(e.message.envelope.round)
+
+            node.bus.on(ev.MessageIn, got)
+            await node.run()
+
+    async with asyncio.timeout(150):
+        coordinator = asyncio.create_task(run_coordinator(s, store, broker, on_ready=ready.set))
+        await ready.wait()
+        clients = [asyncio.create_task(client(i, cid, key)) for i, (cid, key) in enumerate(idents, start=1)]
+        result = await coordinator
+        await asyncio.gather(*clients)
+    assert result.rounds == 3
+    for cid, link in links.items():
+        # Round 1 exchanges keys first; then each masked input brings the next round's keys, and
+        # the round's TRAIN brings the roster: 6 messages a client instead of 8.
+        assert link.sent[1] == ["keys", "shares", "masked", "unmask"], cid
+        assert link.sent[2] == link.sent[3] == ["shares", "masked", "unmask"], cid
+        assert [trains[cid].count(r) for r in (1, 2, 3)] == [4, 3, 3], cid
+    diff = max_diff(result.params, await plain_fedavg(s, n))
+    print(f"keys advertised ahead, after 3 rounds: max |secure - plain FedAvg| {diff:.3g}")
+    assert diff <= BOUND
 
 
 async def test_a_client_gone_after_its_masked_input_stays_in_the_sum(

@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 
+from fedhive.core.bodies import TrainBody
 from fedhive.core.envelope import Kind, Message, make
 from fedhive.errors import ProtocolError
 from fedhive.secagg import wire
@@ -79,3 +80,36 @@ def test_a_roster_without_a_neighbours_keys_is_refused() -> None:
     short = type(part)({"c1": roster.keys["c1"]}, part.threshold, 4, part.graph_seed, members=part.members)
     with pytest.raises(SecAggError, match="lacks the keys of our neighbours"):
         clients["c1"].share_keys(short)
+
+
+def test_keys_advertised_ahead_ride_the_masked_input_and_the_roster_rides_the_train() -> None:
+    server = SecAggServer(CONTEXT, 5, 0.5, neighbours=4)
+    ahead = {c: SecAggClient(c, CONTEXT) for c in IDS}  # next round's keys, made at masked time
+    for cid, c in ahead.items():
+        masked = trip(Kind.UPDATE, cid, wire.masked_body(0, 7, c.advertise()))
+        keys = wire.read_next_keys(masked)
+        assert keys is not None and keys.client == cid
+        server.add_keys(keys)
+    roster = server.roster()
+    train = TrainBody.model_construct(fit={"epochs": 1}, app="builtin")
+    body = wire.train_with_roster(train, 2, roster.for_client("c3")).model_copy(update={"attempt": 2}).to_body()
+    msg = trip(Kind.TRAIN, "coordinator", body)
+    assert wire.stage_of(msg) is None  # an ordinary TRAIN to the client: the model, then training
+    assert msg.envelope.body["fit"] == {"epochs": 1}
+    part = wire.roster_in_train(msg)
+    assert part is not None and part.ids == roster.ids and part.graph == roster.graph and len(part.keys) == 5
+    assert wire.roster_in_train(trip(Kind.TRAIN, "coordinator", train.to_body())) is None
+    assert wire.read_next_keys(trip(Kind.UPDATE, "c1", wire.masked_body(0, 7))) is None
+
+
+def test_a_roster_in_a_train_for_another_attempt_or_a_bad_next_key_is_one_line() -> None:
+    server = SecAggServer(CONTEXT, 5, 0.5, neighbours=4)
+    for c in IDS:
+        server.add_keys(SecAggClient(c, CONTEXT).advertise())
+    body = wire.train_with_roster(TrainBody.model_construct(), 1, server.roster().for_client("c0")).to_body()
+    with pytest.raises(ProtocolError, match="roster is for another attempt") as caught:
+        wire.roster_in_train(trip(Kind.TRAIN, "coordinator", {**body, "attempt": 2}))
+    assert "\n" not in str(caught.value)
+    bad = {"secagg": "masked", "num_examples": 3, "next_keys": ["AAAA", "AAAA"]}
+    with pytest.raises(ProtocolError, match="a public key has 3 bytes, not 32"):
+        wire.read_next_keys(trip(Kind.UPDATE, "c1", bad))

@@ -437,8 +437,8 @@ class ClientNode:
         self._compressor.begin_round(params)
         fit = dataclasses.replace(FitConfig.from_json(body.fit), round=env.round)
         key = (env.round, body.attempt)
-        if self._secure is not None:  # keys go out first: they are exchanged while we train
-            await self._secure.begin(env.round, body.attempt, params)
+        if self._secure is not None:  # keys (or shares) go out first: exchanged while we train
+            await self._secure.begin(env.round, body.attempt, params, msg)
         if self._fit_gate is not None:
             await self._fit_gate.acquire(self.node_id)
         self._training = key

@@ -25,15 +25,19 @@ from fedhive.secagg.messages import AdvertiseKeys, MaskedInput, Roster, ShareKey
 
 
 class SecAggClient:
-    def __init__(self, client_id: str, context: bytes, channel: ChannelKeys | None = None) -> None:
+    def __init__(
+        self, client_id: str, context: bytes, channel: ChannelKeys | None = None, s_key: X25519PrivateKey | None = None
+    ) -> None:
         """One round (``context``) of ``client_id``. ``channel``: its ``c`` key pair kept for the
-        session (``secagg.channel``); None makes one for this round alone. The ``s`` key and the
-        self-mask seed are always this round's own."""
+        session (``secagg.channel``); None makes one for this round alone. ``s_key``: the mask key
+        pair this client advertised ahead of the round (``secagg.node_client``: with its previous
+        masked input), never used before; None makes one. The ``s`` key and the self-mask seed are
+        always this round's own: whoever passes ``s_key`` must never pass it again."""
         self.client_id = client_id
         self._context = context
         self._step = "advertise"
         self._channel = channel if channel is not None else ChannelKeys()
-        self._s_key = X25519PrivateKey.generate()
+        self._s_key = s_key if s_key is not None else X25519PrivateKey.generate()
         self._self_seed = os.urandom(masks.SEED_BYTES)
         self._roster: Roster | None = None
         self._neighbours: frozenset[str] = frozenset()

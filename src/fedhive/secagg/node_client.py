@@ -1,14 +1,21 @@
 """A networked client's side of secure aggregation (``fedhive client`` in a secure session).
 
 ``ClientNode`` hands this its TRAINs and its trained update when the session it was enabled for
-has ``secure_aggregation`` on. The round's TRAIN (the model) makes a fresh ``SecAggClient`` for
-that round and attempt (a new mask key; the channel key that seals shares is the session's,
-``secagg.channel``), whose public keys go back at once, before training starts: keys and
-shares are exchanged while the client trains. The node's later TRAINs name their step
-(``secagg.wire``); the update, once trained and once the neighbours' sealed shares are in, is
-screened here (the node cannot screen what it cannot see), quantised, masked and sent as the
-masked input; the unmasking request is answered with the shares asked for. What goes up is never
-the update, only keys, sealed shares, the masked vector and shares of secrets.
+has ``secure_aggregation`` on. The round's TRAIN (the model) makes a ``SecAggClient`` for that
+round and attempt (the channel key that seals shares is the session's, ``secagg.channel``). When
+the TRAIN carries the roster, the round's mask key is the one this client advertised ahead, with
+its last masked input: it seals its shares to its neighbours at once and sends them. Otherwise it
+makes a new mask key and sends the public keys, and the roster follows. Either way this happens
+before training starts: keys and shares are exchanged while the client trains. The node's later
+TRAINs name their step (``secagg.wire``); the update, once trained and once the neighbours' sealed
+shares are in, is screened here (the node cannot screen what it cannot see), quantised, masked
+and sent as the masked input, with fresh public keys for this client's next round; the unmasking
+request is answered with the shares asked for. What goes up is never the update, only keys,
+sealed shares, the masked vector and shares of secrets.
+
+A mask key advertised ahead is used in one round only: it is forgotten once a roster names it,
+and on any TRAIN without a roster (the node asks for new keys). A roster that names a key this
+client does not hold (a restart, a key already used) is refused.
 
 A step for another round or attempt than the current one is stale (a TRAIN sent again) and
 ignored; a step out of order, or one asking for both secrets of one client, is refused by
@@ -24,15 +31,18 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from fedhive.core.envelope import Kind, Message, make
 from fedhive.core.params import Params
 from fedhive.errors import ProtocolError
 from fedhive.runtime.inline_executor import run_job
 from fedhive.runtime.session_config import SessionConfig
-from fedhive.secagg import wire
+from fedhive.secagg import masks, wire
 from fedhive.secagg.channel import ChannelKeys
 from fedhive.secagg.client import SecAggClient
+from fedhive.secagg.errors import SecAggError
+from fedhive.secagg.messages import AdvertiseKeys
 from fedhive.secagg.round import round_context
 from fedhive.secagg.settings import fixed_point, secure_weighting
 from fedhive.strategies.registry import parse_strategy
@@ -70,13 +80,29 @@ class SecureClient:
         self._weighted = secure_weighting(parse_strategy(config.strategy))
         self._current: _Attempt | None = None
         self._channel = ChannelKeys()  # the c key pair for the session: each neighbour's agreed once
+        self._ahead: X25519PrivateKey | None = None  # the mask key advertised for our next round, unused
         self.clipped = 0  # coordinates clipped to [-secagg_clip, secagg_clip] so far (never sent)
 
-    async def begin(self, rnd: int, attempt: int, base: Params) -> None:
-        """The round's TRAIN: fresh keys for this attempt, advertised before training starts."""
-        client = SecAggClient(self.client_id, round_context(self._session_id, rnd, attempt), self._channel)
+    async def begin(self, rnd: int, attempt: int, base: Params, train: Message) -> None:
+        """The round's TRAIN, before training starts: with a roster, our shares sealed under the
+        mask key we advertised ahead; without, fresh keys advertised. Raises ``SecAggError`` /
+        ``ProtocolError`` for a roster we cannot take part in."""
+        roster = wire.roster_in_train(train)
+        ahead, self._ahead = self._ahead, None  # whatever happens, never used for another round
+        context = round_context(self._session_id, rnd, attempt)
+        self._current = None
+        if roster is None:
+            client = SecAggClient(self.client_id, context, self._channel)
+            self._current = _Attempt(rnd, attempt, client, base)
+            await self._send(rnd, wire.keys_body(attempt, client.advertise()))
+            return
+        if ahead is None:
+            raise SecAggError(f"{self.client_id}: round {rnd}'s roster names keys we did not advertise ahead")
+        client = SecAggClient(self.client_id, context, self._channel, s_key=ahead)
+        client.advertise()  # what we advertised ahead; the roster must hold it (``share_keys`` checks)
+        shares = client.share_keys(roster)
         self._current = _Attempt(rnd, attempt, client, base)
-        await self._send(rnd, wire.keys_body(attempt, client.advertise()))
+        await self._send(rnd, wire.shares_body(attempt, shares))
 
     async def on_step(self, msg: Message) -> None:
         """A TRAIN naming a step of the current round; raises ``SecAggError`` / ``ProtocolError``."""
@@ -126,7 +152,11 @@ class SecureClient:
         if self._current is not cur:
             return  # a newer TRAIN came while we masked
         payload = wire.masked_payload(masked.vector)
-        await self._send(cur.round, wire.masked_body(cur.attempt, cur.examples), payload)
+        # Our next round's mask key, advertised now so that its TRAIN can bring the roster: a new
+        # key, used for that one round only (docs/secure_aggregation.md, "Keys advertised ahead").
+        self._ahead = ahead = X25519PrivateKey.generate()
+        nxt = AdvertiseKeys(self.client_id, self._channel.public, masks.public_bytes(ahead))
+        await self._send(cur.round, wire.masked_body(cur.attempt, cur.examples, nxt), payload)
         log.info("%s: round %d: masked input sent", self.client_id, cur.round)
 
     async def _send(self, rnd: int, body: dict[str, Any], payload: Params | None = None) -> None:

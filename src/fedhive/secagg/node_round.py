@@ -7,6 +7,12 @@ with one merged ``Partial`` in its aggregator: the unmasked sum of the survivors
 updates, decoded. The node never holds a client's update, nor a share it could read: shares
 between clients are sealed end to end (AES-GCM under keys agreed by X25519) and only relayed here.
 
+Each masked input brings its sender's public keys for its next round. When every client a round
+selects has keys kept so (and none used yet), the round's TRAIN carries each client its part of
+the roster and the keys step is skipped: three exchanges after the TRAIN instead of four. Kept
+keys are used once: taken out for every selected client as its round starts, whichever way it
+goes (a client told no roster forgets its own and advertises new ones).
+
 Every step is bounded. The three short steps (keys, shares, unmasking: no training in them) end
 when every client still in the round has answered, or after ``stage_timeout`` (a quarter of
 ``round_timeout_s``, at least 5 s, never past the round's deadline); the masked step, which waits
@@ -30,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from fedhive.core.bodies import parse_body
+from fedhive.core.bodies import TrainBody, parse_body
 from fedhive.core.envelope import Kind, Message, make
 from fedhive.core.params import Params
 from fedhive.errors import FedhiveError, ProtocolError
@@ -41,7 +47,7 @@ from fedhive.runtime.payloads import OFFLOAD_BYTES, payload_params, payload_size
 from fedhive.runtime.round_state import RoundState
 from fedhive.secagg import wire
 from fedhive.secagg.errors import SecAggError
-from fedhive.secagg.messages import MaskedInput, UnmaskRequest
+from fedhive.secagg.messages import AdvertiseKeys, MaskedInput, UnmaskRequest
 from fedhive.secagg.quantise import FixedPoint
 from fedhive.secagg.round import round_context
 from fedhive.secagg.server import SecAggServer
@@ -89,6 +95,8 @@ class SecureRounds:
         self._server: SecAggServer | None = None
         self._fixed: FixedPoint | None = None
         self._examples: dict[str, int] = {}  # survivor -> the example count it reported (not secret)
+        self._ahead: dict[str, AdvertiseKeys] = {}  # client -> keys for its next round, from its masked input
+        self._ahead_session = ""  # the session they were advertised in
 
     # -- messages -----------------------------------------------------------------------------------
     async def on_message(self, msg: Message) -> bool:
@@ -143,6 +151,7 @@ class SecureRounds:
             )
             # A big vector is fetched and checked in the worker, as the collector does an update;
             # added to the sum here, in the loop (the round's steps run on it too).
+            ahead = wire.read_next_keys(msg)
             step = self._step
             vector = (
                 await run_job(self.down.collector.executor, decode) if payload_size(msg) > OFFLOAD_BYTES else decode()
@@ -150,6 +159,8 @@ class SecureRounds:
             if self._step is step:
                 server.add_masked(MaskedInput(msg.sender, vector[wire.MASKED].view(np.uint64)))
                 self._examples[msg.sender] = examples
+                if ahead is not None:
+                    self._ahead[msg.sender] = ahead
         else:
             server.add_unmask(wire.read_unmask_shares(msg))
 
@@ -227,22 +238,46 @@ class SecureRounds:
             down.bus.emit(ev.UpdateAccepted(rnd, c, self._examples[c], {}, size))
         return r
 
+    def _keys_ahead(self, selected: Collection[str]) -> list[AdvertiseKeys] | None:
+        """The keys every selected client advertised ahead (None: some did not); taken out either
+        way, so that no key serves two rounds."""
+        if self._ahead_session != self.down.session_id:
+            self._ahead, self._ahead_session = {}, self.down.session_id
+        kept = [self._ahead.pop(c, None) for c in selected]
+        return [k for k in kept if k is not None] if all(k is not None for k in kept) else None
+
     async def _steps(self, r: _Round, server: SecAggServer, membership: Membership, fit: FitFor) -> Any:
         timeout = self.down.config.round_timeout_s
         deadline = r.started + timeout
         short = stage_timeout(timeout)
-        # 1. The model (an ordinary TRAIN): each client advertises its keys, then trains.
-        step = self._open("keys", r.selected)
-        for c in await membership.send_train(r.selected, r, lambda c: fit(c, r)):
-            r.failed.setdefault(c, "could not be reached")
-        await self._wait(step, deadline, short, r)
-        took = {"keys": time.monotonic() - r.started}
-        roster = server.roster()
+        took: dict[str, float] = {}
+        ahead = self._keys_ahead(r.selected)
+        if ahead is not None:
+            # 1-2. The model and each client's part of the roster in one TRAIN (keys advertised
+            # ahead): it seals its shares to its neighbours, then trains.
+            for keys in ahead:
+                server.add_keys(keys)
+            roster = server.roster()
+            step = self._open("shares", roster.ids)
+
+            def train(c: str) -> TrainBody:
+                return wire.train_with_roster(fit(c, r), r.attempt, roster.for_client(c))
+
+            for c in await membership.send_train(r.selected, r, train):
+                r.failed.setdefault(c, "could not be reached")
+        else:
+            # 1. The model (an ordinary TRAIN): each client advertises its keys, then trains.
+            step = self._open("keys", r.selected)
+            for c in await membership.send_train(r.selected, r, lambda c: fit(c, r)):
+                r.failed.setdefault(c, "could not be reached")
+            await self._wait(step, deadline, short, r)
+            took["keys"] = time.monotonic() - r.started
+            roster = server.roster()
+            # 2. Each its part of the roster: it seals its shares to its neighbours.
+            step = self._open("shares", roster.ids)
+            await self._send(r, step, {c: wire.roster_body(r.attempt, roster.for_client(c)) for c in roster.ids})
         log.debug("%s: round %d: %d clients, %d neighbours, threshold %d", self._me, r.round, len(roster.ids),
                   roster.neighbours, roster.threshold)  # fmt: skip
-        # 2. Each its part of the roster: it seals its shares to its neighbours.
-        step = self._open("shares", roster.ids)
-        await self._send(r, step, {c: wire.roster_body(r.attempt, roster.for_client(c)) for c in roster.ids})
         await self._wait(step, deadline, short, r)
         took["shares"] = time.monotonic() - r.started - sum(took.values())
         routed = server.routed()
@@ -266,8 +301,9 @@ class SecureRounds:
         total = server.result()
         took["unmasking"] = time.monotonic() - r.started - sum(took.values())
         log.info(
-            "%s: round %d: secure sum of %d clients (%d dropped before their masked input); %s",
+            "%s: round %d: secure sum of %d clients (%d dropped before their masked input; keys %s); %s",
             self._me, r.round, len(request.survivors), len(request.dropped),
+            "advertised ahead" if ahead is not None else "exchanged first",
             ", ".join(f"{name} {s:.2f} s" for name, s in took.items()),
         )  # fmt: skip
         return total

@@ -3,16 +3,24 @@
 No kind is added or renamed (docs/architecture.md, "Wire protocol"). The node that runs the round
 (coordinator or combiner) opens it with an ordinary TRAIN (the global model); every later step it
 sends is a TRAIN without payload whose body names the step in ``secagg``; each client answers
-with UPDATEs whose body names theirs:
+with UPDATEs whose body names theirs. A round takes three exchanges after the TRAIN once every
+client it selected has advertised its keys ahead (with its last masked input, ``next_keys``):
+
+    node -> client   TRAIN  secagg_roster=...    the model, and every id, the graph seed, k, t,
+                                                 its neighbours' keys (those they advertised ahead)
+    client -> node   UPDATE secagg="shares"      its shares for each neighbour, AES-GCM-sealed to them
+    node -> client   TRAIN  secagg="routed"      the ciphertexts its neighbours sealed for it
+    client -> node   UPDATE secagg="masked"      payload: the masked update (int64 bits of uint64);
+                                                 body: its example count, fresh keys for its next round
+    node -> client   TRAIN  secagg="unmask"      who of its neighbours is in the sum, who dropped
+    client -> node   UPDATE secagg="unmask"      the shares asked for
+
+Otherwise (a session's first round; a client that sent no masked input last time, or is new) the
+round starts with a keys exchange first, and the roster follows in a TRAIN of its own:
 
     node -> client   TRAIN                       the model (the round starts: keys, then training)
     client -> node   UPDATE secagg="keys"        two X25519 public keys
     node -> client   TRAIN  secagg="roster"      every id, the graph seed, k, t, its neighbours' keys
-    client -> node   UPDATE secagg="shares"      its shares for each neighbour, AES-GCM-sealed to them
-    node -> client   TRAIN  secagg="routed"      the ciphertexts its neighbours sealed for it
-    client -> node   UPDATE secagg="masked"      payload: the masked update (int64 bits of uint64)
-    node -> client   TRAIN  secagg="unmask"      who of its neighbours is in the sum, who dropped
-    client -> node   UPDATE secagg="unmask"      the shares asked for
 
 Bytes travel as base64; a field that does not decode, or has the wrong length, is one
 ``ProtocolError`` line. Everything is signed per sender like any message (``core.signing``); the
@@ -29,7 +37,7 @@ from typing import Annotated, Any, Literal
 import numpy as np
 from pydantic import Field, StringConstraints
 
-from fedhive.core.bodies import MAX_CLIENTS, Attempt, Body, Examples, NodeId, parse_body
+from fedhive.core.bodies import MAX_CLIENTS, Attempt, Body, Examples, NodeId, TrainBody, parse_body
 from fedhive.core.envelope import Kind, Message
 from fedhive.core.params import Params, ParamSpec, TensorSpec
 from fedhive.errors import ProtocolError
@@ -83,6 +91,7 @@ class MaskedBody(Body):
     secagg: Literal["masked"]
     attempt: Attempt = 0
     num_examples: Examples  # not secret: the coordinator knows it from registration (threat model)
+    next_keys: tuple[_B64, _B64] | None = None  # (c, s) public keys for this client's next round
 
 
 class UnmaskSharesBody(Body):
@@ -111,8 +120,19 @@ def read_shares(msg: Message) -> ShareKeys:
     return ShareKeys(msg.sender, {v: _bytes(c, masks.SEALED_BYTES, "a sealed share") for v, c in b.sealed.items()})
 
 
-def masked_body(attempt: int, num_examples: int) -> dict[str, Any]:
-    return {"secagg": "masked", "attempt": attempt, "num_examples": num_examples}
+def masked_body(attempt: int, num_examples: int, next_keys: AdvertiseKeys | None = None) -> dict[str, Any]:
+    body: dict[str, Any] = {"secagg": "masked", "attempt": attempt, "num_examples": num_examples}
+    if next_keys is not None:
+        body["next_keys"] = (_b64(next_keys.c_public), _b64(next_keys.s_public))
+    return body
+
+
+def read_next_keys(msg: Message) -> AdvertiseKeys | None:
+    """The keys a masked input advertises for its sender's next round (None: it advertises none)."""
+    keys = parse_body(MaskedBody, msg).next_keys
+    if keys is None:
+        return None
+    return AdvertiseKeys(msg.sender, _bytes(keys[0], 32, "a public key"), _bytes(keys[1], 32, "a public key"))
 
 
 def masked_payload(vector: np.ndarray) -> Params:
@@ -182,8 +202,39 @@ def roster_body(attempt: int, roster: Roster) -> dict[str, Any]:
     }
 
 
+class SecureTrainBody(TrainBody):
+    """A TRAIN that opens a round whose keys were advertised ahead: it carries the roster."""
+
+    secagg_roster: dict[str, Any] | None = None  # ``roster_body``'s fields (not ``secagg``: see ``stage_of``)
+
+
+class _RosterInTrain(Body):
+    kind = Kind.TRAIN
+    attempt: Attempt = 0
+    secagg_roster: RosterBody | None = None
+
+
+def train_with_roster(body: TrainBody, attempt: int, roster: Roster) -> TrainBody:
+    """``body`` (a round's TRAIN) carrying ``roster``: the client shares its keys at once."""
+    given = {name: getattr(body, name) for name in body.model_fields_set}
+    return SecureTrainBody.model_construct(**given, secagg_roster=roster_body(attempt, roster))
+
+
+def roster_in_train(msg: Message) -> Roster | None:
+    """The roster a round's TRAIN carries (None: it carries none; the client advertises keys)."""
+    b = parse_body(_RosterInTrain, msg)
+    if b.secagg_roster is None:
+        return None
+    if b.secagg_roster.attempt != b.attempt:
+        raise ProtocolError("secure aggregation: the TRAIN's roster is for another attempt")
+    return _roster(b.secagg_roster)
+
+
 def read_roster(msg: Message) -> Roster:
-    b = parse_body(RosterBody, msg)
+    return _roster(parse_body(RosterBody, msg))
+
+
+def _roster(b: RosterBody) -> Roster:
     if len(set(b.members)) != len(b.members) or not b.keys.keys() <= set(b.members):
         raise ProtocolError("secure aggregation: the roster's members repeat, or its keys name others")
     keys = {c: (_bytes(cp, 32, "a public key"), _bytes(sp, 32, "a public key")) for c, (cp, sp) in b.keys.items()}
