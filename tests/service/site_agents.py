@@ -10,9 +10,7 @@ import importlib
 import json
 import os
 import signal
-import subprocess
 import sys
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +21,6 @@ import pytest
 
 from processes import Proc
 from service.test_platform_flow import wait_for
-from tracking.conftest import free_port, mlflow_executable
 
 FEDHIVE = [sys.executable, "-m", "fedhive.cli.main"]
 ENDED = ("COMPLETED", "FAILED", "CANCELLED")
@@ -102,48 +99,6 @@ class SiteAgent:
 
     def stop(self) -> None:
         self.proc.kill()
-
-
-class MlflowProcess:
-    """``mlflow server`` (SQLite backend, local artifacts) started now, waited for later: its
-    start (database tables, then its web workers) is the slowest of the services, so the tests
-    start it first and make sites and apps meanwhile."""
-
-    def __init__(self, root: Path) -> None:
-        root.mkdir(parents=True, exist_ok=True)
-        self.root = root
-        self.url = f"http://127.0.0.1:{free_port()}"
-        self.log = (root / "server.log").open("wb")
-        self.proc = subprocess.Popen(
-            [mlflow_executable(), "server", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
-             "--artifacts-destination", str(root / "artifacts"), "--host", "127.0.0.1",
-             "--port", self.url.rsplit(":", 1)[1], "--workers", "1"],
-            stdout=self.log, stderr=subprocess.STDOUT,
-            # no job runner (a process of its own, for MLflow's GenAI jobs): nothing here uses it
-            env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
-        )  # fmt: skip
-
-    def ready(self, deadline_s: float = 180) -> str:
-        """The server's URL once it answers /health (a loaded 2-core machine takes over a minute)."""
-        deadline = time.monotonic() + deadline_s
-        while True:
-            try:
-                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
-                    return self.url
-            except httpx.HTTPError:
-                pass
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"mlflow server did not start: {(self.root / 'server.log').read_text()[-2000:]}")
-            time.sleep(0.5)  # polling a port that opens when it opens: there is no line to wait on
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(10)
-        self.log.close()
 
 
 class Rest:

@@ -24,13 +24,14 @@ import httpx
 import pytest
 from platform_user_app import NAME, write_app
 from serve_process import Server
-from site_agents import MlflowProcess, Rest, SiteAgent, create_sites, need_module, read_sites
+from site_agents import Rest, SiteAgent, create_sites, need_module, read_sites
 
 from fedhive.runtime.coordinator import COORDINATOR_ID
 from fedhive.storage import sessions_repo
 from fedhive.storage.database import Database
 from fedhive.transports.amqp import delete_namespace
 from service.test_platform_flow import sign_up_and_in, wait_for
+from tracking.conftest import MlflowProcess
 from web.test_dashboard_browser import CHROMIUM_ARGS, DESKTOP, PHONE, chromium
 from web.test_dashboard_pages import Browser, fits, keep_shots
 

@@ -296,22 +296,7 @@ async def run_client(
     client_id = site.client_id
     codec = client_codec(client_id, key, artifacts=broker.artifacts)
     async with broker.transport(client_id, codec, declares=False) as transport:
-        node = ClientNode(
-            client_id,
-            transport,
-            site.trainer_for,
-            num_examples=site.num_examples,
-            label_counts=site.label_counts,
-            executor=executor,
-            heartbeat_interval_s=settings.heartbeat_interval_s,
-            register_timeout_s=settings.register_timeout_s,
-            coordinator_timeout_s=settings.coordinator_timeout_s,
-            progress_interval_s=settings.progress_interval_s,
-        )
-        for attach in observers:
-            attach(node.bus)
-        await node.run()
-        return node.rounds_trained
+        return await _serve_client(transport, site, settings, observers, executor)
 
 
 async def run_virtual_clients(
@@ -359,7 +344,11 @@ async def run_virtual_clients(
 
 
 async def _serve_client(
-    transport: Transport, site: SiteApp, settings: ClientSettings, observers: Sequence[Observer], executor: Executor
+    transport: Transport,
+    site: SiteApp,
+    settings: ClientSettings,
+    observers: Sequence[Observer],
+    executor: Executor | None,
 ) -> int:
     node = ClientNode(
         site.client_id,
