@@ -44,6 +44,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -136,6 +137,21 @@ def ensure_flower_venv(venv: Path) -> str:
         subprocess.run([*pip, "--upgrade", "pip"], check=True)
         subprocess.run([*pip, "-r", str(BENCH / "flower-requirements.txt")], check=True)
     return subprocess.run(probe, capture_output=True, text=True, check=True).stdout.strip()
+
+
+def ensure_packages(venv: Path, names: list[str]) -> None:
+    """Install ``names`` into Flower's environment at the versions fedhive's has (case (g) runs the
+    PyTorch example there: the same torch on both sides)."""
+    py = str(venv / "bin" / "python")
+    missing = []
+    for name in names:
+        probe = f"import importlib.metadata as m; print(m.version({name!r}))"
+        found = subprocess.run([py, "-c", probe], capture_output=True, text=True)
+        if found.returncode != 0 or found.stdout.strip() != metadata.version(name):
+            missing.append(f"{name}=={metadata.version(name)}")
+    if missing:
+        print(f"installing into {venv}: {' '.join(missing)} (fedhive's versions) ...", file=sys.stderr)
+        subprocess.run([py, "-m", "pip", "install", "-q", *missing], check=True)
 
 
 def child_env() -> dict[str, str]:
@@ -292,6 +308,8 @@ def run_all(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]:
         cases, args.repeats, args.no_digits = CASES[:1], 1, True
     (OUT / "logs").mkdir(parents=True, exist_ok=True)
     versions = ensure_flower_venv(args.flower_venv)
+    if any(c.key == "g" for c in cases):
+        ensure_packages(args.flower_venv, ["torch", "mlxtend"])
     flower_py = args.flower_venv / "bin" / "python"
     info = machine() | {"flwr": versions.split()[0], "ray": versions.split()[1], "threads": THREADS}
     results: dict[str, Any] = {}
