@@ -26,14 +26,15 @@ from processes import Proc
 
 FEDHIVE = [sys.executable, "-m", "fedhive.cli.main"]
 
-# Fast liveness for tests: OFFLINE after 2 s of silence instead of 20.
+# Liveness for tests: OFFLINE after 10 s of silence instead of 20. Not less: training processes on
+# a loaded 2-core machine miss beats for seconds (3 s marked training clients OFFLINE in round 1 in CI).
 BASE_SESSION = {
     "rounds": 3,
     "min_clients": 2,
     "registration_timeout_s": 60,
     "round_timeout_s": 30,
     "heartbeat_interval_s": 0.5,
-    "heartbeat_timeout_s": 2.0,
+    "heartbeat_timeout_s": 10.0,
     "model": "logreg-np",
     "lr": 0.1,
     "seed": 0,

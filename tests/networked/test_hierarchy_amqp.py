@@ -52,11 +52,13 @@ async def run_all(
     idents = {cid: parse_secret(secret) for cid, secret in (store.add(n) for n in ["comb1", "comb2"])}
     clients = [store.add(f"cl{i}") for i in range(1, N_CLIENTS + 1)]
     # The clients' own coordinator timeout is the default (60 s): they give a combiner up after
-    # the heartbeat timeout it announces (2 s here), so the killed one's clients move in seconds.
+    # the heartbeat timeout it announces (6 s here), so the killed one's clients move in seconds.
+    # Not 2 s: coordinator, combiners and clients share this process and two cores; 2 s left no
+    # room for a stall on a loaded machine.
     options = ClientSettings(register_timeout_s=60)
     combiners = {
         cid: asyncio.create_task(
-            run_combiner(cid, key, store, broker, heartbeat_interval_s=0.5, heartbeat_timeout_s=2.0)
+            run_combiner(cid, key, store, broker, heartbeat_interval_s=0.5, heartbeat_timeout_s=6.0)
         )
         for cid, key in idents.items()
     }

@@ -55,15 +55,20 @@ async def test_handlers_never_overlap_and_emitted_events_come_before_later_input
         bus.emit(Out(-e.n))
         active[0] -= 1
 
+    all_out = asyncio.Event()  # the four Out events: each handler's two
+
     def fast(e: Out) -> None:
         assert active[0] == 0, "a timer's event ran inside another handler"
         order.append(e)
+        if sum(isinstance(o, Out) for o in order) == 4:
+            all_out.set()
 
     bus.on(In, slow)
     bus.on(Out, fast)
     run = await started(bus)
     await asyncio.gather(bus.submit(In(1)), bus.submit(In(2)))  # the second one queues
-    await asyncio.sleep(0.05)
+    async with asyncio.timeout(30):  # on the events, not a pause: a loaded machine can stall longer
+        await all_out.wait()
     bus.stop()
     await run
     assert order[0] == In(1) and set(order[1:3]) == {Out(1), Out(-1)} and order[3] == In(2)

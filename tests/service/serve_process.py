@@ -26,6 +26,9 @@ def serve_args(deployment: dict[str, str]) -> tuple[list[str], dict[str, str]]:
     return args, env
 
 
+START_TIMEOUT_S = 180
+
+
 class Server:
     """``fedhive serve`` in a subprocess; the API's URL is read from its ready line."""
 
@@ -43,10 +46,17 @@ class Server:
         self.lines: list[str] = []
         self._ready = threading.Event()
         threading.Thread(target=self._read, daemon=True).start()
-        if not self._ready.wait(60):
+        # Woken by the ready line or by the end of its output (it exited: the line never comes).
+        # 180 s: 30 s was not enough for the in-process platform to be ready at load 26 (CI).
+        self._ready.wait(START_TIMEOUT_S)
+        found = re.search(r"serving on (\S+)", "".join(self.lines))
+        if found is None:
+            exited = self.proc.poll()
             self.kill()
-            pytest.fail("fedhive serve did not start within 60 s:\n" + self.tail())
-        self.url = re.search(r"serving on (\S+)", "".join(self.lines)).group(1)  # type: ignore[union-attr]
+            late = f"printed no 'serving on' line within {START_TIMEOUT_S} s (still running)"
+            why = f"exited with code {exited} without its 'serving on' line" if exited is not None else late
+            pytest.fail(f"fedhive serve {why}:\n{self.tail()}")
+        self.url = found.group(1)
 
     def _read(self) -> None:
         assert self.proc.stderr is not None
@@ -54,6 +64,8 @@ class Server:
             self.lines.append(line)
             if "serving on" in line:
                 self._ready.set()
+        self.proc.wait()  # end of output: the process is exiting; its exit code is known before the wake
+        self._ready.set()
 
     def tail(self, n: int = 30) -> str:
         return "".join(self.lines[-n:])

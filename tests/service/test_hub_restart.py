@@ -22,7 +22,8 @@ def no_training(_: SessionConfig) -> Trainer:
     raise AssertionError("not enabled in this test")
 
 
-async def until(check: Callable[[], bool], deadline_s: float = 5.0) -> None:
+async def until(check: Callable[[], bool], deadline_s: float = 30.0) -> None:
+    """Until ``check()`` holds (30 s: a deadline, not a pause; it returns as soon as it does)."""
     async with asyncio.timeout(deadline_s):
         while True:
             if check():
@@ -54,10 +55,10 @@ async def test_a_restarted_hub_takes_back_its_peers_and_hands_them_to_their_sess
             running = asyncio.create_task(hub.run())
             try:
                 await until(lambda: "peer-1" in hub.registry and "peer-2" in hub.registry)
-                registered = await asyncio.wait_for(port.recv(), 5)
+                registered = await asyncio.wait_for(port.recv(), 30)
                 assert (registered.kind, registered.sender) == (Kind.REGISTER, "peer-1")
                 assert hub.registry.get("peer-1").status is PeerStatus.TRAINING  # type: ignore[union-attr]
                 assert hub.registry.get("peer-2").status is PeerStatus.ONLINE  # type: ignore[union-attr]
             finally:
                 hub.stop()
-                await asyncio.wait_for(running, 5)
+                await asyncio.wait_for(running, 30)

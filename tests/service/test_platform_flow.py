@@ -56,12 +56,15 @@ async def platform(tmp_path: Path, local_clients: int = 3, **urls: Any) -> Async
 
 
 async def wait_for(check, *, deadline_s: float = 60.0, every: float = 0.2):  # type: ignore[no-untyped-def]
-    async with asyncio.timeout(deadline_s):
-        while True:
-            result = await check()
-            if result:
-                return result
-            await asyncio.sleep(every)
+    try:
+        async with asyncio.timeout(deadline_s):
+            while True:
+                result = await check()
+                if result:
+                    return result
+                await asyncio.sleep(every)
+    except TimeoutError:  # say what was waited for, not a bare TimeoutError
+        pytest.fail(f"{getattr(check, '__qualname__', check)!s}: not true within {deadline_s} s")
 
 
 async def sign_up_and_in(http: httpx.AsyncClient, email: str = "ada@example.org") -> dict[str, str]:

@@ -61,7 +61,7 @@ class Federation:
     ) -> SessionRequest:
         config = make_config(
             run_config={"sleep_s": sleep_s},
-            rounds=rounds, epochs=2, lr=0.1, min_clients=3, heartbeat_interval_s=0.25, heartbeat_timeout_s=2.0,
+            rounds=rounds, epochs=2, lr=0.1, min_clients=3, heartbeat_interval_s=0.25, heartbeat_timeout_s=6.0,
             round_timeout_s=20.0, registration_timeout_s=30.0, app=NAME,
         )  # fmt: skip
         return SessionRequest(str(self.owner), config, 3, topology=topology, remote_combiners=remote)
@@ -140,7 +140,7 @@ async def federation(tmp_path: Path) -> AsyncIterator[Federation]:
     nodes = ServiceNodes(secrets, network=network)
     hub_transport = network.connect(COORDINATOR_ID)
     await hub_transport.start()
-    hub = Hub(hub_transport, heartbeat_timeout_s=2.0)
+    hub = Hub(hub_transport, heartbeat_timeout_s=6.0)
     PeerStatusRecorder(db).attach(hub.bus)
     apps = InstalledApps.load([str(folder)])
     manager = SessionManager(db, LocalArtifactStore(tmp_path / "artifacts"), hub, apps=apps, nodes=nodes)

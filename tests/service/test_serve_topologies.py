@@ -48,7 +48,7 @@ class Federation:
 
     def request(self, topology: str, *, rounds: int = 3, combiners: int = 0, sleep_s: float = 0.0) -> SessionRequest:
         config = make_config(
-            rounds=rounds, epochs=2, lr=0.1, min_clients=3, heartbeat_interval_s=0.25, heartbeat_timeout_s=2.0,
+            rounds=rounds, epochs=2, lr=0.1, min_clients=3, heartbeat_interval_s=0.25, heartbeat_timeout_s=6.0,
             round_timeout_s=20.0, registration_timeout_s=30.0, run_config={"sleep_s": sleep_s}, app=NAME,
         )  # fmt: skip
         return SessionRequest(str(self.owner), config, 3, topology=topology, combiners=combiners)
@@ -97,7 +97,7 @@ async def federation(tmp_path: Path, observers: Sequence[SessionObserver] = ()) 
     network = MemoryNetwork()
     hub_transport = network.connect(COORDINATOR_ID)
     await hub_transport.start()
-    hub = Hub(hub_transport, heartbeat_timeout_s=2.0)
+    hub = Hub(hub_transport, heartbeat_timeout_s=6.0)
     PeerStatusRecorder(db).attach(hub.bus)
     nodes = ServiceNodes(keys.get, network=network)
     apps = InstalledApps.load([str(folder)])

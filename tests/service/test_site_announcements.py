@@ -39,7 +39,7 @@ class HubEvents:
     def note(self, _: object) -> None:
         self.happened.set()
 
-    async def until(self, check: Callable[[], bool], deadline_s: float = 10.0) -> None:
+    async def until(self, check: Callable[[], bool], deadline_s: float = 30.0) -> None:
         async with asyncio.timeout(deadline_s):
             while not check():
                 self.happened.clear()
@@ -76,7 +76,7 @@ async def test_an_idle_agents_announcement_is_stored_once_and_again_when_it_chan
             hub.bus.on(kind, events.note)
         until = events.until
         hub_task = asyncio.create_task(hub.run())
-        stack.push_async_callback(lambda: asyncio.wait_for(hub_task, 5))
+        stack.push_async_callback(lambda: asyncio.wait_for(hub_task, 30))
         stack.callback(hub.stop)
 
         async def agent(announce: dict[str, object]) -> tuple[ClientNode, asyncio.Task[None]]:
@@ -102,7 +102,7 @@ async def test_an_idle_agents_announcement_is_stored_once_and_again_when_it_chan
 
         # The agent restarts with another app installed: the new announcement replaces the old.
         node.leave("restarting")
-        await asyncio.wait_for(task, 5)
+        await asyncio.wait_for(task, 30)
         changed: dict[str, object] = {
             **first,
             "apps": {"builtin": "0123456789ab"},

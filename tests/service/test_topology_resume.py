@@ -80,7 +80,7 @@ class Federation:
         """A server on the federation's database, resuming whatever the last one left RUNNING."""
         transport = self.network.connect(COORDINATOR_ID)
         await transport.start()
-        hub = Hub(transport, heartbeat_timeout_s=2.0)
+        hub = Hub(transport, heartbeat_timeout_s=6.0)
         PeerStatusRecorder(self.db).attach(hub.bus)
         nodes = ServiceNodes(self.keys.get, network=self.network)
         artifacts = LocalArtifactStore(self.tmp / "artifacts")
@@ -111,7 +111,7 @@ class Federation:
 
     def request(self, topology: str, *, combiners: int = 0) -> SessionRequest:
         config = make_config(
-            rounds=ROUNDS, epochs=2, lr=0.1, min_clients=3, heartbeat_interval_s=0.25, heartbeat_timeout_s=2.0,
+            rounds=ROUNDS, epochs=2, lr=0.1, min_clients=3, heartbeat_interval_s=0.25, heartbeat_timeout_s=6.0,
             round_timeout_s=20.0, registration_timeout_s=30.0, run_config={"sleep_s": 0.3}, app=NAME,
         )  # fmt: skip
         return SessionRequest(str(self.owner), config, 3, topology=topology, combiners=combiners)

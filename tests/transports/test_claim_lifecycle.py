@@ -72,10 +72,11 @@ async def run_session(broker: Broker, store: LocalArtifactStore, *, rounds: int,
 async def test_updates_go_back_to_the_store_and_their_files_are_reused(broker: Broker, tmp_path: Path) -> None:
     store = LocalArtifactStore(tmp_path)
     await run_session(broker, store, rounds=4, retain_s=3600)
-    await asyncio.sleep(0.2)  # the last round's claims are given back in the aggregation thread
     claims = claims_root(tmp_path, broker)
     # Left: the 4 global models the coordinator broadcast (kept for an hour), no client update.
-    assert len(artifact_files(claims)) == 4
+    # The last round's claims are given back in the aggregation thread, which has no event to
+    # wait on: its files are watched, up to a deadline a loaded machine keeps (not a fixed pause).
+    await files_left(claims, 4, deadline_s=30)
     assert artifact_files(tmp_path) == artifact_files(claims)  # claim checks live in their own area
     # 8 updates were given back; uploads after the first round wrote into spares (not new
     # files), so about one round's worth is left over.
@@ -88,6 +89,14 @@ async def test_old_broadcasts_are_deleted_after_the_retention(broker: Broker, tm
     await run_session(broker, store, rounds=3, retain_s=0.0)
     # Each broadcast deleted the earlier ones: only the last global model is left.
     assert len(artifact_files(claims_root(tmp_path, broker))) == 1
+
+
+async def files_left(root: Path, count: int, *, deadline_s: float) -> None:
+    """Until ``root`` holds ``count`` artifact files; fails naming what is left after the deadline."""
+    end = time.monotonic() + deadline_s
+    while len(left := artifact_files(root)) != count:
+        assert time.monotonic() < end, f"{len(left)} artifact files, not {count}, {deadline_s:.0f} s after the session"
+        await asyncio.sleep(0.05)
 
 
 def claims_root(root: Path, broker: Broker) -> Path:

@@ -294,7 +294,8 @@ def _entry(cid: str, secret: str, name: str, broker: dict[str, str] | None = Non
 
 def _show_secrets(created: list[tuple[str, str, str, dict[str, str] | None]], *, out_file: Path | None) -> None:
     """Many sites' ids and secrets (and broker logins), one JSON line each (what ``fedhive agent
-    --virtual N --credentials FILE`` reads)."""
+    --virtual N --credentials FILE`` reads: each virtual agent logs in as its own site's broker
+    user when the lines carry one, ``cli.agent_logins``)."""
     lines = "".join(json.dumps(_entry(*c)) + "\n" for c in created)
     if out_file is None:
         print(lines, end="")
@@ -305,7 +306,12 @@ def _show_secrets(created: list[tuple[str, str, str, dict[str, str] | None]], *,
         raise ConfigError(
             f"--out-file: cannot write {out_file} ({exc}); revoke the sites and create them again"
         ) from None
-    typer.echo(f"{len(created)} sites: ids and secrets in {out_file} (mode 0600)", err=True)
+    what = "ids, secrets and broker logins" if created[0][3] else "ids and secrets"
+    typer.echo(
+        f"{len(created)} sites: {what} in {out_file} (mode 0600); 'fedhive agent --virtual N --credentials "
+        f"{out_file}' reads it",
+        err=True,
+    )
 
 
 def _show_secret(

@@ -19,6 +19,7 @@ from typing import Annotated
 import typer
 
 from fedhive.app.loader import BUILTIN, load_app
+from fedhive.cli.agent_logins import agent_broker_urls
 from fedhive.cli.client_cmd import virtual_identities
 from fedhive.cli.coordinator_cmd import (
     ArtifactsOption,
@@ -116,7 +117,8 @@ def agent(
     runners: list[Agent] = []
     # One training thread for the process: virtual agents train one after another, as virtual clients do.
     pool = ThreadPoolExecutor(1, thread_name_prefix="fedhive-agent")
-    for i, (cid, key) in enumerate(idents, start=1):
+    urls = agent_broker_urls(broker, [cid for cid, _ in idents], credentials if virtual else None)
+    for i, ((cid, key), url) in enumerate(zip(idents, urls, strict=True), start=1):
         own_part = f"{i}/{virtual}" if virtual and dataset else part
         data = LocalData(
             csv=csv, label=label, dataset=dataset, partition=partition, part=own_part, test_fraction=test_fraction
@@ -127,7 +129,7 @@ def agent(
         sites = _sites(cid, refs, own_node, data, seed, own_state)
         sites |= flower_agent_sites(cid, flower_apps or [], own_node, own_state, taken=sites)
         observers = [] if virtual else [_print_milestones]
-        broker_at = broker_settings(broker, namespace, ca_file, artifacts)
+        broker_at = broker_settings(url, namespace, ca_file, artifacts)
         runners.append(Agent(key, AgentSites(cid, sites, names), broker_at, settings, observers, pool))
     service_logging()
     asyncio.run(_serve(runners, ", ".join(runners[0].sites.sites)))
