@@ -6,8 +6,9 @@ server learns the sum of the clients' updates and nothing else about any one of 
 - ``sizing``: the default ``k`` for a round's clients, and the failure bounds of any ``k`` and ``t``;
 - ``quantise``: updates as fixed-point ``uint64`` vectors, weighted as FedAvg weighs them;
 - ``shamir``: threshold secret sharing, so that survivors can remove a dropped client's masks;
-- ``masks``: X25519 key agreement, AES-CTR mask expansion, AES-GCM sealed shares;
-- ``channel``: each client's ``c`` key pair kept for the session, each pair's secret agreed once;
+- ``masks``: X25519 key agreement, AES-CTR mask expansion, AES-GCM sealed shares and escrows;
+- ``channel``: each client's ``c`` and ``s`` key pairs kept for the session, each pair's secrets
+  agreed once;
 - ``client`` / ``server``: the two state machines of one round; ``messages``: what they exchange;
 - ``round``: one secure sum among in-process clients; ``host_link``: its place in ``simulate``;
 - over a broker: ``wire`` (each step in an existing message kind), ``node_round`` (the

@@ -1,16 +1,17 @@
-"""A client's long-lived channel key: the X25519 ``c`` key pair that seals the shares it sends to
-its neighbours and opens the ones they send it, kept for a whole session.
+"""A client's long-lived keys: the X25519 ``c`` key pair that seals the shares it sends to its
+neighbours and opens the ones they send it, and the ``s`` key pair that agrees its pairwise mask
+secrets, both kept for a whole session.
 
-Only the ``s`` key (mask seeds) and the self-mask seed must be fresh each round: the server may
-rebuild them (the ``s`` key of a client that dropped out, the self-mask seed of one that did not),
-so one round's must tell it nothing about another's. The ``c`` key is never shared nor rebuilt;
-it only gives each pair of clients a private, authenticated channel through the server. So each
-client keeps one ``c`` key pair for the session and agrees the X25519 secret with each peer's
-``c`` public key once (cached here by that public key: a peer that comes back with a new key is a
-new entry). Each round's AES-GCM key is still derived afresh from that secret with HKDF over the
-round's context (session, round, attempt) and the pair, so no key seals more than one message per
-direction and random 96-bit nonces never repeat but with probability 2**-96
-(docs/secure_aggregation.md, "Keys kept for the session"). This halves a round's X25519 work.
+Only the self-mask seed and the round's pair seeds must be fresh each round: the server may
+rebuild the self-mask seed of a client that sent its masked input, and the pair seeds of one that
+dropped out before (from the escrow, ``secagg.client``), so one round's must tell it nothing about
+another's. Neither session key is ever shared nor rebuilt, and neither leaves its client: the
+``c`` secret gives each pair a private, authenticated channel through the server, and the ``s``
+secret is only ever read through HKDF with the round's context (session, round, attempt) and the
+pair, which gives that round's pair seed and nothing else. So each client agrees each secret with
+each peer once (cached here by the peer's public key: a peer that comes back with a new key is a
+new entry), and a round needs an X25519 agreement only with a neighbour it has not met before
+(docs/secure_aggregation.md, "Keys kept for the session").
 """
 
 from __future__ import annotations
@@ -21,26 +22,50 @@ from fedhive.secagg import masks
 from fedhive.secagg.errors import SecAggError
 
 
-class ChannelKeys:
-    """One client's ``c`` key pair for a session, and the secrets it agreed with its peers'."""
+class _SessionKey:
+    """One X25519 key pair and the secrets it agreed with peers' public keys."""
 
-    def __init__(self) -> None:
+    def __init__(self, what: str) -> None:
+        self._what = what
         self._key = X25519PrivateKey.generate()
         self.public = masks.public_bytes(self._key)
-        self._agreed: dict[bytes, bytes] = {}  # peer's c public key -> the X25519 secret we share
+        self.agreed: dict[bytes, bytes] = {}  # peer's public key -> the X25519 secret we share
 
     def secret(self, peer_public: bytes) -> bytes:
-        """The X25519 secret agreed with the holder of ``peer_public``; ``SecAggError`` for a key
-        that cannot be used (wrong length, low order)."""
-        shared = self._agreed.get(peer_public)
+        shared = self.agreed.get(peer_public)
         if shared is None:
             if peer_public == self.public:
-                raise SecAggError("a peer advertises our own channel key")
+                raise SecAggError(f"a peer advertises our own {self._what} key")
             shared = masks.exchange(self._key, masks.parse_public(peer_public))
-            self._agreed[peer_public] = shared
+            self.agreed[peer_public] = shared
         return shared
+
+
+class ChannelKeys:
+    """One client's ``c`` and ``s`` key pairs for a session, and the secrets agreed with peers'."""
+
+    def __init__(self) -> None:
+        self._channel = _SessionKey("channel")
+        self._mask = _SessionKey("mask")
+        self.public = self._channel.public
+        self.mask_public = self._mask.public
+
+    def secret(self, peer_public: bytes) -> bytes:
+        """The X25519 secret agreed with the holder of the ``c`` key ``peer_public``;
+        ``SecAggError`` for a key that cannot be used (wrong length, low order)."""
+        return self._channel.secret(peer_public)
+
+    def mask_secret(self, peer_public: bytes) -> bytes:
+        """The X25519 secret agreed with the holder of the ``s`` key ``peer_public``: only ever
+        read through HKDF with a round's context (``masks.derive``)."""
+        return self._mask.secret(peer_public)
 
     @property
     def peers(self) -> int:
-        """How many peers' secrets are kept (each agreed once this session)."""
-        return len(self._agreed)
+        """How many peers' channel secrets are kept (each agreed once this session)."""
+        return len(self._channel.agreed)
+
+    @property
+    def mask_peers(self) -> int:
+        """How many peers' mask secrets are kept (each agreed once this session)."""
+        return len(self._mask.agreed)

@@ -5,8 +5,14 @@ A client takes the four steps in order, each answering what the server sent: ``a
 ``share_keys(roster)`` -> ``masked_input(routed, vector)`` -> ``unmask(request)``. It deals only
 with its neighbours in the roster's graph: it shares its secrets among them (and keeps one share),
 and masks its input towards those of them whose shares reached it. A step out of order, or a
-request that would make it reveal both secrets of one client (its self mask and its mask key:
+request that would make it reveal both secrets of one client (its self mask and its escrow key:
 together they unmask that client's input), is refused with ``SecAggError``.
+
+The pairwise masks come from secrets agreed once a session (``secagg.channel``): each round's seed
+is HKDF of that secret with the round's context and the pair. What a client Shamir-shares is its
+self-mask seed and a fresh escrow key that seals its round's pair seeds (sent to the server with
+its shares): rebuilding it gives the server that round's seeds of a client that dropped out, as
+rebuilding its round's ``s`` key did in Bonawitz et al., and nothing about any other round.
 """
 
 from __future__ import annotations
@@ -15,7 +21,6 @@ import os
 from collections.abc import Mapping
 
 import numpy as np
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from fedhive.secagg import masks, shamir
 from fedhive.secagg.channel import ChannelKeys
@@ -25,24 +30,21 @@ from fedhive.secagg.messages import AdvertiseKeys, MaskedInput, Roster, ShareKey
 
 
 class SecAggClient:
-    def __init__(
-        self, client_id: str, context: bytes, channel: ChannelKeys | None = None, s_key: X25519PrivateKey | None = None
-    ) -> None:
-        """One round (``context``) of ``client_id``. ``channel``: its ``c`` key pair kept for the
-        session (``secagg.channel``); None makes one for this round alone. ``s_key``: the mask key
-        pair this client advertised ahead of the round (``secagg.node_client``: with its previous
-        masked input), never used before; None makes one. The ``s`` key and the self-mask seed are
-        always this round's own: whoever passes ``s_key`` must never pass it again."""
+    def __init__(self, client_id: str, context: bytes, channel: ChannelKeys | None = None) -> None:
+        """One round (``context``) of ``client_id``. ``channel``: its ``c`` and ``s`` key pairs
+        kept for the session (``secagg.channel``); None makes them for this round alone. The
+        self-mask seed, the escrow key and the round's pair seeds are always this round's own."""
         self.client_id = client_id
         self._context = context
         self._step = "advertise"
         self._channel = channel if channel is not None else ChannelKeys()
-        self._s_key = s_key if s_key is not None else X25519PrivateKey.generate()
         self._self_seed = os.urandom(masks.SEED_BYTES)
+        self._escrow_key = os.urandom(masks.KEY_BYTES)  # seals this round's pair seeds, once
         self._roster: Roster | None = None
         self._neighbours: frozenset[str] = frozenset()
         self._share_keys: dict[str, bytes] = {}  # neighbour -> the AES-GCM key we both derive for shares
-        self._held: dict[str, tuple[int, int]] = {}  # client -> (self-mask share, mask-key share) we hold
+        self._seeds: dict[str, bytes] = {}  # neighbour -> this round's pair seed, from the session's s secret
+        self._held: dict[str, tuple[int, int]] = {}  # client -> (self-mask share, escrow-key share) we hold
         self._peers: frozenset[str] = frozenset()  # neighbours whose shares we hold: our masks pair with them
 
     def _advance(self, expected: str, following: str) -> None:
@@ -52,7 +54,7 @@ class SecAggClient:
 
     def advertise(self) -> AdvertiseKeys:
         self._advance("advertise", "share keys")
-        return AdvertiseKeys(self.client_id, self._channel.public, masks.public_bytes(self._s_key))
+        return AdvertiseKeys(self.client_id, self._channel.public, self._channel.mask_public)
 
     def share_keys(self, roster: Roster) -> ShareKeys:
         self._advance("share keys", "send a masked input")
@@ -66,7 +68,7 @@ class SecAggClient:
         publics = [p for pair in roster.keys.values() for p in pair]
         if len(set(publics)) != len(publics):
             raise SecAggError("the roster repeats a public key")
-        if roster.keys[self.client_id] != (self._channel.public, masks.public_bytes(self._s_key)):
+        if roster.keys[self.client_id] != (self._channel.public, self._channel.mask_public):
             raise SecAggError(f"{self.client_id}: the roster does not hold the keys we advertised")
         self._roster = roster
         self._neighbours = roster.neighbours_of(self.client_id)
@@ -75,7 +77,14 @@ class SecAggClient:
         holders = sorted(self._neighbours | {self.client_id}, key=roster.point)
         xs = [roster.point(h) for h in holders]
         self_shares = shamir.split(self._self_seed, xs, t)
-        key_shares = shamir.split(self._s_key.private_bytes_raw(), xs, t)
+        key_shares = shamir.split(self._escrow_key, xs, t)
+        # This round's seed with each neighbour: HKDF of the secret our s keys agreed once this
+        # session, bound to the round's context and the pair. Sealed under the escrow key, so that
+        # the server can rebuild this round's seeds (only) if we drop out before masking.
+        for v in sorted(self._neighbours):
+            shared = self._channel.mask_secret(roster.keys[v][1])
+            self._seeds[v] = masks.derive(shared, self._context, b"mask", self.client_id, v)
+        escrow = masks.seal_escrow(self._escrow_key, self._context, self.client_id, list(self._seeds.values()))
         sealed = {}
         nonces = masks.nonces(len(holders))
         for i, (holder, b, s) in enumerate(zip(holders, self_shares, key_shares, strict=True)):
@@ -87,7 +96,7 @@ class SecAggClient:
             self._share_keys[holder] = key  # the same key opens what ``holder`` seals for us
             ad = masks.share_ad(self._context, self.client_id, holder)
             sealed[holder] = masks.seal_shares(key, ad, b, s, nonce=nonces[i])
-        return ShareKeys(self.client_id, sealed)
+        return ShareKeys(self.client_id, sealed, escrow)
 
     def masked_input(self, routed: Mapping[str, bytes], vector: np.ndarray) -> MaskedInput:
         """``vector`` (``uint64``, the quantised update) plus our self mask plus one pairwise mask
@@ -111,16 +120,15 @@ class SecAggClient:
         masker = masks.Masker(y.size)
         masker.add(y, self._self_seed)
         for v in sorted(self._peers):
-            seed = masks.agree(self._s_key, roster.mask_public(v), self._context, b"mask", self.client_id, v)
             if self.client_id < v:
-                masker.add(y, seed)
+                masker.add(y, self._seeds[v])
             else:
-                masker.subtract(y, seed)
+                masker.subtract(y, self._seeds[v])
         return MaskedInput(self.client_id, y)
 
     def unmask(self, request: UnmaskRequest) -> UnmaskShares:
         """The shares we hold of our neighbours' (and our own) self masks if they sent a masked
-        input, of their mask keys if they did not."""
+        input, of their escrow keys if they did not."""
         self._advance("unmask", "done")
         roster = self._roster
         assert roster is not None

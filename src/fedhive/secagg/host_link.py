@@ -10,7 +10,8 @@ that failed, with the reason); never a client's update, nor the host's plain sum
 other message (ENABLE, EVALUATE, STOP) passes through to the host unchanged.
 
 Each client keeps its ``c`` key pair (which seals the shares between neighbours) for the session,
-so each pair agrees it once (``secagg.channel``); the mask keys are new every round.
+and its ``s`` key pair, so each pair agrees its secrets once (``secagg.channel``); the seeds and
+keys each round uses are its own, derived or drawn anew.
 
 ``dropout`` simulates clients that vanish after sending their masked input: that share of each
 round's clients (drawn from the session seed, round and attempt) sends no unmasking shares.

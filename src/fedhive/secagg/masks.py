@@ -1,11 +1,13 @@
 """The cryptography of secure aggregation, all from ``cryptography``'s primitives.
 
-- Key agreement: X25519. Each client has two key pairs: ``c`` encrypts the shares it sends to its
-  neighbours (kept for the session, ``secagg.channel``), ``s`` agrees the pairwise mask seeds (fresh
-  each round, and kept apart so that rebuilding a dropped client's ``s`` key never opens the shares
-  sent to it). A shared secret goes through
-  HKDF-SHA256 with the round's context and the (sorted) pair of ids, so a seed is never reused
-  across sessions, rounds, attempts, pairs or purposes.
+- Key agreement: X25519. Each client has two key pairs, both kept for the session
+  (``secagg.channel``): ``c`` encrypts the shares it sends to its neighbours, ``s`` agrees the
+  pairwise mask secrets. A shared secret goes through HKDF-SHA256 with the round's context and the
+  (sorted) pair of ids, so a seed is never reused across sessions, rounds, attempts, pairs or
+  purposes, and one round's seed tells nothing of another's.
+- Escrow: a client seals its round's pair seeds under a fresh random key used for that one message
+  (AES-256-GCM) and Shamir-shares that key, so the server can rebuild that round's seeds (never the
+  session secrets) of a client that drops out before masking.
 - Masks: AES-256-CTR keystream of a 32-byte seed (a zero counter block is safe: each key is used for
   one stream only), written into a reused buffer and read as ``uint64`` (``Masker``).
 - Shares between clients: AES-256-GCM under the agreed ``c`` key, the sender, recipient and round
@@ -38,6 +40,7 @@ _ZERO_COUNTER = bytes(16)
 _CTR = modes.CTR(_ZERO_COUNTER)
 _SHA256 = hashes.SHA256()
 _AES_BLOCK = 16
+_ESCROW_NONCE = bytes(NONCE_BYTES)  # each escrow key seals exactly one message
 
 
 def public_bytes(key: X25519PrivateKey) -> bytes:
@@ -57,11 +60,6 @@ def exchange(own: X25519PrivateKey, peer: X25519PublicKey) -> bytes:
         return own.exchange(peer)
     except ValueError as exc:  # a low-order public key
         raise SecAggError(f"unusable public key: {exc}") from None
-
-
-def agree(own: X25519PrivateKey, peer: X25519PublicKey, context: bytes, purpose: bytes, a: str, b: str) -> bytes:
-    """The 32-byte key two clients ``a`` and ``b`` both derive for ``purpose`` in this round."""
-    return derive(exchange(own, peer), context, purpose, a, b)
 
 
 def derive(shared: bytes, context: bytes, purpose: bytes, a: str, b: str) -> bytes:
@@ -134,6 +132,32 @@ def open_shares(key: bytes, ad: bytes, sealed: bytes) -> tuple[int, int]:
         return shamir.from_bytes(plain[: shamir.SHARE_BYTES]), shamir.from_bytes(plain[shamir.SHARE_BYTES :])
     except ValueError as exc:
         raise SecAggError(str(exc)) from None
+
+
+def seal_escrow(key: bytes, context: bytes, client: str, seeds: list[bytes]) -> bytes:
+    """``client``'s pair seeds of this round, in its neighbours' sorted order, sealed under
+    ``key``: a fresh random key that seals this one message, so a fixed nonce is safe."""
+    return AESGCM(key).encrypt(_ESCROW_NONCE, b"".join(seeds), escrow_ad(context, client))
+
+
+def open_escrow(key: bytes, context: bytes, client: str, sealed: bytes, count: int) -> list[bytes]:
+    """The ``count`` pair seeds ``seal_escrow`` sealed; ``SecAggError`` if they do not authenticate
+    (a wrong key, another round's or client's escrow)."""
+    if len(sealed) != escrow_bytes(count):
+        raise SecAggError(f"{client}'s escrowed seeds have {len(sealed)} bytes, not {escrow_bytes(count)}")
+    try:
+        plain = AESGCM(key).decrypt(_ESCROW_NONCE, sealed, escrow_ad(context, client))
+    except InvalidTag:
+        raise SecAggError(f"{client}'s escrowed seeds do not authenticate under its rebuilt key") from None
+    return [plain[i : i + SEED_BYTES] for i in range(0, len(plain), SEED_BYTES)]
+
+
+def escrow_bytes(count: int) -> int:
+    return count * SEED_BYTES + 16
+
+
+def escrow_ad(context: bytes, client: str) -> bytes:
+    return _prefix(b"escrow", context) + _length_prefixed(client)
 
 
 def share_ad(context: bytes, sender: str, recipient: str) -> bytes:

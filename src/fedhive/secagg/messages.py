@@ -5,11 +5,12 @@ existing message kind (``secagg.wire``; docs/secure_aggregation.md, "Over a brok
 
     client -> server   AdvertiseKeys   two X25519 public keys
     server -> clients  Roster          everyone's public keys, the threshold, the neighbour graph
-    client -> server   ShareKeys       its shares for each neighbour, encrypted to them
+    client -> server   ShareKeys       its shares for each neighbour, encrypted to them, and its
+                                       round's pair seeds sealed under its escrow key
     server -> client   its ``routed`` shares (a mapping neighbour -> ciphertext)
     client -> server   MaskedInput     its quantised update plus masks (uint64)
     server -> clients  UnmaskRequest   who sent a masked input, who dropped out before
-    client -> server   UnmaskShares    the shares it holds of the first's self masks, the second's keys
+    client -> server   UnmaskShares    the shares it holds of the first's self masks, the second's escrow keys
 """
 
 from __future__ import annotations
@@ -19,9 +20,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 
 import numpy as np
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 
-from fedhive.secagg import masks
 from fedhive.secagg.graph import neighbour_graph, neighbours_of
 
 
@@ -38,14 +37,13 @@ class Roster:
     secrets among, its ``neighbours`` neighbours in the graph drawn from ``graph_seed``; any
     ``threshold`` of a client's share holders (its neighbours and itself) rebuild its secrets."""
 
-    keys: Mapping[str, tuple[bytes, bytes]]  # client -> (c_public, s_public)
+    keys: Mapping[str, tuple[bytes, bytes]]  # client -> (c_public, s_public), both kept for the session
     threshold: int
     neighbours: int  # k, the graph's degree (graph.degree: at most n - 1)
     graph_seed: bytes
     # Everyone in the round, when ``keys`` holds only some of them (``for_client``: a client needs
     # every id to draw the graph, but the keys of its neighbours only).
     members: tuple[str, ...] = ()
-    _parsed: dict[str, X25519PublicKey] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @cached_property
     def ids(self) -> list[str]:
@@ -76,19 +74,12 @@ class Roster:
         keys = {c: self.keys[c] for c in self.ids if c in wanted}
         return Roster(keys, self.threshold, self.neighbours, self.graph_seed, members=tuple(self.ids))
 
-    def mask_public(self, client: str) -> X25519PublicKey:
-        """``client``'s ``s`` public key (mask seeds), parsed once per roster. (The ``c`` keys are
-        used as bytes: ``secagg.channel`` agrees each pair's once a session.)"""
-        parsed = self._parsed.get(client)
-        if parsed is None:
-            parsed = self._parsed[client] = masks.parse_public(self.keys[client][1])
-        return parsed
-
 
 @dataclass(frozen=True, slots=True)
 class ShareKeys:
     client: str
     sealed: Mapping[str, bytes]  # neighbour -> its encrypted shares
+    escrow: bytes = b""  # its round's pair seeds (neighbours in sorted order), sealed under its escrow key
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,4 +98,4 @@ class UnmaskRequest:
 class UnmaskShares:
     client: str
     self_mask: Mapping[str, int]  # survivor among its neighbours (or itself) -> its share of the self-mask seed
-    mask_key: Mapping[str, int]  # dropped neighbour -> its share of that client's mask key
+    mask_key: Mapping[str, int]  # dropped neighbour -> its share of that client's escrow key

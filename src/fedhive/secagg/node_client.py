@@ -2,20 +2,20 @@
 
 ``ClientNode`` hands this its TRAINs and its trained update when the session it was enabled for
 has ``secure_aggregation`` on. The round's TRAIN (the model) makes a ``SecAggClient`` for that
-round and attempt (the channel key that seals shares is the session's, ``secagg.channel``). When
-the TRAIN carries the roster, the round's mask key is the one this client advertised ahead, with
-its last masked input: it seals its shares to its neighbours at once and sends them. Otherwise it
-makes a new mask key and sends the public keys, and the roster follows. Either way this happens
+round and attempt (its ``c`` and ``s`` key pairs are the session's, ``secagg.channel``). When the
+TRAIN carries the roster, naming the keys this client advertised ahead with its last masked
+input, it seals its shares to its neighbours at once and sends them. Otherwise it sends its
+public keys, and the roster follows. Either way this happens
 before training starts: keys and shares are exchanged while the client trains. The node's later
 TRAINs name their step (``secagg.wire``); the update, once trained and once the neighbours' sealed
 shares are in, is screened here (the node cannot screen what it cannot see), quantised, masked
-and sent as the masked input, with fresh public keys for this client's next round; the unmasking
+and sent as the masked input, with its public keys for this client's next round; the unmasking
 request is answered with the shares asked for. What goes up is never the update, only keys,
 sealed shares, the masked vector and shares of secrets.
 
-A mask key advertised ahead is used in one round only: it is forgotten once a roster names it,
-and on any TRAIN without a roster (the node asks for new keys). A roster that names a key this
-client does not hold (a restart, a key already used) is refused.
+An advertisement ahead serves one round only: it is spent once a roster names it, and on any
+TRAIN without a roster (the node asks for the keys again). A roster in a TRAIN when none is
+outstanding (a replay, a restart), or one naming keys this client does not hold, is refused.
 
 A step for another round or attempt than the current one is stale (a TRAIN sent again) and
 ignored; a step out of order, or one asking for both secrets of one client, is refused by
@@ -31,14 +31,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from fedhive.core.envelope import Kind, Message, make
 from fedhive.core.params import Params
 from fedhive.errors import ProtocolError
 from fedhive.runtime.inline_executor import run_job
 from fedhive.runtime.session_config import SessionConfig
-from fedhive.secagg import masks, wire
+from fedhive.secagg import wire
 from fedhive.secagg.channel import ChannelKeys
 from fedhive.secagg.client import SecAggClient
 from fedhive.secagg.errors import SecAggError
@@ -79,16 +78,16 @@ class SecureClient:
         self._fixed = fixed_point(config.secagg_clip, config.secagg_bits)
         self._weighted = secure_weighting(parse_strategy(config.strategy))
         self._current: _Attempt | None = None
-        self._channel = ChannelKeys()  # the c key pair for the session: each neighbour's agreed once
-        self._ahead: X25519PrivateKey | None = None  # the mask key advertised for our next round, unused
+        self._channel = ChannelKeys()  # the c and s key pairs for the session: each neighbour's agreed once
+        self._ahead = False  # whether our keys went ahead with our last masked input, not yet named by a roster
         self.clipped = 0  # coordinates clipped to [-secagg_clip, secagg_clip] so far (never sent)
 
     async def begin(self, rnd: int, attempt: int, base: Params, train: Message) -> None:
-        """The round's TRAIN, before training starts: with a roster, our shares sealed under the
-        mask key we advertised ahead; without, fresh keys advertised. Raises ``SecAggError`` /
+        """The round's TRAIN, before training starts: with a roster (naming the keys we advertised
+        ahead), our shares sealed at once; without, our keys advertised. Raises ``SecAggError`` /
         ``ProtocolError`` for a roster we cannot take part in."""
         roster = wire.roster_in_train(train)
-        ahead, self._ahead = self._ahead, None  # whatever happens, never used for another round
+        ahead, self._ahead = self._ahead, False  # whatever happens, one roster per advertisement
         context = round_context(self._session_id, rnd, attempt)
         self._current = None
         if roster is None:
@@ -96,9 +95,9 @@ class SecureClient:
             self._current = _Attempt(rnd, attempt, client, base)
             await self._send(rnd, wire.keys_body(attempt, client.advertise()))
             return
-        if ahead is None:
+        if not ahead:
             raise SecAggError(f"{self.client_id}: round {rnd}'s roster names keys we did not advertise ahead")
-        client = SecAggClient(self.client_id, context, self._channel, s_key=ahead)
+        client = SecAggClient(self.client_id, context, self._channel)
         client.advertise()  # what we advertised ahead; the roster must hold it (``share_keys`` checks)
         shares = client.share_keys(roster)
         self._current = _Attempt(rnd, attempt, client, base)
@@ -152,10 +151,10 @@ class SecureClient:
         if self._current is not cur:
             return  # a newer TRAIN came while we masked
         payload = wire.masked_payload(masked.vector)
-        # Our next round's mask key, advertised now so that its TRAIN can bring the roster: a new
-        # key, used for that one round only (docs/secure_aggregation.md, "Keys advertised ahead").
-        self._ahead = ahead = X25519PrivateKey.generate()
-        nxt = AdvertiseKeys(self.client_id, self._channel.public, masks.public_bytes(ahead))
+        # Our keys for the next round, advertised now so that its TRAIN can bring the roster
+        # (docs/secure_aggregation.md, "Keys advertised ahead").
+        self._ahead = True
+        nxt = AdvertiseKeys(self.client_id, self._channel.public, self._channel.mask_public)
         await self._send(cur.round, wire.masked_body(cur.attempt, cur.examples, nxt), payload)
         log.info("%s: round %d: masked input sent", self.client_id, cur.round)
 

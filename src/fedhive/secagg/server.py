@@ -4,7 +4,8 @@ Four stages, each collecting one kind of message and then closed by the node tha
 (at its deadline, or once everyone answered):
 
     add_keys*      -> roster()          U1: who advertised keys; the neighbour graph is drawn
-    add_shares*    -> routed()          U2: who shared keys; each gets its neighbours' ciphertexts
+    add_shares*    -> routed()          U2: who shared keys (and escrowed its round's pair seeds);
+                                        each gets its neighbours' ciphertexts
     add_masked*    -> unmask_request()  U3: who sent a masked input (summed as they come)
     add_unmask*    -> result()          the sum of U3's quantised inputs, masks removed
 
@@ -20,7 +21,6 @@ from __future__ import annotations
 import os
 
 import numpy as np
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from fedhive.secagg import masks, shamir
 from fedhive.secagg.errors import SecAggError
@@ -55,6 +55,7 @@ class SecAggServer:
         self._keys: dict[str, tuple[bytes, bytes]] = {}
         self._roster: Roster | None = None
         self._sealed: dict[str, dict[str, bytes]] = {}
+        self._escrow: dict[str, bytes] = {}  # client -> its round's pair seeds, sealed under its escrow key
         self._shared: frozenset[str] = frozenset()
         self._sum = np.zeros(vector_length, np.uint64)
         self._masked: set[str] = set()
@@ -98,7 +99,10 @@ class SecAggServer:
             raise SecAggError(f"shares from {msg.client} out of place")
         if set(msg.sealed) != roster.graph[msg.client]:
             raise SecAggError(f"{msg.client} did not share with exactly its neighbours")
+        if len(msg.escrow) != masks.escrow_bytes(roster.neighbours):
+            raise SecAggError(f"{msg.client} did not escrow one seed per neighbour")
         self._sealed[msg.client] = dict(msg.sealed)
+        self._escrow[msg.client] = msg.escrow
 
     def routed(self) -> dict[str, dict[str, bytes]]:
         """For each client that shared keys: neighbour -> the ciphertext that neighbour sealed for it.
@@ -197,9 +201,14 @@ class SecAggServer:
         for u in sorted(r.survivors):
             masker.subtract(total, recover(u, 0, masks.SEED_BYTES))
         for u in sorted(r.dropped):
-            key = X25519PrivateKey.from_private_bytes(recover(u, 1, masks.KEY_BYTES))
+            # This round's seeds of u, and nothing else: its escrow key opens them.
+            neighbours = sorted(roster.graph[u])
+            opened = masks.open_escrow(
+                recover(u, 1, masks.KEY_BYTES), self._context, u, self._escrow[u], len(neighbours)
+            )
+            seeds = dict(zip(neighbours, opened, strict=True))
             for v in sorted(roster.graph[u] & r.survivors):  # v added +mask towards a higher id, -mask to a lower
-                seed = masks.agree(key, roster.mask_public(v), self._context, b"mask", u, v)
+                seed = seeds[v]
                 if v < u:
                     masker.subtract(total, seed)
                 else:

@@ -8,10 +8,11 @@ client it selected has advertised its keys ahead (with its last masked input, ``
 
     node -> client   TRAIN  secagg_roster=...    the model, and every id, the graph seed, k, t,
                                                  its neighbours' keys (those they advertised ahead)
-    client -> node   UPDATE secagg="shares"      its shares for each neighbour, AES-GCM-sealed to them
+    client -> node   UPDATE secagg="shares"      its shares for each neighbour, AES-GCM-sealed to them,
+                                                 and its round's pair seeds sealed under its escrow key
     node -> client   TRAIN  secagg="routed"      the ciphertexts its neighbours sealed for it
     client -> node   UPDATE secagg="masked"      payload: the masked update (int64 bits of uint64);
-                                                 body: its example count, fresh keys for its next round
+                                                 body: its example count, its keys for its next round
     node -> client   TRAIN  secagg="unmask"      who of its neighbours is in the sum, who dropped
     client -> node   UPDATE secagg="unmask"      the shares asked for
 
@@ -46,6 +47,8 @@ from fedhive.secagg.messages import AdvertiseKeys, Roster, ShareKeys, UnmaskRequ
 
 MASKED = "masked"  # the one tensor of a masked input's payload
 _B64 = Annotated[str, StringConstraints(max_length=256)]
+# One 32-byte seed per neighbour (at most every other client) and a tag, in base64.
+_Escrow = Annotated[str, StringConstraints(max_length=4 * (masks.escrow_bytes(MAX_CLIENTS) // 3 + 1))]
 _Ids = Annotated[list[NodeId], Field(max_length=MAX_CLIENTS)]
 _ById = Annotated[dict[NodeId, _B64], Field(max_length=MAX_CLIENTS)]
 
@@ -84,6 +87,7 @@ class SharesBody(Body):
     secagg: Literal["shares"]
     attempt: Attempt = 0
     sealed: _ById
+    escrow: _Escrow  # its round's pair seeds, sealed under its escrow key (opened only if it drops)
 
 
 class MaskedBody(Body):
@@ -112,12 +116,14 @@ def read_keys(msg: Message) -> AdvertiseKeys:
 
 
 def shares_body(attempt: int, msg: ShareKeys) -> dict[str, Any]:
-    return {"secagg": "shares", "attempt": attempt, "sealed": {v: _b64(c) for v, c in msg.sealed.items()}}
+    sealed = {v: _b64(c) for v, c in msg.sealed.items()}
+    return {"secagg": "shares", "attempt": attempt, "sealed": sealed, "escrow": _b64(msg.escrow)}
 
 
 def read_shares(msg: Message) -> ShareKeys:
     b = parse_body(SharesBody, msg)
-    return ShareKeys(msg.sender, {v: _bytes(c, masks.SEALED_BYTES, "a sealed share") for v, c in b.sealed.items()})
+    sealed = {v: _bytes(c, masks.SEALED_BYTES, "a sealed share") for v, c in b.sealed.items()}
+    return ShareKeys(msg.sender, sealed, _bytes(b.escrow, masks.escrow_bytes(len(sealed)), "the escrowed seeds"))
 
 
 def masked_body(attempt: int, num_examples: int, next_keys: AdvertiseKeys | None = None) -> dict[str, Any]:
