@@ -19,6 +19,7 @@ from typing import NamedTuple
 
 import typer
 
+from fedhive.cli.fast_exit import exit_now, is_entry_point
 from fedhive.errors import FedhiveError, SessionFailed
 
 
@@ -105,6 +106,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     cli = build_app([named] if named is not None else None)
     try:
         cli(args=args, prog_name="fedhive")
+    except SystemExit as exc:
+        # A simulation's process ends here: its interpreter's teardown took longer than a short
+        # run's own work (fast_exit). Not when a test calls main() in its own process.
+        if named == "simulate" and is_entry_point(main):
+            exit_now(exc.code)
+        raise
     except SessionFailed as exc:
         print(f"error: session failed: {exc.reason}", file=sys.stderr)
         sys.exit(1)
