@@ -141,3 +141,25 @@ async def test_a_key_advertised_ahead_serves_one_round_only() -> None:
     late = train(2, wire.train_with_roster(TrainBody.model_construct(), 0, roster.for_client("c1")))
     with pytest.raises(SecAggError, match="names keys we did not advertise ahead"):
         await clients.secure["c1"].begin(2, 0, BASE, late)
+
+
+async def test_a_round_replayed_after_its_masked_input_is_refused() -> None:
+    # After its masked input a client has keys ahead again, so a node that sends the same round's
+    # TRAIN once more meets no "not advertised ahead": what stops it is that the round's context
+    # is spent (a second run would mask with the same pair seeds and a new self mask).
+    clients = Clients()
+    await a_round(clients, 1, ahead=False)
+    await a_round(clients, 2, ahead=True)
+    fp = fixed_point(4.0, 28)
+    server = SecAggServer(round_context(SESSION, 2, 0), fp.vector_length(BASE.spec), 0.5, neighbours=4)
+    for c in IDS:
+        server.add_keys(clients.keys_ahead(c))
+    roster = server.roster()
+    replayed = train(2, wire.train_with_roster(TrainBody.model_construct(), 0, roster.for_client("c0")))
+    sent = len(clients.sent["c0"])
+    with pytest.raises(SecAggError, match="asked a second time to mask under"):
+        await clients.secure["c0"].begin(2, 0, BASE, replayed)
+    assert len(clients.sent["c0"]) == sent  # no shares, no escrow went out
+    # The session goes on: the next round's context is new.
+    mean = np.mean([(IDS.index(c) + 1) * 0.01 for c in IDS])
+    assert np.max(np.abs(await a_round(clients, 3, ahead=False) - 3 * mean)) <= 1e-7  # float32 updates

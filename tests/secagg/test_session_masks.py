@@ -92,7 +92,8 @@ def test_an_escrow_opens_only_under_its_key_round_and_client() -> None:
     seeds = [bytes([i]) * 32 for i in range(4)]
     sealed = masks.seal_escrow(key, ctx, "c01", seeds)
     assert masks.open_escrow(key, ctx, "c01", sealed, 4) == seeds
-    for args in ((bytes(32), ctx, "c01"), (key, round_context("s", 4, 0), "c01"), (key, ctx, "c02")):
+    others = (round_context("s", 4, 0), round_context("s", 3, 1), round_context("t", 3, 0))  # round, attempt, session
+    for args in ((bytes(32), ctx, "c01"), *((key, other, "c01") for other in others), (key, ctx, "c02")):
         with pytest.raises(SecAggError, match="do not authenticate"):
             masks.open_escrow(*args, sealed, 4)
     with pytest.raises(SecAggError, match="145 bytes, not 144"):

@@ -12,6 +12,11 @@ pair, which gives that round's pair seed and nothing else. So each client agrees
 each peer once (cached here by the peer's public key: a peer that comes back with a new key is a
 new entry), and a round needs an X25519 agreement only with a neighbour it has not met before
 (docs/secure_aggregation.md, "Keys kept for the session").
+
+Because a round's pair seeds follow from the ``s`` secrets and the round's context alone, a client
+takes part in each context once (``claim_round``): run twice under one context, its two masked
+inputs would share their pairwise masks and differ in their self masks, so a server that saw one
+run's self mask and the other run's escrow would have its update.
 """
 
 from __future__ import annotations
@@ -49,6 +54,17 @@ class ChannelKeys:
         self._mask = _SessionKey("mask")
         self.public = self._channel.public
         self.mask_public = self._mask.public
+        self._rounds: set[bytes] = set()  # the contexts whose pair seeds we derived
+
+    def claim_round(self, context: bytes) -> None:
+        """Called before deriving a round's pair seeds; ``SecAggError`` if ``context`` (session,
+        round, attempt) was claimed before: the same seeds must never mask a second input."""
+        if context in self._rounds:
+            raise SecAggError(
+                f"asked a second time to mask under {context.decode(errors='replace')}: "
+                "refused (its pair seeds are already spent)"
+            )
+        self._rounds.add(context)
 
     def secret(self, peer_public: bytes) -> bytes:
         """The X25519 secret agreed with the holder of the ``c`` key ``peer_public``;

@@ -57,6 +57,10 @@ class SecAggClient:
         return AdvertiseKeys(self.client_id, self._channel.public, self._channel.mask_public)
 
     def share_keys(self, roster: Roster) -> ShareKeys:
+        # First of all: one run per context. A second would derive the same pair seeds beside a
+        # new self mask (``ChannelKeys.claim_round``), so a roster for a spent context is refused.
+        if self._step == "share keys":  # a step out of order is ``_advance``'s to refuse
+            self._channel.claim_round(self._context)
         self._advance("share keys", "send a masked input")
         if self.client_id not in roster.keys:
             raise SecAggError(f"{self.client_id}: the roster leaves us out")

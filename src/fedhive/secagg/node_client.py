@@ -15,7 +15,9 @@ sealed shares, the masked vector and shares of secrets.
 
 An advertisement ahead serves one round only: it is spent once a roster names it, and on any
 TRAIN without a roster (the node asks for the keys again). A roster in a TRAIN when none is
-outstanding (a replay, a restart), or one naming keys this client does not hold, is refused.
+outstanding (a replay, a restart), or one naming keys this client does not hold, is refused, and
+so is any roster for a round and attempt whose seeds this client already derived (after its masked
+input it holds keys ahead again: ``ChannelKeys.claim_round`` is what refuses a replayed round then).
 
 A step for another round or attempt than the current one is stale (a TRAIN sent again) and
 ignored; a step out of order, or one asking for both secrets of one client, is refused by

@@ -203,9 +203,17 @@ class SecAggServer:
         for u in sorted(r.dropped):
             # This round's seeds of u, and nothing else: its escrow key opens them.
             neighbours = sorted(roster.graph[u])
-            opened = masks.open_escrow(
-                recover(u, 1, masks.KEY_BYTES), self._context, u, self._escrow[u], len(neighbours)
-            )
+            try:
+                opened = masks.open_escrow(
+                    recover(u, 1, masks.KEY_BYTES), self._context, u, self._escrow[u], len(neighbours)
+                )
+            except SecAggError as exc:
+                # Either side may be at fault, and the server cannot tell which: name them all.
+                who = ", ".join(holders[u])
+                raise SecAggError(
+                    f"{self._label}: {exc} (rebuilt from the shares of {who}: "
+                    f"{u} escrowed garbage, or one of them sent a wrong share)"
+                ) from None
             seeds = dict(zip(neighbours, opened, strict=True))
             for v in sorted(roster.graph[u] & r.survivors):  # v added +mask towards a higher id, -mask to a lower
                 seed = seeds[v]
