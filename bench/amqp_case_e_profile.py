@@ -32,7 +32,6 @@ import shutil
 import statistics
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -110,27 +109,10 @@ def run_once(
     clients_cmd = [*fedhive(profiles["client"], args.profiler, args.launcher), "client", "--virtual", str(args.clients)]
     clients_cmd += ["--credentials", str(workdir / "credentials.jsonl"), "--dataset", "mnist5k", "--partition", "iid"]
     clients_cmd += common
-    with open(workdir / "coordinator.out", "wb") as c_out, open(workdir / "coordinator.err", "wb") as c_err:
-        coordinator = subprocess.Popen(coordinator_cmd, stdout=c_out, stderr=subprocess.PIPE, env=env)
-        err = coordinator.stderr
-        assert err is not None
-        for line in err:  # a readiness handshake, not a sleep
-            c_err.write(line)
-            if line.startswith(b"coordinator ready"):
-                break
-        c_err.flush()
-        drain = threading.Thread(target=lambda: c_err.write(err.read()), daemon=True)
-        drain.start()
-        with open(workdir / "clients.log", "wb") as log:
-            clients = subprocess.Popen(clients_cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
-            try:
-                codes = coordinator.wait(timeout=RUN_TIMEOUT_S), clients.wait(timeout=RUN_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                for p in (coordinator, clients):
-                    p.kill()
-                    p.wait()
-                sys.exit(f"{label}: the run took over {RUN_TIMEOUT_S} s; logs in {workdir}")
-        drain.join()
+    try:
+        codes = fedhive_amqp_side.run_networked(workdir, coordinator_cmd, clients_cmd, env, RUN_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        sys.exit(f"{label}: the run took over {RUN_TIMEOUT_S} s; logs in {workdir}")
     if any(codes):
         sys.exit(f"{label}: coordinator exited {codes[0]}, clients {codes[1]}; logs in {workdir}")
     latest = run_dir / "latest"  # newer trees keep each session in its own folder under --out

@@ -6,7 +6,11 @@
 A coordinator process (this script, ``--coordinator-child``: ``run_coordinator`` as ``fedhive
 coordinator`` runs it, with an observer that prints timestamps and its own CPU time) and ``--hosts``
 processes of ``fedhive client --virtual N --host ID --slice I/K`` (one AMQP connection each; every
-client its own queue and signing key, registering and beating with it). The app is
+client its own signing key, registering with it). Each host is one broker identity (the default):
+a broker user of its own (``BrokerGrant.host``) and one queue, where the coordinator routes what is
+for any of its clients, whose ids name it (``fedhive clients add --hosted-by``); with
+``--shared-login`` the hosts log in as the coordinator does and every client has a queue of its
+own (the layout before host users). The app is
 bench/workload_app.py (a 10,010-parameter logistic regression, each client's data derived from its
 index: any population size), ``--per-round`` clients selected per round.
 
@@ -154,9 +158,9 @@ class PrivateBroker:
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
         self.ctl("wait", str(self.root / "node.pid"), "--timeout", "120")
 
-    def ctl(self, *args: str) -> str:
+    def ctl(self, *args: str, stdin: str | None = None) -> str:
         done = subprocess.run([str(self.scripts / "rabbitmqctl"), "-n", self.node, *args], env=self.env(),
-                              capture_output=True, text=True, timeout=180, check=True)  # fmt: skip
+                              input=stdin, capture_output=True, text=True, timeout=180, check=True)  # fmt: skip
         return done.stdout
 
     def stop(self) -> None:
@@ -174,6 +178,7 @@ class BrokerProbe:
 
     def __init__(self, ctl: Any) -> None:
         self._ctl = ctl
+        self.ctl = ctl
 
     def memory_mb(self) -> float | None:
         try:
@@ -193,12 +198,32 @@ class BrokerProbe:
 
 
 def shared_ctl(node: str | None) -> Any:
-    def ctl(*args: str) -> str:
+    def ctl(*args: str, stdin: str | None = None) -> str:
         extra = ["-n", node] if node else []
-        done = subprocess.run(["rabbitmqctl", *extra, *args], capture_output=True, text=True, timeout=180, check=True)
+        done = subprocess.run(["rabbitmqctl", *extra, *args], input=stdin, capture_output=True, text=True,
+                              timeout=180, check=True)  # fmt: skip
         return done.stdout
 
     return ctl
+
+
+def make_host_user(probe: BrokerProbe, url: str, host: str, namespace: str) -> str:
+    """The host's broker user (``BrokerGrant.host``: its queue, its clients' keys, nothing to
+    configure), made with rabbitmqctl; the URL it logs in with."""
+    from urllib.parse import quote, urlsplit
+
+    from fedhive.transports.broker_users import BrokerGrant, new_password
+
+    vhost = urlsplit(url).path.lstrip("/") or "/"
+    grant = BrokerGrant.host(host, namespace=namespace, vhost=vhost)
+    password = new_password()
+    add_user, *rights = grant.commands()
+    probe.ctl(*add_user, stdin=password)
+    for argv in rights:
+        probe.ctl(*argv)
+    where = urlsplit(url)
+    login = f"{quote(host, safe='')}:{quote(password, safe='')}"
+    return where._replace(netloc=f"{login}@{where.hostname}:{where.port}").geturl()
 
 
 # -- the run ----------------------------------------------------------------------------------------------
@@ -238,15 +263,33 @@ class Lines:
                 self.cond.wait(1.0)
 
 
-def write_credentials(root: Path, clients: int, hosts: int) -> tuple[Path, Path, list[tuple[str, str]]]:
+def write_credentials(
+    root: Path, clients: int, hosts: int, *, host_users: bool
+) -> tuple[Path, Path, list[tuple[str, str]]]:
     """The coordinator's store (every client and host) and the hosts' credentials file (the
-    clients only), written at once: ``CredentialStore.add`` rewrites the store on each call."""
+    clients only), written at once: ``CredentialStore.add`` rewrites the store on each call.
+    ``host_users``: each host a broker user, its clients' ids naming it, as ``fedhive clients add
+    gw --role host --broker-user ...`` and ``fedhive clients add c --hosted-by HOST`` record them."""
+    from fedhive.transports.amqp_topology import hosted_id
+
     width = len(str(clients))
-    ids = [(f"c{i:0{width}d}-{secrets.token_hex(3)}", secrets.token_hex(32)) for i in range(1, clients + 1)]
     host_ids = [(f"host{i:02d}-{secrets.token_hex(3)}", secrets.token_hex(32)) for i in range(1, hosts + 1)]
+    per_host = clients // hosts
+    ids = []
+    for i in range(1, clients + 1):
+        cid = f"c{i:0{width}d}-{secrets.token_hex(3)}"  # sorted ids: host I gets slice I/K
+        ids.append((hosted_id(cid, host_ids[(i - 1) // per_host][0]) if host_users else cid, secrets.token_hex(32)))
     created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     store = root / "clients.json"
-    entries = {cid: {"name": cid.rsplit("-", 1)[0], "secret": s, "created_at": created} for cid, s in ids + host_ids}
+    entries: dict[str, dict[str, str]] = {
+        cid: {"name": cid.rsplit("-", 1)[0], "secret": s, "created_at": created} for cid, s in ids + host_ids
+    }
+    if host_users:
+        for host, _ in host_ids:
+            entries[host] |= {"role": "host", "broker_user": host}
+        for cid, _ in ids:
+            host = cid.rsplit(":", 1)[1]
+            entries[cid] |= {"host": host, "broker_user": host}
     store.write_text(json.dumps({"version": 1, "clients": entries}))
     store.chmod(0o600)
     lines = root / "clients.jsonl"
@@ -291,7 +334,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     per_host = args.clients // args.hosts
     clients = per_host * args.hosts
     try:
-        store, creds, host_ids = write_credentials(root, clients, args.hosts)
+        store, creds, host_ids = write_credentials(root, clients, args.hosts, host_users=not args.shared_login)
+        host_urls = {host: url for host, _ in host_ids}
+        if not args.shared_login:
+            host_urls = {host: make_host_user(probe, url, host, namespace) for host, _ in host_ids}
         memory_before = probe.memory_mb()
         settings = session_settings(clients, args.per_round, args.rounds, args.heartbeat)
         child = [sys.executable, __file__, "--coordinator-child", url, namespace, str(store), json.dumps(settings),
@@ -304,12 +350,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         watch.wait_event("ready", 120)
         started = time.time()
         for i, (host, secret) in enumerate(host_ids, start=1):
-            cmd = [*FEDHIVE, "client", "--broker", url, "--namespace", namespace, "--app", APP, "--virtual",
+            cmd = [*FEDHIVE, "client", "--namespace", namespace, "--app", APP, "--virtual",
                    str(per_host), "--slice", f"{i}/{args.hosts}", "--host", host, "--credentials", str(creds),
                    "--workers", "1", "--register-timeout", "600", "--coordinator-timeout", "300"]  # fmt: skip
             # bench/workload_app.py imports bench/workload.py
             path = os.pathsep.join(filter(None, [str(BENCH), os.environ.get("PYTHONPATH")]))
-            env = {**os.environ, "FEDHIVE_CLIENT_SECRET": secret, "PYTHONPATH": path}
+            # The broker URL (with the host's password) in the environment, not on the command line.
+            env = {**os.environ, "FEDHIVE_CLIENT_SECRET": secret, "PYTHONPATH": path, "FEDHIVE_BROKER": host_urls[host]}
             log = (root / f"host{i:02d}.log").open("w")
             p = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, text=True, env=env)
             procs.append(p)
@@ -348,6 +395,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             print(f"could not delete namespace {namespace}: {exc}", file=sys.stderr)
         if broker is not None:
             broker.stop()
+        elif not args.shared_login:
+            for host, _ in host_ids:
+                try:
+                    probe.ctl("delete_user", host)
+                except subprocess.SubprocessError as exc:
+                    print(f"could not delete broker user {host}: {exc}", file=sys.stderr)
     starts = {e["round"]: e for e in events if e["event"] == "round_started"}
     ends = {e["round"]: e for e in events if e["event"] == "round_completed"}
     rounds = [
@@ -364,6 +417,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     result = {
         "clients": clients,
         "hosts": args.hosts,
+        "host_users": not args.shared_login,
         "selected_per_round": selected,
         "registered_s": round(registered_s, 2),
         "registered_from_first_s": round(from_first_s, 2),
@@ -415,6 +469,11 @@ def main() -> None:
     ap.add_argument("--private-port", type=int, default=5698)
     ap.add_argument("--heartbeat", type=float, default=30.0, help="heartbeat interval s (timeout: 4 times it)")
     ap.add_argument("--profile", help="write the coordinator's cProfile stats to this file, print its top 25")
+    ap.add_argument(
+        "--shared-login",
+        action="store_true",
+        help="hosts log in as the coordinator; a queue per client (the layout before host users)",
+    )
     ap.add_argument("--coordinator-child", nargs=5, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.coordinator_child:

@@ -62,6 +62,41 @@ def prepare(workdir: Path, clients: int, rounds: int, dataset: str, partition: s
         subprocess.run([*add, "--store", str(workdir / "store.json")], stdout=out, check=True)
 
 
+def run_networked(
+    wd: Path,
+    coordinator_cmd: list[str],
+    clients_cmd: list[str],
+    env: dict[str, str] | None = None,
+    timeout_s: float | None = None,
+) -> tuple[int, int]:
+    """Starts the coordinator, waits for its "coordinator ready" line (a readiness handshake, not a
+    sleep), starts the clients and waits for both: their exit codes. Output goes to coordinator.out,
+    coordinator.err and clients.log in ``wd``. Past ``timeout_s`` both are killed and
+    ``subprocess.TimeoutExpired`` raised."""
+    with open(wd / "coordinator.out", "wb") as c_out, open(wd / "coordinator.err", "wb") as c_err:
+        coordinator = subprocess.Popen(coordinator_cmd, stdout=c_out, stderr=subprocess.PIPE, env=env)
+        err = coordinator.stderr
+        assert err is not None
+        for line in err:
+            c_err.write(line)
+            if line.startswith(b"coordinator ready"):
+                break
+        c_err.flush()
+        drain = threading.Thread(target=lambda: c_err.write(err.read()), daemon=True)
+        drain.start()
+        with open(wd / "clients.log", "wb") as log:
+            clients = subprocess.Popen(clients_cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+            try:
+                codes = coordinator.wait(timeout=timeout_s), clients.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                for p in (coordinator, clients):
+                    p.kill()
+                    p.wait()
+                raise
+        drain.join()
+    return codes
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("workdir", type=Path)
@@ -78,21 +113,7 @@ def main() -> None:
     coordinator_cmd += ["--store", str(wd / "store.json"), *common]
     clients_cmd = [fedhive, "client", "--virtual", str(args.clients), "--credentials", str(wd / "credentials.jsonl")]
     clients_cmd += ["--dataset", args.dataset, "--partition", args.partition, *common]
-    with open(wd / "coordinator.out", "wb") as c_out, open(wd / "coordinator.err", "wb") as c_err:
-        coordinator = subprocess.Popen(coordinator_cmd, stdout=c_out, stderr=subprocess.PIPE)
-        err = coordinator.stderr
-        assert err is not None
-        for line in err:  # a readiness handshake, not a sleep
-            c_err.write(line)
-            if line.startswith(b"coordinator ready"):
-                break
-        c_err.flush()
-        drain = threading.Thread(target=lambda: c_err.write(err.read()), daemon=True)
-        drain.start()
-        with open(wd / "clients.log", "wb") as log:
-            clients = subprocess.Popen(clients_cmd, stdout=log, stderr=subprocess.STDOUT)
-            codes = coordinator.wait(), clients.wait()
-        drain.join()
+    codes = run_networked(wd, coordinator_cmd, clients_cmd)
     if any(codes):
         sys.exit(f"coordinator exited {codes[0]}, clients {codes[1]}; logs in {wd}")
     run_dir /= (run_dir / "latest").read_text().strip()  # the session's own folder under --out

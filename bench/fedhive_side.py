@@ -22,6 +22,7 @@ import argparse
 import asyncio
 import itertools
 import json
+import resource
 import sys
 import time
 from pathlib import Path
@@ -38,7 +39,8 @@ from fedhive.runtime.bus import EventBus
 from fedhive.runtime.session_config import SessionConfig
 from fedhive.runtime.simulation import SimulationPlan, plan_simulation, run_federation
 from fedhive.runtime.worker_devices import cores, one_thread_per_trainer
-from fedhive.runtime.worker_pool import WorkerPool, app_source
+from fedhive.runtime.worker_pool import WorkerPool, early_source
+from fedhive.runtime.worker_timeline import mark
 
 BENCH = Path(__file__).resolve().parent
 
@@ -86,21 +88,26 @@ def session(kind: str, clients: int, rounds: int) -> SessionConfig:
 
 
 def app_plan(kind: str, clients: int, rounds: int, workers: int) -> tuple[SimulationPlan, WorkerPool | None]:
-    """A compute-bound case as an app: its plan, and its worker processes (started first: they
-    load the app while this process plans, as ``fedhive simulate`` does)."""
+    """A compute-bound case as an app: its plan, and its worker processes, launched before this
+    process loads the app (``early_source``) so that the workers' imports (torch, the app's own)
+    overlap this process's; ``adopt`` then checks that both load the same app."""
     common = {"rounds": rounds, "min_clients": clients, "round_timeout_s": 3600, "seed": workload.SEED}
+    compute = kind == "logreg-compute"
+    ref = f"{BENCH / 'workload_app.py'}:app" if compute else str(BENCH.parent / "examples" / "torch_mnist")
+    one_thread_per_trainer()
+    pool = WorkerPool(early_source(ref, {}, clients), [None] * workers) if workers > 1 else None
+    mark("workers-spawned")
+    loaded = load_app(ref)
+    mark("app-loaded")
     if kind == "logreg-compute":
-        loaded = load_app(f"{BENCH / 'workload_app.py'}:app")
         hp = {"lr": workload.LR, "momentum": 0.0, "local_steps": workload.COMPUTE_STEPS, "batch_size": workload.SAMPLES}
         cfg = SessionConfig(**common, **hp)
     else:
-        loaded = load_app(str(BENCH.parent / "examples" / "torch_mnist"))
         cfg = SessionConfig(**common, **workload.CNN_HP, run_config=dict(workload.CNN_DATA))
-    one_thread_per_trainer()
-    source = app_source(loaded, {}, clients)
-    assert source is not None
-    pool = WorkerPool(source, [None] * workers) if workers > 1 else None
-    return plan_simulation(cfg, loaded, clients, evaluate="none"), pool
+    assert pool is None or pool.adopt(loaded), "the workers load another app than this process"
+    plan = plan_simulation(cfg, loaded, clients, evaluate="none")
+    mark("planned")
+    return plan, pool
 
 
 def export_shards(path: str, clients: int, spec: DataSpec) -> None:
@@ -129,6 +136,7 @@ def main() -> None:
     ap.add_argument("--partition", default="dirichlet:0.5")
     ap.add_argument("--data", help="ignored: the Flower side's shard file (here rebuilt from the same spec)")
     args = ap.parse_args()
+    mark("imported")
     spec = DataSpec(dataset=args.dataset, partition=args.partition)
     if exporting:
         export_shards(args.file, args.clients, spec)
@@ -156,12 +164,14 @@ def main() -> None:
     accuracy: list[float] = []
 
     def completed(e: ev.RoundCompleted) -> None:
+        mark("round-completed", round=e.round)
         stamps.append(time.time())
         if evaluator is not None:
             accuracy.append(e.metrics["accuracy"])
 
     def attach(bus: EventBus) -> None:
         bus.on(ev.RoundStarted, lambda e: stamps.append(time.time()) if (e.round, e.attempt) == (1, 0) else None)
+        bus.on(ev.RoundStarted, lambda e: mark("round-started", round=e.round))
         bus.on(ev.RoundCompleted, completed)
 
     federation = run_federation(cfg, trainers, counts, initial, evaluator=evaluator, observers=[attach], workers=pool)
@@ -171,6 +181,8 @@ def main() -> None:
     finally:
         if pool is not None:
             pool.close()
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    mark("session-done", main_cpu_s=usage.ru_utime + usage.ru_stime)
     print(
         json.dumps(
             {

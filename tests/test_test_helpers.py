@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import contextlib
 import socket
 import sys
-import threading
 import time
 from collections.abc import Iterator
 
 import pytest
 
+from echo_server import echo_server
 from processes import Proc
 from tcp_proxy import TcpProxy
 
@@ -32,26 +31,8 @@ def test_wait_for_returns_the_line() -> None:
 
 @pytest.fixture
 def echo_port() -> Iterator[int]:
-    """A TCP echo server on a free port, one thread per connection."""
-    server = socket.create_server(("127.0.0.1", 0))
-
-    def echo(conn: socket.socket) -> None:
-        with conn, contextlib.suppress(ConnectionResetError):  # a cut proxy resets this side too
-            while data := conn.recv(1024):
-                conn.sendall(data)
-
-    def serve() -> None:
-        while True:
-            try:
-                conn, _ = server.accept()
-            except OSError:
-                return
-            threading.Thread(target=echo, args=(conn,), daemon=True).start()
-
-    threading.Thread(target=serve, daemon=True).start()
-    yield server.getsockname()[1]
-    server.shutdown(socket.SHUT_RDWR)
-    server.close()
+    with echo_server() as port:
+        yield port
 
 
 def round_trip(port: int) -> socket.socket:

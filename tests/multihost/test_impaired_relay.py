@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from echo_server import echo_server
 from processes import Proc
 
 RELAY = Path(__file__).parent / "impaired_relay.py"
@@ -19,24 +20,8 @@ RELAY = Path(__file__).parent / "impaired_relay.py"
 
 @pytest.fixture
 def echo_port() -> Iterator[int]:
-    server = socket.create_server(("127.0.0.1", 0))
-
-    def echo(conn: socket.socket) -> None:
-        with conn:
-            while data := conn.recv(1 << 16):
-                conn.sendall(data)
-
-    def serve() -> None:
-        while True:
-            try:
-                conn, _ = server.accept()
-            except OSError:
-                return
-            threading.Thread(target=echo, args=(conn,), daemon=True).start()
-
-    threading.Thread(target=serve, daemon=True).start()
-    yield server.getsockname()[1]
-    server.close()
+    with echo_server() as port:
+        yield port
 
 
 def start_relay(echo_port: int, delay_ms: float, loss_percent: float) -> tuple[Proc, int]:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from amqp_cluster import Cluster, Net
+from amqp_peers import Peers
 
 from fedhive.transports.amqp import delete_namespace
 
@@ -25,3 +26,12 @@ async def net(rabbitmq_url: str, tmp_path: Path) -> AsyncIterator[Net]:
     n = Net(rabbitmq_url, tmp_path)
     yield n
     await delete_namespace(n.broker.url, n.broker.namespace, n.ids)
+
+
+@pytest.fixture
+def peers(rabbitmq_url: str) -> Iterator[Peers]:
+    p = Peers(rabbitmq_url)
+    try:
+        yield p
+    finally:
+        p.teardown()

@@ -6,28 +6,18 @@ one a session's id finds."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from uuid import uuid4
 
 import pytest
 from amqp_cluster import Cluster, demo_part, session_toml
-from test_p2p_peers_amqp import Peers
+from amqp_peers import Peers
 
-from fedhive.tracking.mlflow_tracker import find_session_run
+from fedhive.tracking.session_runs import find_session_run
 from tracking.conftest import mlflow_server  # noqa: F401  (fixture, found by name)
 
 pytestmark = [pytest.mark.amqp, pytest.mark.slow, pytest.mark.mlflow]
 ROUNDS = 2
-
-
-@pytest.fixture
-def peers(rabbitmq_url: str) -> Iterator[Peers]:
-    p = Peers(rabbitmq_url)
-    try:
-        yield p
-    finally:
-        p.teardown()
 
 
 def test_a_combiner_tracks_its_clients_per_round_beside_the_coordinators_run(

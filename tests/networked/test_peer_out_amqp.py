@@ -5,28 +5,18 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import aio_pika
 import pytest
 from aio_pika.exceptions import ChannelNotFoundEntity
-from test_p2p_peers_amqp import Peers
+from amqp_peers import Peers
 
 from fedhive.core import codec
 from fedhive.runtime.peer_rounds import params_digest
 from fedhive.transports.amqp_topology import Names
 
 pytestmark = [pytest.mark.amqp, pytest.mark.slow]
-
-
-@pytest.fixture
-def peers(rabbitmq_url: str) -> Iterator[Peers]:
-    p = Peers(rabbitmq_url)
-    try:
-        yield p
-    finally:
-        p.teardown()
 
 
 def test_peers_keep_their_final_model_and_print_only_json_on_stdout(peers: Peers, tmp_path: Path) -> None:

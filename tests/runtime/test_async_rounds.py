@@ -17,7 +17,7 @@ from fedhive.core.params import Params
 from fedhive.errors import ConfigError, SessionFailed
 from fedhive.learning.federation_data import DataSpec
 from fedhive.runtime import events as ev
-from fedhive.runtime.async_rounds import shifted, staleness_settings, staleness_weight
+from fedhive.runtime.async_staleness import shifted, staleness_settings, staleness_weight
 from fedhive.runtime.bus import EventBus
 from fedhive.runtime.client import ClientNode
 from fedhive.runtime.coordinator import COORDINATOR_ID, Coordinator

@@ -11,8 +11,8 @@ from fakes import BadTrainer, ShiftTrainer
 from fedhive.app.learner import FitConfig, FitResult, ProgressFn
 from fedhive.core.params import Params
 from fedhive.errors import DataError
-from fedhive.runtime import client_host
 from fedhive.runtime import events as ev
+from fedhive.runtime import host_training
 from fedhive.runtime.bus import EventBus
 from fedhive.runtime.session_config import SessionConfig
 from fedhive.runtime.simulation import FoldGate, run_federation
@@ -109,7 +109,7 @@ def test_the_limit_follows_the_byte_budget() -> None:
 
 
 async def test_a_host_hands_over_a_big_model_before_it_trains_the_next(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(client_host, "CHUNK_BYTES", 1)  # every model is "big": one client per partial
+    monkeypatch.setattr(host_training, "CHUNK_BYTES", 1)  # every model is "big": one client per partial
     counter = Outstanding()
     trainers = [Counted(0.1 * (i + 1), counter) for i in range(8)]
     config = SessionConfig(rounds=2, min_clients=8, round_timeout_s=10, heartbeat_interval_s=None)

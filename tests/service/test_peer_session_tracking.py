@@ -2,7 +2,9 @@
 observers as any other session (in one process, on the in-memory network, three site agents):
 they get its start, each site's reported figures and each round's, and how it ended, on the
 session's own bus. An MLflow tracker (a real local MLflow store) records it as one FINISHED run
-with a metric per round and a child run per site, and logs no model: the server never holds one.
+with a metric per round and a child run per site, and logs the final model the peers agreed on
+(one of them hands it over at the end: ``peer_session_model``); no round's model, which the
+server never holds.
 The same over RabbitMQ with an MLflow server: ``test_serve_end_to_end``."""
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 FACTS = (ev.SessionStarted, ev.UpdateAccepted, ev.RoundCompleted, ev.SessionCompleted, ev.SessionFailedEvent)
 
 
-async def test_a_decentralised_sessions_observers_and_its_mlflow_run_follow_it_without_a_model(
+async def test_a_decentralised_sessions_observers_and_its_mlflow_run_follow_it_with_its_final_model(
     tmp_path: Path,
 ) -> None:
     mlflow = need_module("mlflow", "pip install 'fedhive[mlflow]'")
@@ -31,7 +33,8 @@ async def test_a_decentralised_sessions_observers_and_its_mlflow_run_follow_it_w
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
     # The store's tables first: made in the tracker's thread mid-session, that CPU-heavy work would
     # hold up the watch past the test federation's 2 s heartbeat timeout on a loaded machine.
-    mlflow.MlflowClient(tracking_uri=store).create_experiment("fedhive")
+    # Its artifacts (the final model) in tmp_path too, not in the working directory's ./mlruns.
+    mlflow.MlflowClient(tracking_uri=store).create_experiment("fedhive", (tmp_path / "artifacts").as_uri())
     seen: list[object] = []
     trackers: dict[str, MlflowTracker] = {}
 
@@ -61,7 +64,8 @@ async def test_a_decentralised_sessions_observers_and_its_mlflow_run_follow_it_w
     updates = [e for e in seen if isinstance(e, ev.UpdateAccepted)]
     assert sorted((e.round, e.client_id) for e in updates) == [(n, s) for n in (1, 2, 3) for s in SITES]
     ended = [e for e in seen if isinstance(e, ev.SessionCompleted | ev.SessionFailedEvent)]
-    assert len(ended) == 1 and isinstance(ended[0], ev.SessionCompleted) and len(ended[0].params) == 0
+    assert len(ended) == 1 and isinstance(ended[0], ev.SessionCompleted)
+    assert list(ended[0].params) == ["w"]  # the agreed model, handed over by a peer
 
     tracker = trackers[sid]
     assert tracker.failure is None
@@ -71,7 +75,7 @@ async def test_a_decentralised_sessions_observers_and_its_mlflow_run_follow_it_w
     history = client.get_metric_history(run.info.run_id, "digest_agreement")
     assert [(m.step, m.value) for m in history] == [(1, 1.0), (2, 1.0), (3, 1.0)]
     assert [m.step for m in client.get_metric_history(run.info.run_id, "mse")] == [1, 2, 3]
-    assert client.list_artifacts(run.info.run_id) == []  # no model: the peers hold it, not the server
+    assert client.list_artifacts(run.info.run_id) != []  # the final model, as a star session's
     assert sorted(tracker.child_runs) == SITES
     for run_id in tracker.child_runs.values():
         child = client.get_run(run_id)

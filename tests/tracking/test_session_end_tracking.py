@@ -180,7 +180,7 @@ async def test_a_session_started_from_a_registered_model_carries_its_use_case_an
 
 
 def test_a_runs_link_is_the_tracking_servers_page_without_credentials() -> None:
-    from fedhive.tracking.mlflow_tracker import run_url
+    from fedhive.tracking.session_runs import run_url
 
     assert run_url("http://user:pw@mlflow:5000/", "3", "ab12") == "http://mlflow:5000/#/experiments/3/runs/ab12"
     assert run_url("https://mlflow.example.org", "0", "x/y") == "https://mlflow.example.org/#/experiments/0/runs/x%2Fy"

@@ -9,6 +9,7 @@ Routes (every one but ``/health``, ``/auth/signup`` and ``/auth/signin`` needs a
     GET    /sessions, /sessions/{id}, .../training-status, .../rounds
     POST   /sessions/{id}/cancel;  DELETE /sessions/{id}                     (api.sessions)
     POST   /sessions/reported, /sessions/{id}/events  command-line sessions   (api.reported)
+    POST   /sessions/reported/model                   their final models      (api.reported_model)
     GET    /datasets, /datasets/{id}                                          (api.datasets)
     GET    /peers;  POST /peers (admin)                                       (api.peers)
     GET    /sites   peers with what their site agents announced               (api.sites)
@@ -31,7 +32,7 @@ import secrets
 
 from fastapi import FastAPI
 
-from fedhive.api import apps, auth, datasets, models, peers, reported, session_start, sessions, sites
+from fedhive.api import apps, auth, datasets, models, peers, reported, reported_model, session_start, sessions, sites
 from fedhive.api.body_limit import BodyLimit
 from fedhive.api.deps import ServicesDep
 from fedhive.api.errors import install_error_handlers
@@ -48,7 +49,7 @@ from fedhive.web.live import LiveFeed
 # route reads into memory. The upload routes allow max_upload_bytes plus the form around the file.
 JSON_BODY_LIMIT_BYTES = 1024 * 1024
 FORM_OVERHEAD_BYTES = 64 * 1024
-UPLOAD_ROUTES = (("POST", "/sessions/start"), ("POST", "/models"))
+UPLOAD_ROUTES = (("POST", "/sessions/start"), ("POST", "/models"), ("POST", reported_model.PATH))
 
 
 async def health(services: ServicesDep) -> Health:
@@ -82,6 +83,7 @@ def create_app(settings: Settings, services: Services, live: LiveFeed | None = N
     )
     app.include_router(auth.routes())
     app.include_router(session_start.routes())  # before /sessions/{id}: "start" is no id
+    app.include_router(reported_model.routes())  # nor is "reported"
     app.include_router(reported.routes())  # so is "reported"
     app.include_router(sessions.routes())
     app.include_router(datasets.routes())

@@ -62,7 +62,7 @@ from fedhive.tracking.mlflow_registry import (
     load_registered_model,
     parse_model_ref,
 )
-from fedhive.tracking.mlflow_tracker import start_tags
+from fedhive.tracking.mlflow_store import start_tags
 
 _DEFAULT_MODEL = SessionConfig.model_fields["model"].default
 DEFAULT_COMBINERS = 2

@@ -149,7 +149,7 @@ async def delete_session(services: ServicesDep, user: UserDep, session_id: Sessi
 
 async def _delete_runs(tracking_uri: str, session_id: str) -> None:
     from fedhive.tracking.mlflow_registry import check_reachable, redact
-    from fedhive.tracking.mlflow_tracker import delete_session_runs
+    from fedhive.tracking.session_runs import delete_session_runs
 
     def delete() -> int:
         check_reachable(tracking_uri)  # one bounded probe, not MLflow's minutes of retries

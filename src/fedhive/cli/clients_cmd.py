@@ -36,8 +36,10 @@ VhostOption = Annotated[str, typer.Option(help="RabbitMQ virtual host of the fed
 RoleOption = Annotated[
     str,
     typer.Option(
-        help="'client', or 'combiner' for a combiner of a hierarchical federation (its broker user may publish up "
-        "to the coordinator and down to the clients the coordinator assigns it, and read its own queue)"
+        help="'client'; 'combiner' for a combiner of a hierarchical federation (its broker user may publish up "
+        "to the coordinator and down to the clients the coordinator assigns it, and read its own queue); 'host' for "
+        "a client host (fedhive client --virtual N --host ID; its broker user publishes for the clients added "
+        "with --hosted-by ID and reads its own queue)"
     ),
 ]
 
@@ -62,11 +64,21 @@ def add(
     namespace: NamespaceOption = "fedhive",
     vhost: VhostOption = "/",
     role: RoleOption = "client",
+    hosted_by: Annotated[
+        str | None,
+        typer.Option(
+            "--hosted-by",
+            help="a host's id (clients add NAME --role host): these clients are answered for by that host, through "
+            "its one queue and, if it has one, its broker user",
+        ),
+    ] = None,
 ) -> None:
     if broker_user not in (None, "rabbitmqctl", "manual"):
         raise ConfigError(f"--broker-user is 'rabbitmqctl' or 'manual', not {broker_user!r}")
-    if role not in ("client", "combiner"):
-        raise ConfigError(f"--role is 'client' or 'combiner', not {role!r} (peers: fedhive peers add)")
+    if role not in ("client", "combiner", "host"):
+        raise ConfigError(f"--role is 'client', 'combiner' or 'host', not {role!r} (peers: fedhive peers add)")
+    if hosted_by is not None and (broker_user is not None or role != "client"):
+        raise ConfigError("--hosted-by clients publish as their host's broker user: no --broker-user or --role")
     rabbitmqctl = Rabbitmqctl() if broker_user == "rabbitmqctl" else None  # missing: refused before anything
     if not 1 <= count <= 100_000:
         raise ConfigError(f"--count must be between 1 and 100000, got {count}")
@@ -84,7 +96,7 @@ def add(
     lines = []
     manual: list[str] = []
     for n in names:
-        client_id, secret = creds.add(n, broker_user=broker_user is not None, role=role)
+        client_id, secret = creds.add(n, broker_user=broker_user is not None, role=role, hosted_by=hosted_by)
         entry = {"client_id": client_id, "secret": secret, "name": n}
         if broker_user is not None:
             grant = BrokerGrant.of(client_id, role=role, namespace=namespace, vhost=vhost)
@@ -196,6 +208,8 @@ def broker_commands(
     vhost: VhostOption = "/",
     role: RoleOption = "client",
 ) -> None:
-    if role not in ("client", "combiner"):
-        raise ConfigError(f"--role is 'client' or 'combiner', not {role!r} (peers: fedhive peers broker-commands)")
+    if role not in ("client", "combiner", "host"):
+        raise ConfigError(
+            f"--role is 'client', 'combiner' or 'host', not {role!r} (peers: fedhive peers broker-commands)"
+        )
     print("\n".join(BrokerGrant.of(client_id, role=role, namespace=namespace, vhost=vhost).shell_lines()))

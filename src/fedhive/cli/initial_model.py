@@ -66,7 +66,7 @@ def _read_s3(url: str) -> bytes:
 def _from_mlflow(text: str, tracking_uri: str | None) -> Params:
     from fedhive.tracking.mlflow_options import SIMULATE_STORE
     from fedhive.tracking.mlflow_registry import load_registered_model, parse_model_ref
-    from fedhive.tracking.mlflow_tracker import default_tracking_uri
+    from fedhive.tracking.mlflow_store import default_tracking_uri
 
     uri = tracking_uri or os.environ.get("FEDHIVE_MLFLOW_TRACKING_URI") or default_tracking_uri(SIMULATE_STORE)
     return load_registered_model(uri, parse_model_ref(text)).params

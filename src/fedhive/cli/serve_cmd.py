@@ -49,7 +49,7 @@ def serve_cmd(
     # every fedhive command imports this module to build its command line.
     from fedhive.service.platform import ServeOptions, serve
     from fedhive.service.settings import Settings
-    from fedhive.tracking.mlflow_tracker import default_tracking_uri
+    from fedhive.tracking.mlflow_store import default_tracking_uri
 
     if local_clients < 0:
         raise ConfigError("--local-clients must be zero or more")

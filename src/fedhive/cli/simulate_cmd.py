@@ -39,7 +39,7 @@ from fedhive.runtime.population_simulation import (
     run_population,
 )
 from fedhive.runtime.session_config import make_config
-from fedhive.runtime.simulation import client_id, plan_simulation, run_federation, start_workers
+from fedhive.runtime.simulation import client_id, launch_early, plan_simulation, run_federation, start_workers
 from fedhive.runtime.worker_devices import one_thread_per_trainer
 from fedhive.tracking.mlflow_options import MlflowOptions
 from fedhive.tracking.mlflow_registry import check_fits
@@ -188,6 +188,26 @@ def simulate(
         parse_model_spec(model)
     if csv is not None:
         dataset = "csv"
+    data = (
+        DataSpec(
+            dataset=dataset,
+            csv=str(csv) if csv else None,
+            label=label,
+            partition=partition,
+            test_fraction=test_fraction,
+        )
+        if 0 < test_fraction < 1
+        else _bad_fraction(test_fraction)
+    )
+    data.check()
+    site = (
+        {**data.model_dump(exclude_none=True), **parse_pairs(node, "--node")}
+        if builtin
+        else parse_pairs(node, "--node")
+    )
+    # With --workers N the workers start first: their imports overlap this process's loading the app.
+    paced = bool(client_speed or availability)  # paced clients (below) are nodes of their own
+    early = None if flower is not None or paced or is_population(clients) else launch_early(workers, app, site, clients)
     loaded = flower.loaded if flower is not None else load_app(app)
     config = make_config(
         rounds=rounds,
@@ -219,23 +239,6 @@ def simulate(
         max_staleness=max_staleness,
         **staleness_settings(staleness_weighting),
     )
-    data = (
-        DataSpec(
-            dataset=dataset,
-            csv=str(csv) if csv else None,
-            label=label,
-            partition=partition,
-            test_fraction=test_fraction,
-        )
-        if 0 < test_fraction < 1
-        else _bad_fraction(test_fraction)
-    )
-    data.check()
-    site = (
-        {**data.model_dump(exclude_none=True), **parse_pairs(node, "--node")}
-        if builtin
-        else parse_pairs(node, "--node")
-    )
     # A population (runtime.population): clients made only when sampled, bookkeeping in columns.
     population = is_population(clients)
     if population:
@@ -245,12 +248,11 @@ def simulate(
             )
         refuse_population(config)
         site = population_node(site)
-    # Worker processes load the app while this one plans; paced clients (below) are nodes of their own.
-    paced = bool(client_speed or availability)
+    # Worker processes load the app while this one plans.
     pool, why_not = (
         (None, "paced clients train in this process")
         if paced
-        else start_workers(workers, loaded, site, clients, config)
+        else start_workers(workers, loaded, site, clients, config, early)
     )
     if why_not is not None and workers is not None and workers > 1:
         Console(stderr=True).print(f"[yellow]--workers {workers}: {escape(why_not)}[/]", soft_wrap=True)

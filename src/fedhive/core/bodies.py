@@ -10,127 +10,82 @@
 - Unknown keys are ignored: "extend, never rename", a new node may add a key that an old one then
   does not read. A new key therefore needs a default that means what its absence meant before.
 
-Repeated rows (a partial's members, a host's clients) are ``TypedDict``s: pydantic checks them in
-its compiled core and they stay plain dicts, about a microsecond per row where a model per row
-would cost several on the simulation's hot path.
+The field types live in ``body_fields``, the repeated rows in ``body_rows``, the reading of a body
+off a message in ``body_reading``; this module holds the base class and each kind's body.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
-from typing import Annotated, Any, ClassVar, Literal, NotRequired, Self, TypeVar, cast
+from typing import Annotated, Any, ClassVar, Literal, Self
 
-from pydantic import (
-    AllowInfNan,
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
-    Field,
-    Strict,
-    StringConstraints,
-    ValidationError,
-    model_validator,
+from pydantic import BaseModel, ConfigDict, Field, Strict, StringConstraints, model_validator
+
+from fedhive.core.body_fields import (
+    MAX_CLIENTS,
+    MAX_EXAMPLES,
+    MAX_REASON,
+    NO_MODEL,
+    Attempt,
+    ClientCount,
+    Digest,
+    Examples,
+    ExamplesOrNone,
+    Finite,
+    IdList,
+    LabelCounts,
+    Metrics,
+    NodeId,
+    figure_or_none,
+    text_cut,
 )
-from typing_extensions import TypedDict  # pydantic reads TypedDicts of typing_extensions on 3.11
-
+from fedhive.core.body_reading import attempt_claimed, compression_claimed, parse_body
+from fedhive.core.body_rows import (
+    FailureRow,
+    Member,
+    MemberRow,
+    SeedRow,
+    failure_rows,
+    member_rows,
+    members_of,
+    seed_rows,
+)
 from fedhive.core.envelope import Kind, Message
-from fedhive.errors import ProtocolError
 
-MAX_EXAMPLES = 10**9
-MAX_CLIENTS = 10_000  # clients one partial, evaluation or host TRAIN may name
-MAX_ATTEMPT = 10**6
-MAX_ID = 128
-MAX_REASON = 500
-MAX_METRICS = 64
-NO_MODEL = -1  # a peer that holds no model yet announces this
-
-# -- field types ----------------------------------------------------------------------------------
-# Strict: a bool or a string is no number on the wire (JSON gives ints and floats as they are).
-Examples = Annotated[int, Strict(), Field(ge=1, le=MAX_EXAMPLES)]
-ExamplesOrNone = Annotated[int, Strict(), Field(ge=0, le=MAX_EXAMPLES)]
-ClientCount = Annotated[int, Strict(), Field(ge=0, le=MAX_CLIENTS)]
-Attempt = Annotated[int, Strict(), Field(ge=0, le=MAX_ATTEMPT)]
-Seed = Annotated[int, Strict(), Field(ge=0, le=2**63 - 1)]
-Finite = Annotated[float, Strict(), AllowInfNan(False)]
-NodeId = Annotated[str, Strict(), StringConstraints(min_length=1, max_length=MAX_ID)]
-Digest = Annotated[str, Strict(), StringConstraints(max_length=128)]
-MetricName = Annotated[str, Strict(), StringConstraints(min_length=1, max_length=64)]
-Metrics = Annotated[dict[MetricName, Finite], Field(max_length=MAX_METRICS)]
-LabelCounts = Annotated[
-    dict[Annotated[str, StringConstraints(max_length=MAX_ID)], Annotated[int, Strict(), Field(ge=0)]],
-    Field(max_length=100_000),
+# The kinds' bodies, and what other modules have always imported from here
+__all__ = [
+    "BODIES",
+    "MAX_CLIENTS",
+    "MAX_REASON",
+    "NO_MODEL",
+    "AnnounceBody",
+    "Attempt",
+    "Body",
+    "DoneBody",
+    "EnableBody",
+    "ErrorBody",
+    "EvaluateBody",
+    "EvaluationBody",
+    "Examples",
+    "HeartbeatBody",
+    "Member",
+    "NodeId",
+    "PartialBody",
+    "PeerUpdateBody",
+    "RegisterBody",
+    "RegisteredBody",
+    "StopBody",
+    "TrainBody",
+    "UpdateBody",
+    "attempt_claimed",
+    "attempt_of",
+    "compression_claimed",
+    "failure_rows",
+    "member_rows",
+    "parse_body",
+    "seed_rows",
 ]
 
 
-def _text(limit: int) -> Any:
-    """Free text (a reason), cut to ``limit``: a long reason is no reason to drop the message."""
-    return BeforeValidator(lambda v: str(v)[:limit])
-
-
-def _or_none(kind: type) -> Any:
-    """A heartbeat's optional figure: kept if it is one, else None (a bad figure costs only itself)."""
-    return BeforeValidator(lambda v: v if isinstance(v, kind) and not isinstance(v, bool) else None)
-
-
-def _ids(v: object) -> list[str]:
-    """Peer ids, order kept; malformed entries are dropped, as peers always have."""
-    if not isinstance(v, list):
-        return []
-    return [p for p in v[:MAX_CLIENTS] if isinstance(p, str) and 0 < len(p) <= MAX_ID]
-
-
-IdList = Annotated[list[str], BeforeValidator(_ids)]
-
-
-# -- rows -----------------------------------------------------------------------------------------
-class MemberRow(TypedDict):
-    """One client's figures in a partial, an evaluation or a raw partial's ``updates``."""
-
-    client: NodeId
-    num_examples: Examples
-    metrics: NotRequired[Metrics]
-
-
-class FailureRow(TypedDict):
-    client: NodeId
-    reason: NotRequired[Annotated[str, _text(MAX_REASON)]]
-
-
-class SeedRow(TypedDict):
-    """One client of a host's TRAIN, with its own seed."""
-
-    client: NodeId
-    seed: Seed
-
-
-@dataclass(frozen=True, slots=True)
-class Member:
-    """A client's figures as a node reads them from a ``MemberRow``."""
-
-    client_id: str
-    num_examples: int
-    metrics: dict[str, float]
-
-
-def member_rows(members: Iterable[Member]) -> list[MemberRow]:
-    return [{"client": m.client_id, "num_examples": m.num_examples, "metrics": m.metrics} for m in members]
-
-
-def failure_rows(failures: Iterable[tuple[str, str]]) -> list[FailureRow]:
-    return [{"client": c, "reason": r[:MAX_REASON]} for c, r in failures]
-
-
-def seed_rows(seeds: Iterable[tuple[str, int]]) -> list[SeedRow]:
-    return [{"client": c, "seed": s} for c, s in seeds]
-
-
-def _members(rows: Sequence[MemberRow]) -> list[Member]:
-    return [Member(r["client"], r["num_examples"], r.get("metrics", {})) for r in rows]
-
-
-# -- bodies ---------------------------------------------------------------------------------------
 class Body(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True, defer_build=True)
     kind: ClassVar[Kind]
@@ -166,10 +121,10 @@ class RegisterBody(Body):
 
 class RegisteredBody(Body):
     kind = Kind.REGISTERED
-    heartbeat_interval_s: Annotated[float | None, _or_none(int | float)] = None
+    heartbeat_interval_s: Annotated[float | None, figure_or_none(int | float)] = None
     # How long a silence from the registered node means the registrar gives it up: a combiner's
     # clients give the combiner up after as long, and ask for another (runtime.assigned_client).
-    heartbeat_timeout_s: Annotated[float | None, _or_none(int | float)] = None
+    heartbeat_timeout_s: Annotated[float | None, figure_or_none(int | float)] = None
     combiner: NodeId | None = None  # the answer to a client's request for a combiner
 
 
@@ -178,11 +133,11 @@ class HeartbeatBody(Body):
     dropped rather than the beat."""
 
     kind = Kind.HEARTBEAT
-    status: Annotated[str, _text(32)] = ""
-    epoch: Annotated[int | None, _or_none(int)] = None
-    epochs: Annotated[int | None, _or_none(int)] = None
-    loss: Annotated[float | None, _or_none(int | float)] = None
-    accuracy: Annotated[float | None, _or_none(int | float)] = None
+    status: Annotated[str, text_cut(32)] = ""
+    epoch: Annotated[int | None, figure_or_none(int)] = None
+    epochs: Annotated[int | None, figure_or_none(int)] = None
+    loss: Annotated[float | None, figure_or_none(int | float)] = None
+    accuracy: Annotated[float | None, figure_or_none(int | float)] = None
     clients: ClientCount | None = None  # a combiner's, so a restarted coordinator can take it back
 
 
@@ -239,7 +194,7 @@ class _Members(Body):
         return self
 
     def member_list(self) -> list[Member]:
-        return _members(self.members or ())
+        return members_of(self.members or ())
 
     def failure_list(self) -> list[tuple[str, str]]:
         return [(f["client"], f.get("reason", "unspecified")) for f in self.failures]
@@ -278,7 +233,7 @@ class PartialBody(_Members):
         return self
 
     def update_list(self) -> list[Member]:
-        return _members(self.updates)
+        return members_of(self.updates)
 
 
 class DoneBody(Body):
@@ -289,12 +244,12 @@ class StopBody(Body):
     """``reason`` set: the session failed (a client ends with an error); absent: it is over."""
 
     kind = Kind.STOP
-    reason: Annotated[str, _text(1000)] | None = None
+    reason: Annotated[str, text_cut(1000)] | None = None
 
 
 class ErrorBody(Body):
     kind = Kind.ERROR
-    reason: Annotated[str, _text(MAX_REASON)] = "unspecified"
+    reason: Annotated[str, text_cut(MAX_REASON)] = "unspecified"
     attempt: Attempt = 0
 
 
@@ -355,59 +310,7 @@ BODIES: dict[Kind, type[Body]] = {
 }
 
 
-B = TypeVar("B", bound=Body)
-
-
-# -- reading --------------------------------------------------------------------------------------
-def parse_body(model: type[B], msg: Message) -> B:
-    """``msg``'s body as ``model``, validated on the first call for this message only."""
-    cache = msg.parsed_bodies
-    hit = cache.get(model)
-    if hit is not None:
-        return cast(B, hit)
-    try:
-        body = model.model_validate(msg.envelope.body)
-    except ValidationError as exc:
-        raise ProtocolError(_one_line(msg.kind, exc)) from None
-    cache[model] = body
-    return body
-
-
 def attempt_of(msg: Message) -> int:
     """The round attempt an UPDATE, PARTIAL or ERROR answers (0 where the kind has none)."""
     body = parse_body(BODIES[msg.kind], msg)
     return int(getattr(body, "attempt", 0))
-
-
-class Encoding(Body):
-    """The one field of an UPDATE or PEER_UPDATE that the payload's decoder reads: it is read
-    on its own, as it always was, by whoever decodes a payload."""
-
-    compression: Annotated[str, StringConstraints(max_length=32)] | None = None
-
-
-def compression_claimed(msg: Message) -> str | None:
-    """The update encoding a message names (None: the update itself)."""
-    return parse_body(Encoding, msg).compression
-
-
-def attempt_claimed(msg: Message) -> int:
-    """The attempt a message names, without judging the rest of its body: for the ERROR that
-    answers a message which could not be read (0 when the field is missing or malformed)."""
-    v = msg.envelope.body.get("attempt", 0)
-    return v if type(v) is int and 0 <= v <= MAX_ATTEMPT else 0
-
-
-def _one_line(kind: Kind, exc: ValidationError) -> str:
-    first = exc.errors(include_url=False)[0]
-    what = str(first["msg"]).removeprefix("Value error, ")
-    where = ".".join(str(p) for p in first["loc"])
-    if not where:
-        return f"{kind.value} body: {what}"
-    if first["type"] == "missing":
-        return f"{kind.value} body: field {where!r} is required"
-    got = first.get("input")
-    shown = repr(got) if not isinstance(got, dict | list) else type(got).__name__
-    if isinstance(got, float) and not math.isfinite(got):
-        shown = str(got)
-    return f"{kind.value} body: field {where!r}: {what} (got {shown[:60]})"

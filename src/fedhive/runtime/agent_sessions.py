@@ -15,6 +15,8 @@ The agent keeps one connection. What arrives on it is sorted here (``AgentLink``
   order's peer id, signed with the session's federation key; each round it completes is reported
   to the server on the agent's own channel. A restarted server asks again (``is_resume``): the
   agent repeats its reports of that session if its peer runs or has finished, or says it has none;
+- a ``train`` from the server naming ``topology: decentralised`` and ``upload`` asks for the model
+  the peers agreed on: the agent's peer of that session hands it over (``runtime.peer_model_upload``);
 - a ``stop`` from the server for the session being followed or peered ends that part at once;
 - everything else goes to the agent's own ``ClientNode`` (star sessions, idle beats).
 
@@ -32,15 +34,14 @@ from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 
-from fedhive.app.learner import EvalResult, FitConfig, FitResult, ProgressFn, Trainer
 from fedhive.core.bodies import RegisterBody, RegisteredBody, StopBody, parse_body
 from fedhive.core.envelope import Kind, Message, make
-from fedhive.core.params import Params
 from fedhive.errors import FedhiveError, ProtocolError, SessionFailed, TransportError
 from fedhive.runtime.client import ClientNode, TrainerFactory
 from fedhive.runtime.combiner_orders import open_link
 from fedhive.runtime.coordinator import COORDINATOR_ID
 from fedhive.runtime.peer import PeerNode, PeerRoundCompleted
+from fedhive.runtime.peer_model_upload import is_model_request, model_answer
 from fedhive.runtime.peer_orders import (
     DONE,
     PROGRESS,
@@ -50,6 +51,7 @@ from fedhive.runtime.peer_orders import (
     is_resume,
     open_key,
 )
+from fedhive.runtime.recording_trainer import RecordingTrainer
 from fedhive.transports.base import Transport, TransportClosed
 
 log = logging.getLogger("fedhive.agent")
@@ -185,6 +187,11 @@ class AgentLink:
         if is_resume(msg):
             self._answer_resume(session)
             return True
+        if is_model_request(msg):  # the peers agreed on a model: the server keeps it (peer_model_upload)
+            node = part.node if part is not None and part.session_id == session else None
+            held = (node.params, node.digest) if isinstance(node, PeerNode) else (None, "")
+            self._tell(model_answer(self.link.node_id, msg, *held))
+            return True
         order = PeerOrder.read(msg)
         if order is None:
             return False
@@ -268,7 +275,7 @@ class AgentLink:
             if s.peer_link is None:
                 raise SessionFailed(f"{me} cannot take part in a decentralised session: it has no broker to meet on")
             key = open_key(order.sealed_key, s.site_key, session_id=session, site_id=me)
-            trainer = _Recording(s.trainer_for(order.config))
+            trainer = RecordingTrainer(s.trainer_for(order.config))
             async with s.peer_link(order.peer_id, key) as transport:
                 node = PeerNode(
                     transport,
@@ -375,25 +382,3 @@ async def _finished(previous: _Part | None) -> None:
     if previous.task is not None:
         previous.task.cancel()
         await asyncio.gather(previous.task, return_exceptions=True)
-
-
-class _Recording:
-    """The session's trainer, keeping each round's own figures for the agent's reports."""
-
-    def __init__(self, trainer: Trainer) -> None:
-        self.trainer = trainer
-        self._figures: dict[int, tuple[int, dict[str, float]]] = {}
-
-    def initial_params(self, seed: int) -> Params:
-        return self.trainer.initial_params(seed)
-
-    def fit(self, params: Params, config: FitConfig, progress: ProgressFn | None = None) -> FitResult:
-        result = self.trainer.fit(params, config, progress)
-        self._figures[config.round] = (result.num_examples, dict(result.metrics))
-        return result
-
-    def evaluate(self, params: Params) -> EvalResult:
-        return self.trainer.evaluate(params)
-
-    def figures(self, round: int) -> tuple[int, dict[str, float]]:
-        return self._figures.pop(round, (0, {}))

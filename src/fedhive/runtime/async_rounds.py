@@ -26,7 +26,6 @@ import asyncio
 import logging
 import math
 import time
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -36,6 +35,9 @@ from fedhive.core.envelope import Deferred, Kind, Message, make
 from fedhive.core.params import Params
 from fedhive.errors import ConfigError, FedhiveError, PayloadError
 from fedhive.runtime import events as ev
+from fedhive.runtime.async_buffer import Dispatch, HeldVersion, UpdateBuffer
+from fedhive.runtime.async_staleness import shifted, staleness_weight
+from fedhive.runtime.async_staleness import staleness_settings as staleness_settings  # simulate's option
 from fedhive.runtime.claim_keeper import give_back
 from fedhive.runtime.client_membership import ClientMembership
 from fedhive.runtime.inline_executor import run_job
@@ -45,63 +47,11 @@ from fedhive.runtime.registry import PeerStatus
 from fedhive.runtime.round_state import RoundState
 from fedhive.runtime.update_limits import UpdateLimits
 from fedhive.strategies.base import Update
-from fedhive.strategies.screening import UpdateScreen
 
 if TYPE_CHECKING:
     from fedhive.runtime.coordinator import Coordinator
 
 log = logging.getLogger("fedhive.coordinator")
-
-
-def staleness_weight(staleness: int, weighting: str, exponent: float) -> float:
-    """How much an update trained ``staleness`` versions ago counts: 1 (constant), or FedBuff's
-    polynomial ``1 / (1 + staleness) ** exponent``."""
-    if weighting == "constant":
-        return 1.0
-    return float((1.0 + staleness) ** -exponent)
-
-
-def shifted(current: Params, base: Params, update: Params, weight: float) -> Params:
-    """``current + weight * (update - base)``: a stale update's change, moved onto the current model.
-    Float tensors in float64, cast back; any other tensor (a counter) is the update's own."""
-    out: dict[str, np.ndarray] = {}
-    for name, now in current.items():
-        if now.dtype.kind != "f":
-            out[name] = update[name]
-            continue
-        change = np.subtract(update[name], base[name], dtype=np.float64)
-        out[name] = (now + weight * change).astype(now.dtype, copy=False)
-    return Params(out)
-
-
-@dataclass(frozen=True, slots=True)
-class _Dispatch:
-    round: int  # the round its update is for: the version it was sent, plus one
-    attempt: int
-    sent: float
-
-
-@dataclass(frozen=True, slots=True)
-class _Version:
-    params: Params
-    screen: UpdateScreen  # screens updates trained from this version
-
-
-@dataclass
-class _Buffer:
-    """The updates of the next version, folded as they come."""
-
-    r: RoundState  # its aggregator; ``selected`` lists the updates' senders, in order
-    moves: dict[str, float] = field(default_factory=dict)  # sender -> weight * distance moved
-    folding: int = 0  # folds in a worker thread right now
-    closing: bool = False
-    drained: asyncio.Event = field(default_factory=asyncio.Event)
-
-    def folded(self) -> None:
-        """One fold in a worker thread is over; the loop, if it waits to aggregate, may go on."""
-        self.folding -= 1
-        if self.closing and not self.folding:
-            self.drained.set()
 
 
 class AsyncRounds:
@@ -118,10 +68,10 @@ class AsyncRounds:
         self.config = coordinator.config
         self.version = coordinator._next_round - 1  # the latest global model's version
         self._limits = self.down.collector.limits or UpdateLimits(self.config, coordinator.registry)
-        self._held: dict[int, _Version] = {}
-        self._buffer: _Buffer | None = None
-        self._parked: list[tuple[Message, _Dispatch]] = []  # came while the buffer was full
-        self._inflight: dict[str, _Dispatch] = {}  # in the order sent: the oldest first
+        self._held: dict[int, HeldVersion] = {}
+        self._buffer: UpdateBuffer | None = None
+        self._parked: list[tuple[Message, Dispatch]] = []  # came while the buffer was full
+        self._inflight: dict[str, Dispatch] = {}  # in the order sent: the oldest first
         self._idle: dict[str, None] = {}  # clients waiting for a TRAIN, in the order they came
         self._resting: set[str] = set()  # failed or timed out: sent nothing until the next version
         self._excluded: dict[str, str] = {}  # whose updates a refused version is tried again without
@@ -172,7 +122,7 @@ class AsyncRounds:
     def _hold(self, params: Params) -> None:
         """``params`` is version ``self.version``: held (with its screen) while updates trained on
         it may still come; clients resting since the last version may train again."""
-        self._held[self.version] = _Version(params, self._limits.screen(params))
+        self._held[self.version] = HeldVersion(params, self._limits.screen(params))
         for old in [v for v in self._held if v < self.version - self.config.max_staleness]:
             del self._held[old]
         self._refusals, self._excluded = 0, {}
@@ -184,7 +134,7 @@ class AsyncRounds:
         self.c.params = self.down.params = params
         aggregator = self.c.strategy.aggregator(params)
         r = RoundState(self.version + 1, self._refusals, [], time.monotonic(), aggregator)
-        self._buffer = _Buffer(r)
+        self._buffer = UpdateBuffer(r)
         self._full.clear()
         self.c.bus.emit(ev.RoundStarted(r.round, r.attempt, [*self._inflight, *self._idle]))  # who may add to it
         parked, self._parked = self._parked, []
@@ -192,7 +142,7 @@ class AsyncRounds:
             await self._fold(msg, d)
         await self._fill()
 
-    async def _collect(self) -> _Buffer | None:
+    async def _collect(self) -> UpdateBuffer | None:
         """Until the buffer holds ``buffer_size`` updates; None if the session failed meanwhile."""
         config = self.config
         buf = self._buffer
@@ -218,7 +168,7 @@ class AsyncRounds:
             await buf.drained.wait()
         return buf
 
-    def _stuck(self, buf: _Buffer, patience: float) -> str | None:
+    def _stuck(self, buf: UpdateBuffer, patience: float) -> str | None:
         online, floor = self.c.registry.online_count(), self.config.round_floor()
         if online < floor:
             name = "min_round_clients" if self.config.min_round_clients else "min_clients"
@@ -231,7 +181,7 @@ class AsyncRounds:
             )
         return None
 
-    def _refused(self, buf: _Buffer, refused: Refused) -> bool:
+    def _refused(self, buf: UpdateBuffer, refused: Refused) -> bool:
         """A refused version is never applied: its buffer is dropped and collected again without
         the update that moved the model most, while retries are left (``runtime.model_check``)."""
         log.error("%s: not applied", refused.reason)
@@ -271,7 +221,7 @@ class AsyncRounds:
             last_round, tries = self._attempts.get(client, (0, -1))
             attempt = tries + 1 if last_round == buf.r.round else 0
             self._attempts[client] = (buf.r.round, attempt)
-            self._inflight[client] = _Dispatch(buf.r.round, attempt, now)
+            self._inflight[client] = Dispatch(buf.r.round, attempt, now)
         for client in await self.down.send_all(pool, lambda cl: self._train(cl, params, index)):
             self._inflight.pop(client, None)
             self._rest(client)
@@ -323,7 +273,7 @@ class AsyncRounds:
         finally:
             await self._fill()
 
-    async def _fold(self, msg: Message, d: _Dispatch) -> None:
+    async def _fold(self, msg: Message, d: Dispatch) -> None:
         buf, sender = self._buffer, msg.sender
         if buf is None:  # the last version is made: nothing more is folded
             self._give_back(msg)
@@ -436,21 +386,3 @@ class AsyncRounds:
             if client not in self._resting:
                 self._idle[client] = None
             await self._fill()
-
-
-def staleness_settings(text: str | None) -> dict[str, object]:
-    """The session fields of ``constant`` or ``polynomial[:EXPONENT]`` (a command-line option)."""
-    if text is None:
-        return {}
-    name, _, exponent = text.partition(":")
-    if name == "constant" and not exponent:
-        return {"staleness_weighting": "constant"}
-    try:
-        if name == "polynomial":
-            return {
-                "staleness_weighting": "polynomial",
-                **({"staleness_exponent": float(exponent)} if exponent else {}),
-            }
-    except ValueError:
-        pass
-    raise ConfigError(f"staleness weighting must be constant or polynomial[:EXPONENT], got {text!r}")

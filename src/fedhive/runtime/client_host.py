@@ -9,12 +9,8 @@ checks every update (names, shapes, dtypes, finiteness) and folds it into a part
 the session's strategy, and sends one ``partial`` per chunk of clients (``runtime.hosted``). The
 coordinator still decides who trains, and still accepts or rejects each client.
 
-The host speaks the protocol; where its clients train is its ``HostTraining``'s business: in this
-process (``InProcessTraining``) or in worker processes (``parallel_host.PoolTraining``). Both cut
-a round into the same chunks (``train_in_chunks``), whose size is fixed (by model bytes), so the
-same seed groups the same sums and the final model is bitwise reproducible. With a worker thread
-(``threaded``), each client's result goes out as soon as it is ready, as a node's would: a client
-stuck in its trainer then costs only its own update, not those of the clients trained before it.
+Where its clients train, and how each chunk of them is checked and folded, is
+``host_training``'s (a ``HostTraining``: in this process, or ``parallel_host.PoolTraining``).
 
 Compression is a client-node feature: a host refuses sessions that negotiate it (simulation runs
 those with one ``ClientNode`` per client).
@@ -36,42 +32,48 @@ coordinator's process closes the host's transport when the session ends.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
-from concurrent.futures import Executor
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 from typing import Protocol, runtime_checkable
 
-from fedhive.app.learner import FitConfig, Trainer
+from fedhive.app.learner import Trainer
 from fedhive.core.bodies import (
     EvaluateBody,
     HeartbeatBody,
-    Member,
-    PartialBody,
     RegisterBody,
     RegisteredBody,
     StopBody,
     TrainBody,
-    failure_rows,
     parse_body,
 )
 from fedhive.core.envelope import Kind, Message, make
-from fedhive.core.params import Params, ParamSpec, check_against_spec
+from fedhive.core.params import ParamSpec
 from fedhive.errors import FedhiveError, ProtocolError, SessionFailed, TransportError
 from fedhive.runtime.client import check_app_named, read_enable
 from fedhive.runtime.coordinator import COORDINATOR_ID
 from fedhive.runtime.evaluation import evaluation_body
+from fedhive.runtime.host_training import (  # re-exported: where the host's training lived before
+    Chunk,
+    Deliver,
+    Evaluated,
+    FitItems,
+    HostedClient,
+    HostedClients,
+    HostTraining,
+    InProcessTraining,
+    TrainRound,
+    chunk_message,
+    chunk_size,
+    train_in_chunks,
+)
 from fedhive.runtime.hosted import HOSTING, train_items
-from fedhive.runtime.inline_executor import InlineExecutor, run_job
-from fedhive.runtime.partials import partial_message, raw_message
 from fedhive.runtime.payloads import payload_params
 from fedhive.runtime.session_config import SessionConfig
-from fedhive.strategies.base import Aggregator, Update
-from fedhive.strategies.registry import parse_strategy
-from fedhive.strategies.screening import UpdateScreen, capped_examples
 from fedhive.transports.base import Transport, TransportClosed
+
+__all__ = ["AddressedLink", "Chunk", "ClientHost", "Deliver", "Evaluated", "FitItems", "HostTraining", "HostedClient",
+           "HostedClients", "InProcessTraining", "TrainRound", "chunk_size", "train_in_chunks"]  # fmt: skip
 
 log = logging.getLogger("fedhive.client_host")
 
@@ -79,19 +81,6 @@ MAX_REGISTER_RETRY_S = 30.0  # a networked host's registrations, sent again afte
 # A networked host's REGISTERs unanswered at once: the next go out as answers come back, so that
 # ten hosts of 1000 keep the coordinator's queue at a few thousand, never 10,000 plus retries.
 REGISTER_WINDOW = 256
-CHUNK_BYTES = 4 * 1024 * 1024  # model bytes folded per partial: 100 small models, or one big one
-MAX_CHUNK = 64
-
-FitItems = list[tuple[str, FitConfig]]  # (client, its fit configuration), in the coordinator's order
-Evaluated = tuple[list[Member], list[tuple[str, str]]]  # (members, failures)
-
-
-@dataclass(frozen=True, slots=True)
-class HostedClient:
-    client_id: str
-    trainer: Trainer
-    num_examples: int
-    label_counts: dict[str, int] | None = None  # what its REGISTER reports, as a client node's does
 
 
 @runtime_checkable
@@ -102,186 +91,6 @@ class AddressedLink(Protocol):
     last_heard: float
 
     async def recv_addressed(self) -> tuple[str, Message]: ...
-
-
-@dataclass(frozen=True, slots=True)
-class TrainRound:
-    """One TRAIN for a host's clients: who trains, in which order, from which global model."""
-
-    config: SessionConfig
-    round: int
-    attempt: int
-    items: FitItems
-    params: Params
-    spec: ParamSpec
-
-    def screen(self) -> UpdateScreen:
-        """The checks the coordinator makes of each update, made before it is sent."""
-        config = self.config
-        return UpdateScreen(self.params, max_update_norm=config.max_update_norm, max_model_jump=config.max_model_jump)
-
-    def weight(self, client: HostedClient, reported: int) -> int:
-        """The client's example count as the session caps it (the count it registered with)."""
-        config = self.config
-        return capped_examples(
-            reported, client.num_examples, factor=config.examples_cap_factor, ceiling=config.max_examples_per_client
-        )
-
-
-@dataclass(slots=True)
-class Chunk:
-    """The clients of one partial: folded into ``aggregator``, or kept in ``updates`` to go raw."""
-
-    aggregator: Aggregator | None  # None: the updates go raw (a strategy that cannot merge, or one)
-    updates: list[Update]
-    members: list[Member]
-    failures: list[tuple[str, str]]
-
-
-class HostedClients:
-    """The clients a host answers for, in their order (a client's position is its partition), and
-    those that cannot train the session's model, with why: the host finds them at ENABLE, and its
-    training may add one (a client whose state cannot be saved). Training and evaluating them in
-    this process is here, for ``InProcessTraining`` and for any client a pool trains here."""
-
-    def __init__(self, host_id: str, clients: Sequence[HostedClient], first_index: int = 0) -> None:
-        self.host_id = host_id
-        self.by_id = {c.client_id: c for c in clients}
-        # Its partition in the whole population: a host may hold one slice of it.
-        self.position = {c.client_id: first_index + i for i, c in enumerate(clients)}
-        self.unfit: dict[str, str] = {}  # client -> why it cannot train the session's model
-
-    def admit(self, cid: str, chunk: Chunk) -> HostedClient | None:
-        """The client ``cid`` if it may train; otherwise None, and its failure in ``chunk``."""
-        client = self.by_id.get(cid)
-        if client is None:
-            log.warning("%s: TRAIN names %s, which it does not host", self.host_id, cid)
-            return None  # not ours to answer for: the coordinator counts it missing
-        if cid in self.unfit:
-            chunk.failures.append((cid, self.unfit[cid]))
-            return None
-        return client
-
-    def train(self, work: TrainRound, items: FitItems, chunk: Chunk, screen: UpdateScreen) -> None:
-        """Train ``items`` here, in their order, into ``chunk``: each update checked and folded."""
-        agg, spec = chunk.aggregator, work.spec
-        for cid, fit in items:
-            client = self.admit(cid, chunk)
-            if client is None:
-                continue
-            try:
-                result = client.trainer.fit(work.params, fit)
-                # Names, shapes and dtypes here; finiteness in the screen below, which reads every
-                # float tensor anyway: one pass over each update instead of two.
-                check_against_spec(result.params, spec, what=f"update from {cid}", finite=not screen.checks_finite)
-            except FedhiveError as exc:
-                chunk.failures.append((cid, str(exc)))
-                continue
-            except Exception as exc:  # a bug in one client's trainer must not take the others down
-                log.warning("%s: the trainer of %s raised", self.host_id, cid, exc_info=True)
-                chunk.failures.append((cid, f"its trainer raised {type(exc).__name__}: {exc}"))
-                continue
-            refused = screen.refused(result.params)  # as the coordinator screens its own
-            if refused is not None:
-                chunk.failures.append((cid, f"update {refused}"))
-                continue
-            metrics = dict(result.metrics)
-            update = Update(cid, result.params, work.weight(client, result.num_examples), metrics)
-            if agg is not None:
-                agg.add(update)
-            else:
-                chunk.updates.append(update)
-            chunk.members.append(Member(cid, update.num_examples, metrics))
-
-    def evaluate(self, params: Params, named: list[str]) -> Evaluated:
-        """(members, failures) of the named clients' evaluations here, in their order."""
-        members: list[Member] = []
-        failures: list[tuple[str, str]] = []
-        for cid in named:
-            client = self.by_id.get(cid)
-            if client is None:
-                continue  # not ours to answer for
-            try:
-                result = client.trainer.evaluate(params)
-            except FedhiveError as exc:
-                failures.append((cid, str(exc)))
-                continue
-            except Exception as exc:  # a bug in one client's app must not take the others down
-                log.warning("%s: the evaluation of %s raised", self.host_id, cid, exc_info=True)
-                failures.append((cid, f"its evaluation raised {type(exc).__name__}: {exc}"))
-                continue
-            if result.num_examples < 1:
-                failures.append((cid, "evaluated no examples"))
-            else:
-                members.append(Member(cid, result.num_examples, dict(result.metrics)))
-        return members, failures
-
-
-Deliver = Callable[[Chunk], Awaitable[None]]  # sends a chunk's partial to the coordinator
-FillChunk = Callable[[Chunk, int, FitItems], Awaitable[None]]  # trains (chunk, index of its first, its items)
-
-
-class HostTraining(Protocol):
-    """Where a ``ClientHost``'s clients do a round's work: ``InProcessTraining``, or worker
-    processes (``parallel_host.PoolTraining``). Either answers with the same chunks."""
-
-    async def train_items(self, clients: HostedClients, work: TrainRound, deliver: Deliver) -> None:
-        """Train ``work.items`` in their order, and ``deliver`` each chunk before the next trains."""
-        ...
-
-    async def evaluate_named(
-        self, clients: HostedClients, config: SessionConfig, params: Params, named: list[str]
-    ) -> Evaluated:
-        """(members, failures) of the named clients' evaluations, in their order."""
-        ...
-
-
-async def train_in_chunks(work: TrainRound, size: int, fill: FillChunk, deliver: Deliver) -> None:
-    """Cut ``work.items`` into chunks of ``size`` clients, in their order; ``fill`` trains each
-    into its chunk, which is then delivered and dropped before the next one trains."""
-    strategy = parse_strategy(work.config.strategy)
-    items = work.items
-    for start in range(0, len(items), size):
-        part = items[start : start + size]
-        # A chunk of one (a big model, or a worker thread) goes raw: a float64 partial sum of
-        # one update would cost twice its memory and bytes for nothing.
-        agg = strategy.aggregator(work.params) if strategy.mergeable and len(part) > 1 else None
-        chunk = Chunk(agg, [], [], [])
-        await fill(chunk, start, part)
-        await deliver(chunk)
-        del chunk
-        # Let the coordinator fold it before the next chunk trains: in one process its receiver
-        # runs in this pause (it was woken by the send), and a round's chunks of a big model
-        # are then never all alive at once (ten 100 MB updates: 1 GB).
-        await asyncio.sleep(0)
-
-
-class InProcessTraining:
-    """The clients train in this process: inline on the event loop, or in ``executor``'s thread.
-
-    ``fold``: fold chunks of clients even in a thread (a networked host): over a broker a message
-    per client cost the coordinator a publish, a confirm and a raw update to fold each, 4 ms a
-    client, 4 s for a round of 1000, which is four simulated rounds."""
-
-    def __init__(self, executor: Executor | None = None, *, fold: bool = False) -> None:
-        self._executor = executor or InlineExecutor()
-        self._fold = fold
-
-    async def train_items(self, clients: HostedClients, work: TrainRound, deliver: Deliver) -> None:
-        screen = work.screen()
-        executor = self._executor
-        folds = self._fold or isinstance(executor, InlineExecutor)
-        size = chunk_size(work.params.nbytes) if folds else 1
-
-        async def fill(chunk: Chunk, _start: int, part: FitItems) -> None:
-            await run_job(executor, clients.train, work, part, chunk, screen)
-
-        await train_in_chunks(work, size, fill, deliver)
-
-    async def evaluate_named(
-        self, clients: HostedClients, config: SessionConfig, params: Params, named: list[str]
-    ) -> Evaluated:
-        return await run_job(self._executor, clients.evaluate, params, named)
 
 
 class ClientHost:
@@ -542,27 +351,7 @@ class ClientHost:
             return  # one ENABLE per hosted client, all alike
         config, spec = read_enable(msg)
         self._session_id, self._config, self._spec = msg.envelope.session_id, config, spec
-        clients = self._clients.by_id
-        unfit: dict[str, str] = {}
-        if self._trainers_for is not None:
-            for cid, client in list(clients.items()):
-                try:
-                    clients[cid] = dataclasses.replace(client, trainer=self._trainers_for(cid, config))
-                except FedhiveError as exc:  # the app is not the session's, its data cannot load, ...
-                    unfit[cid] = str(exc)
-        if config.compression != "none":
-            why = f"{self.host_id} does not compress updates (session compression {config.compression!r})"
-            unfit = dict.fromkeys(clients, why)
-        if config.secure_aggregation and not self._secure_sums:
-            why = f"{self.host_id} cannot sum its clients securely over a broker: run them without --host"
-            unfit = dict.fromkeys(clients, why)
-        for cid, client in clients.items():
-            own = getattr(client.trainer, "param_spec", None)
-            if cid not in unfit and isinstance(own, ParamSpec) and own != spec:
-                unfit[cid] = (
-                    f"{cid}: the session's model does not fit this client's data: check its features and label classes"
-                )
-        self._clients.unfit = unfit
+        self._clients.enable(config, spec, self._trainers_for, secure_sums=self._secure_sums)
 
     async def _train(self, msg: Message) -> None:
         config, spec = self._config, self._spec
@@ -576,7 +365,7 @@ class ClientHost:
         work = TrainRound(config, env.round, body.attempt, items, params, spec)
 
         async def deliver(chunk: Chunk) -> None:
-            await self._send(self._answer(work, chunk))
+            await self._send(chunk_message(self.host_id, self._session_id, work, chunk))
 
         self._busy = True
         try:
@@ -601,36 +390,8 @@ class ClientHost:
         answer = evaluation_body(members, failures)
         await self._send(make(Kind.EVALUATION, self.host_id, session_id=self._session_id, round=env.round, body=answer))
 
-    def _answer(self, work: TrainRound, chunk: Chunk) -> Message:
-        round, attempt = work.round, work.attempt
-        if not chunk.members:
-            body = PartialBody.model_construct(
-                mode="none", attempt=attempt, members=[], failures=failure_rows(chunk.failures)
-            )
-            return make(Kind.PARTIAL, self.host_id, session_id=self._session_id, round=round, body=body.to_body())
-        if chunk.aggregator is None:
-            return raw_message(
-                self.host_id,
-                self._session_id,
-                round,
-                attempt,
-                chunk.updates,
-                members=chunk.members,
-                failures=chunk.failures,
-            )
-        clients = [m.client_id for m in chunk.members]
-        partial = chunk.aggregator.partial()
-        return partial_message(
-            self.host_id, self._session_id, round, attempt, partial, clients, spec=work.spec, exact=True,
-            members=chunk.members, failures=chunk.failures,
-        )  # fmt: skip
-
     async def _send(self, msg: Message) -> None:
         try:
             await self.transport.send(self._coordinator, msg)
         except TransportError as exc:
             log.warning("%s: could not send %s: %s", self.host_id, msg.kind, exc)
-
-
-def chunk_size(model_bytes: int) -> int:
-    return max(1, min(MAX_CHUNK, CHUNK_BYTES // max(1, model_bytes)))

@@ -28,6 +28,7 @@ from pathlib import Path
 
 from fedhive.errors import ConfigError, StorageError
 from fedhive.runtime.coordinator import COORDINATOR_ID
+from fedhive.transports.amqp_topology import hosted_id
 
 log = logging.getLogger("fedhive.credentials")
 
@@ -70,6 +71,8 @@ class CredentialStore:
         self._clients: dict[str, dict[str, str]] = {}
         self._users_of: dict[str, dict[str, str]] | None = None
         self._users: dict[str, str] = {}
+        self._hosts_of: dict[str, dict[str, str]] | None = None
+        self._hosts: dict[str, str] = {}
 
     # -- reading ---------------------------------------------------------------------------------
     def secret_of(self, client_id: str) -> bytes | None:
@@ -85,6 +88,16 @@ class CredentialStore:
             self._users = {cid: e["broker_user"] for cid, e in clients.items() if e.get("broker_user")}
             self._users_of = clients
         return self._users
+
+    def hosts(self) -> dict[str, str]:
+        """Hosted client id -> its host's id (``fedhive clients add --hosted-by HOST``): the
+        coordinator sends what is for such a client to its host's queue; the same mapping object
+        until the file changes."""
+        clients = self._current()
+        if clients is not self._hosts_of:
+            self._hosts = {cid: e["host"] for cid, e in clients.items() if e.get("host")}
+            self._hosts_of = clients
+        return self._hosts
 
     def combiners(self) -> list[str]:
         """Ids of the combiners given a broker user (``fedhive clients add --role combiner
@@ -124,10 +137,15 @@ class CredentialStore:
         return dict(clients)
 
     # -- writing ---------------------------------------------------------------------------------
-    def add(self, name: str, *, broker_user: bool = False, role: str = "client") -> tuple[str, str]:
+    def add(
+        self, name: str, *, broker_user: bool = False, role: str = "client", hosted_by: str | None = None
+    ) -> tuple[str, str]:
         """Create a client; returns its id and its secret (64 hex digits) to hand to the client.
         ``broker_user``: record that it has a broker user of its own, named like it; ``role``:
-        "combiner" for a combiner of a hierarchical federation (recorded only if not a client)."""
+        "combiner" for a combiner of a hierarchical federation, "host" for a client host
+        (recorded only if not a client); ``hosted_by``: the id of the host (a record of role
+        "host") that answers for this client: the client's id names it (``CLIENT:HOST``) and its
+        messages come from the host's broker user, if the host has one."""
         if not _NAME.match(name) or name == COORDINATOR_ID:
             raise ConfigError(
                 f"client name {name!r}: use 1-48 letters, digits, '.', '_' or '-', starting with a letter or "
@@ -135,11 +153,25 @@ class CredentialStore:
             )
         secret = secrets.token_hex(SECRET_BYTES)
         with self._locked() as clients:
-            client_id = f"{name}-{secrets.token_hex(3)}"
+            host = clients.get(hosted_by) if hosted_by is not None else None
+            if hosted_by is not None and (host is None or host.get("role") != "host"):
+                raise ConfigError(
+                    f"--hosted-by {hosted_by}: no host of that id (make one: clients add NAME --role host)"
+                )
+
+            def new_id() -> str:
+                plain = f"{name}-{secrets.token_hex(3)}"
+                return hosted_id(plain, hosted_by) if hosted_by is not None else plain
+
+            client_id = new_id()
             while client_id in clients:
-                client_id = f"{name}-{secrets.token_hex(3)}"
+                client_id = new_id()
             created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
             clients[client_id] = {"name": name, "secret": secret, "created_at": created}
+            if host is not None and hosted_by is not None:
+                clients[client_id]["host"] = hosted_by
+                if host.get("broker_user"):
+                    clients[client_id]["broker_user"] = host["broker_user"]
             if broker_user:
                 clients[client_id]["broker_user"] = client_id
             if role != "client":

@@ -149,7 +149,12 @@ class Downstream:
         await self.collector.wait(r, self.config.round_timeout_s)
         for c in r.missing():
             log.warning("round %d: no update from %s before the %.0f s deadline", rnd, c, self.config.round_timeout_s)
+        self.round_collected(r)
         return r
+
+    def round_collected(self, r: RoundState) -> None:
+        """``train_round`` has closed ``r`` for answers: nothing more to do here (a population
+        records which of its clients took part)."""
 
     def select(self, rnd: int, attempt: int, sampling: ClientSampling | None = None) -> list[str] | str:
         """The participants of one round's attempt (``train_round``'s draw), or why there are too

@@ -17,15 +17,16 @@ Virtual clients (``fedhive client --virtual N``) share one AMQP connection per p
 (``transports.amqp_shared``), each with its own queue and signing key: as ``ClientNode``s
 (``run_virtual_clients``), or behind a ``ClientHost`` (``run_client_host``) that the coordinator
 sends one TRAIN per round for all its selected clients and that answers with partial sums, while
-each client still registers and beats with its own signature (docs/networked.md, "Virtual clients
-at scale").
+each client still registers with its own signature (docs/networked.md, "Virtual clients at
+scale"). A host whose clients' ids name it (``fedhive clients add --hosted-by``) is one broker
+identity: one queue and one broker user for itself and all its clients.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -49,7 +50,7 @@ from fedhive.storage.artifacts import ArtifactStore
 from fedhive.strategies.base import Strategy
 from fedhive.transports.amqp import AmqpTransport, SenderCheck, SharedLink, Sink
 from fedhive.transports.amqp_shared import MuxLink, SharedConnection, start_all
-from fedhive.transports.amqp_topology import Role
+from fedhive.transports.amqp_topology import Role, host_named
 from fedhive.transports.base import Transport, TransportWrapper
 from fedhive.transports.broker_users import SenderLogins
 from fedhive.transports.wire_codec import DEFAULT_CLAIM_CHECK_BYTES, DEFAULT_MAX_MESSAGE_BYTES, WireCodec
@@ -82,13 +83,15 @@ class BrokerSettings:
         sink: Sink | None = None,
         role: Role | None = None,
         sender_check: SenderCheck | None = None,
+        speaks_for: Mapping[str, WireCodec] | None = None,
     ) -> AmqpTransport:
         """``declares``: False for a client (it needs no configure rights on the broker);
         ``logins``: the broker users of the clients this node hears from, checked on every message;
         ``ephemeral``: the node's id is used once (a peer), so its queue goes when it does;
         ``shared``: the process's one connection (virtual clients), ``sink``: a ``MuxLink``'s;
         ``role``: a combiner's or peer's (``amqp_topology.Role``); ``sender_check``: a peer's
-        check of every message's login, instead of ``logins``'s."""
+        check of every message's login, instead of ``logins``'s; ``speaks_for``: a host's clients'
+        codecs (they share its queue and broker user)."""
         return AmqpTransport(
             self.url,
             node_id,
@@ -102,6 +105,8 @@ class BrokerSettings:
             downstream=logins.provisioned if logins else None,
             relays=logins.relays if logins else None,
             sender_check=sender_check or logins,
+            route_via=logins.host_of if logins else None,
+            speaks_for=speaks_for,
             role=role,
             ephemeral=ephemeral,
             shared=shared,
@@ -190,7 +195,7 @@ async def run_coordinator(
         max_message_bytes=config.max_update_bytes + MAX_ENVELOPE_BYTES,
         clocks=clocks if clocks is not None else SenderClocks(resume.sender_clocks if resume else None),
     )
-    logins = SenderLogins(store.broker_users, store.combiners)
+    logins = SenderLogins(store.broker_users, store.combiners, store.hosts)
     async with broker.transport(COORDINATOR_ID, codec, logins=logins) as transport:
         link = Reintroducing(transport, config.session_id)
         coordinator = Coordinator(config, link, initial, evaluator=evaluator, **kwargs)
@@ -411,12 +416,18 @@ async def run_client_host(
     pool = ThreadPoolExecutor(1, thread_name_prefix="fedhive-host") if training is None else None
     try:
         async with shared:
+            # Clients whose ids name this host share its queue and broker user (one set-up, not
+            # one per client); others (ids made without --hosted-by) get an endpoint each.
+            own = {cid: client_codec(cid, keys[cid], artifacts=broker.artifacts)
+                   for cid in sites if host_named(cid) == host_id}  # fmt: skip
 
             def endpoint(node: str, sink: Sink) -> AmqpTransport:
                 codec = client_codec(node, keys[node], artifacts=broker.artifacts)
-                return broker.transport(node, codec, declares=False, shared=shared, sink=sink)
+                speaks_for = own if node == host_id else None
+                return broker.transport(node, codec, declares=False, shared=shared, sink=sink, speaks_for=speaks_for)
 
-            link = MuxLink(host_id, list(sites), endpoint, coordinator=COORDINATOR_ID)
+            apart = [cid for cid in sites if cid not in own]
+            link = MuxLink(host_id, apart, endpoint, coordinator=COORDINATOR_ID, speaks_for=own)
             hosted = [
                 HostedClient(cid, _NotEnabled(), site.num_examples, site.label_counts or None)
                 for cid, site in sites.items()

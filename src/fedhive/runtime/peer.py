@@ -19,59 +19,25 @@ import asyncio
 import logging
 import time
 from concurrent.futures import Executor, ThreadPoolExecutor
-from dataclasses import dataclass
 
 from fedhive.app.learner import Evaluator, FitResult, Trainer
 from fedhive.core.bodies import NO_MODEL, AnnounceBody, Body, PeerUpdateBody, parse_body
-from fedhive.core.compression import UpdateCompressor, decode_update
 from fedhive.core.envelope import Kind, Message, make
-from fedhive.core.params import Params, check_against_spec
+from fedhive.core.params import Params
 from fedhive.errors import FedhiveError, SessionFailed, TransportError
 from fedhive.runtime import events as ev
 from fedhive.runtime.bus import BusStopped, EventBus
 from fedhive.runtime.payloads import payload_params
-from fedhive.runtime.peer_rounds import (
-    PeerRound,
-    PeerView,
-    aggregate_in_order,
-    new_peer_id,
-    params_digest,
-    weighted_metrics,
-)
+from fedhive.runtime.peer_discovery import PeerDiscovery
+from fedhive.runtime.peer_events import Beat, PeerRoundCompleted, RoundCheck, Trained
+from fedhive.runtime.peer_rounds import PeerRound, PeerView, new_peer_id, params_digest
+from fedhive.runtime.peer_updates import PeerUpdates, merge_round
 from fedhive.runtime.session_config import SessionConfig
-from fedhive.strategies.base import Update
 from fedhive.strategies.registry import parse_strategy
 from fedhive.transports.base import Transport
 
 log = logging.getLogger("fedhive.peer")
-
-
-@dataclass(frozen=True, slots=True)
-class PeerRoundCompleted:
-    """Every peer emits this after each round; equal ``digest``s across peers are the contract."""
-
-    peer_id: str
-    round: int
-    digest: str
-    members: list[str]
-    metrics: dict[str, float]
-
-
-@dataclass(frozen=True, slots=True)
-class _Beat:
-    pass
-
-
-@dataclass(frozen=True, slots=True)
-class _Check:
-    round: int  # the round whose deadline (or a recheck after it) has come
-
-
-@dataclass(frozen=True, slots=True)
-class _Trained:
-    round: int
-    base_digest: str
-    result: FitResult
+__all__ = ["PeerNode", "PeerRoundCompleted"]  # PeerRoundCompleted: where it has always been imported from
 
 
 class PeerNode:
@@ -103,20 +69,14 @@ class PeerNode:
         self.trainer = trainer
         self.evaluator = evaluator  # held-out data: each peer reports the global model's accuracy
         self.strategy = parse_strategy(config.strategy)
-        self.spec = trainer.initial_params(config.seed).spec  # what every model and update must match
-        # The seed model given to this peer (``fedhive peer --initial-model``) instead of the app's
-        # init. Whichever peer seeds, every peer must have been given the same one: a peer given one
-        # refuses a seed model with another digest rather than train from weights it was not told of.
-        if initial is not None:
-            check_against_spec(initial, self.spec, what="initial model")
-        self._initial = initial
-        self._initial_digest = params_digest(initial) if initial is not None else None
-        self.min_peers = min_peers
+        self.codec = PeerUpdates(config, trainer.initial_params(config.seed).spec)
+        self.spec = self.codec.spec
+        timeout_s = discovery_timeout_s or config.registration_timeout_s
+        self.discovery = PeerDiscovery(min_peers, timeout_s, initial, self.spec)
         self.topic = topic
         self.beat_s = beat_s
         # After the deadline, how often a round without a commit is looked at again (bounded).
         self.recheck_s = recheck_s if recheck_s is not None else peer_timeout_s + beat_s
-        self.discovery_timeout_s = discovery_timeout_s or config.registration_timeout_s
         self.view = PeerView(peer_timeout_s)
         self._executor = executor or ThreadPoolExecutor(1, thread_name_prefix=f"fedhive-peer-{self.peer_id[:8]}")
         self._own_executor = executor is None
@@ -127,17 +87,12 @@ class PeerNode:
         # Next round's updates, which may come first: kept as messages, because a compressed
         # update is a delta that only decodes onto the next round's model, which we lack yet.
         self._early: dict[int, dict[str, Message]] = {}
-        # Updates travel compressed as the session says (int8, top-k...); every peer, the sender
-        # too, aggregates the decoded form, so all still hold the same bits.
-        self._compressor = UpdateCompressor(config.compression)
-        self._quorum_since = 0.0
-        self._started = time.monotonic()
         self.history: list[PeerRoundCompleted] = []
         b = self.bus
         b.on(ev.MessageIn, self._on_message)
-        b.on(_Beat, self._on_beat)
-        b.on(_Check, self._on_check)
-        b.on(_Trained, self._on_trained)
+        b.on(Beat, self._on_beat)
+        b.on(RoundCheck, self._on_check)
+        b.on(Trained, self._on_trained)
 
     # A peer whose model is older than the round before ours gets ours from this round's leader.
     handoff_lag = 1
@@ -152,7 +107,7 @@ class PeerNode:
         receiver = asyncio.create_task(self._receive(), name=f"peer-{self.peer_id[:8]}-receive")
         try:
             await self._announce("hello")
-            self.bus.call_later(self.beat_s, _Beat())
+            self.bus.call_later(self.beat_s, Beat())
             await self.bus.run()
         finally:
             receiver.cancel()
@@ -177,10 +132,10 @@ class PeerNode:
         self.bus.stop(TransportError(f"peer {self.peer_id}: transport closed"))
 
     # -- membership --------------------------------------------------------------------------------
-    async def _on_beat(self, _: _Beat) -> None:
+    async def _on_beat(self, _: Beat) -> None:
         if self.bus.stopped:
             return
-        self.bus.call_later(self.beat_s, _Beat())
+        self.bus.call_later(self.beat_s, Beat())
         for gone in self.view.expire():
             log.warning("peer %s: %s is gone (silent for %.0f s)", self.peer_id[:8], gone[:8], self.view.timeout_s)
         await self._announce("beat")
@@ -190,24 +145,12 @@ class PeerNode:
             await self._maybe_commit()
 
     async def _maybe_seed(self) -> None:
-        alive = [*self.view.alive(), self.peer_id]
-        now = time.monotonic()
-        if now - self._started > self.discovery_timeout_s:
-            waited = f"{self.discovery_timeout_s:.0f} s"
-            if self.view.holding(0):
-                self._fail(f"peers hold a model but none handed it to us within {waited}")
-            else:
-                self._fail(f"only {len(alive)} of {self.min_peers} peers announced within {waited}")
-            return
-        if len(alive) < self.min_peers or self.view.holding(0):
-            self._quorum_since = 0.0  # too few, or late: the model will come from the round's leader
-            return
-        # Wait one beat with the quorum present so that every peer that announced with it is known:
-        # the seeder is then the lowest id that any of them can see.
-        if not self._quorum_since:
-            self._quorum_since = now
-        elif min(alive) == self.peer_id:
-            seed = self._initial.copy() if self._initial is not None else self.trainer.initial_params(self.config.seed)
+        alive, model_held = [*self.view.alive(), self.peer_id], bool(self.view.holding(0))
+        reason = self.discovery.gave_up(len(alive), model_held)
+        if reason is not None:
+            self._fail(reason)
+        elif self.discovery.is_seeder(self.peer_id, alive, model_held):
+            seed = self.discovery.seed_model(self.trainer, self.config.seed)
             log.info("peer %s: seeding the model for %d peers", self.peer_id[:8], len(alive))
             await self._install(seed, 0, [self.peer_id, *sorted(set(alive) - {self.peer_id})])
             model = PeerUpdateBody.model_construct(type="model", digest=self.digest, order=self._order())
@@ -267,32 +210,9 @@ class PeerNode:
             return
         if env.round == r.round:
             assert self.params is not None
-            r.updates[msg.sender] = self._decode_update(msg, self.params)
+            r.updates[msg.sender] = self.codec.decode(msg, self.params)
         else:
             self._early = {env.round: {**self._early.get(env.round, {}), msg.sender: msg}}
-
-    def _decode_update(self, msg: Message, base: Params) -> Update:
-        """The update in ``msg``, checked (and decompressed onto ``base``, the model it was trained from)."""
-        params = payload_params(
-            msg,
-            self.spec,
-            max_bytes=self.config.max_update_bytes,
-            what=f"update from {msg.sender}",
-            compression=self.config.compression,
-            base=base,
-        )
-        body = parse_body(PeerUpdateBody, msg)
-        assert body.num_examples is not None  # required of an update (PeerUpdateBody)
-        return Update(msg.sender, params, body.num_examples, body.metrics)
-
-    def _decode_early(self, messages: dict[str, Message], base: Params) -> dict[str, Update]:
-        updates = {}
-        for sender, msg in messages.items():
-            try:
-                updates[sender] = self._decode_update(msg, base)
-            except FedhiveError as exc:  # as if it had been rejected on arrival
-                log.warning("peer %s: rejected update from %s: %s", self.peer_id[:8], sender[:8], exc)
-        return updates
 
     async def _on_model(self, msg: Message) -> None:
         env = msg.envelope
@@ -302,12 +222,9 @@ class PeerNode:
         body = parse_body(PeerUpdateBody, msg)
         if params_digest(params) != body.digest:
             raise FedhiveError(f"model from {msg.sender} does not match its digest")
-        if env.round == 0 and self._initial_digest is not None and body.digest != self._initial_digest:
-            self._fail(
-                f"peer {msg.sender[:8]} seeded a model other than this peer's --initial-model "
-                f"(digest {str(body.digest)[:12]}, not {self._initial_digest[:12]}): "
-                "give every peer the same --initial-model"
-            )
+        refusal = self.discovery.refusal(msg.sender, body.digest) if env.round == 0 else None
+        if refusal is not None:
+            self._fail(refusal)
             return
         order = body.order or [msg.sender]
         self.view.seen(msg.sender, env.round)
@@ -332,9 +249,9 @@ class PeerNode:
             self.bus.stop()
             return
         r = PeerRound(round + 1, order, self.digest, time.monotonic())
-        r.updates, self._early = self._decode_early(self._early.get(round + 1, {}), params), {}
+        r.updates, self._early = self.codec.decode_early(self.peer_id, self._early.get(round + 1, {}), params), {}
         self._round = r
-        self.bus.call_later(self.config.round_timeout_s, _Check(r.round))
+        self.bus.call_later(self.config.round_timeout_s, RoundCheck(r.round))
         fit = self.config.fit_config(r.round, self._seed_index)
         trainer, base, digest = self.trainer, params, self.digest
         fut = asyncio.get_running_loop().run_in_executor(self._executor, trainer.fit, base, fit)
@@ -349,28 +266,15 @@ class PeerNode:
         elif exc is not None:
             log.warning("peer %s: training failed in round %d: %s", self.peer_id[:8], round, exc)
         else:
-            self.bus.emit(_Trained(round, digest, fut.result()))
+            self.bus.emit(Trained(round, digest, fut.result()))
 
-    async def _on_trained(self, event: _Trained) -> None:
+    async def _on_trained(self, event: Trained) -> None:
         r = self._round
         if r is None or r.round != event.round or r.base_digest != event.base_digest or r.commit is not None:
             return  # the round moved on without us: a slow peer's update is late, as anyone's would be
         res = event.result
         assert self.params is not None  # the round's base: r.base_digest is its digest
-        self._compressor.begin_round(self.params)
-        payload, encoding = self._compressor.compress(res.params)
-        own = res.params
-        if encoding:  # what the others will decode, bit for bit
-            own = decode_update(
-                payload,
-                claimed=encoding.get("compression"),
-                session=self.config.compression,
-                expected=self.spec,
-                base=self.params,
-                max_bytes=self.config.max_update_bytes,
-                what="own update",
-            )
-        r.updates[self.peer_id] = Update(self.peer_id, own, res.num_examples, dict(res.metrics))
+        payload, encoding, r.updates[self.peer_id] = self.codec.encode_own(self.peer_id, res, self.params)
         body = PeerUpdateBody.model_construct(
             type="update", num_examples=res.num_examples, metrics=dict(res.metrics), **encoding
         )
@@ -413,7 +317,7 @@ class PeerNode:
             r.pending_since = time.monotonic()
         # An update of the commit may still be in flight (broadcasts of different peers race):
         # give it a beat before asking for the model afresh.
-        self.bus.call_later(self.beat_s, _Check(r.round))
+        self.bus.call_later(self.beat_s, RoundCheck(r.round))
         await self._apply_pending()
 
     async def _apply_pending(self) -> None:
@@ -430,19 +334,11 @@ class PeerNode:
         r.commit = ids
         assert self.params is not None
         updates = {i: r.updates[i] for i in ids}
-        base, strategy, evaluator = self.params, self.strategy, self.evaluator
-
-        def job() -> tuple[Params, dict[str, float]]:
-            new = aggregate_in_order(strategy, base, updates, r.round)
-            metrics = weighted_metrics(updates)
-            if evaluator is not None:
-                result = evaluator.evaluate(new)
-                metrics.update(result.metrics)
-            return new, metrics
-
         # Aggregation and evaluation leave the loop free for beats; not the training executor,
         # which may still be busy with a late peer's own (now useless) training.
-        new, metrics = await asyncio.get_running_loop().run_in_executor(None, job)
+        new, metrics = await asyncio.get_running_loop().run_in_executor(
+            None, merge_round, self.strategy, self.params, updates, r.round, self.evaluator
+        )
         done = PeerRoundCompleted(self.peer_id, r.round, params_digest(new), ids, metrics)
         self.history.append(done)
         self.bus.emit(done)
@@ -457,7 +353,7 @@ class PeerNode:
         alive = set(self.view.alive()) | {self.peer_id}
         return next((p for p in r.order if p in alive), None)
 
-    async def _on_check(self, event: _Check) -> None:
+    async def _on_check(self, event: RoundCheck) -> None:
         r = self._round
         if r is None or r.round != event.round or r.commit is not None:
             return
@@ -474,7 +370,7 @@ class PeerNode:
                 f"round {r.round}: no commit within {time.monotonic() - r.started:.0f} s ({len(r.updates)} updates)"
             )
             return
-        self.bus.call_later(self.recheck_s, _Check(r.round))
+        self.bus.call_later(self.recheck_s, RoundCheck(r.round))
 
     # -- sending -------------------------------------------------------------------------------------
     async def _publish(self, kind: Kind, round: int, body: Body, payload: Params | None = None) -> None:

@@ -29,7 +29,8 @@ from fedhive.core.envelope import Kind, Message, make
 from fedhive.core.params import Params
 from fedhive.errors import ConfigError, FedhiveError
 from fedhive.runtime import events as ev
-from fedhive.runtime.peer import PeerNode, _Trained
+from fedhive.runtime.peer import PeerNode
+from fedhive.runtime.peer_events import Trained
 from fedhive.runtime.peer_rounds import PeerRound
 from fedhive.strategies.base import Update
 
@@ -96,11 +97,11 @@ class GossipPeer(PeerNode):
             return
         if rnd == r.round:
             assert self.params is not None
-            r.updates[msg.sender] = self._decode_update(msg, self.params)
+            r.updates[msg.sender] = self.codec.decode(msg, self.params)
         else:  # a faster peer's: averaged when we get to that round
             self._later.setdefault(rnd, {})[msg.sender] = msg
 
-    async def _on_trained(self, event: _Trained) -> None:
+    async def _on_trained(self, event: Trained) -> None:
         r = self._round
         if r is None or r.round != event.round or r.base_digest != event.base_digest or r.commit is not None:
             return

@@ -35,17 +35,15 @@ from fedhive.core.bodies import (
     parse_body,
 )
 from fedhive.core.envelope import Kind, Message
-from fedhive.core.params import Params
 from fedhive.errors import ProtocolError
 from fedhive.runtime.bus import EventBus
 from fedhive.runtime.client_membership import ClientMembership
-from fedhive.runtime.downstream import Downstream, FitFor, Membership
+from fedhive.runtime.downstream import Downstream
 from fedhive.runtime.hosted import HostDirectory
 from fedhive.runtime.population import Population, PopulationRegistry
 from fedhive.runtime.registry import PeerStatus
 from fedhive.runtime.round_state import RoundState
 from fedhive.runtime.session_config import SessionConfig
-from fedhive.strategies.base import Aggregator
 from fedhive.strategies.sampling import ClientSampling
 from fedhive.transports.base import Transport
 
@@ -89,22 +87,11 @@ class PopulationDownstream(Downstream):
         self.hosts = self.collector.hosts = PopulationHosts(population)
         self._drawn: dict[str, int] = {}  # the last draw's clients -> their index (their seeds)
 
-    async def train_round(
-        self,
-        rnd: int,
-        attempt: int,
-        params: Params,
-        aggregator: Aggregator,
-        membership: Membership,
-        fit: FitFor,
-        sampling: ClientSampling | None = None,
-    ) -> RoundState | str:
-        """``Downstream.train_round``; then the columns of the clients whose update was accepted."""
-        r = await super().train_round(rnd, attempt, params, aggregator, membership, fit, sampling)
-        if not isinstance(r, str) and r.accepted:
+    def round_collected(self, r: RoundState) -> None:
+        """The columns of the clients whose update was accepted."""
+        if r.accepted:
             drawn = self._drawn
-            self.population.record(rnd, [drawn[c] for c in r.accepted if c in drawn])
-        return r
+            self.population.record(r.round, [drawn[c] for c in r.accepted if c in drawn])
 
     def index(self) -> dict[str, int]:
         """The position of each client of the last draw (``select``): a round needs no others'."""

@@ -33,7 +33,7 @@ from fedhive.runtime.parallel_host import PoolTraining
 from fedhive.runtime.session_config import SessionConfig
 from fedhive.runtime.site_app import ServerApp, SiteApp, session_with_app
 from fedhive.runtime.worker_devices import cores, visible_gpus, worker_devices
-from fedhive.runtime.worker_pool import WorkerPool, app_source
+from fedhive.runtime.worker_pool import WorkerPool, app_source, early_source
 from fedhive.strategies.base import Strategy
 from fedhive.strategies.registry import parse_strategy
 from fedhive.transports.base import Transport
@@ -151,21 +151,52 @@ async def run_federation(
 HOST_ID = "client-host"
 
 
+def launch_early(requested: int | None, ref: str, node: Mapping[str, Any], clients: int) -> WorkerPool | None:
+    """``requested`` (more than one) workers started from the app's reference before this process
+    loads the app, so that their imports (torch, the app's own) overlap this process's; hand the
+    pool to ``start_workers``, which keeps it only if it is the app this process then loaded."""
+    if requested is None or requested <= 1:
+        return None
+    devices = worker_devices(requested, cores=cores(), gpus=visible_gpus(node.get("device")), clients=clients)
+    return WorkerPool(early_source(ref, node, clients), devices) if len(devices) > 1 else None
+
+
 def start_workers(
-    requested: int | None, loaded: LoadedApp, node: Mapping[str, Any], clients: int, config: SessionConfig
+    requested: int | None,
+    loaded: LoadedApp,
+    node: Mapping[str, Any],
+    clients: int,
+    config: SessionConfig,
+    early: WorkerPool | None = None,
 ) -> tuple[WorkerPool | None, str | None]:
     """The worker processes a simulation trains its clients in, or None to train them in this
     process (with the reason, when more than one worker cannot be had).
 
-    ``requested`` workers are started now, so that they load the app while this process plans
-    the session. By default (None) the pool is adaptive: one worker per core, or per GPU for a
-    torch app (``worker_devices``), started only if the clients prove slow enough to be worth
-    it (``parallel_host.launch_worth_it``)."""
+    ``requested`` workers are started now (or were, ``early``: ``launch_early``), so that they
+    load the app while this process plans the session. By default (None) the pool is adaptive:
+    one worker per core, or per GPU for a torch app (``worker_devices``), started only if the
+    clients prove slow enough to be worth it (``parallel_host.launch_worth_it``)."""
+    pool, why_not = _workers_for(requested, loaded, node, clients, config, early)
+    if early is not None and pool is not early:
+        early.close()  # another app than the one they load, or a session that trains here
+    return pool, why_not
+
+
+def _workers_for(
+    requested: int | None,
+    loaded: LoadedApp,
+    node: Mapping[str, Any],
+    clients: int,
+    config: SessionConfig,
+    early: WorkerPool | None,
+) -> tuple[WorkerPool | None, str | None]:
     devices = worker_devices(requested, cores=cores(), gpus=visible_gpus(node.get("device")), clients=clients)
     if len(devices) == 1:
         return None, None
     if not parallel_ok(config):
         return None, "sessions that compress updates, aggregate asynchronously or use secure aggregation train here"
+    if early is not None and early.adopt(loaded):
+        return early, None
     source = app_source(loaded, node, clients)
     if source is None:
         return None, f"app {loaded.name!r} is not one a worker process can load by reference: trained in this process"

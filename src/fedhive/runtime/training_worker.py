@@ -40,6 +40,7 @@ from fedhive.runtime.session_config import SessionConfig
 from fedhive.runtime.shared_params import ParamLayout, map_fd
 from fedhive.runtime.site_app import SiteApp
 from fedhive.runtime.worker_frames import BlockingChannel, FrameError
+from fedhive.runtime.worker_timeline import mark, set_who
 from fedhive.strategies.screening import UpdateScreen
 
 log = logging.getLogger("fedhive.worker")
@@ -60,6 +61,8 @@ def serve(channel: BlockingChannel) -> int:
     if hello is None:
         return 0
     config = hello[0]
+    set_who(f"worker-{config.get('worker')}")
+    mark("worker-hello")
     logging.basicConfig(
         level=int(config.get("log_level", logging.WARNING)),
         format=f"worker {config.get('worker')}: %(levelname)s %(name)s: %(message)s",
@@ -72,6 +75,7 @@ def serve(channel: BlockingChannel) -> int:
     except Exception as exc:  # one line back to the simulation, which says it to the user
         channel.write({"error": _one_line(exc)})
         return 1
+    mark("app-loaded")
     layout, fds = channel.read_with_fds(2)
     worker = Worker(loaded, config, layout, fds)
     channel.write({"ready": True, "digest": loaded.digest, "pid": os.getpid()})
@@ -81,7 +85,9 @@ def serve(channel: BlockingChannel) -> int:
         if op == "session":
             worker.enable(SessionConfig.model_validate_json(header["config"]))
         elif op in ("fit", "evaluate"):
+            mark("task-begin", op=op, client=header.get("client"), round=header.get("round"))
             answer, state = worker.run(header, blob)
+            mark("task-end", busy_s=answer.get("busy_s"))
             channel.write(answer, state)
         else:
             log.warning("ignored a frame with op %r", op)
@@ -210,4 +216,12 @@ def _one_line(exc: BaseException) -> str:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    code = main(sys.argv[1:])
+    # Not sys.exit: the interpreter's teardown (torch's, for one) costs a worker a good part of a
+    # second after the simulation is over, and there is nothing left to save: logs and stdio are
+    # flushed here, the shared buffers and the socket go with the process.
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):
+            stream.flush()
+    os._exit(code)

@@ -15,11 +15,8 @@ What travels where:
   simulation straight from there; the slots are reused, and as many as 64 MiB hold (at least one
   per worker plus one), so memory does not grow with the number of clients;
 - tasks and answers: small JSON frames over a socket per worker (``runtime.worker_frames``),
-  with a client's ``ctx.state`` as bytes when it has one.
-
-``Batch.next`` gives the outcomes in the order of the jobs, whatever order the workers finish
-in: folded in that order, the sums are those of one process training the clients one after
-another, bit for bit (``runtime.parallel_host``).
+  with a client's ``ctx.state`` as bytes when it has one; a round's outcomes come back in the
+  order of its jobs (``runtime.worker_batch``), the order in which they are folded.
 
 Failures stay bounded: a worker that dies (killed, out of memory, a crash in native code) fails
 the clients it held, with the reason, and is replaced; a task running past the session's round
@@ -29,76 +26,43 @@ deadline gets its worker killed; a worker that cannot load the app fails the sta
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import itertools
 import logging
 import socket
 import subprocess
 import weakref
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from typing import Any
 
+from fedhive.app.loader import LoadedApp
 from fedhive.core.params import Params, ParamSpec
 from fedhive.errors import AppError
 from fedhive.runtime.session_config import SessionConfig
 from fedhive.runtime.shared_params import ParamLayout, SharedBuffer
+from fedhive.runtime.worker_batch import Batch, Job, Outcome, Task
 from fedhive.runtime.worker_frames import FrameError, encode, read_frame, send_with_fds
-from fedhive.runtime.worker_process import STARTUP_TIMEOUT_S, AppSource, app_source, exit_of, kill_all, reap, spawn
+from fedhive.runtime.worker_process import (
+    STARTUP_TIMEOUT_S,
+    AppSource,
+    app_source,
+    confirmed,
+    early_source,
+    exit_of,
+    kill_all,
+    reap,
+    spawn,
+)
+from fedhive.runtime.worker_startup import Events, WorkerHandle, on_startup_frame, wait_until_ready
+from fedhive.runtime.worker_timeline import mark
 
-__all__ = ["AppSource", "Batch", "Job", "Outcome", "WorkerPool", "app_source"]
+__all__ = ["AppSource", "Batch", "Job", "Outcome", "WorkerPool", "app_source", "early_source"]
 
 log = logging.getLogger("fedhive.workers")
 
 DEPTH = 2  # tasks a worker holds: the one it trains and the next, so it never waits for us
 SLOT_BUDGET_BYTES = 64 * 1024 * 1024  # update slots beyond one per worker (plus one), for small models
 MAX_SLOTS = 1024
-
-
-@dataclass(frozen=True)
-class Job:
-    """One client's task: ``fit`` (``fields``: ``fit``, ``round``) or ``evaluate``."""
-
-    op: str
-    index: int  # the client's partition (ctx.node["partition_id"])
-    client_id: str
-    fields: Mapping[str, Any] = field(default_factory=dict)
-    state: bytes = b""  # its ctx.state (app.state_store bytes), b"" when empty
-
-
-@dataclass
-class Outcome:
-    client_id: str
-    reason: str | None = None  # why it has no result
-    num_examples: int = 0
-    metrics: dict[str, float] = field(default_factory=dict)
-    params: Params | None = None  # a fit's update: views of its slot, valid until the next outcome
-    state: bytes | None = None  # its ctx.state after the task (b"": empty); None: unknown, keep it
-    slot: int | None = None
-
-
-@dataclass
-class _Task:
-    batch: Batch
-    job: int
-    slot: int | None
-    started: float
-
-
-@dataclass
-class _Worker:
-    number: int
-    proc: subprocess.Popen[bytes]
-    sock: socket.socket
-    writer: asyncio.StreamWriter | None = None
-    reader: asyncio.Task[None] | None = None
-    ready: bool = False
-    alive: bool = True
-    started: float = 0.0
-    kill_reason: str | None = None  # why it could not start
-    overdue: bool = False  # killed for running past a deadline
-    inflight: dict[int, _Task] = field(default_factory=dict)
 
 
 class WorkerPool:
@@ -120,10 +84,10 @@ class WorkerPool:
         self.adaptive = adaptive
         self._devices = list(devices)
         self._log_level = log_level if log_level is not None else logging.getLogger("fedhive").getEffectiveLevel()
-        self._workers: list[_Worker] = []
+        self._workers: list[WorkerHandle] = []
         self._procs: list[subprocess.Popen[bytes]] = []  # every worker ever started, for the last resort:
         weakref.finalize(self, kill_all, self._procs)  # killed at exit if the pool was never closed
-        self._events: asyncio.Queue[tuple[_Worker, tuple[dict[str, Any], bytes] | None]] | None = None
+        self._events: Events | None = None
         self._layout: ParamLayout | None = None
         self._model: SharedBuffer | None = None
         self._slots: SharedBuffer | None = None
@@ -156,16 +120,30 @@ class WorkerPool:
         """The live workers' process ids."""
         return [w.proc.pid for w in self._workers if w.alive]
 
-    def _spawn(self, number: int) -> _Worker:
+    def _spawn(self, number: int) -> WorkerHandle:
         proc, sock = spawn(self.source, number, self._devices[number], self._log_level)
         self._procs.append(proc)
-        return _Worker(number, proc, sock)
+        return WorkerHandle(number, proc, sock)
 
     # -- start and stop -----------------------------------------------------------------------
+
+    def adopt(self, loaded: LoadedApp) -> bool:
+        """A pool launched from an ``early_source``, before this process loaded the app: whether
+        ``loaded`` is the app its workers load (then their digests are checked against it at
+        ``start``); False: close the pool and train here."""
+        if self.source.digest:
+            return self.source.digest == loaded.digest
+        checked = confirmed(self.source, loaded)
+        if checked is None:
+            return False
+        self.source = checked
+        return True
 
     async def start(self, spec: ParamSpec) -> None:
         """Share the model's buffers with every worker and wait (bounded) until each has loaded
         the app; ``AppError`` in one line if one cannot."""
+        if not self.source.digest:
+            raise AppError("worker processes launched before the app was loaded: adopt() it first")
         self.launch()
         self._events = asyncio.Queue()
         layout = self._layout = ParamLayout.of(spec)
@@ -176,20 +154,8 @@ class WorkerPool:
         self._slot_views = [layout.views(self._slots.map, i) for i in range(slots)]
         for w in self._workers:
             await self._attach(w)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + STARTUP_TIMEOUT_S
-        while not all(w.ready for w in self._workers):
-            try:
-                async with asyncio.timeout_at(deadline):
-                    w, frame = await self._events.get()
-            except TimeoutError:
-                raise AppError(f"the worker processes did not load the app within {STARTUP_TIMEOUT_S:.0f} s") from None
-            if frame is None:
-                how = await exit_of(w.proc)
-                raise AppError(f"a worker process exited while loading the app ({how}); its output is above")
-            self._on_startup_frame(w, frame[0])
-            if not w.alive:
-                raise AppError(f"a worker process could not load the app: {w.kill_reason}")
+        await wait_until_ready(self._workers, self._events, self.source.digest)
+        mark("workers-ready")
 
     def start_soon(self, spec: ParamSpec) -> None:
         """``start`` in the background (an adaptive pool: training goes on meanwhile); ``started``
@@ -201,7 +167,7 @@ class WorkerPool:
         """Whether a ``start_soon`` is done; raises what made it fail."""
         return self._starting is not None and self._starting.done() and self._starting.result() is None
 
-    async def _attach(self, w: _Worker) -> None:
+    async def _attach(self, w: WorkerHandle) -> None:
         """The shared buffers (as descriptors, before asyncio owns the socket), then the streams."""
         assert self._layout is not None and self._model is not None and self._slots is not None
         header = {"spec": self._layout.spec.to_json(), "slots": self._slots.size // self._layout.nbytes}
@@ -213,7 +179,7 @@ class WorkerPool:
         if self._session_frame:
             w.writer.write(self._session_frame)
 
-    async def _read(self, w: _Worker, reader: asyncio.StreamReader) -> None:
+    async def _read(self, w: WorkerHandle, reader: asyncio.StreamReader) -> None:
         assert self._events is not None
         try:
             while (frame := await read_frame(reader)) is not None:
@@ -221,16 +187,6 @@ class WorkerPool:
         except (FrameError, OSError) as exc:
             log.warning("worker %d: %s", w.number, exc)
         self._events.put_nowait((w, None))
-
-    def _on_startup_frame(self, w: _Worker, header: dict[str, Any]) -> None:
-        if "error" in header:
-            w.alive, w.kill_reason = False, str(header["error"])
-        elif header.get("ready"):
-            if header.get("digest") != self.source.digest:
-                w.alive, w.kill_reason = False, "its copy of the app's code differs from the simulation's"
-                w.proc.kill()
-            else:
-                w.ready = True
 
     async def aclose(self) -> None:
         """Stop every worker: each exits when its socket closes; one still busy after a few
@@ -260,6 +216,7 @@ class WorkerPool:
             return
         self._closed = True
         for w in self._workers:
+            w.alive = False
             if w.writer is not None:
                 with contextlib.suppress(RuntimeError):  # its loop is closed: the transport went with it
                     w.writer.close()
@@ -298,8 +255,9 @@ class WorkerPool:
         if params is self._published:
             return
         while any(w.inflight for w in self._workers):
-            await self._pump()
+            await self.pump()
         assert self._layout is not None and self._model is not None
+        mark("publish")
         self._layout.write(self._model.map, params)
         self._published = params
         self._gen += 1
@@ -314,7 +272,7 @@ class WorkerPool:
         self._batch = Batch(self, list(jobs), deadline)
         return self._batch
 
-    def _dispatch(self, batch: Batch) -> None:
+    def dispatch(self, batch: Batch) -> None:
         """Hand out the batch's next jobs, in order, to the least busy workers, while slots last."""
         if batch.pending and batch.deadline is not None and asyncio.get_running_loop().time() >= batch.deadline:
             self._fail_pending(batch, "its turn came after the round's deadline")
@@ -340,7 +298,7 @@ class WorkerPool:
             header["slot"] = slot
             assert w.writer is not None
             w.writer.write(encode(header, job.state))
-            w.inflight[task] = _Task(batch, index, slot, asyncio.get_running_loop().time())
+            w.inflight[task] = Task(batch, index, slot, asyncio.get_running_loop().time())
         if batch.pending and not any(w.alive for w in self._workers):
             self._fail_pending(batch, "no worker process is left to take it")
 
@@ -349,7 +307,7 @@ class WorkerPool:
             batch.done[index] = Outcome(batch.jobs[index].client_id, why)
         batch.pending.clear()
 
-    async def _pump(self) -> None:
+    async def pump(self) -> None:
         """Wait for one answer or death, or for the earliest deadline (then kill who is past it)."""
         assert self._events is not None
         loop = asyncio.get_running_loop()
@@ -363,65 +321,47 @@ class WorkerPool:
         if frame is None:
             await self._bury(w)
         elif not w.ready:
-            self._on_startup_frame(w, frame[0])
+            on_startup_frame(w, frame[0], self.source.digest)
             if not w.alive:
                 log.warning("a replacement worker process could not load the app: %s", w.kill_reason)
         else:
             self._on_answer(w, *frame)
 
     def _next_deadline(self) -> float | None:
-        times = [self._due(t) for w in self._workers for t in w.inflight.values()]
+        times = [t.due(self._task_timeout_s) for w in self._workers for t in w.inflight.values()]
         times += [w.started + STARTUP_TIMEOUT_S for w in self._workers if w.alive and not w.ready]
         return min(times) if times else None
-
-    def _due(self, task: _Task) -> float:
-        """When a task is overdue: the session's round deadline after it started, or its batch's."""
-        due = task.started + self._task_timeout_s
-        return due if task.batch.deadline is None or task.batch.closed else min(due, task.batch.deadline)
 
     def _kill_overdue(self, now: float) -> None:
         for w in self._workers:
             if not w.alive:
                 continue
-            if any(now >= self._due(t) for t in w.inflight.values()):
+            if any(now >= t.due(self._task_timeout_s) for t in w.inflight.values()):
                 w.overdue = True
                 w.proc.kill()
             elif not w.ready and now >= w.started + STARTUP_TIMEOUT_S:
                 w.kill_reason = "a replacement worker did not load the app in time"
                 w.proc.kill()
 
-    def _on_answer(self, w: _Worker, header: dict[str, Any], blob: bytes) -> None:
+    def _on_answer(self, w: WorkerHandle, header: dict[str, Any], blob: bytes) -> None:
         task = w.inflight.pop(int(header.get("task", -1)), None)
         if task is None:
             log.warning("worker %d answered a task it was not given", w.number)
             return
         self.busy_s += float(header.get("busy_s", 0.0))
-        job = task.batch.jobs[task.job]
-        reason = header.get("reason")
-        if reason is None and task.slot is not None:
-            assert self._layout is not None and self._slots is not None
-            params: Params | None = self._slot_views[task.slot]
-        else:
-            params = None
-        outcome = Outcome(
-            job.client_id,
-            None if reason is None else str(reason),
-            int(header.get("num_examples", 0)),
-            {str(k): float(v) for k, v in header.get("metrics", {}).items()},
-            params,
-            blob if header.get("state") else b"",
-            task.slot,
-        )
-        if reason is not None and task.slot is not None:
-            self._release(task.slot)
-            outcome.slot = None
+        update = self._slot_views[task.slot] if task.slot is not None else None
+        outcome = Outcome.from_answer(task.batch.jobs[task.job].client_id, header, blob, update)
+        if outcome.params is not None:
+            outcome.slot = task.slot
+        elif task.slot is not None:  # no update in it: free at once
+            self.release(task.slot)
         if task.batch.closed:
             if outcome.slot is not None:
-                self._release(outcome.slot)
+                self.release(outcome.slot)
             return
         task.batch.done[task.job] = outcome
 
-    async def _bury(self, w: _Worker) -> None:
+    async def _bury(self, w: WorkerHandle) -> None:
         """A worker's socket closed: it died. Its clients fail with the reason; a worker that had
         loaded the app is replaced."""
         w.alive = False
@@ -430,7 +370,7 @@ class WorkerPool:
             log.warning("worker %d died (%s) holding %d clients", w.number, how, len(w.inflight))
         for task in w.inflight.values():
             if task.slot is not None:
-                self._release(task.slot)
+                self.release(task.slot)
             if not task.batch.closed:
                 job = task.batch.jobs[task.job]
                 doing = "training" if job.op == "fit" else "evaluating"
@@ -451,53 +391,8 @@ class WorkerPool:
             self._workers[w.number] = fresh
             await self._attach(fresh)
 
-    def _release(self, slot: int) -> None:
+    def release(self, slot: int) -> None:
         self._free.append(slot)
-
-
-class Batch:
-    """A round's jobs for the pool; ``next`` gives their outcomes in order."""
-
-    def __init__(self, pool: WorkerPool, jobs: list[Job], deadline: float | None = None) -> None:
-        self.pool = pool
-        self.jobs = jobs
-        self.deadline = deadline  # event-loop time
-        self.pending: collections.deque[int] = collections.deque(range(len(jobs)))
-        self.done: dict[int, Outcome] = {}
-        self.closed = False
-        self._next = 0
-        self._held: int | None = None
-
-    async def next(self) -> Outcome:
-        """The next job's outcome; the previous outcome's update slot is given back first."""
-        self._give_back()
-        index = self._next
-        if index >= len(self.jobs):
-            raise IndexError("every job of this batch has its outcome")
-        self._next += 1
-        while index not in self.done:
-            self.pool._dispatch(self)
-            if index in self.done:
-                break
-            await self.pool._pump()
-        outcome = self.done.pop(index)
-        self._held = outcome.slot
-        return outcome
-
-    def close(self) -> None:
-        """No more outcomes are wanted: slots come back as their tasks end."""
-        self._give_back()
-        self.closed = True
-        self.pending.clear()
-        for outcome in self.done.values():
-            if outcome.slot is not None:
-                self.pool._release(outcome.slot)
-        self.done.clear()
-
-    def _give_back(self) -> None:
-        if self._held is not None:
-            self.pool._release(self._held)
-            self._held = None
 
 
 def slot_count(model_bytes: int, workers: int) -> int:

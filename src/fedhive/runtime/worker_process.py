@@ -55,6 +55,20 @@ def app_source(loaded: LoadedApp, node: Mapping[str, Any], clients: int) -> AppS
     return AppSource("fedhive.app.loader:load_app", (loaded.ref,), loaded.digest, dict(node), clients)
 
 
+def early_source(ref: str, node: Mapping[str, Any], clients: int) -> AppSource:
+    """The source of an app this process has not loaded yet: workers started with it import the
+    app (torch, say) while this process does the same, and ``confirmed`` checks it afterwards."""
+    return AppSource("fedhive.app.loader:load_app", (ref.strip(),), "", dict(node), clients)
+
+
+def confirmed(source: AppSource, loaded: LoadedApp) -> AppSource | None:
+    """``source`` (from ``early_source``) with the digest of the app this process then loaded,
+    or None if that is not the app the workers load (another reference, or one no other process
+    can load by reference)."""
+    checked = app_source(loaded, source.node, source.clients)
+    return checked if checked is not None and checked.args == source.args else None
+
+
 def spawn(
     source: AppSource, number: int, device: str | None, log_level: int
 ) -> tuple[subprocess.Popen[bytes], socket.socket]:

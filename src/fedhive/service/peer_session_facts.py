@@ -6,12 +6,14 @@ coordinator's bus carries (``SessionStarted``, ``UpdateAccepted`` per site and r
 so that the observers ``SessionManager`` attaches to every session (an MLflow tracker, the
 dashboard's live feed) follow this one too.
 
-The server holds no model of a decentralised session (its peers do), so the events carry empty
-parameters: a tracker records the session's run with each round's figures (those the peers
-report, weighted by examples, with ``digest_agreement`` and ``peers``) and each site's own figures
-in its child run, and logs no model. The bus runs in a task of its own: a slow observer (an
-MLflow server taking its time) delays what it records, never the watch, which would otherwise
-take sites whose reports wait unread for gone.
+The server holds no round's model of a decentralised session (its peers do), so the round events
+carry empty parameters: a tracker records the session's run with each round's figures (those the
+peers report, weighted by examples, with ``digest_agreement`` and ``peers``) and each site's own
+figures in its child run. ``SessionCompleted`` carries the final model when a peer handed it over
+(``peer_session_model``), so a tracker logs (and registers) it as a star session's.
+
+The bus runs in a task of its own: a slow observer (an MLflow server taking its time) delays what
+it records, never the watch, which would otherwise take sites whose reports wait unread for gone.
 """
 
 from __future__ import annotations
@@ -66,10 +68,11 @@ class PeerSessionFacts:
         )  # fmt: skip
         self._round_at = now
 
-    def ended(self, rounds: int, failure: str | None) -> None:
-        """How the session ended, once the database says so: COMPLETED (``failure`` None) or FAILED."""
+    def ended(self, rounds: int, failure: str | None, model: Params | None = None) -> None:
+        """How the session ended, once the database says so: COMPLETED (``failure`` None) or FAILED;
+        ``model``: the one the peers agreed on, if one of them handed it over (``peer_session_model``)."""
         if failure is None:
-            self.bus.emit(ev.SessionCompleted(self.session_id, rounds, NO_MODEL, {}))
+            self.bus.emit(ev.SessionCompleted(self.session_id, rounds, model if model is not None else NO_MODEL, {}))
         else:
             self.bus.emit(ev.SessionFailedEvent(self.session_id, failure))
 

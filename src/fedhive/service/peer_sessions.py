@@ -14,8 +14,10 @@ result row; COMPLETED when every peer still in the session is done with the same
 the reason otherwise. No wait is unbounded: a peer unheard for the heartbeat timeout is gone (the
 others go on without it, as their peers do), and a session with no report at all for
 ``stall_after_s`` (after the peers' discovery time) fails, its agents told to stop. The same facts
-go to the session's observers, an MLflow tracker among them (``peer_session_facts``: no model is
-logged, the server holds none).
+go to the session's observers, an MLflow tracker among them (``peer_session_facts``). When the
+peers end with one model, the agents whose peers finished are asked for it, and the first answer
+whose recomputed digest is the agreed one becomes the session's model in the registry, as a star
+session's (``peer_session_model``); the session is COMPLETED with or without it.
 
 After a restart of the server (``resumed``) the session is watched again, not started again: the
 peers never needed the server, so those still running go on. Each agent is asked about its peer
@@ -37,13 +39,16 @@ from dataclasses import dataclass, field
 
 from fedhive.core.bodies import ErrorBody, StopBody, parse_body
 from fedhive.core.envelope import Kind, Message, make
+from fedhive.core.params import Params
 from fedhive.errors import FedhiveError, ProtocolError
 from fedhive.runtime.coordinator import COORDINATOR_ID
 from fedhive.runtime.hub import DECENTRALISED, Hub
+from fedhive.runtime.peer_model_upload import is_model_answer
 from fedhive.runtime.peer_orders import DONE, PeerOrder, PeerProgress, resume_message, seal_key
 from fedhive.runtime.peer_rounds import new_peer_id
 from fedhive.runtime.session_config import SessionConfig
 from fedhive.service.peer_session_facts import PeerSessionFacts
+from fedhive.service.peer_session_model import ModelCollection, SessionModelKeeper, refuse_unasked
 from fedhive.service.service_nodes import SecretOf
 from fedhive.storage import sessions_repo, users_repo
 from fedhive.storage.database import Database
@@ -77,6 +82,7 @@ class PeerSession:
         beat_s: float = 1.0,
         peer_timeout_s: float = 5.0,
         resumed: bool = False,
+        keeper: SessionModelKeeper | None = None,
     ) -> None:
         self.db = db
         self.hub = hub
@@ -98,6 +104,10 @@ class PeerSession:
         self._last_round_at = now
         self._last_progress = now + c.registration_timeout_s
         self.facts = PeerSessionFacts(config.session_id)  # its bus: where observers follow the session
+        # Where the model the peers agree on is kept (None: it stays with the peers)
+        self.keeper = keeper
+        self.model: Params | None = None
+        self._figures: dict[str, float] = {}  # the last recorded round's, the model version's metrics
 
     @property
     def session_id(self) -> str:
@@ -114,7 +124,7 @@ class PeerSession:
                 await asyncio.to_thread(self._write_status, SessionStatus.RUNNING, None)
                 self.facts.started(self.config, list(self.sites))
             outcome = await self._watch()
-            self.facts.ended(self._recorded, outcome)
+            self.facts.ended(self._recorded, outcome, self.model)
         finally:
             self.hub.release(self.session_id)
             self.facts.stop()
@@ -165,11 +175,17 @@ class PeerSession:
 
     def _on_message(self, msg: Message) -> None:
         site = self.sites.get(msg.sender)
+        if site is None and is_model_answer(msg):
+            log.warning("session %s: refused the model from %s: not one of its peers", self.session_id, msg.sender)
+            return
         if site is None:
             log.info("session %s: ignored %s from %s, not one of its peers", self.session_id, msg.kind, msg.sender)
             return
         if site.state in ("running", "done"):
             site.heard = time.monotonic()
+        if is_model_answer(msg):
+            refuse_unasked(self.session_id, msg)
+            return
         try:
             if msg.kind is Kind.PEER_UPDATE and site.state == "running":
                 report = PeerProgress.read(msg)
@@ -202,7 +218,17 @@ class PeerSession:
         if done and len(last) == 1:
             digest = next(iter(last))
             reason = f"completed all {self.config.rounds} rounds among {len(done)} peers (model {digest[:12]})"
-            await asyncio.to_thread(self._write_status, SessionStatus.COMPLETED, reason)
+            if self.keeper is None:
+                await asyncio.to_thread(self._write_status, SessionStatus.COMPLETED, reason)
+                return None
+            rnd = max(max(s.reports) for s in done.values())
+            collection = ModelCollection(
+                self.port, self.session_id, rnd, digest, sites=set(self.sites), max_bytes=self.config.max_update_bytes
+            )
+            self.model = await collection.collect(sorted(done), self.keeper.timeout_s)
+            if self.model is None:
+                reason += f"; no peer handed over the model, so the registry holds none ({collection.why_none()})"
+            await asyncio.to_thread(self.keeper.complete, self.session_id, self.model, self._figures, reason)
             return None
         if done:
             reason = f"the peers ended with {len(last)} different models"
@@ -250,6 +276,9 @@ class PeerSession:
                 s, self.session_id, rnd, metrics=metrics, num_updates=members, duration_s=now - self._last_round_at
             )
         self._last_round_at = now
+        self._figures = {
+            k: float(v) for k, v in metrics.items() if isinstance(v, int | float) and not isinstance(v, bool)
+        }
         return metrics
 
     def _rounds_recorded(self) -> int:

@@ -13,6 +13,10 @@ every report interval asks for the status), answered 409 with the code ``CANCELL
 ends its session as CANCELLED (STOP to its clients). This is also how a session whose coordinator
 died without a word (SIGKILL) is cleared from the dashboard.
 
+Its final model: the coordinator uploads it once the session COMPLETED (``api.reported_model``),
+and ``attach_model`` makes it the session's model as a platform session's is (a version of the
+owner's model ``session-<id>``, the session's final model: the dashboard's download link).
+
 Everything here works inside the caller's unit of work on the metadata store (blocking: the API
 runs it in a worker thread).
 """
@@ -26,7 +30,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from fedhive.storage import sessions_repo
+from fedhive.app.loader import BUILTIN
+from fedhive.storage import models_repo, sessions_repo
 from fedhive.storage.models import TERMINAL_STATUSES, ResultStatus, SessionRow, SessionStatus
 
 REPORTED_KEY = "reported"  # in the stored config: {"by": ..., "topology": ...}
@@ -191,3 +196,28 @@ def _apply(s: Session, session_id: str, report: Report) -> bool:
         sessions_repo.set_session_status(s, session_id, report.status, reason=report.reason)
         return True
     return False
+
+
+def attach_model(
+    s: Session, owner_id: int, session_id: str, *, artifact_ref: str, tensors: list[dict[str, object]]
+) -> int:
+    """Make the stored model ``artifact_ref`` the reported session's final model; its version id.
+    ``ReportRefused``: not the owner's (404), a platform session's, not COMPLETED, or one already held (409)."""
+    row = sessions_repo.get_session(s, session_id, owner_id=owner_id)
+    if row is None:
+        raise ReportRefused(404, f"no session {session_id!r}")
+    if not is_reported(row.config):
+        raise ReportRefused(409, f"session {session_id!r} is run by the platform: its model is its own")
+    if row.status is not SessionStatus.COMPLETED:
+        raise ReportRefused(409, f"session {session_id!r} is {row.status.value}: only a completed one's model is taken")
+    if row.final_model_version_id is not None:
+        raise ReportRefused(409, f"session {session_id!r} already has its model")
+    config = row.config or {}
+    app = config.get("app")
+    spec = f"app:{app}" if app and app != BUILTIN else str(config.get("model", ""))
+    version = models_repo.add_model_version(
+        s, owner_id, f"session-{session_id}", artifact_ref=artifact_ref, spec={"tensors": tensors},
+        model_spec=spec[:255], session_id=session_id, create=True,
+    )  # fmt: skip
+    sessions_repo.set_final_model(s, session_id, version.id)
+    return version.id

@@ -29,6 +29,7 @@ from fedhive.runtime.hub import DECENTRALISED, HIERARCHICAL, STAR, Hub
 from fedhive.runtime.resume import Checkpoint, coordinator_kwargs
 from fedhive.runtime.session_config import SessionConfig
 from fedhive.service.hierarchical_sessions import HierarchicalSession
+from fedhive.service.peer_session_model import SessionModelKeeper
 from fedhive.service.peer_sessions import PeerSession
 from fedhive.service.persistence import SessionRecorder
 from fedhive.service.service_nodes import ServiceNodes
@@ -84,9 +85,10 @@ class RunningSessions:
         if topology == DECENTRALISED:
             assert self.nodes is not None
             timeout = self.hub.heartbeat_timeout_s or 20.0
+            keeper = SessionModelKeeper(self.db, self.artifacts, owner_id, f"session-{sid}", _model_spec(config))
             watcher = PeerSession(
                 self.db, self.hub, config, peers, site_secret=self.nodes.site_secret, heartbeat_timeout_s=timeout,
-                resumed=resumed,
+                resumed=resumed, keeper=keeper,
             )  # fmt: skip
             # No recorder (the watcher writes what the peers report), but the same observers: the
             # facts it records come on a bus of its own (``peer_session_facts``).
@@ -118,7 +120,7 @@ class RunningSessions:
             strategy,
             owner_id=owner_id,
             model_name=f"session-{config.session_id}",
-            model_spec=config.model if config.app == BUILTIN else f"app:{config.app}",
+            model_spec=_model_spec(config),
         ).attach(bus)
         for attach in self._observers:
             attach(sid, bus, dict(tags or {}))
@@ -180,3 +182,8 @@ class RunningSessions:
             self._tasks.pop(sid, None)
             self._buses.pop(sid, None)
             self._hierarchies.pop(sid, None)
+
+
+def _model_spec(config: SessionConfig) -> str:
+    """What the session's model versions name as their model: its spec, or the app that makes it."""
+    return config.model if config.app == BUILTIN else f"app:{config.app}"

@@ -25,7 +25,8 @@ from fedhive.tracking.mlflow_registry import (
     parse_model_ref,
     redact,
 )
-from fedhive.tracking.mlflow_tracker import MlflowTracker, default_tracking_uri, start_tags
+from fedhive.tracking.mlflow_store import default_tracking_uri, start_tags
+from fedhive.tracking.mlflow_tracker import MlflowTracker
 
 SIMULATE_STORE = Path("mlruns")
 ENV_VAR = "FEDHIVE_MLFLOW_TRACKING_URI"

@@ -22,8 +22,8 @@ gone, disk full) is logged once, kept in ``failure`` and turns the tracker off f
 
 How a session ends is how its runs end: FINISHED, FAILED (the reason tagged ``fedhive.failure``),
 or KILLED for a cancelled one (``SessionCancelled``; the reason tagged ``fedhive.cancelled``). A
-session deleted from the platform has its runs marked deleted (``delete_session_runs``). A session
-started from a registered model carries tags naming it (``start_tags``: its ``use_case``, the
+session deleted from the platform has its runs marked deleted (``session_runs``). A session started
+from a registered model carries tags naming it (``mlflow_store.start_tags``: its ``use_case``, the
 model version and the run that produced it), on its runs and on the version it registers; a
 session resumed after a crash takes them back from its run.
 """
@@ -32,56 +32,28 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import tempfile
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, urlsplit
 
 from fedhive.runtime import events as ev
 from fedhive.runtime.bus import EventBus
-from fedhive.tracking.mlflow_model import import_mlflow, save_pyfunc
-from fedhive.tracking.mlflow_registry import USE_CASE_TAG, RegisteredModel, redact
+from fedhive.tracking.mlflow_model import import_mlflow
+from fedhive.tracking.mlflow_store import (
+    DATA_KEYS,
+    PARAM_KEYS,
+    ROLE_TAG,
+    SESSION_TAG,
+    START_TAGS,
+    experiment_named,
+    now_ms,
+    param_list,
+)
+from fedhive.tracking.run_models import log_model, register_model
+from fedhive.tracking.session_runs import coordinator_runs
 
 log = logging.getLogger("fedhive.mlflow")
-SESSION_TAG = "fedhive.session_id"
-# coordinator (a session's parent run), combiner, peer (``node_runs``): combiners' runs carry the
-# session's id too, so finding a session's run looks at this tag (runs from before it have none).
-ROLE_TAG = "fedhive.role"
-INITIAL_MODEL_TAG = "fedhive.initial_model"  # NAME/VERSION of the registered model it started from
-INITIAL_MODEL_URI_TAG = "fedhive.initial_model_uri"  # models:/NAME/VERSION
-INITIAL_MODEL_RUN_TAG = "fedhive.initial_model_run_id"  # the run that produced that version
-# Tags a resumed session takes back from its parent run (they were given at its start)
-START_TAGS = (USE_CASE_TAG, INITIAL_MODEL_TAG, INITIAL_MODEL_URI_TAG, INITIAL_MODEL_RUN_TAG)
-PARAM_KEYS = (
-    "strategy",
-    "model",
-    "rounds",
-    "epochs",
-    "batch_size",
-    "lr",
-    "momentum",
-    "fraction",
-    "seed",
-    "min_clients",
-)
-DATA_KEYS = ("dataset", "partition", "label")
-
-
-def default_tracking_uri(home: Path) -> str:
-    """The local store: a SQLite file next to the other fedhive state (no server to start)."""
-    return f"sqlite:///{(home / 'mlflow.db').resolve()}"
-
-
-def artifact_location(tracking_uri: str) -> str | None:
-    """For a local SQLite store, artifacts go next to its file: MLflow's default would be
-    ``./mlruns`` under whatever directory the process happened to start in."""
-    prefix = "sqlite:///"
-    if not tracking_uri.startswith(prefix):
-        return None  # a server decides where its artifacts go
-    return (Path(tracking_uri[len(prefix) :]).resolve().parent / "mlflow-artifacts").as_uri()
 
 
 class MlflowTracker:
@@ -195,14 +167,14 @@ class MlflowTracker:
         params = {k: config[k] for k in PARAM_KEYS if config.get(k) is not None}
         params |= {f"data.{k}": v for k, v in data.items() if k in DATA_KEYS and v is not None}
         params["clients"] = population if population is not None else len(clients)
-        self._client.log_batch(self.parent_run_id, params=_params(params))
+        self._client.log_batch(self.parent_run_id, params=param_list(params))
         for client in clients:
             self._child(client)
 
     def _reopen(self, session_id: str) -> bool:
         """Take over the parent and child runs of a session resumed after a crash, if there are
         any: its metrics go on at the next round's step instead of starting a second parent run."""
-        found = _coordinator_runs(self._client, [self._experiment_id], session_id)
+        found = coordinator_runs(self._client, [self._experiment_id], session_id)
         if not found:
             return False
         self.parent_run_id = found[0].info.run_id
@@ -249,7 +221,7 @@ class MlflowTracker:
             return
         from mlflow.entities import Metric
 
-        now = _now_ms()
+        now = now_ms()
         batch = [Metric(k, float(v), now, step) for k, v in metrics.items()]
         self._client.log_batch(run_id, metrics=batch)
 
@@ -260,18 +232,11 @@ class MlflowTracker:
         if not e.params:  # a decentralised session's model is held by its peers only: none to log
             self._end_all("FINISHED", None)
             return
-        with tempfile.TemporaryDirectory(prefix="fedhive-mlflow-") as tmp:
-            meta = {"session_id": e.session_id, "rounds": str(e.rounds)}
-            model_dir = save_pyfunc(Path(tmp), e.params, self._model_spec, meta)
-            self._client.log_artifacts(run_id, str(model_dir), "model")
+        meta = {"session_id": e.session_id, "rounds": str(e.rounds)}
+        log_model(self._client, run_id, e.params, self._model_spec, meta)
         if self._register_as:
-            name = self._register_as
-            if not self._client.search_registered_models(filter_string=f"name = '{_quote(name)}'"):
-                self._client.create_registered_model(name)
-            source = f"{self._client.get_run(run_id).info.artifact_uri}/model"
-            version = self._client.create_model_version(name, source, run_id=run_id, tags=self._tags)
-            self.model_version = str(version.version)
-            log.info("registered MLflow model %s version %s", name, version.version)
+            self.model_version = register_model(self._client, self._register_as, run_id, self._tags)
+            log.info("registered MLflow model %s version %s", self._register_as, self.model_version)
         self._log_best(run_id, e)
         self._end_all("FINISHED", None)
 
@@ -291,14 +256,9 @@ class MlflowTracker:
                 self._client.set_model_version_tag(name, self.model_version, key, value)
             self.best_version = self.model_version
             return
-        with tempfile.TemporaryDirectory(prefix="fedhive-mlflow-") as tmp:
-            meta = {"session_id": e.session_id, "rounds": str(best.round)}
-            self._client.log_artifacts(
-                run_id, str(save_pyfunc(Path(tmp), best.params, self._model_spec, meta)), "best_model"
-            )
-        source = f"{self._client.get_run(run_id).info.artifact_uri}/best_model"
-        version = self._client.create_model_version(name, source, run_id=run_id, tags={**self._tags, **tags})
-        self.best_version = str(version.version)
+        meta = {"session_id": e.session_id, "rounds": str(best.round)}
+        log_model(self._client, run_id, best.params, self._model_spec, meta, "best_model")
+        self.best_version = register_model(self._client, name, run_id, {**self._tags, **tags}, "best_model")
 
     def _end_all(self, status: str, reason: str | None, reason_tag: str = "fedhive.failure") -> None:
         for run_id in self.child_runs.values():
@@ -307,114 +267,3 @@ class MlflowTracker:
             if reason:
                 self._client.set_tag(self.parent_run_id, reason_tag, reason[:5000])
             self._client.set_terminated(self.parent_run_id, status)
-
-
-def experiment_named(client: Any, name: str, tracking_uri: str) -> str:
-    """Blocking. The experiment's id, created if it is new. Every node of a session may track in
-    it: when two create it at once, the one that loses reads the winner's."""
-    found = client.get_experiment_by_name(name)
-    if found is not None:
-        return str(found.experiment_id)
-    try:
-        return str(client.create_experiment(name, artifact_location=artifact_location(tracking_uri)))
-    except Exception:
-        found = client.get_experiment_by_name(name)
-        if found is None:
-            raise
-        return str(found.experiment_id)
-
-
-def start_tags(model: RegisteredModel, use_case: str | None = None) -> dict[str, str]:
-    """The tags of a session started from registered model ``model``: its use case (the one asked
-    for, else the version's own ``use_case`` tag) and a link to the version and its run."""
-    tags = {
-        INITIAL_MODEL_TAG: str(model.ref),
-        INITIAL_MODEL_URI_TAG: f"models:/{model.ref.name}/{model.ref.version}",
-    }
-    if model.run_id:
-        tags[INITIAL_MODEL_RUN_TAG] = model.run_id
-    chosen = use_case if use_case is not None else model.tags.get(USE_CASE_TAG)
-    if chosen:
-        tags[USE_CASE_TAG] = chosen
-    return tags
-
-
-@dataclass(frozen=True)
-class SessionRun:
-    """A session's parent run, and where a person can look at it (None: a store with no web page)."""
-
-    run_id: str
-    experiment_id: str
-    status: str
-    url: str | None
-
-
-def run_url(tracking_uri: str, experiment_id: str, run_id: str) -> str | None:
-    """The MLflow UI's page of a run on a tracking server (credentials left out); None for a
-    local store, which has no web page until someone runs ``mlflow ui`` on it."""
-    parts = urlsplit(tracking_uri)
-    if parts.scheme not in ("http", "https"):
-        return None
-    base = redact(tracking_uri).rstrip("/")
-    return f"{base}/#/experiments/{quote(experiment_id, safe='')}/runs/{quote(run_id, safe='')}"
-
-
-def find_session_run(tracking_uri: str, session_id: str, experiment: str = "fedhive") -> SessionRun | None:
-    """Blocking. The parent run tracking ``session_id``, if there is one."""
-    client = import_mlflow().MlflowClient(tracking_uri=tracking_uri)
-    found = client.get_experiment_by_name(experiment)
-    if found is None:
-        return None
-    runs = _coordinator_runs(client, [found.experiment_id], session_id)
-    if not runs:
-        return None
-    info = runs[0].info
-    return SessionRun(
-        info.run_id, found.experiment_id, info.status, run_url(tracking_uri, found.experiment_id, info.run_id)
-    )
-
-
-def delete_session_runs(tracking_uri: str, session_id: str, experiment: str = "fedhive") -> int:
-    """Blocking. Marks the runs of a deleted session deleted (its parent run and its clients'
-    runs): MLflow keeps them restorable until its garbage collection. Returns how many."""
-    client = import_mlflow().MlflowClient(tracking_uri=tracking_uri)
-    found = client.get_experiment_by_name(experiment)
-    if found is None:
-        return 0
-    ids = [found.experiment_id]
-    parents = client.search_runs(ids, filter_string=_session_filter(session_id), max_results=100)
-    runs = [r.info.run_id for r in parents]
-    for parent in parents:
-        children = client.search_runs(
-            ids, filter_string=f"tags.mlflow.parentRunId = '{_quote(parent.info.run_id)}'", max_results=10_000
-        )
-        runs += [c.info.run_id for c in children]
-    for run_id in runs:
-        client.delete_run(run_id)
-    return len(runs)
-
-
-def _session_filter(session_id: str) -> str:
-    return f"tags.`{SESSION_TAG}` = '{_quote(session_id)}'"
-
-
-def _coordinator_runs(client: Any, experiment_ids: list[str], session_id: str) -> list[Any]:
-    """The session's parent run (a list of one, or empty), not a combiner's run of the same session."""
-    runs = client.search_runs(experiment_ids, filter_string=_session_filter(session_id), max_results=100)
-    return [r for r in runs if r.data.tags.get(ROLE_TAG, "coordinator") == "coordinator"][:1]
-
-
-def _params(values: dict[str, object]) -> list[Any]:
-    from mlflow.entities import Param
-
-    return [Param(k, str(v)[:6000]) for k, v in values.items()]
-
-
-def _now_ms() -> int:
-    import time
-
-    return int(time.time() * 1000)
-
-
-def _quote(name: str) -> str:
-    return name.replace("'", "\\'")

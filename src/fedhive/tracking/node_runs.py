@@ -22,9 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import tempfile
 from collections.abc import Callable, Mapping
-from pathlib import Path
 from typing import Any
 
 from fedhive.core.envelope import Kind
@@ -33,8 +31,9 @@ from fedhive.runtime import events as ev
 from fedhive.runtime.bus import EventBus
 from fedhive.runtime.downstream import COORDINATOR_ID
 from fedhive.runtime.peer import PeerRoundCompleted
-from fedhive.tracking.mlflow_model import import_mlflow, save_pyfunc
-from fedhive.tracking.mlflow_tracker import PARAM_KEYS, ROLE_TAG, SESSION_TAG, _params, _quote, experiment_named
+from fedhive.tracking.mlflow_model import import_mlflow
+from fedhive.tracking.mlflow_store import PARAM_KEYS, ROLE_TAG, SESSION_TAG, experiment_named, now_ms, param_list
+from fedhive.tracking.run_models import log_model, register_model
 
 log = logging.getLogger("fedhive.mlflow")
 COMBINER_TAG = "fedhive.combiner_id"
@@ -70,13 +69,13 @@ class _NodeRun:
     def _create(self, name: str, tags: Mapping[str, str], params: Mapping[str, object] | None = None) -> str:
         run = self._client.create_run(self._experiment_id(), run_name=name, tags=dict(tags))
         if params:
-            self._client.log_batch(run.info.run_id, params=_params(dict(params)))
+            self._client.log_batch(run.info.run_id, params=param_list(dict(params)))
         return str(run.info.run_id)
 
     def _log(self, run_id: str, step: int, metrics: Mapping[str, float]) -> None:
         from mlflow.entities import Metric
 
-        now = _now_ms()
+        now = now_ms()
         batch = [Metric(k, float(v), now, step) for k, v in metrics.items() if math.isfinite(float(v))]
         if batch:
             self._client.log_batch(run_id, metrics=batch)
@@ -228,17 +227,16 @@ class PeerRun(_NodeRun):
         self.end(failed)
 
     def _log_model(self, run_id: str, params: Params) -> None:
-        with tempfile.TemporaryDirectory(prefix="fedhive-mlflow-") as tmp:
-            meta = {"digest": self.digest or "", "peer": self.name}
-            model_dir = save_pyfunc(Path(tmp), params, str(self._config.get("model")), meta)
-            self._client.log_artifacts(run_id, str(model_dir), "model")
+        log_model(
+            self._client,
+            run_id,
+            params,
+            str(self._config.get("model")),
+            {"digest": self.digest or "", "peer": self.name},
+        )
         if self._register_as:
-            name = self._register_as
-            if not self._client.search_registered_models(filter_string=f"name = '{_quote(name)}'"):
-                self._client.create_registered_model(name)
-            source = f"{self._client.get_run(run_id).info.artifact_uri}/model"
             tags = {**self._tags, DIGEST_TAG: self.digest or ""}
-            self.model_version = str(self._client.create_model_version(name, source, run_id=run_id, tags=tags).version)
+            self.model_version = register_model(self._client, self._register_as, run_id, tags)
 
 
 def _weighted(accepted: list[tuple[int, Mapping[str, float]]]) -> dict[str, float]:
@@ -251,9 +249,3 @@ def _weighted(accepted: list[tuple[int, Mapping[str, float]]]) -> dict[str, floa
                 total[0] += value * max(n, 1)
                 total[1] += max(n, 1)
     return {k: s / w for k, (s, w) in sums.items() if w > 0}
-
-
-def _now_ms() -> int:
-    import time
-
-    return int(time.time() * 1000)

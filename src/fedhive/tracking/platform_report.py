@@ -9,7 +9,8 @@ in the dashboard's live feed); one task posts them in batches with httpx, retryi
 exponential backoff while the server cannot be reached (one warning line when it goes, one when it
 is back). An answer that no retry changes (wrong credentials, its id taken) ends reporting with
 one line; the session goes on. ``aclose`` gives the last reports (the session's end) a bounded
-time to go out.
+time to go out, and then the session's final model (``report_model``: a completed session's, once
+the server holds its end; one warning line if it cannot be uploaded in that time).
 
 Cancel on the dashboard stops the session itself: every ``interval_s`` without a report to send
 the sender posts an empty batch, and the server's answer that the session was cancelled (409
@@ -35,8 +36,10 @@ from typing import Any
 
 import httpx
 
+from fedhive.core.params import Params
 from fedhive.runtime import events as ev
 from fedhive.runtime.bus import EventBus
+from fedhive.tracking.report_model import upload_model
 
 log = logging.getLogger("fedhive.report")
 BATCH = 200  # reports per post (the server takes up to 500)
@@ -100,6 +103,7 @@ class PlatformReporter:
         self._ended_sent = False
         self._queue: deque[dict[str, Any]] = deque(maxlen=queue_size)
         self._end: dict[str, Any] | None = None  # kept apart: never the report dropped
+        self._model: Params | None = None  # a completed session's, uploaded once its end is delivered
         self._round_bytes: dict[int, int] = {}
         self._wake = asyncio.Event()
         self._closing = False
@@ -159,6 +163,8 @@ class PlatformReporter:
             if e.stopped_early
             else f"completed all {e.rounds} rounds"
         )
+        if len(e.params) and self._end is None:
+            self._model = e.params
         self._ended("COMPLETED", how)
 
     def _ended(self, status: str, reason: str) -> None:
@@ -193,6 +199,8 @@ class PlatformReporter:
             await asyncio.gather(task, return_exceptions=True)
         except Exception as exc:  # a bug here must not hide the session's own outcome
             log.warning("reporting to %s failed: %s", self.url, exc)
+        if self._model is not None and self.stopped is None:
+            log.warning("the model of session %s was not uploaded to %s: no time left", self.session_id, self.url)
         left = len(self._queue) + (self._end is not None)
         if self.stopped is None and left:
             log.warning("%d report(s) of session %s were not delivered to %s", left, self.session_id, self.url)
@@ -207,6 +215,8 @@ class PlatformReporter:
             while True:
                 batch = self._next_batch()
                 if not batch:
+                    if self._ended_sent and self._model is not None:
+                        await self._upload_model(http)
                     if self._closing or self._ended_sent:
                         return
                     self._wake.clear()
@@ -234,6 +244,20 @@ class PlatformReporter:
                     log.warning("%s reached again; reporting session %s", self.url, self.session_id)
                 delay = self._backoff[0]
                 self._done(batch)
+
+    async def _upload_model(self, http: httpx.AsyncClient) -> None:
+        """The completed session's model, once: a failure is one warning line, never the session's."""
+        model = self._model
+        assert model is not None
+        try:
+            token = self._token or await self._sign_in(http)
+        except (_GiveUp, _Retry, httpx.HTTPError) as exc:
+            why: str | None = str(exc)
+        else:
+            why = await upload_model(http, token, self.session_id, model)
+        self._model = None  # not before: a close that cuts the upload short says so (aclose)
+        if why is not None:
+            log.warning("the model of session %s was not uploaded to %s: %s", self.session_id, self.url, why)
 
     def _give_up(self, exc: _GiveUp) -> None:
         self.stopped = str(exc)

@@ -51,7 +51,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Protocol
 
 import aio_pika
@@ -70,6 +70,7 @@ from fedhive.core.envelope import Message
 from fedhive.errors import FedhiveError, StorageError, TransportError
 from fedhive.transports.amqp_keeper import TopologyKeeper
 from fedhive.transports.amqp_topology import (
+    RECIPIENT_HEADER,
     Names,
     Role,
     broadcast_binding,
@@ -123,6 +124,7 @@ async def _broker_call(what: str, timeout_s: float) -> AsyncIterator[None]:
         raise TransportError(f"{what}: {str(exc) or type(exc).__name__}") from exc
 
 
+_Route = tuple[pika.AbstractExchange, str, "dict[str, str] | None"]  # exchange, routing key, headers
 SenderCheck = Callable[[str, "str | None"], "str | None"]
 # Where a node with a ``sink`` hands (its id, a message it received); None once it stops receiving.
 Sink = Callable[[str, "Message | None"], Awaitable[None]]
@@ -180,8 +182,16 @@ class AmqpTransport(Transport):
         ephemeral: bool = False,
         shared: SharedLink | None = None,
         sink: Sink | None = None,
+        route_via: Callable[[str], str | None] | None = None,
+        speaks_for: Mapping[str, WireCodec] | None = None,
     ) -> None:
         self.node_id = node_id
+        # The coordinator's: the host whose queue takes what is for a client (hosted clients
+        # have no queue of their own: amqp_topology, "hosted_id").
+        self._route_via = route_via
+        # A host's: its clients' codecs. It sends for them (signed with their keys, under their
+        # routing keys) and receives for them on its one queue (the recipient in a header).
+        self._speaks_for = speaks_for or {}
         self._shared = shared  # a connection and channel of the process's, not this node's own
         self._sink = sink
         self._queue: pika.AbstractRobustQueue | None = None
@@ -195,6 +205,8 @@ class AmqpTransport(Transport):
         self._url = url
         self._codec = codec
         codec.bind_namespace(namespace)  # claim checks are per namespace, like queues
+        for own in self._speaks_for.values():
+            own.bind_namespace(namespace)
         self._names = Names(namespace)
         self._queue_name = self._names.node_queue(check_name(node_id, "node id"))
         self._ssl = ssl_context_for(url, ca_file)
@@ -374,16 +386,24 @@ class AmqpTransport(Transport):
         log.info("%s: reconnected to the AMQP broker; queues and consumers restored", self.node_id)
 
     # -- sending --------------------------------------------------------------------------------
-    def _route(self, to: str) -> tuple[pika.AbstractExchange, str]:
-        """Where a message for node ``to`` goes: the coordinator's through the direct exchange;
-        everyone else's through a topic exchange, under a key that names it as the sender (all
-        its broker user may publish): up (to the coordinator, a combiner, a peer), or, from a
-        combiner to its clients, down."""
+    def _route(self, to: str, sender: str | None = None) -> _Route:
+        """Where a message for node ``to`` goes: the coordinator's through the direct exchange
+        (to a hosted client's host, the client named in a header); everyone else's through a
+        topic exchange, under a key that names ``sender`` (this node, or a client it hosts) as
+        the sender (all its broker user may publish): up (to the coordinator, a combiner, a
+        peer), or, from a combiner to its clients, down."""
         if self._declares:
-            return self._exchange(self._keeper.direct), check_name(to, "node id")
+            host = self._route_via(to) if self._route_via is not None else None
+            if host is not None:
+                return self._exchange(self._keeper.direct), check_name(host, "node id"), {RECIPIENT_HEADER: to}
+            return self._exchange(self._keeper.direct), check_name(to, "node id"), None
+        me = sender if sender is not None and sender in self._speaks_for else self.node_id
         if self._role is Role.COMBINER and to != self._upstream:
-            return self._exchange(self._keeper.down), up_key(check_name(to, "node id"), self.node_id)
-        return self._exchange(self._keeper.up), up_key(check_name(to, "node id"), self.node_id)
+            return self._exchange(self._keeper.down), up_key(check_name(to, "node id"), me), None
+        return self._exchange(self._keeper.up), up_key(check_name(to, "node id"), me), None
+
+    def _codec_of(self, sender: str) -> WireCodec:
+        return self._speaks_for.get(sender, self._codec)
 
     async def route_down(self, client: str, combiner: str) -> None:
         """The coordinator's: let ``combiner``, and from now on no other, send to ``client``
@@ -404,18 +424,23 @@ class AmqpTransport(Transport):
             await self._keeper.drop_route(self._connection, client, combiner)
 
     async def send(self, to: str, message: Message) -> None:
-        exchange, key = self._route(to)
-        await self._publish(exchange, key, await self._codec.encode(to, message), addressed=True)
+        exchange, key, headers = self._route(to, message.sender)
+        frame = await self._codec_of(message.sender).encode(to, message)
+        await self._publish(exchange, key, frame, addressed=True, headers=headers)
 
     async def send_many(self, items: Sequence[tuple[str, Message]]) -> list[TransportError | None]:
         """Like ``send`` to each, but a payload shared by several messages (a round's global model)
         is encoded and claim-checked once, not once per recipient."""
-        routes = [self._route(to) for to, _ in items]
-        frames = await self._codec.encode_many(items)
+        routes = [self._route(to, m.sender) for to, m in items]
+        if self._speaks_for:  # each signed by its own sender's codec (a host's clients' REGISTERs)
+            frames = [await self._codec_of(m.sender).encode(to, m) for to, m in items]
+        else:
+            frames = await self._codec.encode_many(items)
 
-        async def one(route: tuple[pika.AbstractExchange, str], frame: bytes) -> TransportError | None:
+        async def one(route: _Route, frame: bytes) -> TransportError | None:
+            exchange, key, headers = route
             try:
-                await self._publish(*route, frame, addressed=True)
+                await self._publish(exchange, key, frame, addressed=True, headers=headers)
             except TransportError as exc:
                 return exc
             return None
@@ -426,11 +451,21 @@ class AmqpTransport(Transport):
         exchange, key = await self._topic_exchange(), broadcast_key(check_name(topic, "topic"), self.node_id)
         await self._publish(exchange, key, await self._codec.encode(topic, message), addressed=False)
 
-    async def _publish(self, exchange: pika.AbstractExchange, key: str, frame: bytes, *, addressed: bool) -> None:
+    async def _publish(
+        self,
+        exchange: pika.AbstractExchange,
+        key: str,
+        frame: bytes,
+        *,
+        addressed: bool,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         mode = aio_pika.DeliveryMode.PERSISTENT if addressed else aio_pika.DeliveryMode.NOT_PERSISTENT
         # user_id: RabbitMQ refuses the message unless it is this connection's login, so the
         # receiver learns who published it from the broker, not from the sender's say-so.
-        message = aio_pika.Message(frame, content_type=CONTENT_TYPE, delivery_mode=mode, user_id=self._login)
+        message = aio_pika.Message(
+            frame, content_type=CONTENT_TYPE, delivery_mode=mode, user_id=self._login, headers=dict(headers or {})
+        )
         what = f"{self.node_id}: sending to {key!r}" if addressed else f"{self.node_id}: publishing to {key!r}"
         rebound = False
         async with _broker_call(what, self._publish_timeout):
@@ -512,11 +547,11 @@ class AmqpTransport(Transport):
         try:
             while True:
                 delivery = await self._deliveries.get()
-                message = await self._decode(delivery)
-                if message is not None and self._sink is not None:
-                    await self._sink(self.node_id, message)  # waits while the receiver is behind
-                elif message is not None:
-                    await self._inbox.put(message)  # waits while the node is behind: backpressure
+                decoded = await self._decode(delivery)
+                if decoded is not None and self._sink is not None:
+                    await self._sink(*decoded)  # waits while the receiver is behind
+                elif decoded is not None:
+                    await self._inbox.put(decoded[1])  # waits while the node is behind: backpressure
                 self._unacked.append(delivery)
                 if len(self._unacked) >= _ACK_BATCH or self._deliveries.empty():
                     await self._ack_handled()
@@ -527,9 +562,22 @@ class AmqpTransport(Transport):
             if self._sink is not None:
                 await self._sink(self.node_id, None)
 
-    async def _decode(self, delivery: pika.AbstractIncomingMessage) -> Message | None:
+    def _recipient(self, delivery: pika.AbstractIncomingMessage) -> tuple[str, WireCodec]:
+        """Whom a delivery is for (this node, or a client it hosts: the header says which), and
+        the codec that checks it: a header naming anyone else leaves it to this node's own codec,
+        which refuses a frame signed with another's key."""
+        if self._speaks_for:
+            to = (delivery.headers or {}).get(RECIPIENT_HEADER)
+            if isinstance(to, bytes):
+                to = to.decode(errors="replace")
+            if isinstance(to, str) and to in self._speaks_for:
+                return to, self._speaks_for[to]
+        return self.node_id, self._codec
+
+    async def _decode(self, delivery: pika.AbstractIncomingMessage) -> tuple[str, Message] | None:
+        to, codec = self._recipient(delivery)
         try:
-            message = await self._codec.decode(delivery.body)
+            message = await codec.decode(delivery.body)
         except FedhiveError as exc:
             if delivery.redelivered:
                 # Most likely a copy of a message received before a broker restart cut off its ack.
@@ -544,8 +592,9 @@ class AmqpTransport(Transport):
             self.rejected += 1
             log.warning("%s: rejected message from %s: %s", self.node_id, message.sender, refused)
             return None
-        self._keeper.heard_from(message.sender)
-        return message
+        if self._route_via is None or self._route_via(message.sender) is None:  # hosted: no queue to keep
+            self._keeper.heard_from(message.sender)
+        return to, message
 
     async def _ack_handled(self) -> None:
         """Ack the deliveries handled so far (each in the inbox, or rejected). A burst (a round's

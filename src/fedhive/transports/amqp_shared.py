@@ -16,7 +16,14 @@ sent through the endpoint of its sender, so it is signed with that sender's own 
 under that sender's routing key. The coordinator's heartbeats are noted here (``last_heard``) and
 not queued: with 1000 clients a host would otherwise read 1000 of them per interval one by one.
 
-Starting 1000 endpoints opens short-lived probe channels for each (``amqp_keeper``), one node at
+A host whose clients' ids name it (``amqp_topology.hosted_id``, ``fedhive clients add --hosted-by
+HOST``) is one broker identity: its ``MuxLink`` has one endpoint, the host's, which sends for each
+of its clients (``speaks_for``: signed with the client's key, under the client's routing key) and
+receives for them on the host's one queue, where the coordinator routes what is for any of them.
+Starting it is one queue set-up, not one per client, and its broker user (``BrokerGrant.host``)
+needs no right on any other queue.
+
+Without that, starting 1000 endpoints opens short-lived probe channels for each (``amqp_keeper``), one node at
 a time (``probe_lock``); the rest of a start (purge, consume) goes on side by side,
 ``START_CONCURRENCY`` nodes at once.
 """
@@ -26,7 +33,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 
 import aio_pika
 from aio_pika import abc as pika
@@ -139,7 +146,8 @@ class MuxLink(Transport):
     """A host's link: its own endpoint and its clients', on one shared connection.
 
     ``endpoint(node_id, sink)`` makes the ``AmqpTransport`` of one id (with its own codec);
-    ``coordinator``: the node whose heartbeats are noted rather than queued."""
+    ``coordinator``: the node whose heartbeats are noted rather than queued; ``speaks_for``: the
+    clients the host's own endpoint sends and receives for (no endpoint of their own)."""
 
     def __init__(
         self,
@@ -149,8 +157,10 @@ class MuxLink(Transport):
         *,
         coordinator: str,
         inbox_size: int = 1024,
+        speaks_for: Collection[str] = (),
     ) -> None:
         self.node_id = host_id
+        self._speaks_for = frozenset(speaks_for)
         self._coordinator = coordinator
         self._inbox: asyncio.Queue[tuple[str, Message] | object] = asyncio.Queue(inbox_size)
         self._endpoints: dict[str, AmqpTransport] = {}
@@ -208,6 +218,8 @@ class MuxLink(Transport):
 
     def _sender_endpoint(self, message: Message) -> AmqpTransport:
         endpoint = self._endpoints.get(message.sender)
+        if endpoint is None and message.sender in self._speaks_for:
+            endpoint = self._endpoints[self.node_id]
         if endpoint is None:
             raise TransportError(f"{self.node_id} does not speak for {message.sender}")
         return endpoint

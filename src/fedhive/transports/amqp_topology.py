@@ -21,6 +21,11 @@ its own id). Ids and topics are escaped (``key_word``) so that a '.' in one cann
 two words, nor a '*' or '#' act as a wildcard: a binding ``TOPIC.*`` takes exactly that topic
 from every sender, as ``MemoryTransport`` does.
 
+A hosted client's id names its host (``hosted_id``: ``CLIENT:HOST``). The coordinator sends what
+is for a hosted client to its host's queue (routing key HOST on the direct exchange, the client's
+id in the ``fedhive-to`` header), so a host of 1000 clients has one queue, and its broker user
+publishes up only under keys whose SENDER word is its own id or ends in ``:HOST``.
+
 A peer's id names its broker login (``peer_id``: ``HEX:LOGIN``), so that permissions can tie its
 queue names and routing keys to its user, and a receiver can check that the login RabbitMQ
 vouches for (``user_id``) is the one the signed sender names (``peer_owner``).
@@ -120,6 +125,29 @@ def peer_owner(node_id: str) -> str | None:
     """The login a peer id names, or None for an id that names none."""
     _, sep, login = node_id.rpartition(PEER_ID_LOGIN)
     return login if sep and login else None
+
+
+# A hosted client's id names its host (``hosted_id``: ``CLIENT:HOST``), so that one topic
+# permission can let the host's broker user publish as exactly its own clients
+# (``broker_users.BrokerGrant.host``). The same separator as a peer id's login.
+HOSTED_ID_HOST = PEER_ID_LOGIN
+# The header of a message the coordinator routes to a host's queue for one of its clients: which
+# client it is for. Only the coordinator may publish to the direct exchange, and the message is
+# signed with that client's key, so a wrong header only makes it fail verification at the host.
+RECIPIENT_HEADER = "fedhive-to"
+
+
+def hosted_id(client_id: str, host_id: str) -> str:
+    """The id of a client that ``host_id`` answers for: ``CLIENT:HOST``."""
+    if HOSTED_ID_HOST in client_id or HOSTED_ID_HOST in host_id:
+        raise ConfigError(f"a hosted client's id and its host's may not contain {HOSTED_ID_HOST!r}")
+    return f"{client_id}{HOSTED_ID_HOST}{host_id}"
+
+
+def host_named(client_id: str) -> str | None:
+    """The host a hosted client's id names, or None."""
+    _, sep, host = client_id.rpartition(HOSTED_ID_HOST)
+    return host if sep and host else None
 
 
 def key_word(node_id: str) -> str:

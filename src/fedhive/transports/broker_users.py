@@ -13,6 +13,10 @@
   its own ids and to the broadcast exchange only under a topic, and publish to both only as
   itself; it may not declare, delete or redeclare an exchange: the federation's operator declares
   them (``Rabbitmqctl.declare_exchanges``).
+- a *host*'s user (a client host's, ``fedhive client --virtual N --host ID``, named like the host)
+  may publish to the up exchange only as the host itself or as one of its clients, whose ids name
+  the host (``amqp_topology.hosted_id``: ``CLIENT:HOST``), and consume its own queue, where the
+  coordinator routes what is for any of its clients; it configures nothing.
 - a *site*'s user (a ``fedhive agent``'s, named like the site) has a client's rights and a peer's
   whose peer ids name the site: one login for every role ``fedhive serve`` gives the site.
 
@@ -34,7 +38,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from fedhive.errors import ConfigError
-from fedhive.transports.amqp_topology import PEER_ID_LOGIN, Names, key_word, peer_id, peer_owner
+from fedhive.transports.amqp_topology import HOSTED_ID_HOST, PEER_ID_LOGIN, Names, key_word, peer_id, peer_owner
 
 PASSWORD_BYTES = 24
 _RABBITMQCTL_TIMEOUT_S = 60.0
@@ -80,7 +84,9 @@ class BrokerGrant:
             return cls.peer(node_id, namespace=namespace, vhost=vhost)
         if role == "site":
             return cls.site(node_id, namespace=namespace, vhost=vhost)
-        raise ConfigError(f"a broker user's role is client, combiner, peer or site, not {role!r}")
+        if role == "host":
+            return cls.host(node_id, namespace=namespace, vhost=vhost)
+        raise ConfigError(f"a broker user's role is client, combiner, peer, site or host, not {role!r}")
 
     @classmethod
     def client(cls, client_id: str, *, namespace: str = "fedhive", vhost: str = "/") -> BrokerGrant:
@@ -88,6 +94,15 @@ class BrokerGrant:
         # RECIPIENT.SENDER (amqp_topology.up_key): any recipient, itself as the sender.
         up = TopicRights(names.up_exchange, rf"^[^.]+\.{re.escape(key_word(client_id))}$", NOTHING)
         return cls(client_id, vhost, NOTHING, _one_of(names.up_exchange), _one_of(names.node_queue(client_id)), (up,))
+
+    @classmethod
+    def host(cls, host_id: str, *, namespace: str = "fedhive", vhost: str = "/") -> BrokerGrant:
+        """A client host's: one queue (its own), and the up exchange as itself or as any id
+        ``CLIENT:HOST`` (its clients'), to any recipient; nothing to configure."""
+        names, me = Names(namespace), re.escape(key_word(host_id))
+        sep = re.escape(HOSTED_ID_HOST)
+        up = TopicRights(names.up_exchange, rf"^[^.]+\.(?:{me}|[^.{sep}]+{sep}{me})$", NOTHING)
+        return cls(host_id, vhost, NOTHING, _one_of(names.up_exchange), _one_of(names.node_queue(host_id)), (up,))
 
     @classmethod
     def combiner(
@@ -232,15 +247,28 @@ class SenderLogins:
     a broker user (a shared development login) are not checked: their signature is all there is."""
 
     def __init__(
-        self, logins: Callable[[], Mapping[str, str]], combiners: Callable[[], Iterable[str]] | None = None
+        self,
+        logins: Callable[[], Mapping[str, str]],
+        combiners: Callable[[], Iterable[str]] | None = None,
+        hosts: Callable[[], Mapping[str, str]] | None = None,
     ) -> None:
         self._logins = logins
         self._combiners = combiners or (lambda: ())
+        # Hosted client -> its host: their messages are published by the host's broker user,
+        # and what is for them goes to the host's queue (they have none of their own).
+        self._hosts = hosts or (lambda: {})
         self._seen: Mapping[str, str] | None = None
-        self._owners: dict[str, str] = {}
+        self._owners: dict[str, frozenset[str]] = {}  # broker user -> the senders it may publish for
 
     def provisioned(self) -> Iterable[str]:
-        return tuple(self._logins())
+        """The nodes with a broker user and a queue the coordinator declares for them (not
+        hosted clients: their host's queue takes what is for them)."""
+        hosted = self._hosts()
+        return tuple(c for c in self._logins() if c not in hosted)
+
+    def host_of(self, client: str) -> str | None:
+        """The host whose queue takes what is for ``client``, or None (a queue of its own)."""
+        return self._hosts().get(client)
 
     def relays(self) -> Iterable[str]:
         """The provisioned combiners (their queues are bound to the up exchange too)."""
@@ -249,14 +277,19 @@ class SenderLogins:
     def __call__(self, sender: str, login: str | None) -> str | None:
         logins = self._logins()
         if logins is not self._seen:  # the store hands out a new mapping when its file changed
-            self._owners = {user: client for client, user in logins.items()}
+            owners: dict[str, set[str]] = {}
+            for client, user in logins.items():  # a host's user publishes for the host and its clients
+                owners.setdefault(user, set()).add(client)
+            self._owners = {user: frozenset(senders) for user, senders in owners.items()}
             self._seen = logins
         expected = logins.get(sender)
         if expected is not None and login != expected:
             return f"published by broker user {login!r}, but {sender}'s broker user is {expected!r}"
-        owner = self._owners.get(login) if login is not None else None
-        if owner is not None and owner != sender:
-            return f"broker user {login!r} belongs to {owner}, not to {sender}"
+        owners_of_login = self._owners.get(login) if login is not None else None
+        if owners_of_login is not None and sender not in owners_of_login:
+            if len(owners_of_login) == 1:
+                return f"broker user {login!r} belongs to {next(iter(owners_of_login))}, not to {sender}"
+            return f"broker user {login!r} does not publish for {sender}"
         return None
 
 

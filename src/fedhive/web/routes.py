@@ -129,7 +129,7 @@ async def mlflow_run(services: ServicesDep, user: UserDep, session_id: str) -> M
     if uri is None:
         return MlflowRunOut(configured=False)
     from fedhive.tracking.mlflow_registry import check_reachable, redact
-    from fedhive.tracking.mlflow_tracker import SessionRun, find_session_run
+    from fedhive.tracking.session_runs import SessionRun, find_session_run
 
     def look_up() -> SessionRun | None:
         check_reachable(uri)
