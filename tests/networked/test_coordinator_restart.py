@@ -86,7 +86,8 @@ def test_killed_hierarchical_coordinator_resumes_with_its_combiners(cluster: Clu
     combiner_ids = cluster.add_clients("comb", 2)
     idents = cluster.add_clients("client", 4)
     first = cluster.coordinator(config, runs, "--combiners", "2")
-    combiner_args = ["--store", str(cluster.store_path), "--heartbeat-interval", "1", "--heartbeat-timeout", "15"]
+    # 30 s: clients training in a starved process (load 20-38 seen) went 15 s without a heartbeat.
+    combiner_args = ["--store", str(cluster.store_path), "--heartbeat-interval", "1", "--heartbeat-timeout", "30"]
     combiners = [
         cluster.start(cid, "combiner", *cluster.broker_args(), "--id", cid, "--secret", secret, *combiner_args)
         for cid, secret in combiner_ids
