@@ -32,6 +32,7 @@ import numpy as np
 import workload
 from fedhive.app.learner import EvalResult, FitConfig, FitResult, ProgressFn, Trainer
 from fedhive.app.loader import load_app
+from fedhive.cli.fast_exit import exit_now
 from fedhive.core.params import Params
 from fedhive.learning.federation_data import DataSpec, prepare
 from fedhive.runtime import events as ev
@@ -201,3 +202,4 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+    exit_now(0)  # as `fedhive simulate` ends (fedhive.cli.fast_exit): no interpreter teardown
