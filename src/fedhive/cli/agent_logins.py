@@ -10,7 +10,6 @@ uses the one ``--broker`` URL, as before (a shared development login).
 
 from __future__ import annotations
 
-import json
 import stat
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -19,6 +18,7 @@ from urllib.parse import quote, urlsplit, urlunsplit
 
 import typer
 
+from fedhive.cli.credentials_file import credential_entries
 from fedhive.errors import ConfigError
 
 
@@ -32,7 +32,7 @@ def read_broker_logins(path: Path, site_ids: Sequence[str]) -> dict[str, BrokerL
     """Site id -> its broker login, for ``site_ids`` (all of them or none: a site left on the
     shared login would be refused by a server that records a broker user for it, and one given
     a login the server does not know would publish unchecked)."""
-    entries = _entries(path)
+    entries = credential_entries(path)
     logins: dict[str, BrokerLogin] = {}
     for site_id in site_ids:
         entry = entries.get(site_id, {})
@@ -51,26 +51,6 @@ def read_broker_logins(path: Path, site_ids: Sequence[str]) -> dict[str, BrokerL
     if logins and path.stat().st_mode & (stat.S_IRWXG | stat.S_IRWXO):
         typer.echo(f"warning: {path} holds broker passwords and others may read it; run: chmod 600 {path}", err=True)
     return logins
-
-
-def _entries(path: Path) -> dict[str, dict[str, object]]:
-    """The file's entries by site id: JSON lines (``admin site create``, ``clients add``), or a
-    client store (which holds no broker passwords). ``read_credentials`` has checked its form."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"cannot read credentials file {path}: {exc.strerror}") from None
-    try:
-        doc = json.loads(text)
-        if isinstance(doc, dict) and isinstance(doc.get("clients"), dict):
-            return {str(cid): dict(e) for cid, e in doc["clients"].items()}
-    except ValueError:
-        pass  # several lines: not one document
-    try:
-        lines = [json.loads(line) for line in text.splitlines() if line.strip()]
-        return {str(e["client_id"]): e for e in lines if isinstance(e, dict) and "client_id" in e}
-    except ValueError:
-        raise ConfigError(f"{path}: expected the lines of 'fedhive admin site create NAME --count N'") from None
 
 
 def with_login(url: str, login: BrokerLogin) -> str:

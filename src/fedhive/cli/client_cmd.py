@@ -14,7 +14,6 @@ namespace, or no coordinator); 1 when the session started but the coordinator fe
 from __future__ import annotations
 
 import asyncio
-import json
 from pathlib import Path
 from typing import Annotated, NoReturn
 
@@ -29,6 +28,7 @@ from fedhive.cli.coordinator_cmd import (
     broker_settings,
     service_logging,
 )
+from fedhive.cli.credentials_file import credential_entries
 from fedhive.cli.flower_options import FlowerAppOption, flower_site
 from fedhive.cli.site_options import (
     AppOption,
@@ -279,21 +279,7 @@ def virtual_identities(
 def read_credentials(path: Path, count: int, *, exclude: str | None = None) -> list[tuple[str, bytes]]:
     """The first ``count`` identities by id (sorted, so part I/N goes to the I-th id), all of
     them for ``count`` 0; never ``exclude``."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"cannot read credentials file {path}: {exc.strerror}") from None
-    try:
-        doc = json.loads(text)
-        entries = [(cid, e["secret"]) for cid, e in doc["clients"].items()]  # the store itself
-    except (ValueError, KeyError, TypeError, AttributeError):
-        try:
-            lines = [json.loads(line) for line in text.splitlines() if line.strip()]
-            entries = [(str(e["client_id"]), str(e["secret"])) for e in lines]
-        except (ValueError, KeyError, TypeError):
-            raise ConfigError(
-                f"{path}: expected the lines of 'fedhive clients add NAME --count N --json', or a client store"
-            ) from None
+    entries = [(cid, str(e["secret"])) for cid, e in credential_entries(path).items()]
     entries = [(cid, s) for cid, s in entries if cid != exclude]
     if len(entries) < count:
         raise ConfigError(f"--virtual {count}: {path} holds only {len(entries)} client identities")

@@ -28,7 +28,7 @@ from fedhive.app.state_store import encode_state
 from fedhive.core.bodies import Member
 from fedhive.core.params import Params, ParamSpec
 from fedhive.errors import AppError
-from fedhive.runtime.client_host import (
+from fedhive.runtime.host_training import (
     Chunk,
     Deliver,
     Evaluated,
