@@ -49,12 +49,28 @@ from typing import Any
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 import workload  # noqa: E402  (bench/workload.py: the app's hyperparameters)
+from scale_broker import BrokerProbe, PrivateBroker, make_host_user, shared_ctl  # noqa: E402
 
 FEDHIVE = [sys.executable, "-m", "fedhive.cli.main"]
 APP = f"{BENCH / 'workload_app.py'}:app"
 REGISTER_TARGET_S = 60.0
 PROFILE_ENV = "FEDHIVE_BENCH_PROFILE"  # the coordinator child's cProfile output (--profile)
 ROUND_RATIO_TARGET = 2.0
+
+
+def model_digest(params: Any) -> dict[str, Any]:
+    """The final model's L2 norm and a SHA-256 of its arrays' bytes (names sorted): equal digests,
+    equal bits, whatever changed in how the rounds ran."""
+    import hashlib
+
+    import numpy as np
+
+    digest = hashlib.sha256()
+    for name in sorted(params):
+        digest.update(name.encode())
+        digest.update(np.ascontiguousarray(params[name]).tobytes())
+    norm = float(np.sqrt(sum(float(np.square(params[n], dtype=np.float64).sum()) for n in params)))
+    return {"norm": norm, "sha256": digest.hexdigest()[:16]}
 
 
 def session_settings(clients: int, per_round: int, rounds: int, heartbeat_s: float = 30.0) -> dict[str, Any]:
@@ -113,117 +129,14 @@ async def coordinator_child(url: str, namespace: str, store: str, settings_json:
     if profiler is not None:
         profiler.enable()
     try:
-        await run_coordinator(session, CredentialStore(store), broker, observers=[watch], on_ready=lambda: say("ready"))
+        done = await run_coordinator(
+            session, CredentialStore(store), broker, observers=[watch], on_ready=lambda: say("ready")
+        )
     finally:
         if profiler is not None and profile:
             profiler.disable()
             profiler.dump_stats(profile)
-    say("done")
-
-
-# -- a private broker node ----------------------------------------------------------------------------
-class PrivateBroker:
-    """A RabbitMQ node of this benchmark's own: its files in ``root``, its port ``port``."""
-
-    def __init__(self, root: Path, port: int) -> None:
-        found = shutil.which("rabbitmq-server")
-        folder = Path(found).resolve().parent if found else None
-        if folder is None or not (folder / "rabbitmqctl").exists():
-            raise SystemExit("rabbitmq-server is not installed: give --broker URL")
-        self.scripts, self.root, self.port = folder, root, port
-        self.node = f"fedhive-scale-{port}@localhost"
-        self.url = f"amqp://guest:guest@127.0.0.1:{port}/"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def env(self) -> dict[str, str]:
-        r = self.root
-        return {**os.environ, "HOME": str(r / "home"), "RABBITMQ_NODENAME": self.node,
-                "RABBITMQ_CONF_ENV_FILE": str(r / "rabbitmq-env.conf"),
-                "RABBITMQ_CONFIG_FILE": str(r / "rabbitmq.conf"),
-                "RABBITMQ_ADVANCED_CONFIG_FILE": str(r / "advanced.config"),
-                "RABBITMQ_ENABLED_PLUGINS_FILE": str(r / "enabled_plugins"), "RABBITMQ_MNESIA_BASE": str(r / "mnesia"),
-                "RABBITMQ_LOG_BASE": str(r / "log"), "RABBITMQ_LOGS": str(r / "log" / "node.log"),
-                "RABBITMQ_PID_FILE": str(r / "node.pid"), "RABBITMQ_DIST_PORT": str(self.port + 20000)}  # fmt: skip
-
-    def start(self) -> None:
-        for folder in ("home", "mnesia", "log"):
-            (self.root / folder).mkdir(parents=True, exist_ok=True)
-        cookie = self.root / "home" / ".erlang.cookie"
-        cookie.write_text(secrets.token_hex(20))
-        cookie.chmod(0o400)
-        (self.root / "enabled_plugins").write_text("[].\n")
-        (self.root / "rabbitmq-env.conf").write_text("")
-        (self.root / "rabbitmq.conf").write_text(f"listeners.tcp.default = {self.port}\n")
-        self.proc = subprocess.Popen([str(self.scripts / "rabbitmq-server")], env=self.env(),
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-        self.ctl("wait", str(self.root / "node.pid"), "--timeout", "120")
-
-    def ctl(self, *args: str, stdin: str | None = None) -> str:
-        done = subprocess.run([str(self.scripts / "rabbitmqctl"), "-n", self.node, *args], env=self.env(),
-                              input=stdin, capture_output=True, text=True, timeout=180, check=True)  # fmt: skip
-        return done.stdout
-
-    def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        try:
-            self.ctl("stop")
-            self.proc.wait(60)
-        except (subprocess.SubprocessError, OSError):
-            self.proc.kill()
-
-
-class BrokerProbe:
-    """Memory and queue counts of the broker, through ``rabbitmqctl``."""
-
-    def __init__(self, ctl: Any) -> None:
-        self._ctl = ctl
-        self.ctl = ctl
-
-    def memory_mb(self) -> float | None:
-        try:
-            status = json.loads(self._ctl("status", "--formatter", "json"))
-            return round(status["memory"]["total"]["rss"] / 1e6, 1)
-        except (subprocess.SubprocessError, OSError, ValueError, KeyError, TypeError):
-            return None
-
-    def queues(self, namespace: str) -> tuple[int, float] | None:
-        """(queues of the namespace, their memory in MB)."""
-        try:
-            rows = json.loads(self._ctl("list_queues", "name", "memory", "--formatter", "json"))
-        except (subprocess.SubprocessError, OSError, ValueError):
-            return None
-        ours = [r for r in rows if str(r.get("name", "")).startswith(f"{namespace}.")]
-        return len(ours), round(sum(int(r.get("memory", 0)) for r in ours) / 1e6, 1)
-
-
-def shared_ctl(node: str | None) -> Any:
-    def ctl(*args: str, stdin: str | None = None) -> str:
-        extra = ["-n", node] if node else []
-        done = subprocess.run(["rabbitmqctl", *extra, *args], input=stdin, capture_output=True, text=True,
-                              timeout=180, check=True)  # fmt: skip
-        return done.stdout
-
-    return ctl
-
-
-def make_host_user(probe: BrokerProbe, url: str, host: str, namespace: str) -> str:
-    """The host's broker user (``BrokerGrant.host``: its queue, its clients' keys, nothing to
-    configure), made with rabbitmqctl; the URL it logs in with."""
-    from urllib.parse import quote, urlsplit
-
-    from fedhive.transports.broker_users import BrokerGrant, new_password
-
-    vhost = urlsplit(url).path.lstrip("/") or "/"
-    grant = BrokerGrant.host(host, namespace=namespace, vhost=vhost)
-    password = new_password()
-    add_user, *rights = grant.commands()
-    probe.ctl(*add_user, stdin=password)
-    for argv in rights:
-        probe.ctl(*argv)
-    where = urlsplit(url)
-    login = f"{quote(host, safe='')}:{quote(password, safe='')}"
-    return where._replace(netloc=f"{login}@{where.hostname}:{where.port}").geturl()
+    say("done", model=model_digest(done.params))
 
 
 # -- the run ----------------------------------------------------------------------------------------------
@@ -298,14 +211,18 @@ def write_credentials(
     return store, lines, host_ids
 
 
-def simulate_rounds(clients: int, per_round: int, rounds: int) -> list[float]:
+def simulate_rounds(clients: int, per_round: int, rounds: int) -> tuple[list[float], dict[str, Any]]:
     """Each round's duration in the same session simulated (``run_federation``, what ``fedhive
-    simulate`` runs: the clients behind one host in one process, on the memory transport)."""
+    simulate`` runs: the clients behind one host in one process, on the memory transport, with one
+    BLAS thread as ``fedhive simulate`` sets it), and the final model's digest."""
     from fedhive.app.loader import load_app
     from fedhive.runtime import events as ev
     from fedhive.runtime.bus import EventBus
     from fedhive.runtime.session_config import SessionConfig
     from fedhive.runtime.simulation import plan_simulation, run_federation
+    from fedhive.runtime.worker_devices import one_thread_per_trainer
+
+    one_thread_per_trainer()  # as fedhive simulate does: OpenBLAS's threads spin on a busy machine
 
     settings = {k: v for k, v in session_settings(clients, per_round, rounds).items() if "heartbeat" not in k}
     plan = plan_simulation(SessionConfig(**settings), load_app(APP), clients)
@@ -314,8 +231,10 @@ def simulate_rounds(clients: int, per_round: int, rounds: int) -> list[float]:
     def watch(bus: EventBus) -> None:
         bus.on(ev.RoundCompleted, lambda e: durations.append(e.duration_s))
 
-    asyncio.run(run_federation(plan.config, plan.trainers, plan.num_examples, plan.initial_params, observers=[watch]))
-    return durations
+    result = asyncio.run(
+        run_federation(plan.config, plan.trainers, plan.num_examples, plan.initial_params, observers=[watch])
+    )
+    return durations, model_digest(result.params)
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -348,11 +267,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         procs.append(coordinator)
         watch = Lines(coordinator)
         watch.wait_event("ready", 120)
+        # --host-profile: the first host under cProfile (every thread) with a probe of its loop's lag
+        profile_to = str(Path(args.host_profile).resolve()) if args.host_profile else None
+        profiled = [sys.executable, str(BENCH / "host_profile.py"), profile_to] if profile_to else []
         started = time.time()
         for i, (host, secret) in enumerate(host_ids, start=1):
-            cmd = [*FEDHIVE, "client", "--namespace", namespace, "--app", APP, "--virtual",
-                   str(per_host), "--slice", f"{i}/{args.hosts}", "--host", host, "--credentials", str(creds),
-                   "--workers", "1", "--register-timeout", "600", "--coordinator-timeout", "300"]  # fmt: skip
+            cmd = [*(profiled if profiled and i == 1 else FEDHIVE), "client", "--namespace", namespace, "--app", APP,
+                   "--virtual", str(per_host), "--slice", f"{i}/{args.hosts}", "--host", host,
+                   "--credentials", str(creds), "--workers", "1", "--register-timeout", "600",
+                   "--coordinator-timeout", "300"]  # fmt: skip
             # bench/workload_app.py imports bench/workload.py
             path = os.pathsep.join(filter(None, [str(BENCH), os.environ.get("PYTHONPATH")]))
             # The broker URL (with the host's password) in the environment, not on the command line.
@@ -408,7 +331,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
          "coordinator_cpu_s": round(ends[r]["cpu"] - starts[r]["cpu"], 3)}
         for r in sorted(ends)
     ]  # fmt: skip
-    sim = simulate_rounds(clients, args.per_round, args.rounds)
+    sim, sim_model = simulate_rounds(clients, args.per_round, args.rounds)
+    done = [e for e in events if e["event"] == "done"]
     steady_rounds = rounds[1:] or rounds  # round 1 also loads every client's data
     steady = statistics.median(r["duration_s"] for r in steady_rounds)
     sim_steady = statistics.median(sim[1:]) if len(sim) > 1 else sim[0]
@@ -427,6 +351,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "simulate_round_s": round(sim_steady, 3),
         "simulate_rounds_s": [round(x, 3) for x in sim],
         "round_ratio": round(steady / sim_steady, 2),
+        "final_model": done[0].get("model") if done else None,
+        "simulate_final_model": sim_model,
         "overhead_per_client_ms": round(1000 * (steady - sim_steady) / selected, 3),
         "coordinator_cpu_per_round_s": round(
             statistics.median(r["coordinator_cpu_s"] for r in rounds[1:] or rounds), 3
@@ -454,6 +380,7 @@ def report(r: dict[str, Any]) -> None:
     ratio = f"ratio {r['round_ratio']} (target < {ROUND_RATIO_TARGET})"
     print(f"steady round {r['steady_round_s']} s; simulate {r['simulate_round_s']} s; {ratio}")
     print(f"overhead {r['overhead_per_client_ms']} ms per selected client")
+    print(f"final model {r['final_model']} (simulated: {r['simulate_final_model']})")
     print(f"broker memory {r['broker_memory_mb']}, namespace queues {r['namespace_queues']}")
     print(f"load average {r['load_average']} (at the end, after simulate)")
 
@@ -469,6 +396,7 @@ def main() -> None:
     ap.add_argument("--private-port", type=int, default=5698)
     ap.add_argument("--heartbeat", type=float, default=30.0, help="heartbeat interval s (timeout: 4 times it)")
     ap.add_argument("--profile", help="write the coordinator's cProfile stats to this file, print its top 25")
+    ap.add_argument("--host-profile", help="run the first host under cProfile: its stats to this file (and .json)")
     ap.add_argument(
         "--shared-login",
         action="store_true",

@@ -48,6 +48,7 @@ from fedhive.runtime.agent import Agent, AgentSettings, AgentSites
 from fedhive.runtime.bus import EventBus
 from fedhive.runtime.credentials import parse_secret
 from fedhive.runtime.site_app import SiteApp
+from fedhive.runtime.worker_devices import one_thread_per_trainer
 from fedhive.service.apps import state_folder_name
 
 
@@ -115,7 +116,10 @@ def agent(
     names = list(dataset_names or []) or _default_dataset_names(csv, dataset)
     settings = AgentSettings(heartbeat_interval_s=heartbeat_interval, coordinator_timeout_s=coordinator_timeout)
     runners: list[Agent] = []
-    # One training thread for the process: virtual agents train one after another, as virtual clients do.
+    # One training thread for the process: virtual agents train one after another, as virtual clients do,
+    # with one math thread (OpenBLAS's own threads, one per core, would only spin: docs/benchmarks.md).
+    if virtual:
+        one_thread_per_trainer()
     pool = ThreadPoolExecutor(1, thread_name_prefix="fedhive-agent")
     urls = agent_broker_urls(broker, [cid for cid, _ in idents], credentials if virtual else None)
     for i, ((cid, key), url) in enumerate(zip(idents, urls, strict=True), start=1):

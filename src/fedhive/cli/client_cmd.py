@@ -119,6 +119,8 @@ def client(
     builtin = app == BUILTIN and flower_app is None
     watch = Watch(verbose=virtual == 0)
     if virtual:
+        # Many clients trained one at a time in this process: one math thread each (run_host).
+        one_thread_per_trainer()
         index, slices = parse_slice(virtual_slice)
         single = bool(client_id or csv or part or (secret and not host))
         population = virtual * slices
@@ -179,8 +181,10 @@ def run_host(
     pool, why_not = host_pool(workers, site.loaded, site.node, population)
     if why_not is not None and workers is not None and workers > 1:
         typer.echo(f"warning: --workers {workers}: {why_not}", err=True)
-    if pool is not None:
-        one_thread_per_trainer()  # as in the workers: the same bits, whatever the number of workers
+    # One math thread per trainer, with or without workers: the same bits whatever their number,
+    # and a host trains one client at a time, so OpenBLAS's own threads (one per core) would only
+    # spin: ten hosts on two cores spent 40 ms of CPU on each 0.4 ms fit (docs/benchmarks.md).
+    one_thread_per_trainer()
 
     def registered(count: int, total: int) -> None:
         if count == total or count % max(1, total // 10) == 0:
