@@ -49,7 +49,7 @@ def fedhive_cmd() -> str:
 
 
 def prepare(workdir: Path, clients: int, rounds: int, dataset: str, partition: str) -> None:
-    """Session file and client identities (``fedhive clients add --count N --json``)."""
+    """Session file and client identities (``fedhive clients add --count N --out-file``, mode 0600)."""
     workdir.mkdir(parents=True, exist_ok=True)
     for stale in ("store.json", "store.json.lock", "credentials.jsonl"):
         (workdir / stale).unlink(missing_ok=True)
@@ -57,9 +57,8 @@ def prepare(workdir: Path, clients: int, rounds: int, dataset: str, partition: s
     (workdir / "session.toml").write_text(
         SESSION.format(rounds=rounds, clients=clients, seed=workload.SEED, dataset=dataset, partition=partition, **hp)
     )
-    add = [fedhive_cmd(), "clients", "add", "bench", "--count", str(clients), "--json"]
-    with open(workdir / "credentials.jsonl", "w") as out:
-        subprocess.run([*add, "--store", str(workdir / "store.json")], stdout=out, check=True)
+    add = [fedhive_cmd(), "clients", "add", "bench", "--count", str(clients), "--store", str(workdir / "store.json")]
+    subprocess.run([*add, "--out-file", str(workdir / "credentials.jsonl")], stdout=subprocess.DEVNULL, check=True)
 
 
 def run_networked(
