@@ -350,7 +350,10 @@ class AmqpTransport(Transport):
         for task in (self._receiver, self._keeping):
             if task is not None:
                 task.cancel()
-                await asyncio.wait([task])
+                # Bounded: a task that does not end on cancel must not hold the node's exit.
+                _, pending = await asyncio.wait([task], timeout=self._connect_timeout)
+                if pending:
+                    log.warning("%s: %s did not stop when cancelled; closing anyway", self.node_id, task.get_name())
         if self._connection is not None:
             try:
                 async with _broker_call(f"{self.node_id}: closing the connection", self._connect_timeout):
