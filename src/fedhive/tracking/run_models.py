@@ -24,6 +24,12 @@ def register_model(client: Any, name: str, run_id: str, tags: dict[str, str], pa
     """Blocking. The run's model under ``path`` as a new version of ``name`` (created if it is new);
     returns the version."""
     if not client.search_registered_models(filter_string=f"name = '{quoted(name)}'"):
-        client.create_registered_model(name)
+        from mlflow.exceptions import MlflowException
+
+        try:
+            client.create_registered_model(name)
+        except MlflowException as exc:  # another node (a peer of the same session) created it first
+            if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
     source = f"{client.get_run(run_id).info.artifact_uri}/{path}"
     return str(client.create_model_version(name, source, run_id=run_id, tags=tags).version)
