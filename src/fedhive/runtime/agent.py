@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from fedhive import __version__
 from fedhive.app.learner import Trainer
 from fedhive.core.signing import Verifier
+from fedhive.core.stopping import stop_tasks
 from fedhive.errors import ConfigError, TransportError
 from fedhive.runtime.agent_sessions import AgentLink, NodeSettings, PeerLink, Port
 from fedhive.runtime.client import ClientNode
@@ -153,8 +154,7 @@ class Agent:
             await self.node.run()
         finally:
             await self.link.end_part(self._stopping or "the agent stopped")
-            sorting.cancel()
-            await asyncio.gather(sorting, return_exceptions=True)
+            await stop_tasks([sorting], owner="agent")
             self.link = None
 
     def stop_reason(self) -> str | None:

@@ -44,6 +44,7 @@ from fedhive.core.bodies import (
 from fedhive.core.compression import UpdateCompressor
 from fedhive.core.envelope import Kind, Message, make
 from fedhive.core.params import ParamSpec
+from fedhive.core.stopping import stop_tasks
 from fedhive.errors import AppError, ConfigError, DataError, FedhiveError, ProtocolError, SessionFailed, TransportError
 from fedhive.runtime import events as ev
 from fedhive.runtime.bus import BusStopped, EventBus
@@ -191,8 +192,7 @@ class ClientNode:
             await self._register()
             await self.bus.run()
         finally:
-            receiver.cancel()
-            await asyncio.gather(receiver, return_exceptions=True)
+            await stop_tasks([receiver], owner=f"client {self.node_id}")
             if self._own_executor:
                 self._executor.shutdown(wait=False, cancel_futures=True)
 

@@ -49,6 +49,7 @@ from fedhive.core.bodies import (
 )
 from fedhive.core.envelope import Kind, Message, make
 from fedhive.core.params import ParamSpec
+from fedhive.core.stopping import stop_tasks
 from fedhive.errors import FedhiveError, ProtocolError, SessionFailed, TransportError
 from fedhive.runtime.client import check_app_named, read_enable
 from fedhive.runtime.coordinator import COORDINATOR_ID
@@ -233,8 +234,7 @@ class ClientHost:
                         raise
                     log.warning("%s: cannot act on %s: %s", self.host_id, msg.kind, exc)
         finally:
-            tending.cancel()
-            await asyncio.gather(tending, return_exceptions=True)
+            await stop_tasks([tending], owner=self.host_id)
 
     def _register_all(self) -> None:
         """Every client to register (again), in their order: at the start, or when the coordinator

@@ -34,6 +34,7 @@ from fedhive.core.bodies import (
 )
 from fedhive.core.envelope import Kind, Message, make
 from fedhive.core.params import Params, ParamSpec
+from fedhive.core.stopping import stop_tasks
 from fedhive.errors import FedhiveError, ProtocolError, SessionFailed
 from fedhive.runtime import events as ev
 from fedhive.runtime.bus import BusStopped, EventBus
@@ -116,12 +117,9 @@ class Combiner:
         try:
             await self.bus.run()
         finally:
-            tasks = [t for t in (receiver, self._sub_round, self._sub_evaluation) if t is not None]
-            for task in tasks:
-                task.cancel()
             if self._heartbeat_timer is not None:
                 self._heartbeat_timer.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await stop_tasks([receiver, self._sub_round, self._sub_evaluation], owner=f"combiner {self.node_id}")
             if self._own_executor:
                 self._executor.shutdown(wait=False, cancel_futures=True)
         return SessionResult(self.config.session_id, self.down.params, len(self._rounds_combined), [])

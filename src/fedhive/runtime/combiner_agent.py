@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from fedhive.core.bodies import HeartbeatBody
 from fedhive.core.envelope import Kind, Message, make
 from fedhive.core.signing import Verifier
+from fedhive.core.stopping import stop_tasks
 from fedhive.errors import FedhiveError, SessionFailed, TransportError
 from fedhive.runtime.agent_sessions import Port
 from fedhive.runtime.bus import EventBus
@@ -110,7 +111,7 @@ class CombinerAgent:
             for task in tasks:
                 task.cancel()
             await self._end_session()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await stop_tasks(tasks, owner=self.combiner_id)
 
     async def _beat(self, transport: Transport) -> None:
         """Idle beats: the server's sign that we are here. In a session the combiner beats itself."""

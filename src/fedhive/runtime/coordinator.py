@@ -24,6 +24,7 @@ from fedhive.app.contract import EvalResult
 from fedhive.app.learner import Evaluator
 from fedhive.core.bodies import EnableBody, EvaluateBody, TrainBody
 from fedhive.core.params import Params
+from fedhive.core.stopping import stop_tasks
 from fedhive.errors import SessionCancelled, SessionFailed
 from fedhive.runtime import events as ev
 from fedhive.runtime.async_rounds import AsyncRounds
@@ -264,13 +265,10 @@ class Coordinator:
         try:
             await self.bus.run()
         finally:
-            for task in (receiver, self._loop):
-                if task is not None:
-                    task.cancel()
             for t in (self._registration_deadline, self._heartbeat_timer):
                 if t is not None:
                     t.cancel()
-            await asyncio.gather(receiver, *([self._loop] if self._loop else []), return_exceptions=True)
+            await stop_tasks([receiver, self._loop], owner="coordinator")
             if self._own_executor:
                 self._executor.shutdown(wait=False, cancel_futures=True)
         return self._result()

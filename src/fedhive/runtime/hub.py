@@ -27,6 +27,7 @@ from collections.abc import Sequence
 
 from fedhive.core.bodies import HeartbeatBody, RegisterBody, parse_body
 from fedhive.core.envelope import Kind, Message, make
+from fedhive.core.stopping import stop_tasks
 from fedhive.errors import FedhiveError, TransportError
 from fedhive.runtime import events as ev
 from fedhive.runtime.bus import BusStopped, EventBus
@@ -158,8 +159,7 @@ class Hub:
         try:
             await self.bus.run()
         finally:
-            receiver.cancel()
-            await asyncio.gather(receiver, return_exceptions=True)
+            await stop_tasks([receiver], owner="hub")
 
     def stop(self) -> None:
         self.bus.stop()

@@ -24,6 +24,7 @@ from fedhive.app.learner import Evaluator, FitResult, Trainer
 from fedhive.core.bodies import NO_MODEL, AnnounceBody, Body, PeerUpdateBody, parse_body
 from fedhive.core.envelope import Kind, Message, make
 from fedhive.core.params import Params
+from fedhive.core.stopping import stop_tasks
 from fedhive.errors import FedhiveError, SessionFailed, TransportError
 from fedhive.runtime import events as ev
 from fedhive.runtime.bus import BusStopped, EventBus
@@ -110,8 +111,7 @@ class PeerNode:
             self.bus.call_later(self.beat_s, Beat())
             await self.bus.run()
         finally:
-            receiver.cancel()
-            await asyncio.gather(receiver, return_exceptions=True)
+            await stop_tasks([receiver], owner=f"peer {self.peer_id[:8]}")
             if self._own_executor:
                 self._executor.shutdown(wait=False, cancel_futures=True)
         return self.history

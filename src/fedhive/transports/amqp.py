@@ -67,6 +67,7 @@ from aio_pika.exceptions import (
 from aiormq.exceptions import ChannelAccessRefused
 
 from fedhive.core.envelope import Message
+from fedhive.core.stopping import stop_tasks
 from fedhive.errors import FedhiveError, StorageError, TransportError
 from fedhive.transports.amqp_keeper import TopologyKeeper
 from fedhive.transports.amqp_topology import (
@@ -347,13 +348,8 @@ class AmqpTransport(Transport):
         if self._closed:
             return
         self._closed = True
-        for task in (self._receiver, self._keeping):
-            if task is not None:
-                task.cancel()
-                # Bounded: a task that does not end on cancel must not hold the node's exit.
-                _, pending = await asyncio.wait([task], timeout=self._connect_timeout)
-                if pending:
-                    log.warning("%s: %s did not stop when cancelled; closing anyway", self.node_id, task.get_name())
+        # Bounded: a task that does not end on cancel must not hold the node's exit.
+        await stop_tasks([self._receiver, self._keeping], owner=self.node_id, timeout_s=self._connect_timeout)
         if self._connection is not None:
             try:
                 async with _broker_call(f"{self.node_id}: closing the connection", self._connect_timeout):
