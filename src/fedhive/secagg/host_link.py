@@ -23,9 +23,10 @@ docs/secure_aggregation.md, "Over a broker").
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Sequence
-from concurrent.futures import Executor
+from concurrent.futures import Executor, ThreadPoolExecutor
 
 import numpy as np
 
@@ -42,9 +43,12 @@ from fedhive.runtime.inline_executor import InlineExecutor, run_job
 from fedhive.runtime.partials import partial_message
 from fedhive.runtime.payloads import payload_params
 from fedhive.runtime.session_config import SessionConfig
+from fedhive.runtime.worker_devices import cores
 from fedhive.secagg.channel import ChannelKeys
 from fedhive.secagg.errors import SecAggError
+from fedhive.secagg.pipeline import SecureSumPipeline
 from fedhive.secagg.round import LocalSecureSum, round_context
+from fedhive.secagg.server import session_graph_seed
 from fedhive.secagg.settings import fixed_point, secure_weighting
 from fedhive.strategies.base import Partial
 from fedhive.strategies.registry import parse_strategy
@@ -76,8 +80,24 @@ class SecureHostLink(TransportWrapper):
         self._config: SessionConfig | None = None
         self._spec: ParamSpec | None = None
         self.clipped = 0  # coordinates clipped to [-secagg_clip, secagg_clip] so far (kept here, never sent)
+        # The secure sum's own thread (``secagg.pipeline``), where a second core can run it.
+        self._mask_thread: ThreadPoolExecutor | None = None
         # Each client's ``c`` key pair for the session (``secagg.channel``): a new session, new ones.
         self._channels: dict[str, ChannelKeys] = {}
+        self._graph_seed = session_graph_seed()  # the same neighbours each round (``server.session_graph_seed``)
+
+    def _masking(self) -> Executor:
+        """Where the secure sum runs: a thread of its own beside the training, or inline on one core."""
+        if cores() < 2:
+            return InlineExecutor()
+        if self._mask_thread is None:
+            self._mask_thread = ThreadPoolExecutor(1, thread_name_prefix="fedhive-secagg")
+        return self._mask_thread
+
+    async def close(self) -> None:
+        if self._mask_thread is not None:
+            self._mask_thread.shutdown(wait=False, cancel_futures=True)
+        await super().close()
 
     # -- the transport: TransportWrapper's, but for what arrives from the coordinator ---------
     async def recv(self) -> Message:
@@ -87,7 +107,7 @@ class SecureHostLink(TransportWrapper):
                 return msg
             if msg.kind is Kind.ENABLE:
                 self._config, self._spec = read_enable(msg)
-                self._channels = {}
+                self._channels, self._graph_seed = {}, session_graph_seed()
             elif msg.kind is Kind.TRAIN and self._config is not None and self._config.secure_aggregation:
                 try:
                     await self._answer_train(msg)
@@ -125,22 +145,22 @@ class SecureHostLink(TransportWrapper):
         screen = UpdateScreen(params, max_update_norm=config.max_update_norm, max_model_jump=config.max_model_jump)
         failures: list[tuple[str, str]] = []
         members: list[Member] = []
+        build = functools.partial(
+            LocalSecureSum,
+            [c for c, _ in items],
+            round_context(config.session_id, round, attempt),
+            fp.vector_length(spec),
+            config.secagg_threshold,
+            f"round {round}",
+            neighbours=config.secagg_neighbours,
+            channels=self._channels,
+            graph_seed=self._graph_seed,
+        )
+        secure = SecureSumPipeline(self._masking(), build)  # the key steps begin while the first client trains
         try:
-            context = round_context(config.session_id, round, attempt)
-            secure = LocalSecureSum(
-                [c for c, _ in items],
-                context,
-                fp.vector_length(spec),
-                config.secagg_threshold,
-                f"round {round}",
-                neighbours=config.secagg_neighbours,
-                channels=self._channels,
-            )
-            log.debug(
-                "%s: round %d: %d clients, %d neighbours each, threshold %d",
-                self.node_id, round, len(items), secure.neighbours, secure.threshold,
-            )  # fmt: skip
             for cid, fit in items:
+                if (early := secure.failed_early()) is not None:
+                    raise early
                 update = self._train_one(cid, params, fit, spec, screen, failures)
                 if update is None:
                     continue
@@ -149,9 +169,10 @@ class SecureHostLink(TransportWrapper):
                 self.clipped += clipped
                 secure.submit(cid, vector)
                 members.append(Member(cid, examples, {}))
-            total = secure.finish(self._gone(config, round, attempt, secure.submitted))
+            total = secure.finish(lambda submitted: self._gone(config, round, attempt, submitted))
             sums, weight, examples_total = fp.decode(total, params)
         except SecAggError as exc:
+            secure.abandon()
             log.warning("%s: %s", self.node_id, exc)
             failed = {c for c, _ in failures}
             failures += [(c, f"secure aggregation failed: {exc}") for c, _ in items if c not in failed]

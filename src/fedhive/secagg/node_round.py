@@ -50,7 +50,7 @@ from fedhive.secagg.errors import SecAggError
 from fedhive.secagg.messages import AdvertiseKeys, MaskedInput, UnmaskRequest
 from fedhive.secagg.quantise import FixedPoint
 from fedhive.secagg.round import round_context
-from fedhive.secagg.server import SecAggServer
+from fedhive.secagg.server import SecAggServer, session_graph_seed
 from fedhive.secagg.settings import fixed_point, secure_weighting
 from fedhive.strategies.base import Aggregator, Partial, Strategy
 from fedhive.strategies.sampling import ClientSampling
@@ -97,6 +97,13 @@ class SecureRounds:
         self._examples: dict[str, int] = {}  # survivor -> the example count it reported (not secret)
         self._ahead: dict[str, AdvertiseKeys] = {}  # client -> keys for its next round, from its masked input
         self._ahead_session = ""  # the session they were advertised in
+        self._graph: tuple[str, bytes] = ("", b"")  # (session, its neighbour graph's seed)
+
+    def _session_graph_seed(self) -> bytes:
+        """One seed per session: the same clients keep the same neighbours (``server.session_graph_seed``)."""
+        if self._graph[0] != self.down.session_id:
+            self._graph = (self.down.session_id, session_graph_seed())
+        return self._graph[1]
 
     # -- messages -----------------------------------------------------------------------------------
     async def on_message(self, msg: Message) -> bool:
@@ -214,6 +221,7 @@ class SecureRounds:
             config.secagg_threshold,
             neighbours=config.secagg_neighbours,
             label=label,
+            graph_seed=self._session_graph_seed(),
         )
         self._round, self._examples = r, {}
         try:

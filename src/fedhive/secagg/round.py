@@ -35,18 +35,23 @@ class LocalSecureSum:
         *,
         neighbours: int | None = None,
         channels: MutableMapping[str, ChannelKeys] | None = None,
+        graph_seed: bytes | None = None,
     ) -> None:
         """Advertise keys and share them among each client's ``neighbours`` (None: the default for
         their number, ``sizing.default_neighbours``); raises ``SecAggError`` when fewer than 2
         clients take part. ``channels``: each client's ``c`` key pair kept for the session (a
-        client missing from it gets one, added); None: every client makes one for this round."""
+        client missing from it gets one, added); None: every client makes one for this round.
+        ``graph_seed``: the session's neighbour graph (``server.session_graph_seed``); None: this
+        round's own."""
         if channels is None:
             channels = {}
         for c in client_ids:
             if c not in channels:
                 channels[c] = ChannelKeys()
         self.clients = {c: SecAggClient(c, context, channels[c]) for c in client_ids}
-        self.server = SecAggServer(context, vector_length, threshold_fraction, neighbours=neighbours, label=label)
+        self.server = SecAggServer(
+            context, vector_length, threshold_fraction, neighbours=neighbours, label=label, graph_seed=graph_seed
+        )
         for client in self.clients.values():
             self.server.add_keys(client.advertise())
         roster = self.server.roster()

@@ -31,6 +31,18 @@ from fedhive.secagg.sizing import default_neighbours, threshold_for
 GRAPH_SEED_BYTES = 32
 
 
+def session_graph_seed() -> bytes:
+    """The seed of a session's neighbour graph, drawn by the node that runs its rounds when the
+    session starts, after its clients' ids are fixed (they are provisioned, not chosen by the
+    clients). Kept for the session, it gives the same clients the same neighbours every round, so
+    each pair agrees its session secrets once (``secagg.channel``) instead of meeting new
+    neighbours, and paying an X25519 agreement for each, round after round. Every round's seeds
+    and masks stay its own (HKDF with the round's context); only who pairs with whom repeats,
+    and the chance that a graph is cut by dropouts or exposes a sum to colluders
+    (``secagg.sizing``) is the same for a graph kept as for one drawn each round."""
+    return os.urandom(GRAPH_SEED_BYTES)
+
+
 class SecAggServer:
     def __init__(
         self,
@@ -40,9 +52,12 @@ class SecAggServer:
         *,
         neighbours: int | None = None,
         label: str = "",
+        graph_seed: bytes | None = None,
     ) -> None:
         """``neighbours``: each client's ``k`` (None: ``sizing.default_neighbours`` for the number
-        of clients that advertise keys); ``threshold_fraction``: the share of ``k`` that unmasks."""
+        of clients that advertise keys); ``threshold_fraction``: the share of ``k`` that unmasks.
+        ``graph_seed``: the session's (``session_graph_seed``), so that the same clients keep the
+        same neighbours round after round; None draws one for this round alone."""
         if not 0 < threshold_fraction <= 1:
             raise ValueError(f"threshold fraction must be in (0, 1], got {threshold_fraction}")
         if neighbours is not None and neighbours < 1:
@@ -52,6 +67,9 @@ class SecAggServer:
         self._fraction = threshold_fraction
         self._neighbours = neighbours
         self._label = label or "secure aggregation"
+        if graph_seed is not None and len(graph_seed) != GRAPH_SEED_BYTES:
+            raise ValueError(f"a graph seed has {GRAPH_SEED_BYTES} bytes, not {len(graph_seed)}")
+        self._graph_seed = graph_seed
         self._keys: dict[str, tuple[bytes, bytes]] = {}
         self._roster: Roster | None = None
         self._sealed: dict[str, dict[str, bytes]] = {}
@@ -88,7 +106,7 @@ class SecAggServer:
             if n < 2:
                 raise SecAggError(f"{self._label}: {n} client advertised keys; secure aggregation needs at least 2")
             k = degree(n, self._neighbours or default_neighbours(n, self._fraction))
-            seed = os.urandom(GRAPH_SEED_BYTES)  # drawn now: no client could pick its keys to choose its place
+            seed = self._graph_seed or session_graph_seed()
             self._roster = Roster(dict(self._keys), threshold_for(k, self._fraction), k, seed)
         return self._roster
 
