@@ -29,10 +29,11 @@ def _build(ids: list[str], length: int, **kwargs: object) -> functools.partial[L
     )
 
 
-def test_the_threaded_sum_is_the_exact_sum_with_dropouts() -> None:
+@pytest.mark.parametrize("threads", [1, 3])
+def test_the_threaded_sum_is_the_exact_sum_with_dropouts(threads: int) -> None:
     vectors = _vectors(20, 500)
     ids = sorted(vectors)
-    with ThreadPoolExecutor(1) as thread:
+    with ThreadPoolExecutor(threads) as thread:
         secure = SecureSumPipeline(thread, _build(ids, 500))
         for c in ids:
             secure.submit(c, vectors[c])
@@ -61,7 +62,7 @@ def test_at_most_a_few_updates_wait_for_the_thread() -> None:
         release.wait(timeout=30)  # the key steps take long: updates queue up meanwhile
         return build()
 
-    with ThreadPoolExecutor(1) as thread:
+    with ThreadPoolExecutor(2) as thread:
         secure = SecureSumPipeline(thread, slow_build)
         for c in ids[:MAX_QUEUED]:
             secure.submit(c, vectors[c])  # queued, not yet masked: submit returns at once

@@ -80,18 +80,20 @@ class SecureHostLink(TransportWrapper):
         self._config: SessionConfig | None = None
         self._spec: ParamSpec | None = None
         self.clipped = 0  # coordinates clipped to [-secagg_clip, secagg_clip] so far (kept here, never sent)
-        # The secure sum's own thread (``secagg.pipeline``), where a second core can run it.
+        # The secure sum's own threads (``secagg.pipeline``), where more cores can run it.
         self._mask_thread: ThreadPoolExecutor | None = None
         # Each client's ``c`` key pair for the session (``secagg.channel``): a new session, new ones.
         self._channels: dict[str, ChannelKeys] = {}
         self._graph_seed = session_graph_seed()  # the same neighbours each round (``server.session_graph_seed``)
 
     def _masking(self) -> Executor:
-        """Where the secure sum runs: a thread of its own beside the training, or inline on one core."""
+        """Where the secure sum runs: a thread per core beside the training (which takes the
+        GIL for much of its time, as do the key steps: the threads' AES and additions do not),
+        or inline on one core."""
         if cores() < 2:
             return InlineExecutor()
         if self._mask_thread is None:
-            self._mask_thread = ThreadPoolExecutor(1, thread_name_prefix="fedhive-secagg")
+            self._mask_thread = ThreadPoolExecutor(cores(), thread_name_prefix="fedhive-secagg")
         return self._mask_thread
 
     async def close(self) -> None:

@@ -1,13 +1,13 @@
-"""A secure sum whose cryptography runs beside the clients' training, on another core.
+"""A secure sum whose cryptography runs beside the clients' training, on the other cores.
 
 In ``simulate`` one process plays every client of a round: it trains them one after the other,
 and for each it must also mask the update, one AES-CTR stream per neighbour (``k`` of them, each
 as long as the model): for a small model that costs more than the training itself. Both halves
 release the GIL where they spend their time (torch's kernels; AES on buffers of 2 KiB and more,
-numpy's additions), so the secure sum runs in a thread of its own: key agreement and sharing
-while the first clients train, then each update's masking while the next client trains. The
-round's result is the same: masks and sums are exact integer arithmetic modulo 2**64, whatever
-the order.
+numpy's additions), so the secure sum runs in threads of its own: key agreement and sharing
+while the first clients train, then each update's masking (several clients at once, one per
+thread) while the next clients train. The round's result is the same: masks and sums are exact
+integer arithmetic modulo 2**64, whatever the order.
 
 Each update waits in a queue of at most ``MAX_QUEUED`` until it is masked and added to the
 running sum (then dropped): memory does not grow with the number of clients.
@@ -27,8 +27,8 @@ MAX_QUEUED = 4
 
 
 class SecureSumPipeline:
-    """``LocalSecureSum``'s ``submit`` and ``finish`` with the work done in ``executor`` (one
-    thread: it keeps the steps in order), which also builds the sum (``build``: the key steps)."""
+    """``LocalSecureSum``'s ``submit`` and ``finish`` with the work done in ``executor``'s
+    threads, which also build the sum (``build``: the key steps; each masking waits for them)."""
 
     def __init__(self, executor: Executor, build: Callable[[], LocalSecureSum]) -> None:
         self._executor = executor

@@ -10,6 +10,7 @@ a time, as in the plain simulation.
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Collection, MutableMapping, Sequence
 
 import numpy as np
@@ -59,6 +60,7 @@ class LocalSecureSum:
             self.server.add_shares(client.share_keys(roster))
         self._routed = self.server.routed()
         self.submitted: list[str] = []
+        self._adding = threading.Lock()
 
     @property
     def threshold(self) -> int:
@@ -69,10 +71,13 @@ class LocalSecureSum:
         return self.server.neighbours
 
     def submit(self, client_id: str, vector: np.ndarray) -> None:
-        """``client_id`` masks its quantised update; the server adds it to the sum."""
+        """``client_id`` masks its quantised update; the server adds it to the sum. Different
+        clients may submit from different threads at once (``secagg.pipeline``): each masks on
+        its own, and the server's running sum takes one at a time."""
         masked = self.clients[client_id].masked_input(self._routed[client_id], vector)
-        self.server.add_masked(masked)
-        self.submitted.append(client_id)
+        with self._adding:
+            self.server.add_masked(masked)
+            self.submitted.append(client_id)
 
     def finish(self, gone: Collection[str] = ()) -> np.ndarray:
         """The unmasked sum of every submitted vector; the clients in ``gone`` (dropped out after
