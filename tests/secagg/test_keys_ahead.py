@@ -16,7 +16,6 @@ import pytest
 from fedhive.core.bodies import TrainBody
 from fedhive.core.envelope import Kind, Message, make
 from fedhive.core.params import Params
-from fedhive.runtime.inline_executor import InlineExecutor
 from fedhive.runtime.session_config import make_config
 from fedhive.secagg import wire
 from fedhive.secagg.errors import SecAggError
@@ -41,7 +40,7 @@ class Clients:
     def __init__(self) -> None:
         config = make_config(session_id=SESSION, secure_aggregation=True, min_clients=len(IDS))
         self.sent: dict[str, list[Message]] = {c: [] for c in IDS}
-        self.secure = {c: SecureClient(c, SESSION, config, 10, self._outbox(c), InlineExecutor()) for c in IDS}
+        self.secure = {c: SecureClient(c, SESSION, config, 10, self._outbox(c)) for c in IDS}
 
     def _outbox(self, cid: str):  # type: ignore[no-untyped-def]
         async def send(msg: Message) -> None:

@@ -421,7 +421,7 @@ class ClientNode:
         if config.secure_aggregation:  # imported here: only its sessions need cryptography
             from fedhive.secagg.node_client import SecureClient
 
-            self._secure = SecureClient(self.node_id, session, config, self._num_examples, self._send, self._executor)
+            self._secure = SecureClient(self.node_id, session, config, self._num_examples, self._send)
 
     async def _train(self, msg: Message) -> None:
         if self._trainer is None or self._spec is None:

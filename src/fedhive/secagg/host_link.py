@@ -26,7 +26,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Sequence
-from concurrent.futures import Executor, ThreadPoolExecutor
+from concurrent.futures import Executor
 
 import numpy as np
 
@@ -43,10 +43,9 @@ from fedhive.runtime.inline_executor import InlineExecutor, run_job
 from fedhive.runtime.partials import partial_message
 from fedhive.runtime.payloads import payload_params
 from fedhive.runtime.session_config import SessionConfig
-from fedhive.runtime.worker_devices import cores
 from fedhive.secagg.channel import ChannelKeys
 from fedhive.secagg.errors import SecAggError
-from fedhive.secagg.pipeline import SecureSumPipeline
+from fedhive.secagg.pipeline import SecureSumPipeline, masking_threads
 from fedhive.secagg.round import LocalSecureSum, round_context
 from fedhive.secagg.server import session_graph_seed
 from fedhive.secagg.settings import fixed_point, secure_weighting
@@ -80,26 +79,9 @@ class SecureHostLink(TransportWrapper):
         self._config: SessionConfig | None = None
         self._spec: ParamSpec | None = None
         self.clipped = 0  # coordinates clipped to [-secagg_clip, secagg_clip] so far (kept here, never sent)
-        # The secure sum's own threads (``secagg.pipeline``), where more cores can run it.
-        self._mask_thread: ThreadPoolExecutor | None = None
         # Each client's ``c`` key pair for the session (``secagg.channel``): a new session, new ones.
         self._channels: dict[str, ChannelKeys] = {}
         self._graph_seed = session_graph_seed()  # the same neighbours each round (``server.session_graph_seed``)
-
-    def _masking(self) -> Executor:
-        """Where the secure sum runs: a thread per core beside the training (which takes the
-        GIL for much of its time, as do the key steps: the threads' AES and additions do not),
-        or inline on one core."""
-        if cores() < 2:
-            return InlineExecutor()
-        if self._mask_thread is None:
-            self._mask_thread = ThreadPoolExecutor(cores(), thread_name_prefix="fedhive-secagg")
-        return self._mask_thread
-
-    async def close(self) -> None:
-        if self._mask_thread is not None:
-            self._mask_thread.shutdown(wait=False, cancel_futures=True)
-        await super().close()
 
     # -- the transport: TransportWrapper's, but for what arrives from the coordinator ---------
     async def recv(self) -> Message:
@@ -158,7 +140,7 @@ class SecureHostLink(TransportWrapper):
             channels=self._channels,
             graph_seed=self._graph_seed,
         )
-        secure = SecureSumPipeline(self._masking(), build)  # the key steps begin while the first client trains
+        secure = SecureSumPipeline(masking_threads(), build)  # the key steps begin while the first client trains
         try:
             for cid, fit in items:
                 if (early := secure.failed_early()) is not None:

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,6 +43,7 @@ from fedhive.secagg.channel import ChannelKeys
 from fedhive.secagg.client import SecAggClient
 from fedhive.secagg.errors import SecAggError
 from fedhive.secagg.messages import AdvertiseKeys
+from fedhive.secagg.pipeline import masking_threads
 from fedhive.secagg.round import round_context
 from fedhive.secagg.settings import fixed_point, secure_weighting
 from fedhive.strategies.registry import parse_strategy
@@ -68,15 +68,13 @@ class _Attempt:
 
 class SecureClient:
     def __init__(
-        self, client_id: str, session_id: str, config: SessionConfig, registered_examples: int, send: Send,
-        executor: Executor,
-    ) -> None:  # fmt: skip
+        self, client_id: str, session_id: str, config: SessionConfig, registered_examples: int, send: Send
+    ) -> None:
         self.client_id = client_id
         self._session_id = session_id
         self._config = config
         self._registered = registered_examples
         self._send_message = send
-        self._executor = executor  # masking costs k mask streams of the model's size: not on the loop
         self._fixed = fixed_point(config.secagg_clip, config.secagg_bits)
         self._weighted = secure_weighting(parse_strategy(config.strategy))
         self._current: _Attempt | None = None
@@ -148,7 +146,9 @@ class SecureClient:
         if cur.vector is None or cur.routed is None or cur.masked:
             return
         cur.masked = True
-        masked = await run_job(self._executor, cur.client.masked_input, cur.routed, cur.vector)
+        # In the process's masking threads, not the training one: virtual clients of one process
+        # mask several updates at once, and train the next meanwhile (``pipeline.masking_threads``).
+        masked = await run_job(masking_threads(), cur.client.masked_input, cur.routed, cur.vector)
         cur.vector = None
         if self._current is not cur:
             return  # a newer TRAIN came while we masked

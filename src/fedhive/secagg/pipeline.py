@@ -15,15 +15,32 @@ running sum (then dropped): memory does not grow with the number of clients.
 
 from __future__ import annotations
 
+import threading
 from collections import deque
 from collections.abc import Callable, Collection
-from concurrent.futures import Executor, Future
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 
 import numpy as np
 
+from fedhive.runtime.worker_devices import cores
 from fedhive.secagg.round import LocalSecureSum
 
 MAX_QUEUED = 4
+
+_threads: ThreadPoolExecutor | None = None
+_threads_lock = threading.Lock()
+
+
+def masking_threads() -> Executor:
+    """Where this process masks updates: one thread per core, shared by every secure sum and
+    client in it (the virtual clients of ``client --virtual`` included), so that masks of several
+    clients are expanded at once while the training threads take the GIL. Never the event loop's
+    thread: a node masking a large model must still answer its broker's heartbeats."""
+    global _threads
+    with _threads_lock:
+        if _threads is None:
+            _threads = ThreadPoolExecutor(cores(), thread_name_prefix="fedhive-secagg")
+        return _threads
 
 
 class SecureSumPipeline:
