@@ -7,7 +7,8 @@ shares its secrets among them alone: a round costs O(n k), with ``k`` growing as
 
 The graph is the Harary graph H(k, n) with its clients in a random order: the round's clients sit
 on a ring in the order of HMAC-SHA256(seed, id) (a uniformly random permutation for a seed drawn
-at random after the roster is fixed), and each is joined to the ``k // 2`` nearest on either side,
+at random once the ids are fixed: one per session, ``server.session_graph_seed``), and each is
+joined to the ``k // 2`` nearest on either side,
 plus, for odd ``k``, the client opposite it. The graph is k-regular and k-connected: no set of
 fewer than ``k`` clients leaving cuts it, and ``sizing`` bounds the chance that those who drop out
 or collude cut it apart.

@@ -3,7 +3,8 @@
 Assumptions (the defaults; docs/secure_aggregation.md, "Neighbours and threshold"): in a round of
 ``n`` clients at most ``ASSUMED_DROPOUT * n`` drop out (at any step) and at most
 ``ASSUMED_CORRUPT * n`` collude with an honest-but-curious server, both chosen without knowing the
-ring order (the graph seed is drawn after the keys are fixed). The order is a uniformly random
+ring order (the graph seed is drawn after the ids are fixed, once per session: colluders are who
+they are when the session starts, ``server.session_graph_seed``). The order is a uniformly random
 permutation, so the clients around any one client are a uniformly random ``k``-subset of the
 others, and the dropped or colluding ones among them are hypergeometric.
 
