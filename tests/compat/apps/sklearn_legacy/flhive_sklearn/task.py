@@ -1,5 +1,7 @@
 """flhive-sklearn: the model, its parameters as arrays, and each node's share of digits."""
 
+import functools
+
 import numpy as np
 from sklearn.datasets import load_digits
 from sklearn.linear_model import LogisticRegression
@@ -7,9 +9,16 @@ from sklearn.linear_model import LogisticRegression
 NUM_CLASSES, NUM_FEATURES = 10, 64
 
 
+@functools.cache
+def _digits():
+    # Loaded once per process, as Flower's quickstarts keep their FederatedDataset in a global
+    # (``fds``) and only cut a partition from it per call.
+    return load_digits(return_X_y=True)
+
+
 def load_data(partition_id: int, num_partitions: int):
     """The node's share of digits (an IID split with a fixed seed), 80% train / 20% test."""
-    x, y = load_digits(return_X_y=True)
+    x, y = _digits()
     order = np.random.default_rng(42).permutation(len(y))
     part = np.array_split(order, num_partitions)[partition_id]
     x, y = x[part] / 16.0, y[part]
