@@ -1,5 +1,6 @@
 """Keys kept for the session (``secagg.channel``): each pair agrees its ``c`` and ``s`` secrets
-once, yet every round seals its shares under a key of its own and masks with seeds of its own."""
+once (and each pair its share key), yet every round binds its shares to itself and masks with
+seeds of its own."""
 
 from __future__ import annotations
 
@@ -51,7 +52,7 @@ def test_a_share_sealed_in_one_round_does_not_open_in_another() -> None:
     b2, sealed_round_2, s_key_2 = _sealed_between(round_context("s", 2, 0), channels)
     assert s_key_1 == s_key_2  # the mask key is the session's too ...
     assert channels["b"].peers == 1 and channels["b"].mask_peers == 1  # ... and each agreed once for both rounds
-    # Replayed from round 1 into round 2, under the same channel keys: the round's key differs.
+    # Replayed from round 1 into round 2, under the same keys: the round is in its associated data.
     with pytest.raises(SecAggError, match="does not authenticate"):
         b2.masked_input({"a": sealed_round_1}, np.zeros(4, np.uint64))
     assert sealed_round_1[:12] != sealed_round_2[:12]  # fresh nonces too

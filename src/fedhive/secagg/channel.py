@@ -55,6 +55,7 @@ class ChannelKeys:
         self.public = self._channel.public
         self.mask_public = self._mask.public
         self._rounds: set[bytes] = set()  # the contexts whose pair seeds we derived
+        self._share_keys: dict[tuple[bytes, str], bytes] = {}  # (peer's c key, peer) -> the pair's share key
 
     def claim_round(self, context: bytes) -> None:
         """Called before deriving a round's pair seeds; ``SecAggError`` if ``context`` (session,
@@ -70,6 +71,17 @@ class ChannelKeys:
         """The X25519 secret agreed with the holder of the ``c`` key ``peer_public``;
         ``SecAggError`` for a key that cannot be used (wrong length, low order)."""
         return self._channel.secret(peer_public)
+
+    def share_key(self, peer_public: bytes, own_id: str, peer_id: str) -> bytes:
+        """The AES-256-GCM key that seals the shares between us and ``peer_id`` (``c`` key
+        ``peer_public``), both ways, every round of the session: derived once (HKDF of the ``c``
+        secret, the pair bound in). Each message has its own random nonce and binds its round,
+        sender and recipient as associated data (``masks.share_ad``), so one key serves them all."""
+        key = self._share_keys.get((peer_public, peer_id))
+        if key is None:
+            key = masks.derive(self.secret(peer_public), masks.SESSION, b"share", own_id, peer_id)
+            self._share_keys[(peer_public, peer_id)] = key
+        return key
 
     def mask_secret(self, peer_public: bytes) -> bytes:
         """The X25519 secret agreed with the holder of the ``s`` key ``peer_public``: only ever

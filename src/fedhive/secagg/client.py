@@ -95,8 +95,7 @@ class SecAggClient:
             if holder == self.client_id:
                 self._held[holder] = (b, s)
                 continue
-            shared = self._channel.secret(roster.keys[holder][0])  # agreed once a session per peer key
-            key = masks.derive(shared, self._context, b"share", self.client_id, holder)  # this round's
+            key = self._channel.share_key(roster.keys[holder][0], self.client_id, holder)  # once a session
             self._share_keys[holder] = key  # the same key opens what ``holder`` seals for us
             ad = masks.share_ad(self._context, self.client_id, holder)
             sealed[holder] = masks.seal_shares(key, ad, b, s, nonce=nonces[i])

@@ -46,6 +46,13 @@ from fedhive.secagg import masks, shamir
 from fedhive.secagg.messages import AdvertiseKeys, Roster, ShareKeys, UnmaskRequest, UnmaskShares
 
 MASKED = "masked"  # the one tensor of a masked input's payload
+# What the masks and keys are made of (``secagg.masks``). Nodes of different versions would sum
+# garbage without noticing (a client's masks and the server's removal of them must match), so
+# the roster and every client's shares say theirs, and the other side refuses any other in one
+# line. 1: what sent no version (AES-256-CTR masks, a share key per round); 2: AES-128-CTR masks,
+# a share key per session.
+VERSION = 2
+_Version = Annotated[int, Field(ge=1, le=1_000)]
 _B64 = Annotated[str, StringConstraints(max_length=256)]
 # One 32-byte seed per neighbour (at most every other client) and a tag, in base64.
 _Escrow = Annotated[str, StringConstraints(max_length=4 * (masks.escrow_bytes(MAX_CLIENTS) // 3 + 1))]
@@ -65,6 +72,14 @@ def _bytes(text: str, length: int, what: str) -> bytes:
     if len(raw) != length:
         raise ProtocolError(f"secure aggregation: {what} has {len(raw)} bytes, not {length}")
     return raw
+
+
+def _same_version(theirs: int, whose: str) -> None:
+    if theirs != VERSION:
+        raise ProtocolError(
+            f"secure aggregation: {whose} makes masks of version {theirs}, this one of version {VERSION}: "
+            "every node of a secure session needs the same fedhive"
+        )
 
 
 def stage_of(msg: Message) -> str | None:
@@ -88,6 +103,7 @@ class SharesBody(Body):
     attempt: Attempt = 0
     sealed: _ById
     escrow: _Escrow  # its round's pair seeds, sealed under its escrow key (opened only if it drops)
+    version: _Version = 1
 
 
 class MaskedBody(Body):
@@ -117,11 +133,12 @@ def read_keys(msg: Message) -> AdvertiseKeys:
 
 def shares_body(attempt: int, msg: ShareKeys) -> dict[str, Any]:
     sealed = {v: _b64(c) for v, c in msg.sealed.items()}
-    return {"secagg": "shares", "attempt": attempt, "sealed": sealed, "escrow": _b64(msg.escrow)}
+    return {"secagg": "shares", "attempt": attempt, "sealed": sealed, "escrow": _b64(msg.escrow), "version": VERSION}
 
 
 def read_shares(msg: Message) -> ShareKeys:
     b = parse_body(SharesBody, msg)
+    _same_version(b.version, f"{msg.sender}'s fedhive")
     sealed = {v: _bytes(c, masks.SEALED_BYTES, "a sealed share") for v, c in b.sealed.items()}
     return ShareKeys(msg.sender, sealed, _bytes(b.escrow, masks.escrow_bytes(len(sealed)), "the escrowed seeds"))
 
@@ -179,6 +196,7 @@ class RosterBody(Body):
     threshold: Annotated[int, Field(ge=2, le=MAX_CLIENTS)]
     neighbours: Annotated[int, Field(ge=1, le=MAX_CLIENTS)]
     graph_seed: _B64
+    version: _Version = 1
 
 
 class RoutedBody(Body):
@@ -205,6 +223,7 @@ def roster_body(attempt: int, roster: Roster) -> dict[str, Any]:
         "threshold": roster.threshold,
         "neighbours": roster.neighbours,
         "graph_seed": _b64(roster.graph_seed),
+        "version": VERSION,
     }
 
 
@@ -241,6 +260,7 @@ def read_roster(msg: Message) -> Roster:
 
 
 def _roster(b: RosterBody) -> Roster:
+    _same_version(b.version, "the node's fedhive")
     if len(set(b.members)) != len(b.members) or not b.keys.keys() <= set(b.members):
         raise ProtocolError("secure aggregation: the roster's members repeat, or its keys name others")
     keys = {c: (_bytes(cp, 32, "a public key"), _bytes(sp, 32, "a public key")) for c, (cp, sp) in b.keys.items()}
