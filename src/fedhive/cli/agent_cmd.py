@@ -29,6 +29,7 @@ from fedhive.cli.coordinator_cmd import (
     broker_settings,
     service_logging,
 )
+from fedhive.cli.event_loop import run_main
 from fedhive.cli.flower_options import FlowerAppsOption, flower_agent_sites
 from fedhive.cli.site_options import (
     CsvOption,
@@ -136,7 +137,7 @@ def agent(
         broker_at = broker_settings(url, namespace, ca_file, artifacts)
         runners.append(Agent(key, AgentSites(cid, sites, names), broker_at, settings, observers, pool))
     service_logging()
-    asyncio.run(_serve(runners, ", ".join(runners[0].sites.sites)))
+    run_main(_serve(runners, ", ".join(runners[0].sites.sites)))
     who = f"{len(runners)} agents" if virtual else f"agent {runners[0].sites.client_id}"
     if not _finish_training(pool, stop_grace):
         # The app's ctx.state is written whole or not at all (a temporary file renamed over the old

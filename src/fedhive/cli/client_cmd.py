@@ -13,7 +13,6 @@ namespace, or no coordinator); 1 when the session started but the coordinator fe
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 from typing import Annotated, NoReturn
 
@@ -29,6 +28,7 @@ from fedhive.cli.coordinator_cmd import (
     service_logging,
 )
 from fedhive.cli.credentials_file import credential_entries
+from fedhive.cli.event_loop import run_main
 from fedhive.cli.flower_options import FlowerAppOption, flower_site
 from fedhive.cli.site_options import (
     AppOption,
@@ -143,7 +143,7 @@ def client(
             return
         if workers is not None:
             raise ConfigError("--workers trains a host's clients: give --host ID as well")
-        results = asyncio.run(run_virtual_clients(hosted, settings, options, observers=[watch.attach]))
+        results = run_main(run_virtual_clients(hosted, settings, options, observers=[watch.attach]))
         failures = [r for r in results if isinstance(r, FedhiveError)]
         if failures:
             watch.fail(failures[0])
@@ -157,9 +157,9 @@ def client(
     service_logging()
     try:
         if via_combiner:
-            rounds = asyncio.run(run_hierarchical_client(key, site, settings, options))
+            rounds = run_main(run_hierarchical_client(key, site, settings, options))
         else:
-            rounds = asyncio.run(run_client(key, site, settings, options, observers=[watch.attach]))
+            rounds = run_main(run_client(key, site, settings, options, observers=[watch.attach]))
     except FedhiveError as exc:
         watch.fail(exc)
     print(f"stopped by the coordinator after {rounds} rounds of training", flush=True)
@@ -201,7 +201,7 @@ def run_host(
                 await pool.aclose()
 
     try:
-        rounds = asyncio.run(serve())
+        rounds = run_main(serve())
     except FedhiveError as exc:
         if isinstance(exc, SessionFailed) and "did not answer" in exc.reason:
             typer.echo(f"error: {exc.reason}; check that the coordinator runs on this broker and namespace and that "

@@ -13,7 +13,6 @@ after session until stopped.
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 from typing import Annotated
 
@@ -27,6 +26,7 @@ from fedhive.cli.coordinator_cmd import (
     broker_settings,
     service_logging,
 )
+from fedhive.cli.event_loop import run_main
 from fedhive.cli.mlflow_cli import MlflowExperimentOption, MlflowFlag, MlflowUriOption, combiner_run, node_run_line
 from fedhive.errors import ConfigError
 from fedhive.runtime.credentials import DEFAULT_STORE, CredentialStore, parse_secret
@@ -104,7 +104,7 @@ def combiner(
         observers=[tracked.attach] if tracked is not None else [],
     )
     try:
-        rounds = asyncio.run(run)
+        rounds = run_main(run)
     except BaseException as exc:
         if tracked is not None:  # the run ends FAILED, with the reason
             tracked.end(" ".join(str(exc).split()) or type(exc).__name__)

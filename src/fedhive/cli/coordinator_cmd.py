@@ -8,7 +8,6 @@ client, its checkpoint removed: the same command starts a new session); 130 inte
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import time
@@ -23,6 +22,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from fedhive.cli.broker_url import BrokerOption as BrokerOption  # re-exported: client, combiner, peer
+from fedhive.cli.event_loop import run_main
 from fedhive.cli.mlflow_cli import (
     MlflowExperimentOption,
     MlflowFlag,
@@ -198,7 +198,7 @@ def coordinator(
                 strategy=strategy, clocks=checkpoints.clocks,
             )  # fmt: skip
         try:
-            result = asyncio.run(_reporting(run, reporter))
+            result = run_main(_reporting(run, reporter))
         except SessionCancelled as exc:
             checkpoints.path.unlink(missing_ok=True)  # cancelled for good: never resumed
             typer.echo(f"session {cfg.session_id} cancelled: {exc.reason}", err=True)

@@ -17,7 +17,6 @@ holds JSON lines only; everything else goes to stderr.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import sys
 from pathlib import Path
@@ -30,6 +29,7 @@ from fedhive.app.learner import Evaluator
 from fedhive.app.loader import BUILTIN, load_app
 from fedhive.cli.broker_url import BrokerOption
 from fedhive.cli.coordinator_cmd import CaFileOption, NamespaceOption, broker_settings, service_logging
+from fedhive.cli.event_loop import run_main
 from fedhive.cli.flower_options import FlowerAppOption, flower_run, flower_site
 from fedhive.cli.initial_model import load_initial_model
 from fedhive.cli.key_values import parse_pairs
@@ -190,7 +190,7 @@ def peer(
         on_finished=lambda params: _finished(folder, params, final),
     )
     try:
-        history = asyncio.run(run)
+        history = run_main(run)
     except BaseException as exc:
         if tracked is not None:  # the run ends FAILED, with the reason
             tracked.finish(None, failed=" ".join(str(exc).split()) or type(exc).__name__)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import signal
 
+from fedhive.cli.event_loop import run_main
 from fedhive.cli.mlflow_cli import combiner_run, node_run_line
 from fedhive.runtime.combiner_agent import CombinerAgent, remote_combiner_codec
 from fedhive.runtime.networked import BrokerSettings
@@ -55,7 +56,7 @@ def serve_sessions(
         return await agent.run(on_ready=ready)
 
     try:
-        served = asyncio.run(run())
+        served = run_main(run())
     except BaseException as exc:
         if tracked is not None:  # the run ends FAILED, with the reason
             tracked.end(" ".join(str(exc).split()) or type(exc).__name__)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import sys
 from pathlib import Path
@@ -12,6 +11,7 @@ import typer
 from pydantic import ValidationError
 
 from fedhive.cli.broker_url import OptionalBrokerOption
+from fedhive.cli.event_loop import run_main
 from fedhive.errors import ConfigError
 from fedhive.runtime.session_config import validation_message
 from fedhive.tracking.mlflow_options import ENV_VAR
@@ -71,4 +71,4 @@ def serve_cmd(
     def ready(url: str) -> None:
         print(f"fedhive serving on {url} (API docs: {url}/docs); Ctrl-C to stop", file=sys.stderr, flush=True)
 
-    asyncio.run(serve(settings, ServeOptions(host, port, local_clients), on_ready=ready))
+    run_main(serve(settings, ServeOptions(host, port, local_clients), on_ready=ready))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from pathlib import Path
@@ -13,6 +12,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from fedhive.app.loader import BUILTIN, load_app
+from fedhive.cli.event_loop import run_main
 from fedhive.cli.flower_options import FlowerAppOption, flower_run
 from fedhive.cli.initial_model import load_initial_model
 from fedhive.cli.key_values import parse_pairs
@@ -301,7 +301,7 @@ def simulate(
                     hosted=False if het else None,
                     workers=pool,
                 )
-            result = asyncio.run(run)
+            result = run_main(run)
         finally:
             if pool is not None:
                 pool.close()
