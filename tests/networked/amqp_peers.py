@@ -30,7 +30,10 @@ class Peers:
                 *("--dataset", "digits", "--partition", "dirichlet:0.5", "--part", f"{i}/{n}"),
                 *("--min-peers", str(n), "--rounds", str(rounds), "--model", str(SETTINGS["model"])),
                 *("--lr", str(SETTINGS["lr"]), "--seed", str(SETTINGS["seed"]), "--json"),
-                *("--beat", "0.2", "--peer-timeout", "1.5", "--round-timeout", "30", "--discovery-timeout", "60"),
+                # A peer silent for 5 s is gone: on a loaded 2-core machine (a CI run beside another
+                # job) a live peer's process can be starved for over a second, and with 1.5 s the
+                # others dropped it from their rounds (a gossiping peer then averaged with nobody).
+                *("--beat", "0.5", "--peer-timeout", "5", "--round-timeout", "30", "--discovery-timeout", "60"),
                 *extra,
             ]
             self.procs.append(Proc(f"peer-{i}", args))
