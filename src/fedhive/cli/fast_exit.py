@@ -8,7 +8,8 @@ written and closed), so the process ends with ``os._exit`` as mypy's ``hard_exit
 what a normal exit would still do for the user: the ``atexit`` handlers (logging's flush,
 MLflow's run end, coverage's data file) and flushing stdout and stderr.
 
-A process with another thread still running exits normally: a normal exit waits for it.
+A process with another (non-daemon) thread still running a second later exits normally: a
+normal exit waits for it.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import contextlib
 import os
 import sys
 import threading
+import time
 from typing import NoReturn
 
 
@@ -33,7 +35,7 @@ def exit_status(code: str | int | None) -> int:
 
 def exit_now(code: str | int | None) -> NoReturn:
     """End the process as ``sys.exit(code)`` would, without the interpreter's teardown."""
-    if threading.active_count() > 1:
+    if not _others_done(OTHERS_WAIT_S):
         sys.exit(code)
     status = exit_status(code)
     atexit._run_exitfuncs()
@@ -41,6 +43,22 @@ def exit_now(code: str | int | None) -> NoReturn:
         with contextlib.suppress(OSError, ValueError):  # a closed pipe or stream: nothing reaches it
             stream.flush()
     os._exit(status)
+
+
+# How long a thread that is ending is waited for: a pool shut down without waiting (the virtual
+# clients' training thread) still has its thread finishing for a moment after the run.
+OTHERS_WAIT_S = 1.0
+
+
+def _others_done(timeout_s: float) -> bool:
+    """Whether no other non-daemon thread is left, after waiting up to ``timeout_s`` for those
+    still running. Daemon threads do not count: a normal exit does not wait for them either."""
+    deadline = time.monotonic() + timeout_s
+    me = threading.current_thread()
+    for thread in threading.enumerate():
+        if thread is not me and not thread.daemon:
+            thread.join(max(0.0, deadline - time.monotonic()))
+    return not any(t is not me and not t.daemon and t.is_alive() for t in threading.enumerate())
 
 
 def is_entry_point(main: object) -> bool:
