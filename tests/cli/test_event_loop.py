@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import subprocess
 import sys
 import textwrap
@@ -22,7 +21,7 @@ LEFTOVER = textwrap.dedent(
     async def leftover(started):
         started.set()
         try:
-            await asyncio.sleep(3600)
+            await asyncio.Event().wait()
         except asyncio.CancelledError:
             pass  # the cancellation is lost
         await asyncio.Event().wait()
@@ -60,7 +59,6 @@ def test_the_commands_result_and_errors_pass_through() -> None:
         run_main(fails())
 
     async def answer() -> int:
-        await asyncio.sleep(0)
         return 42
 
     assert run_main(answer()) == 42
