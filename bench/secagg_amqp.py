@@ -7,7 +7,8 @@ the seed, as ``simulate --secagg-dropout`` draws them). The coordinator is ``fed
 in a child process with a session file, as deployed; the ``--clients`` clients run in this one as
 virtual clients (``fedhive client --virtual``'s way: each its own AMQP connection, identity and
 signature, training in one shared worker thread). Digits (iid parts ``i/N``), simple-dnn, FedAvg,
-seed 0. The round time is the median of rounds 2..R from the coordinator's ``rounds.csv``.
+seed 0, the local epochs and batch size ``bench/secagg.py`` passes. The round time is the median of
+rounds 2..R from the coordinator's ``rounds.csv``.
 """
 
 from __future__ import annotations
@@ -122,7 +123,7 @@ async def _clients(
         pool.shutdown(wait=False, cancel_futures=True)
 
 
-def session_file(path: Path, clients: int, rounds: int, secure: bool) -> Path:
+def session_file(path: Path, clients: int, rounds: int, epochs: int, batch_size: int, secure: bool) -> Path:
     path.write_text(
         "\n".join(
             [
@@ -130,6 +131,8 @@ def session_file(path: Path, clients: int, rounds: int, secure: bool) -> Path:
                 f"rounds = {rounds}",
                 f"min_clients = {clients}",
                 f"seed = {SEED}",
+                f"epochs = {epochs}",
+                f"batch_size = {batch_size}",
                 'model = "simple-dnn"',
                 "round_timeout_s = 300",
                 "registration_timeout_s = 300",
@@ -145,14 +148,16 @@ def session_file(path: Path, clients: int, rounds: int, secure: bool) -> Path:
     return path
 
 
-def run_amqp(url: str, clients: int, rounds: int, *, secure: bool, dropout: float = 0.0) -> AmqpRun:
+def run_amqp(
+    url: str, clients: int, rounds: int, epochs: int, batch_size: int, *, secure: bool, dropout: float = 0.0
+) -> AmqpRun:
     root = Path(tempfile.mkdtemp(prefix="bench-secagg-amqp-"))
     store = CredentialStore(root / "clients.json")
     idents = [(cid, parse_secret(s)) for cid, s in (store.add(f"v{i:04d}") for i in range(1, clients + 1))]
     idents.sort()
     namespace = f"bench-{uuid.uuid4().hex[:8]}"
     broker = BrokerSettings(url, namespace)
-    config = session_file(root / "session.toml", clients, rounds, secure)
+    config = session_file(root / "session.toml", clients, rounds, epochs, batch_size, secure)
     cmd = [sys.executable, "-m", "fedhive.cli.main", "coordinator", "--broker", url, "--namespace", namespace]
     cmd += ["--config", str(config), "--store", str(root / "clients.json"), "--out", str(root / "out"), "--json"]
     drops = dropped_rounds([c for c, _ in idents], rounds, dropout) if dropout else {}

@@ -43,7 +43,7 @@ from fedhive.core.bodies import (
 )
 from fedhive.core.compression import UpdateCompressor
 from fedhive.core.envelope import Kind, Message, make
-from fedhive.core.params import ParamSpec
+from fedhive.core.params import Params, ParamSpec
 from fedhive.core.stopping import stop_tasks
 from fedhive.errors import AppError, ConfigError, DataError, FedhiveError, ProtocolError, SessionFailed, TransportError
 from fedhive.runtime import events as ev
@@ -436,9 +436,23 @@ class ClientNode:
             params = payload_params(msg, spec, max_bytes=limit, what="global model")
         self._compressor.begin_round(params)
         fit = dataclasses.replace(FitConfig.from_json(body.fit), round=env.round)
-        key = (env.round, body.attempt)
-        if self._secure is not None:  # keys (or shares) go out first: exchanged while we train
-            await self._secure.begin(env.round, body.attempt, params, msg)
+        opening = None  # a secure round's keys (or shares): exchanged while we train
+        if self._secure is not None:
+            answer = self._secure.opening(env.round, body.attempt, params, msg)
+            if isinstance(self._executor, InlineExecutor):  # training would hold the loop: send first
+                await self._send(answer)
+            else:
+                # Published while training starts, not before: the broker's confirm of a
+                # persistent message waits for a disk sync, and training has no need to wait.
+                opening = asyncio.ensure_future(self._send(answer))
+        try:
+            await self._start_training(env.round, body.attempt, params, fit)
+        finally:
+            if opening is not None:
+                await opening
+
+    async def _start_training(self, rnd: int, attempt: int, params: Params, fit: FitConfig) -> None:
+        key = (rnd, attempt)
         if self._fit_gate is not None:
             await self._fit_gate.acquire(self.node_id)
         self._training = key

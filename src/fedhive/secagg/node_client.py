@@ -83,9 +83,14 @@ class SecureClient:
         self.clipped = 0  # coordinates clipped to [-secagg_clip, secagg_clip] so far (never sent)
 
     async def begin(self, rnd: int, attempt: int, base: Params, train: Message) -> None:
-        """The round's TRAIN, before training starts: with a roster (naming the keys we advertised
-        ahead), our shares sealed at once; without, our keys advertised. Raises ``SecAggError`` /
-        ``ProtocolError`` for a roster we cannot take part in."""
+        """``opening``, sent."""
+        await self._send_message(self.opening(rnd, attempt, base, train))
+
+    def opening(self, rnd: int, attempt: int, base: Params, train: Message) -> Message:
+        """The round's TRAIN, before training starts: what we answer it with. With a roster (naming
+        the keys we advertised ahead), our shares, sealed at once; without, our keys. Raises
+        ``SecAggError`` / ``ProtocolError`` for a roster we cannot take part in. The node sends it
+        while it trains: nothing here waits on the broker."""
         roster = wire.roster_in_train(train)
         ahead, self._ahead = self._ahead, False  # whatever happens, one roster per advertisement
         context = round_context(self._session_id, rnd, attempt)
@@ -93,15 +98,14 @@ class SecureClient:
         if roster is None:
             client = SecAggClient(self.client_id, context, self._channel)
             self._current = _Attempt(rnd, attempt, client, base)
-            await self._send(rnd, wire.keys_body(attempt, client.advertise()))
-            return
+            return self._message(rnd, wire.keys_body(attempt, client.advertise()))
         if not ahead:
             raise SecAggError(f"{self.client_id}: round {rnd}'s roster names keys we did not advertise ahead")
         client = SecAggClient(self.client_id, context, self._channel)
         client.advertise()  # what we advertised ahead; the roster must hold it (``share_keys`` checks)
         shares = client.share_keys(roster)
         self._current = _Attempt(rnd, attempt, client, base)
-        await self._send(rnd, wire.shares_body(attempt, shares))
+        return self._message(rnd, wire.shares_body(attempt, shares))
 
     async def on_step(self, msg: Message) -> None:
         """A TRAIN naming a step of the current round; raises ``SecAggError`` / ``ProtocolError``."""
@@ -161,5 +165,7 @@ class SecureClient:
         log.info("%s: round %d: masked input sent", self.client_id, cur.round)
 
     async def _send(self, rnd: int, body: dict[str, Any], payload: Params | None = None) -> None:
-        msg = make(Kind.UPDATE, self.client_id, session_id=self._session_id, round=rnd, body=body, payload=payload)
-        await self._send_message(msg)
+        await self._send_message(self._message(rnd, body, payload))
+
+    def _message(self, rnd: int, body: dict[str, Any], payload: Params | None = None) -> Message:
+        return make(Kind.UPDATE, self.client_id, session_id=self._session_id, round=rnd, body=body, payload=payload)
