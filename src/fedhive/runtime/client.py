@@ -446,19 +446,19 @@ class ClientNode:
                 # persistent message waits for a disk sync, and training has no need to wait.
                 opening = asyncio.ensure_future(self._send(answer))
         try:
-            await self._start_training(env.round, body.attempt, params, fit)
+            await self._start_training(self._trainer, env.round, body.attempt, params, fit)
         finally:
             if opening is not None:
                 await opening
 
-    async def _start_training(self, rnd: int, attempt: int, params: Params, fit: FitConfig) -> None:
+    async def _start_training(self, trainer: Trainer, rnd: int, attempt: int, params: Params, fit: FitConfig) -> None:
         key = (rnd, attempt)
         if self._fit_gate is not None:
             await self._fit_gate.acquire(self.node_id)
         self._training = key
         self._last_progress = None
         self.bus.emit(ev.TrainingStarted(*key))
-        trainer, bus = self._trainer, self.bus
+        bus = self.bus
 
         interval = self._progress_interval_s
         last_sent = [time.monotonic()]
