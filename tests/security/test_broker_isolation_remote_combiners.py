@@ -14,6 +14,7 @@ queue to listen in, or delete an exchange.
 from __future__ import annotations
 
 import json
+import secrets
 import sys
 from pathlib import Path
 
@@ -38,7 +39,9 @@ from service.test_platform_flow import sign_up_and_in
 
 pytestmark = [pytest.mark.amqp, pytest.mark.slow]
 FEDHIVE = [sys.executable, "-m", "fedhive.cli.main"]
-COMBINER = "rack-a"
+# Broker users are the broker's, not the vhost's: a name of this run's own, so that two runs of
+# this test against one broker (two CI runs side by side) never meet.
+COMBINER = f"rack-{secrets.token_hex(4)}"
 ROUNDS = 3
 
 
