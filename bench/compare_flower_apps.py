@@ -9,10 +9,12 @@ a Message API app on PyTorch. Each run gets a fresh copy of the project folder a
 process of its own: ``fedhive simulate --flower-app COPY --clients N`` in fedhive's environment,
 bench/flower_apps_side.py (Flower's Simulation Runtime on Ray, as ``flwr run`` runs a local
 simulation) in Flower's, bench/.flwr-venv, which bench/compare_flower.py creates on first use;
-the apps' own libraries are installed there at the versions fedhive's environment has, so both
-sides compute with the same code. Partitions are Flower's: node I gets ``partition-id`` I on both
-sides, and the apps seed themselves from it. Runs alternate between the sides (ABBA); figures
-are medians. Both sides run with one BLAS/OpenMP thread per process.
+the apps' own libraries are installed there at the versions fedhive's environment has (with
+pandas and pyarrow, which scikit-learn and pandas import where they are installed), so both
+sides compute with the same code and import the same libraries. Partitions are Flower's: node I
+gets ``partition-id`` I on both sides, and the apps seed themselves from it. Runs alternate
+between the sides (ABBA); figures are medians. Both sides run with one BLAS/OpenMP thread per
+process.
 
 Per app and side: whole-process wall time (spawn to exit, what a user waits for) and the peak
 memory of the process tree (PSS summed, bench/process_tree.py). Fidelity, from the first run of
@@ -133,9 +135,26 @@ def rounds_metric(rows: list[dict[str, str]], name: str) -> dict[int, float]:
 # -- running the sides -------------------------------------------------------------------------
 
 
+# Imported by the apps' libraries only where installed: scikit-learn imports pandas, and pandas 3
+# imports pyarrow (about 100 MiB between them). fedhive's environment has both (its mlflow extra
+# needs them), so Flower's gets them too, at the same versions: otherwise its side would run a
+# lighter import of the same app, and the memory compared would be the environments', not the
+# frameworks'.
+IMPORTED_WHERE_INSTALLED = ("pandas", "pyarrow")
+
+
+def _installed_version(name: str) -> str | None:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
 def ensure_app_packages(venv: Path, apps: list[App]) -> None:
-    """Install the apps' libraries into Flower's environment at the versions fedhive's has."""
+    """Install the apps' libraries into Flower's environment at the versions fedhive's has, with
+    what those libraries import where it is installed (``IMPORTED_WHERE_INSTALLED``)."""
     wanted = {name: metadata.version(name) for app in apps for name in app.packages}
+    wanted |= {n: v for n in IMPORTED_WHERE_INSTALLED if (v := _installed_version(n)) is not None}
     probe = "import json, importlib.metadata as m, sys\n" + (
         "out = {}\nfor n in sys.argv[1:]:\n"
         "    try: out[n] = m.version(n)\n"
