@@ -134,9 +134,7 @@ class Combiner:
             await self._error(rnd, attempt, r)
             return
         if not r.selected:  # our Poisson draw took none of our clients: an answer all the same
-            empty = nobody_drawn_message(self.node_id, self.config.session_id, rnd, attempt)
-            await self.down.send(self.upstream_id, empty)
-            self._rounds_combined.add(rnd)
+            await self._answer(rnd, nobody_drawn_message(self.node_id, self.config.session_id, rnd, attempt))
             self.down.collector.close(r)
             return
         need = self.config.quorum_size(len(r.selected))
@@ -145,9 +143,17 @@ class Combiner:
             log.warning("%s: %s", self.node_id, failure)
             await self._error(rnd, attempt, failure)
         else:
-            await self.down.send(self.upstream_id, self._partial(r))
-            self._rounds_combined.add(rnd)
+            await self._answer(rnd, self._partial(r))
         self.down.collector.close(r)  # sent: forwarded raw updates have been read for the last time
+
+    async def _answer(self, rnd: int, partial: Message) -> None:
+        """Send the round's answer upstream. The round counts as combined from the moment its answer
+        is on its way: the send returns when the broker confirms it, and by then the coordinator
+        may have used it, ended the session and stopped us (or sent the next round's TRAIN, which
+        cancels this one); a send that fails takes the count back."""
+        self._rounds_combined.add(rnd)
+        if not await self.down.send(self.upstream_id, partial):
+            self._rounds_combined.discard(rnd)
 
     def _partial(self, r: RoundState) -> Message:
         agg = r.aggregator
