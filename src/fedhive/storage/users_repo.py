@@ -198,12 +198,18 @@ def claim_online_clients(
     """Lock ONLINE nodes for a session (status TRAINING, ``session_id`` set): up to ``max_count``
     of them (all when None), or none at all if fewer than ``min_count`` are ONLINE. Returns the
     claimed ids. Two sessions claiming at once never get the same node: on PostgreSQL the rows are
-    locked (SKIP LOCKED), on SQLite the unit of work holds the write lock."""
+    locked (FOR UPDATE; a claim waits for one that holds a row, then skips the row if it is no
+    longer ONLINE), on SQLite the unit of work holds the write lock.
+
+    Not SKIP LOCKED: every heartbeat locks its node's row for a moment, so a claim that skipped
+    locked rows missed any ONLINE node whose beat was being written and failed with "not enough
+    peers" while all were ONLINE (a CI run under load did). The wait is bounded (``CLAIM_LOCK_WAIT``)."""
     query = sa.select(ClientRow.id).where(ClientRow.status == ClientStatus.ONLINE, ClientRow.role == SITE)
     if owner_id is not None:
         query = query.where(ClientRow.owner_id == owner_id)
-    query = query.order_by(ClientRow.id).limit(max_count).with_for_update(skip_locked=True)
+    query = query.order_by(ClientRow.id).limit(max_count).with_for_update()
     with atomic(s, f"cannot claim clients for session {session_id!r}"):
+        _bound_lock_wait(s)
         ids = list(s.scalars(query))
         if len(ids) < min_count:
             return []
@@ -222,8 +228,9 @@ def claim_combiners(s: Session, session_id: str, named: Sequence[str] = ()) -> l
     query = sa.select(ClientRow.id).where(ClientRow.status == ClientStatus.ONLINE, ClientRow.role == COMBINER)
     if named:
         query = query.where(ClientRow.id.in_(list(named)))
-    query = query.order_by(ClientRow.id).with_for_update(skip_locked=True)
+    query = query.order_by(ClientRow.id).with_for_update()  # not SKIP LOCKED: see claim_online_clients
     with atomic(s, f"cannot claim combiners for session {session_id!r}"):
+        _bound_lock_wait(s)
         ids = list(s.scalars(query))
         missing = sorted(set(named) - set(ids))
         if missing:
@@ -233,6 +240,16 @@ def claim_combiners(s: Session, session_id: str, named: Sequence[str] = ()) -> l
         claimed = sa.update(ClientRow).where(ClientRow.id.in_(ids))
         s.execute(claimed.values(status=ClientStatus.TRAINING, session_id=session_id))
     return ids
+
+
+CLAIM_LOCK_WAIT = "10s"  # a row's other writers (a heartbeat, a status change) hold it for milliseconds
+
+
+def _bound_lock_wait(s: Session) -> None:
+    """On PostgreSQL, a claim waits at most ``CLAIM_LOCK_WAIT`` for a locked row (then fails in
+    one line), for the rest of its transaction; SQLite has no row locks."""
+    if s.get_bind().dialect.name == "postgresql":
+        s.execute(sa.text(f"SET LOCAL lock_timeout = '{CLAIM_LOCK_WAIT}'"))
 
 
 def release_clients(s: Session, session_id: str) -> list[str]:
