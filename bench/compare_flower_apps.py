@@ -20,7 +20,12 @@ Per app and side: whole-process wall time (spawn to exit, what a user waits for)
 memory of the process tree (PSS summed, bench/process_tree.py). Fidelity, from the first run of
 each side: the final model's largest per-tensor relative difference ``||fedhive - flower|| /
 ||flower||`` (deterministic apps: at most 1e-5), and the largest difference of the evaluation
-curve (the app's accuracy metric, each round, in points; at most 1). Prints a table and, last,
+curve (the app's accuracy metric, each round, in points; at most 1).
+
+A third side, the floor: the same app's whole run with no framework at all, in one process
+(bench/flower_app_floor.py, after each fedhive run, from its final model). Flower's time and
+memory over the floor's are the most that any framework running the app in a process could
+reach; fedhive's over the floor's is what fedhive itself costs. Prints a table and, last,
 one JSON line with the ratios and which targets are met: fedhive at least 5x faster and at most a
 quarter of Flower's peak memory, for every app.
 """
@@ -203,6 +208,14 @@ def run_fedhive(app: App, clients: int, repeat: int) -> dict[str, Any]:
     return {"measured": m, "model": load_file(str(summary["model"])), "rows": rows}
 
 
+def run_floor(app: App, clients: int, repeat: int, model: Path) -> Measured:
+    """The app's own work with no framework (bench/flower_app_floor.py), from the same model."""
+    work = OUT / f"{app.key}-floor-{repeat}"
+    project = fresh_copy(app, work)
+    cmd = [sys.executable, str(BENCH / "flower_app_floor.py"), str(project), str(clients), str(model)]
+    return _measure(cmd, work, f"{app.key}-floor-{repeat}")
+
+
 def _measure(cmd: list[str], cwd: Path, name: str) -> Measured:
     log = OUT / "logs" / f"{name}.log"
     m = measure(cmd, env=child_env(), cwd=str(cwd), stderr_path=log)
@@ -220,6 +233,9 @@ def run_app(app: App, clients: int, repeats: int, flower_py: Path) -> dict[str, 
         for side in ("flower", "fedhive") if i % 2 == 0 else ("fedhive", "flower"):
             run = run_flower(app, clients, i, flower_py) if side == "flower" else run_fedhive(app, clients, i)
             runs[side].append(run)
+        # The floor right after fedhive's run of this pair, from its final model (the same shapes).
+        model = Path(json.loads(runs["fedhive"][-1]["measured"].stdout.strip().splitlines()[-1])["model"])
+        runs.setdefault("floor", []).append({"measured": run_floor(app, clients, i, model)})
     flower, fedhive = runs["flower"][0], runs["fedhive"][0]
     figures: dict[str, Any] = {}
     for side, side_runs in runs.items():
@@ -229,6 +245,11 @@ def run_app(app: App, clients: int, repeats: int, flower_py: Path) -> dict[str, 
         }
     figures["speedup"] = round(figures["flower"]["wall_s"] / figures["fedhive"]["wall_s"], 2)
     figures["memory_share"] = round(figures["fedhive"]["peak_mb"] / figures["flower"]["peak_mb"], 3)
+    # What any framework that runs the app in one process could reach at best, and how far
+    # fedhive is from that floor.
+    figures["floor_speedup"] = round(figures["flower"]["wall_s"] / figures["floor"]["wall_s"], 2)
+    figures["floor_memory_share"] = round(figures["floor"]["peak_mb"] / figures["flower"]["peak_mb"], 3)
+    figures["fedhive_over_floor"] = round(figures["fedhive"]["wall_s"] / figures["floor"]["wall_s"], 2)
     figures["weights_rel_diff"] = weights_difference(fedhive["model"], flower["model"])
     metric = app.accuracy or next(iter(flower["evaluate"][max(flower["evaluate"])]))
     ours = rounds_metric(fedhive["rows"], metric)
@@ -248,23 +269,41 @@ def print_table(results: dict[str, Any], info: dict[str, Any]) -> None:
         title=f"Flower {info['flwr']} (Ray {info['ray']}) simulation vs fedhive simulate, the same Flower apps; "
         f"medians ({info['cores']} cores, {info['cpu']}; a shared machine: timings are noisy)"
     )
-    cols = ["app", "wall s Flower", "fedhive", "x", "MiB Flower", "fedhive", "share", "weights rel diff", "curve pts"]
+    cols = [
+        "app",
+        "wall s Flower",
+        "fedhive",
+        "x",
+        "floor s",
+        "Flower / floor",
+        "MiB Flower",
+        "fedhive",
+        "share",
+        "floor MiB",
+        "floor share",
+        "weights rel diff",
+        "curve pts",
+    ]
     for col in cols:
         table.add_column(col, justify="left" if col == "app" else "right")
     for key, r in results.items():
         if "status" in r:
             table.add_row(key, r["status"], *[""] * (len(cols) - 2))
             continue
-        fl, fh = r["flower"], r["fedhive"]
+        fl, fh, floor = r["flower"], r["fedhive"], r["floor"]
         curve = r.get("curve_max_diff_points")
         table.add_row(
             key,
             f"{fl['wall_s']:.2f}",
             f"{fh['wall_s']:.2f}",
             f"{r['speedup']:.1f}",
+            f"{floor['wall_s']:.2f}",
+            f"{r['floor_speedup']:.1f}",
             f"{fl['peak_mb']:.0f}",
             f"{fh['peak_mb']:.0f}",
             f"{r['memory_share']:.2f}",
+            f"{floor['peak_mb']:.0f}",
+            f"{r['floor_memory_share']:.2f}",
             f"{r['weights_rel_diff']:.2e}",
             "-" if curve is None else f"{curve:.2f}",
         )
@@ -288,6 +327,9 @@ def summary(results: dict[str, Any]) -> dict[str, Any]:
         out["apps"][key] = {
             "speedup": r["speedup"],
             "memory_share": r["memory_share"],
+            "floor_speedup": r["floor_speedup"],
+            "floor_memory_share": r["floor_memory_share"],
+            "fedhive_over_floor": r["fedhive_over_floor"],
             "weights_rel_diff": float(f"{r['weights_rel_diff']:.3g}"),
             **({"curve_max_diff_points": r["curve_max_diff_points"]} if "curve_max_diff_points" in r else {}),
             "met": r["met"],

@@ -4,6 +4,10 @@ models and curves, judges the targets, and records what Flower's strategies aggr
 
 from __future__ import annotations
 
+import csv
+import json
+import shutil
+import subprocess
 import sys
 import time
 import uuid
@@ -12,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from safetensors.numpy import load_file, save_file
 
 pytest.importorskip("flwr", reason="the Flower side's recording uses flwr (pip install 'fedhive[flower]')")
 
@@ -59,7 +64,8 @@ def test_the_targets_are_judged_per_app() -> None:
 
 
 def test_a_target_is_met_only_when_every_app_ran_and_met_it() -> None:
-    met = {"speedup": 6.0, "memory_share": 0.2, "weights_rel_diff": 0.0, "met": {"speedup_5x": True}}
+    floor = {"floor_speedup": 7.0, "floor_memory_share": 0.15, "fedhive_over_floor": 1.1}
+    met = {"speedup": 6.0, "memory_share": 0.2, "weights_rel_diff": 0.0, "met": {"speedup_5x": True}} | floor
     assert bench.summary({"numpy": met})["targets_met"] == {"speedup_5x": True}
     slow = met | {"speedup": 2.0, "met": {"speedup_5x": False}}
     assert bench.summary({"numpy": met, "pytorch": slow})["targets_met"] == {"speedup_5x": False}
@@ -127,3 +133,33 @@ def test_the_flower_side_averages_a_legacy_clients_metrics_by_examples(recording
     evaluations = [(None, EvaluateRes(ok, loss, n, {"accuracy": acc})) for loss, n, acc in results]
     strategy.aggregate_evaluate(2, evaluations, [])
     assert recording["evaluate"][2] == pytest.approx({"accuracy": 0.725, "loss": 1.75})
+
+
+def test_the_floor_runs_the_app_as_a_framework_would(tmp_path: Path) -> None:
+    """bench/flower_app_floor.py, the no-framework side, does a run's work: from the model the
+    scikit-learn app starts from (zeros), its last round's evaluation is fedhive's to the digit,
+    so the floor measures the app's own cost and not a shortcut."""
+    app = tmp_path / "sklearn_legacy"
+    shutil.copytree(bench.APPS_DIR / "sklearn_legacy", app, ignore=shutil.ignore_patterns("__pycache__"))
+    command = [*bench.FEDHIVE, "simulate", "--flower-app", str(app), "--clients", "3", "--out", str(tmp_path / "o")]
+    fedhive = subprocess.run(
+        [*command, "--json"],
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert fedhive.returncode == 0, fedhive.stderr[-2000:]
+    summary = json.loads(fedhive.stdout.strip().splitlines()[-1])
+    last = list(csv.DictReader((Path(summary["out"]) / "rounds.csv").open()))[-1]
+    zeros = {name: np.zeros_like(array) for name, array in load_file(summary["model"]).items()}
+    save_file(zeros, str(tmp_path / "zeros.safetensors"))
+    floor = subprocess.run(
+        [sys.executable, str(BENCH / "flower_app_floor.py"), str(app), "3", str(tmp_path / "zeros.safetensors")],
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert floor.returncode == 0, floor.stderr[-2000:]
+    evaluated = json.loads(floor.stdout.strip().splitlines()[-1])["evaluate"]
+    assert evaluated["accuracy"] == pytest.approx(float(last["accuracy"]), abs=1e-4)
+    assert evaluated["loss"] == pytest.approx(float(last["loss"]), abs=1e-4)
