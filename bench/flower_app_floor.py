@@ -1,15 +1,17 @@
 """The floor under any framework that runs a Flower app: the app's own work, with no framework at all.
 
-    .venv/bin/python bench/flower_app_floor.py PROJECT CLIENTS MODEL.safetensors
+    .venv/bin/python bench/flower_app_floor.py PROJECT CLIENTS [MODEL.safetensors]
 
 One process does only what the app itself needs for a whole run: Python, the app's modules (with
-whatever they import: torch, scikit-learn, Flower's records), and for each of the project's
-``num-server-rounds`` rounds one train and one evaluate message to each of CLIENTS nodes, with a
+whatever they import: torch, scikit-learn, Flower's records), its ServerApp read up to the point
+where it would first talk to the federation (what any framework must do to know the rounds, the
+round config and the initial model; fedhive's reader, ``compat.flower.server_capture``, does it
+here), and for each round one train and one evaluate message to each of CLIENTS nodes, with a
 weighted average of the replies in between. The messages are made with Flower's own classes and
 handed to the ``ClientApp`` as a SuperNode hands them (``app(message, context)``, one ``Context``
-per node); nothing is sent anywhere, nothing is written, no progress is shown. MODEL gives the
-shapes of the model the nodes start from (bench/compare_flower_apps.py passes the final model
-of fedhive's run: the same arrays, so the same work per step).
+per node); nothing is sent anywhere, nothing is written, no progress is shown. The nodes start
+from the ServerApp's initial model; MODEL is used only where the ServerApp gives none (a legacy
+strategy that asks a client instead).
 
 bench/compare_flower_apps.py runs it as a third side: a framework that runs the app in one
 process cannot take less time or memory than this, and one that runs it in N processes pays the
@@ -36,6 +38,8 @@ from flwr.common.constant import SUPERLINK_NODE_ID
 from flwr.compat.common import recorddict_compat as legacy
 from flwr.supercore.object_ref import load_app
 from safetensors.numpy import load_file
+
+from fedhive.compat.flower.server_capture import capture_server
 
 Reply = tuple[dict[str, Any], int]  # a node's arrays or metrics, and its example count
 
@@ -65,30 +69,32 @@ def _ask(app: ClientApp, context: Context, kind: str, content: RecordDict, serve
     return app(_message(kind, content, context.node_id, server_round), context).content
 
 
-def _arrays(weights: dict[str, np.ndarray], server_round: int) -> RecordDict:
+def _arrays(weights: dict[str, np.ndarray], config: dict[str, Any]) -> RecordDict:
     arrays = ArrayRecord({k: Array.from_numpy_ndarray(v) for k, v in weights.items()})
-    return RecordDict({"arrays": arrays, "config": ConfigRecord({"server-round": server_round})})
+    return RecordDict({"arrays": arrays, "config": ConfigRecord(config)})
 
 
-def _train(app: ClientApp, context: Context, weights: dict[str, np.ndarray], server_round: int) -> Reply:
+def _train(app: ClientApp, context: Context, weights: dict[str, np.ndarray], config: dict[str, Any]) -> Reply:
+    server_round = int(config["server-round"])
     if _is_legacy(app):
-        ins = FitIns(ndarrays_to_parameters(list(weights.values())), {"server-round": server_round})
+        ins = FitIns(ndarrays_to_parameters(list(weights.values())), config)
         reply = _ask(app, context, MessageType.TRAIN, legacy.fitins_to_recorddict(ins, True), server_round)
         fit = legacy.recorddict_to_fitres(reply, False)
         return dict(zip(weights, parameters_to_ndarrays(fit.parameters), strict=True)), fit.num_examples
-    reply = _ask(app, context, MessageType.TRAIN, _arrays(weights, server_round), server_round)
+    reply = _ask(app, context, MessageType.TRAIN, _arrays(weights, config), server_round)
     arrays = next(iter(reply.array_records.values()))
     count: Any = next(r["num-examples"] for r in reply.metric_records.values() if "num-examples" in r)
     return {k: a.numpy() for k, a in arrays.items()}, int(count)
 
 
-def _evaluate(app: ClientApp, context: Context, weights: dict[str, np.ndarray], server_round: int) -> Reply:
+def _evaluate(app: ClientApp, context: Context, weights: dict[str, np.ndarray], config: dict[str, Any]) -> Reply:
+    server_round = int(config["server-round"])
     if _is_legacy(app):
-        ins = EvaluateIns(ndarrays_to_parameters(list(weights.values())), {"server-round": server_round})
+        ins = EvaluateIns(ndarrays_to_parameters(list(weights.values())), config)
         reply = _ask(app, context, MessageType.EVALUATE, legacy.evaluateins_to_recorddict(ins, True), server_round)
         res = legacy.recorddict_to_evaluateres(reply)
         return {"loss": float(res.loss), **{k: float(v) for k, v in res.metrics.items()}}, res.num_examples
-    reply = _ask(app, context, MessageType.EVALUATE, _arrays(weights, server_round), server_round)
+    reply = _ask(app, context, MessageType.EVALUATE, _arrays(weights, config), server_round)
     metrics = {k: v for r in reply.metric_records.values() for k, v in r.items() if not isinstance(v, list)}
     return {k: float(v) for k, v in metrics.items() if k != "num-examples"}, int(metrics["num-examples"])
 
@@ -102,13 +108,17 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("project", type=Path)
     ap.add_argument("clients", type=int)
-    ap.add_argument("model", type=Path, help="safetensors file with the starting model's arrays")
+    ap.add_argument("model", type=Path, nargs="?", help="the starting model where the ServerApp gives none")
     args = ap.parse_args()
     project = args.project.resolve()
     doc = get_project_config(project)
     run_config = flatten_dict(doc["tool"]["flwr"]["app"].get("config", {}))
     sys.path.insert(0, str(project))
-    app = load_app(doc["tool"]["flwr"]["app"]["components"]["clientapp"], ValueError, str(project))
+    components = doc["tool"]["flwr"]["app"]["components"]
+    app = load_app(components["clientapp"], ValueError, str(project))
+    server = load_app(components["serverapp"], ValueError, str(project))
+    server_context = Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=dict(run_config))
+    plan = capture_server(server, server_context, str(project))
     contexts = [
         Context(
             run_id=1,
@@ -119,12 +129,19 @@ def main() -> None:
         )
         for node in range(args.clients)
     ]
-    weights = dict(load_file(str(args.model)))
+    if plan.initial is not None:
+        weights = dict(plan.initial)
+    elif args.model is not None:
+        weights = dict(load_file(str(args.model)))
+    else:
+        raise SystemExit("the ServerApp gives no initial model: name a MODEL.safetensors to start from")
     evaluation: dict[str, float] = {}
-    for server_round in range(1, int(run_config.get("num-server-rounds", 1)) + 1):
-        replies = [_train(app, ctx, weights, server_round) for ctx in contexts]
+    for server_round in range(1, (plan.num_rounds or 1) + 1):
+        config = plan.round_config("train", server_round)
+        replies = [_train(app, ctx, weights, config) for ctx in contexts]
         weights = {k: v.astype(weights[k].dtype) for k, v in _average(replies).items()}
-        evaluation = _average([_evaluate(app, ctx, weights, server_round) for ctx in contexts])
+        config = plan.round_config("evaluate", server_round)
+        evaluation = _average([_evaluate(app, ctx, weights, config) for ctx in contexts])
     print(json.dumps({"evaluate": evaluation}), flush=True)
     # The interpreter's teardown (freeing thousands of modules one by one: most of a second after
     # torch) is no part of the app's work, and a framework need not pay it: end here.
