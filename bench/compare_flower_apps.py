@@ -23,7 +23,7 @@ each side: the final model's largest per-tensor relative difference ``||fedhive 
 curve (the app's accuracy metric, each round, in points; at most 1).
 
 A third side, the floor: the same app's whole run with no framework at all, in one process
-(bench/flower_app_floor.py, after each fedhive run, from its final model). Flower's time and
+(bench/flower_app_floor.py, after each fedhive run, from the ServerApp's initial model). Flower's time and
 memory over the floor's are the most that any framework running the app in a process could
 reach; fedhive's over the floor's is what fedhive itself costs. Prints a table and, last,
 one JSON line with the ratios and which targets are met: fedhive at least 5x faster and at most a
@@ -209,7 +209,7 @@ def run_fedhive(app: App, clients: int, repeat: int) -> dict[str, Any]:
 
 
 def run_floor(app: App, clients: int, repeat: int, model: Path) -> Measured:
-    """The app's own work with no framework (bench/flower_app_floor.py), from the same model."""
+    """The app's own work with no framework (bench/flower_app_floor.py)."""
     work = OUT / f"{app.key}-floor-{repeat}"
     project = fresh_copy(app, work)
     cmd = [sys.executable, str(BENCH / "flower_app_floor.py"), str(project), str(clients), str(model)]
@@ -233,7 +233,8 @@ def run_app(app: App, clients: int, repeats: int, flower_py: Path) -> dict[str, 
         for side in ("flower", "fedhive") if i % 2 == 0 else ("fedhive", "flower"):
             run = run_flower(app, clients, i, flower_py) if side == "flower" else run_fedhive(app, clients, i)
             runs[side].append(run)
-        # The floor right after fedhive's run of this pair, from its final model (the same shapes).
+        # The floor right after fedhive's run of this pair; its final model (the same shapes) is
+        # the floor's start only where the ServerApp gives no initial model.
         model = Path(json.loads(runs["fedhive"][-1]["measured"].stdout.strip().splitlines()[-1])["model"])
         runs.setdefault("floor", []).append({"measured": run_floor(app, clients, i, model)})
     flower, fedhive = runs["flower"][0], runs["fedhive"][0]
