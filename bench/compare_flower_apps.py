@@ -33,6 +33,7 @@ quarter of Flower's peak memory, for every app.
 from __future__ import annotations
 
 import argparse
+import compileall
 import csv
 import json
 import shutil
@@ -359,6 +360,9 @@ def main() -> None:
     if unknown:
         ap.error(f"unknown apps {sorted(unknown)}; known: {', '.join(a.key for a in APPS)}")
     repeats = 1 if args.quick else args.repeats
+    # fedhive as installed from a wheel, like Flower in its environment: its modules compiled, not
+    # compiled again by every run where PYTHONDONTWRITEBYTECODE is set (an editable install).
+    compileall.compile_dir(str(ROOT / "src"), quiet=1, workers=0)
     (OUT / "logs").mkdir(parents=True, exist_ok=True)
     apps = [a for a in APPS if a.key in keys]
     versions = ensure_flower_venv(args.flower_venv)
