@@ -9,9 +9,12 @@ round config and the initial model; fedhive's reader, ``compat.flower.server_cap
 here), and for each round one train and one evaluate message to each of CLIENTS nodes, with a
 weighted average of the replies in between. The messages are made with Flower's own classes and
 handed to the ``ClientApp`` as a SuperNode hands them (``app(message, context)``, one ``Context``
-per node); nothing is sent anywhere, nothing is written, no progress is shown. The nodes start
-from the ServerApp's initial model; MODEL is used only where the ServerApp gives none (a legacy
-strategy that asks a client instead).
+per node); nothing is sent anywhere, nothing is written, no progress is shown. Python's cycle
+collector is paused while the app is imported and what the import made is frozen out of later
+collections (``gc.freeze``), as fedhive's nodes do (``fedhive.core.collector``): without it the
+collector's walks over torch's objects cost a short PyTorch run 15 to 20 % of its CPU time, which
+no framework needs to pay. The nodes start from the ServerApp's initial model; MODEL is used only
+where the ServerApp gives none (a legacy strategy that asks a client instead).
 
 bench/compare_flower_apps.py runs it as a third side: a framework that runs the app in one
 process cannot take less time or memory than this, and one that runs it in N processes pays the
@@ -21,6 +24,7 @@ imports N times. Prints one JSON line (the last round's averaged evaluation metr
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import sys
@@ -105,6 +109,7 @@ def _average(pairs: list[Reply]) -> dict[str, Any]:
 
 
 def main() -> None:
+    gc.disable()  # until the app is imported (the module docstring)
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("project", type=Path)
     ap.add_argument("clients", type=int)
@@ -119,6 +124,8 @@ def main() -> None:
     server = load_app(components["serverapp"], ValueError, str(project))
     server_context = Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=dict(run_config))
     plan = capture_server(server, server_context, str(project))
+    gc.freeze()
+    gc.enable()
     contexts = [
         Context(
             run_id=1,

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from fedhive.app.client_app import ClientApp
+from fedhive.core.collector import collector_paused
 from fedhive.errors import AppError
 
 BUILTIN = "builtin"
@@ -55,7 +56,8 @@ def load_app(ref: str) -> LoadedApp:
     ref = ref.strip()
     if not ref:
         raise AppError("empty app reference: give module:attr, file.py:attr or a project folder")
-    return _load_cached(BUILTIN_REF if ref == BUILTIN else ref, ref)
+    with collector_paused(freeze_once=True):  # the app's imports: see core.collector
+        return _load_cached(BUILTIN_REF if ref == BUILTIN else ref, ref)
 
 
 @functools.lru_cache(maxsize=32)

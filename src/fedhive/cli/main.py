@@ -20,6 +20,7 @@ from typing import NamedTuple
 import typer
 
 from fedhive.cli.fast_exit import exit_now, is_entry_point
+from fedhive.core.collector import collector_paused
 from fedhive.errors import FedhiveError, SessionFailed
 
 
@@ -103,7 +104,8 @@ def __getattr__(name: str) -> typer.Typer:
 def main(argv: Sequence[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
     named = command_named(args)
-    cli = build_app([named] if named is not None else None)
+    with collector_paused():  # fedhive's own imports (core.collector)
+        cli = build_app([named] if named is not None else None)
     try:
         cli(args=args, prog_name="fedhive")
     except SystemExit as exc:

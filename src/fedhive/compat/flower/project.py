@@ -16,6 +16,7 @@ from typing import Any
 
 from fedhive.app.loader import LoadedApp, _digest
 from fedhive.compat.flower.version import require_flower
+from fedhive.core.collector import collector_paused
 from fedhive.errors import AppError, ConfigError
 
 
@@ -28,6 +29,11 @@ class FlowerProject:
 
 
 def load_flower_project(folder: Path, overrides: dict[str, Any]) -> FlowerProject:
+    with collector_paused(freeze_once=True):  # Flower's and the app's imports: see core.collector
+        return _load_flower_project(folder, overrides)
+
+
+def _load_flower_project(folder: Path, overrides: dict[str, Any]) -> FlowerProject:
     version = require_flower()
     # Flower is imported only here: fedhive without the extra never needs it.
     from flwr.app import Context, RecordDict
