@@ -49,6 +49,8 @@ Reply = tuple[dict[str, Any], int]  # a node's arrays or metrics, and its exampl
 
 
 def _message(kind: str, content: RecordDict, node: int, server_round: int) -> Message:
+    # Built here with Flower's own classes, not with fedhive's adapter (compat.flower.client_adapter
+    # builds the same metadata): the floor must not move when fedhive's own message path does.
     metadata = Metadata(
         run_id=1,
         message_id=f"{kind}-{server_round}-{node}",
